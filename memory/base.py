@@ -1,0 +1,69 @@
+"""The memory seams: an embedding function, and a store of embedded records.
+
+memory/ knows nothing about models beyond :class:`Embedder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = ["Embedder", "Level", "MemoryRecord", "MemoryStore", "Scalar", "ScoredRecord"]
+
+Level = Literal["experience", "insight", "pattern"]
+Scalar = str | int | float | bool
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into unit-length vectors of size ``dim``."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """One stored entry at one level.
+
+    ``text`` is what gets embedded and searched; ``metadata`` holds flat, filterable scalars
+    (split, suite, passed, status, ...); ``payload`` holds the full JSON document (e.g. an episode).
+    """
+
+    id: str
+    level: Level
+    text: str
+    metadata: Mapping[str, Scalar] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoredRecord:
+    record: MemoryRecord
+    similarity: float
+    """Cosine similarity to the query, in [-1, 1]; higher is closer."""
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """A vector store of :class:`MemoryRecord`, one namespace per level.
+
+    ``where`` is an equality filter on metadata keys (all must match). Writes are upserts by id.
+    """
+
+    def upsert(self, records: Sequence[MemoryRecord]) -> None: ...
+
+    def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]: ...
+
+    def delete(self, level: Level, ids: Sequence[str]) -> None: ...
+
+    def query(
+        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]: ...
+
+    def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]: ...
+
+    def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int: ...

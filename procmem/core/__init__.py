@@ -1,0 +1,28 @@
+"""The shared core every package may import: value types, configs, errors, the data home and the
+prompt format. It imports nothing else from procmem."""
+
+from procmem.core.config import Config, GenerationConfig, SolveConfig, load_config
+from procmem.core.errors import ProcmemError
+from procmem.core.home import Home
+from procmem.core.prompts import PriorAttempt, extract_answer, render_completion, render_prompt
+from procmem.core.types import Attempt, Episode, Split, Task, Verdict, new_id, utc_now
+
+__all__ = [
+    "Attempt",
+    "Config",
+    "Episode",
+    "GenerationConfig",
+    "Home",
+    "PriorAttempt",
+    "ProcmemError",
+    "SolveConfig",
+    "Split",
+    "Task",
+    "Verdict",
+    "extract_answer",
+    "load_config",
+    "new_id",
+    "render_completion",
+    "render_prompt",
+    "utc_now",
+]

@@ -1,0 +1,100 @@
+"""Typed job configs, loadable from TOML with located errors.
+
+Every field carries a help string (``Field(description=...)``), which the CLI and README reuse.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from procmem.core.errors import ProcmemError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Config", "GenerationConfig", "SolveConfig", "load_config"]
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every job config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class GenerationConfig(Config):
+    """How a model decodes one request."""
+
+    max_tokens: int = Field(48, ge=1, le=8192, description="Most new tokens per completion.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily; above 0 samples.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only).")
+    stop: tuple[str, ...] = Field(("\n",), description="Generation ends at the first of these strings.")
+    seed: int | None = Field(None, description="Sampling seed; None leaves the generator as it is.")
+
+
+class SolveConfig(Config):
+    """``procmem solve``: run the agent over a task suite and record every episode."""
+
+    suite: str = Field(description="Task suite: 'rg:<dataset>?key=value&...' or a path to a JSONL task file.")
+    n: int = Field(10, ge=1, description="How many tasks to take from the suite.")
+    split: str = Field("train", pattern="^(train|test)$", description="Which split of the suite: train or test.")
+    attempts: int = Field(2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
+    model: str = Field("local:default", description="'local:default', 'local:/path/to/hf_dir' or 'litellm:<model>'.")
+    adapter: str | None = Field(None, description="LoRA adapter directory for a local model (None: none).")
+    use_memory: bool = Field(True, description="Retrieve procedural memory before answering.")
+    memory_k: int = Field(3, ge=0, le=32, description="How many memory entries to put in the prompt.")
+    concurrency: int = Field(8, ge=1, le=256, description="Tasks solved at once; the local backend batches them.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
+
+
+def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
+    """Load ``cls`` from a TOML file; ``overrides`` (e.g. CLI flags that were set) win over the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProcmemError(f"cannot read config: {err.strerror}", where=str(path),
+                           fix="pass an existing TOML file") from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = getattr(err, "lineno", None) or _line_from_message(str(err))
+        raise ProcmemError(f"invalid TOML: {err}", where=f"{path}:{line}" if line else str(path),
+                           fix="fix the TOML syntax at that line") from err
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        line = _line_of_key(text, str(first["loc"][-1])) if first["loc"] else None
+        raise ProcmemError(f"{key}: {first['msg']}", where=f"{path}:{line}" if line else str(path),
+                           fix=_field_help(cls, str(first["loc"][0])) if first["loc"] else None) from err
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _line_of_key(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def _field_help(cls: type[Config], name: str) -> str | None:
+    field = cls.model_fields.get(name)
+    if field is None:
+        return f"'{name}' is not a setting; valid ones: {', '.join(cls.model_fields)}"
+    return f"{name}: {field.description}" if field.description else None

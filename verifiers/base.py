@@ -1,0 +1,51 @@
+"""The Verifier seam, and the registry that builds a verifier from a task's spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from procmem.core import ProcmemError, Task, Verdict
+
+__all__ = ["Verifier", "VerifierFactory", "build_verifier", "register_verifier", "verifier_kinds"]
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Judges answers to one task.
+
+    ``verify`` never raises on a bad answer: junk gets a failing :class:`Verdict` whose feedback says
+    what form was expected and what was got, and never reveals the gold answer.
+    """
+
+    def verify(self, answer: str) -> Verdict: ...
+
+
+VerifierFactory = Callable[[str, Task], Verifier]
+"""Builds a verifier from the part of the spec after ``kind:`` and the task it belongs to."""
+
+_REGISTRY: dict[str, VerifierFactory] = {}
+
+
+def register_verifier(kind: str) -> Callable[[VerifierFactory], VerifierFactory]:
+    """Register a factory for specs of the form ``kind:argument``."""
+
+    def decorate(factory: VerifierFactory) -> VerifierFactory:
+        _REGISTRY[kind] = factory
+        return factory
+
+    return decorate
+
+
+def verifier_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_verifier(task: Task) -> Verifier:
+    """The verifier for ``task.verifier`` (e.g. ``exact:42``); an unknown kind is a ProcmemError."""
+    kind, _, argument = task.verifier.partition(":")
+    factory = _REGISTRY.get(kind.strip())
+    if factory is None:
+        raise ProcmemError(f"unknown verifier spec {task.verifier!r}", where=f"task {task.id}",
+                           fix=f"use one of: {', '.join(f'{k}:...' for k in verifier_kinds())}")
+    return factory(argument, task)
