@@ -1,1 +1,18 @@
-"""TODO"""
+"""The agent: a LangGraph loop that retrieves memory, answers, verifies, retries and records.
+
+agent/ orchestrates; it never trains (that is distill/).
+"""
+
+from procmem.agent.graph import AgentDeps, AgentState, build_agent, episode_from_state, initial_state
+from procmem.agent.runner import SolveReport, solve_tasks, thread_id
+
+__all__ = [
+    "AgentDeps",
+    "AgentState",
+    "SolveReport",
+    "build_agent",
+    "episode_from_state",
+    "initial_state",
+    "solve_tasks",
+    "thread_id",
+]

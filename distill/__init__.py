@@ -1,1 +1,114 @@
-"""TODO"""
+"""Offline distillation: memory-guided, verified corrections trained into a LoRA adapter.
+
+collect episodes -> build corrected traces (teacher with memory + feedback, verifier-filtered) ->
+train (sft / self-distill / mixed) -> gate (memory-free, held-out) -> register ``vN`` -> promote.
+distill trains and never serves.
+"""
+
+from procmem.distill.config import (
+    DistillConfig,
+    GateConfig,
+    LoraSettings,
+    MixedSettings,
+    SelfDistillSettings,
+    TraceConfig,
+    TrainSettings,
+)
+from procmem.distill.gate import GateReport, SuiteResult, compare, evaluate, gate_table
+from procmem.distill.objectives import (
+    Example,
+    MixedObjective,
+    Objective,
+    ObjectiveLoss,
+    SelfDistillObjective,
+    SftObjective,
+    completion_logits,
+    make_objective,
+)
+from procmem.distill.registry import (
+    AdapterManifest,
+    PromotionState,
+    list_adapters,
+    promote,
+    promotion_state,
+    read_manifest,
+    register_adapter,
+    resolve_adapter,
+    rollback,
+)
+from procmem.distill.run import (
+    DistillBusy,
+    DistillDeps,
+    DistillResult,
+    default_deps,
+    distill_lock,
+    latest_run_dir,
+    parse_interval,
+    run_distillation,
+    run_every,
+)
+from procmem.distill.traces import (
+    Problem,
+    TeacherContext,
+    Trace,
+    TraceBuild,
+    build_traces,
+    export_traces,
+    load_trace_build,
+    problems_from_episodes,
+    save_trace_build,
+)
+from procmem.distill.train import TrainResult, load_trainable_model, train_adapter
+
+__all__ = [
+    "AdapterManifest",
+    "DistillBusy",
+    "DistillConfig",
+    "DistillDeps",
+    "DistillResult",
+    "Example",
+    "GateConfig",
+    "GateReport",
+    "LoraSettings",
+    "MixedObjective",
+    "MixedSettings",
+    "Objective",
+    "ObjectiveLoss",
+    "Problem",
+    "PromotionState",
+    "SelfDistillObjective",
+    "SelfDistillSettings",
+    "SftObjective",
+    "SuiteResult",
+    "TeacherContext",
+    "Trace",
+    "TraceBuild",
+    "TraceConfig",
+    "TrainResult",
+    "TrainSettings",
+    "build_traces",
+    "compare",
+    "completion_logits",
+    "default_deps",
+    "distill_lock",
+    "evaluate",
+    "export_traces",
+    "gate_table",
+    "latest_run_dir",
+    "list_adapters",
+    "load_trace_build",
+    "load_trainable_model",
+    "make_objective",
+    "parse_interval",
+    "problems_from_episodes",
+    "promote",
+    "promotion_state",
+    "read_manifest",
+    "register_adapter",
+    "resolve_adapter",
+    "rollback",
+    "run_distillation",
+    "run_every",
+    "save_trace_build",
+    "train_adapter",
+]

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-__all__ = ["Embedder", "Level", "MemoryRecord", "MemoryStore", "Scalar", "ScoredRecord"]
+import numpy.typing as npt
+
+__all__ = [
+    "LEVELS",
+    "Embedder",
+    "Level",
+    "MemoryRecord",
+    "MemoryStore",
+    "Scalar",
+    "ScoredRecord",
+    "VectorMemoryStore",
+]
 
 Level = Literal["experience", "insight", "pattern"]
 Scalar = str | int | float | bool
+
+LEVELS: tuple[Level, ...] = get_args(Level)
+"""Every memory level, in order of abstraction."""
 
 
 @runtime_checkable
@@ -67,3 +81,23 @@ class MemoryStore(Protocol):
     def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]: ...
 
     def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int: ...
+
+
+@runtime_checkable
+class VectorMemoryStore(MemoryStore, Protocol):
+    """A :class:`MemoryStore` that also takes and answers with precomputed vectors (bulk imports,
+    benchmarks), and holds resources to release with :meth:`close`.
+
+    Vectors must come from the store's own ``embedder`` (same model, same ``dim``, unit length).
+    """
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    def upsert_vectors(self, records: Sequence[MemoryRecord], vectors: npt.ArrayLike) -> None: ...
+
+    def query_vector(
+        self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]: ...
+
+    def close(self) -> None: ...

@@ -5,6 +5,7 @@ from procmem.core.config import Config, GenerationConfig, SolveConfig, load_conf
 from procmem.core.errors import ProcmemError
 from procmem.core.home import Home
 from procmem.core.prompts import PriorAttempt, extract_answer, render_completion, render_prompt
+from procmem.core.redact import RedactingFilter, redact, redact_obj
 from procmem.core.types import Attempt, Episode, Split, Task, Verdict, new_id, utc_now
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Home",
     "PriorAttempt",
     "ProcmemError",
+    "RedactingFilter",
     "SolveConfig",
     "Split",
     "Task",
@@ -22,6 +24,8 @@ __all__ = [
     "extract_answer",
     "load_config",
     "new_id",
+    "redact",
+    "redact_obj",
     "render_completion",
     "render_prompt",
     "utc_now",

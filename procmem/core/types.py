@@ -31,22 +31,29 @@ class Verdict:
     """A verifier's judgement of one answer.
 
     ``feedback`` explains a failure (expected form, what was got) without revealing the gold answer.
+    ``details`` holds optional JSON-plain facts about how the verdict was reached (e.g. the code
+    verifier's isolation level and test counts); it never holds the gold answer either.
     """
 
     passed: bool
     score: float
     feedback: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"Verdict.score must be in [0, 1], got {self.score}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["details"] = dict(self.details)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
-        return cls(passed=bool(data["passed"]), score=float(data["score"]), feedback=str(data["feedback"]))
+        """Also reads records written before ``details`` existed (the key is then absent)."""
+        return cls(passed=bool(data["passed"]), score=float(data["score"]), feedback=str(data["feedback"]),
+                   details=dict(data.get("details") or {}))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""The distillation job's typed config (``procmem distill --config FILE``, see ``distill/default.toml``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from procmem.core.config import Config
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "DistillConfig",
+    "GateConfig",
+    "LoraSettings",
+    "MixedSettings",
+    "ObjectiveName",
+    "SelfDistillSettings",
+    "TraceConfig",
+    "TrainSettings",
+]
+
+ObjectiveName = Literal["sft", "self-distill", "mixed"]
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TraceConfig(Config):
+    """How the teacher (base model + current adapter, with memory and feedback) writes corrected traces."""
+
+    k: int = Field(default=4, ge=1, le=64, description="Candidates the teacher samples per problem.")
+    temperature: float = Field(default=0.8, ge=0.0, le=5.0, description="Teacher sampling temperature (0: greedy).")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Teacher nucleus sampling mass.")
+    max_tokens: int = Field(default=48, ge=1, le=2048, description="Most new tokens per teacher candidate.")
+    memory_k: int = Field(default=3, ge=0, le=32, description="Memory entries the retriever puts in the teacher prompt.")
+    max_feedback: int = Field(default=2, ge=0, le=16, description="Most verifier feedback lines from failed attempts.")
+    max_problems: int = Field(default=256, ge=1, description="Most problems per run (failed ones are taken first).")
+    include_successes: bool = Field(default=True, description="Also build traces for problems that were already solved.")
+    keep_per_problem: int = Field(default=2, ge=1, le=64, description="Most distinct verified answers kept per problem.")
+    seed: int = Field(default=0, description="Sampling seed of the teacher.")
+
+
+class LoraSettings(Config):
+    """The LoRA adapter trained on the base model (peft ``LoraConfig``)."""
+
+    rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(default=32.0, gt=0.0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(default=DEFAULT_TARGET_MODULES, min_length=1,
+                                            description="Names of the linear layers that get LoRA matrices.")
+    init_from_parent: bool = Field(default=True, description="Continue from the parent (promoted) adapter when there is "
+                                                     "one; its LoRA shape then wins over rank/alpha/targets.")
+
+
+class TrainSettings(Config):
+    """The optimisation loop."""
+
+    lr: float = Field(default=2e-4, gt=0.0, le=1.0, description="AdamW peak learning rate.")
+    epochs: int = Field(default=2, ge=1, le=1000, description="Passes over the training examples.")
+    batch_size: int = Field(default=4, ge=1, le=1024, description="Examples per optimizer step.")
+    max_seq_len: int = Field(default=256, ge=8, le=32768, description="Longest prompt+completion in tokens; longer "
+                                                              "examples are left-truncated in the prompt.")
+    seed: int = Field(default=0, description="Seed of data order, LoRA init, dropout and rollout sampling.")
+    checkpoint_every: int = Field(default=20, ge=1, description="Write a resumable checkpoint every this many steps.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up steps (then linear decay).")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's default).")
+
+
+class SelfDistillSettings(Config):
+    """Token-level self-distillation (teacher: the model with memory in context; student: without)."""
+
+    teacher: Literal["base", "ema"] = Field(default="base", description="'base': the frozen base model (adapter "
+                                                                "disabled); 'ema': an EMA of the adapter.")
+    ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0, description="EMA decay per step (teacher='ema' only).")
+    divergence: Literal["reverse_kl", "jsd"] = Field(default=
+        "reverse_kl", description="'reverse_kl': KL(student || teacher) over the full vocabulary; 'jsd': "
+                                  "Jensen-Shannon over the teacher's top-k tokens plus one tail bucket.")
+    top_k: int = Field(default=64, ge=1, le=4096, description="Tokens kept by divergence='jsd'.")
+    rollout_temperature: float = Field(default=1.0, gt=0.0, le=5.0, description="Student sampling temperature.")
+    rollout_top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Student nucleus sampling mass.")
+    max_new_tokens: int = Field(default=32, ge=1, le=2048, description="Most tokens per student rollout.")
+
+
+class MixedSettings(Config):
+    """``mixed``: loss = sft_weight * sft + self_distill_weight * self-distill."""
+
+    sft_weight: float = Field(default=1.0, ge=0.0, description="Weight of the SFT loss.")
+    self_distill_weight: float = Field(default=1.0, ge=0.0, description="Weight of the self-distillation loss.")
+
+
+class GateConfig(Config):
+    """The promotion gate: memory-free, greedy, same items and seed for candidate and baseline."""
+
+    test_suites: tuple[str, ...] = Field(default=(), description="Suites whose test split is evaluated; empty: the "
+                                                         "suites of the training episodes.")
+    n_test: int = Field(default=40, ge=1, description="Test items per suite.")
+    holdout_suites: tuple[str, ...] = Field(default=
+        ("rg:letter_counting?min_words=1&max_words=3",),
+        description="General-ability holdout: suites never trained on (ones seen in training are skipped).")
+    n_holdout: int = Field(default=20, ge=0, description="Items per holdout suite (0 disables the holdout).")
+    min_improvement: float = Field(default=0.01, ge=0.0, le=1.0, description="Test accuracy must rise by at least this.")
+    max_holdout_drop: float = Field(default=0.05, ge=0.0, le=1.0, description="Holdout accuracy may fall by at most this.")
+    max_tokens: int = Field(default=32, ge=1, le=2048, description="Most new tokens per evaluated answer.")
+    seed: int = Field(default=0, description="Generation seed (decoding is greedy).")
+
+
+class DistillConfig(Config):
+    """``procmem distill``: collect episodes, build corrected traces, train, gate, register, promote."""
+
+    model: str = Field(default="local:default", description="Base model: 'local:default', 'local:tiny' or "
+                                                    "'local:/path/to/hf_dir'.")
+    parent: str = Field(default="promoted", description="Adapter the teacher runs with and training starts from: "
+                                                "'promoted', 'none' or 'vN'.")
+    objective: ObjectiveName = Field(default="sft", description="Training objective: sft, self-distill or mixed.")
+    min_new_episodes: int = Field(default=1, ge=0, description="Skip the run unless this many episodes arrived since the "
+                                                       "last successful run.")
+    min_traces: int = Field(default=1, ge=0, description="Skip training when fewer verified traces were built "
+                                                 "(sft and mixed).")
+    traces: TraceConfig = Field(default_factory=TraceConfig, description="Corrected-trace generation.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapter shape.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="Optimisation loop.")
+    self_distill: SelfDistillSettings = Field(default_factory=SelfDistillSettings,
+                                              description="Self-distillation settings.")
+    mixed: MixedSettings = Field(default_factory=MixedSettings, description="Weights of the mixed objective.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Promotion gate.")
+
+    @model_validator(mode="after")
+    def _mixed_needs_weight(self) -> DistillConfig:
+        if self.objective == "mixed" and self.mixed.sft_weight + self.mixed.self_distill_weight <= 0:
+            raise ValueError("mixed objective needs a positive weight")
+        return self

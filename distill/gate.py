@@ -1,0 +1,142 @@
+"""The promotion gate: is the candidate adapter better than what is promoted, without forgetting?
+
+Both models answer the same held-out items memory-free (``render_prompt(question)``), greedily, with
+the same seed; answers go through ``extract_answer`` and the task's verifier. The candidate passes
+when its test accuracy (pooled over the test suites) rises by at least ``min_improvement`` and its
+accuracy on the general-ability holdout (suites never trained on) falls by at most
+``max_holdout_drop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+from procmem.distill.config import GateConfig
+from procmem.verifiers import build_verifier
+from pydantic import BaseModel, ConfigDict, Field
+from rich.table import Table
+
+from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
+from procmem.llm import LLM
+
+__all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
+
+_BATCH = 16
+
+
+class SuiteScores(BaseModel):
+    """Per-item pass/fail of one model on one suite, in item order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    suite: str
+    task_ids: tuple[str, ...]
+    passed: tuple[bool, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.passed) / len(self.passed) if self.passed else 0.0
+
+
+class SuiteResult(BaseModel):
+    """One row of the gate table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    suite: str = Field(description="Suite spec.")
+    kind: Literal["test", "holdout"] = Field(description="Held-out test split, or general-ability holdout.")
+    n: int = Field(description="Items evaluated.")
+    baseline: float = Field(description="Baseline accuracy.")
+    candidate: float = Field(description="Candidate accuracy.")
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+
+class GateReport(BaseModel):
+    """The gate's comparison and decision (recorded in the adapter manifest)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    baseline: str = Field(description="What the candidate was compared with: a version, or 'base'.")
+    rows: tuple[SuiteResult, ...] = Field(description="Per-suite accuracies.")
+    test_baseline: float = Field(description="Baseline accuracy pooled over the test items.")
+    test_candidate: float = Field(description="Candidate accuracy pooled over the test items.")
+    holdout_baseline: float | None = Field(description="Baseline accuracy pooled over the holdout (None: none).")
+    holdout_candidate: float | None = Field(description="Candidate accuracy pooled over the holdout.")
+    min_improvement: float = Field(description="Required test accuracy gain.")
+    max_holdout_drop: float = Field(description="Largest allowed holdout accuracy loss.")
+    improved: bool = Field(description="Test accuracy rose by at least min_improvement.")
+    holdout_ok: bool = Field(description="Holdout accuracy fell by no more than max_holdout_drop.")
+    passed: bool = Field(description="improved and holdout_ok.")
+
+
+def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
+             on_progress: Callable[[int], None] | None = None) -> dict[str, SuiteScores]:
+    """Answer every task memory-free and greedily; verify each answer."""
+    generation = GenerationConfig(max_tokens=config.max_tokens, temperature=0.0, seed=config.seed)
+    scores: dict[str, SuiteScores] = {}
+    for suite, tasks in suites.items():
+        passed: list[bool] = []
+        for start in range(0, len(tasks), _BATCH):
+            chunk = tasks[start:start + _BATCH]
+            outputs = llm.generate([render_prompt(t.prompt) for t in chunk], generation)
+            for task, out in zip(chunk, outputs, strict=True):
+                passed.append(build_verifier(task).verify(extract_answer(out.text)).passed)
+            if on_progress is not None:
+                on_progress(len(chunk))
+        scores[suite] = SuiteScores(suite=suite, task_ids=tuple(t.id for t in tasks), passed=tuple(passed))
+    return scores
+
+
+def compare(baseline: Mapping[str, SuiteScores], candidate: Mapping[str, SuiteScores], *,
+            test_suites: Sequence[str], holdout_suites: Sequence[str], config: GateConfig,
+            baseline_name: str) -> GateReport:
+    """The gate decision from per-item scores of both models on the same items."""
+    rows: list[SuiteResult] = []
+    for kind, names in (("test", test_suites), ("holdout", holdout_suites)):
+        for suite in names:
+            base, cand = baseline[suite], candidate[suite]
+            if base.task_ids != cand.task_ids:
+                raise ValueError(f"gate compared different items on {suite}")
+            rows.append(SuiteResult(suite=suite, kind=kind, n=len(base.passed),  # type: ignore[arg-type]
+                                    baseline=base.accuracy, candidate=cand.accuracy))
+    test_base, test_cand = _pooled(baseline, test_suites), _pooled(candidate, test_suites)
+    hold_base, hold_cand = _pooled(baseline, holdout_suites), _pooled(candidate, holdout_suites)
+    # A small epsilon keeps e.g. "exactly one more item of 100 at min_improvement=0.01" a pass.
+    improved = test_base is not None and test_cand is not None \
+        and test_cand - test_base >= config.min_improvement - 1e-9
+    holdout_ok = hold_base is None or hold_cand is None or hold_base - hold_cand <= config.max_holdout_drop + 1e-9
+    return GateReport(
+        baseline=baseline_name, rows=tuple(rows), test_baseline=test_base or 0.0, test_candidate=test_cand or 0.0,
+        holdout_baseline=hold_base, holdout_candidate=hold_cand, min_improvement=config.min_improvement,
+        max_holdout_drop=config.max_holdout_drop, improved=improved, holdout_ok=holdout_ok,
+        passed=improved and holdout_ok,
+    )
+
+
+def _pooled(scores: Mapping[str, SuiteScores], suites: Sequence[str]) -> float | None:
+    items = [p for suite in suites for p in scores[suite].passed]
+    return sum(items) / len(items) if items else None
+
+
+def gate_table(report: GateReport, candidate_name: str = "candidate") -> Table:
+    """The comparison as a rich table."""
+    verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+    table = Table(title=f"promotion gate: {candidate_name} vs {report.baseline}: {verdict}")
+    for column, justify in (("suite", "left"), ("kind", "left"), ("n", "right"), (report.baseline, "right"),
+                            (candidate_name, "right"), ("delta", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(row.suite, row.kind, str(row.n), f"{row.baseline:.1%}", f"{row.candidate:.1%}",
+                      f"{row.delta:+.1%}")
+    table.add_row("all test", "test", "", f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
+                  f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})",
+                  end_section=True)
+    if report.holdout_baseline is not None and report.holdout_candidate is not None:
+        drop = report.holdout_candidate - report.holdout_baseline
+        table.add_row("all holdout", "holdout", "", f"{report.holdout_baseline:.1%}",
+                      f"{report.holdout_candidate:.1%}", f"{drop:+.1%} (allow >= {-report.max_holdout_drop:+.1%})")
+    return table

@@ -1,0 +1,272 @@
+"""The adapter registry under ``PROCMEM_HOME/adapters``.
+
+::
+
+    adapters/
+      v1/  adapter_config.json  adapter_model.safetensors  manifest.json
+      v2/  ...
+      promoted.json      {"current": "v2", "history": ["v1"]}  -- the one pointer, replaced atomically
+      events.jsonl       append-only log of registrations, promotions and rollbacks
+
+Each ``vN`` is a standard PEFT adapter directory (loadable by ``PeftModel.from_pretrained`` and by
+vLLM's ``--enable-lora``) plus its :class:`AdapterManifest`. A version appears atomically (built in a
+staging directory, then renamed) under a registry lock. Promotion and rollback rewrite
+``promoted.json`` with ``os.replace``, so readers see the old or the new pointer, never a mix;
+``history`` is the stack of earlier promoted versions that :func:`rollback` pops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from procmem.distill._io import read_json, write_json
+from procmem.distill.gate import GateReport
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from procmem.core import ProcmemError, utc_now
+
+__all__ = [
+    "ADAPTER_FILES",
+    "AdapterManifest",
+    "BaseModelInfo",
+    "DatasetSnapshot",
+    "MemorySnapshotInfo",
+    "PromotionState",
+    "base_model_hash",
+    "list_adapters",
+    "promote",
+    "promotion_state",
+    "read_manifest",
+    "register_adapter",
+    "resolve_adapter",
+    "rollback",
+]
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_MANIFEST, _POINTER, _EVENTS, _LOCK = "manifest.json", "promoted.json", "events.jsonl", ".registry.lock"
+_VERSION = re.compile(r"^v([1-9][0-9]*)$")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BaseModelInfo(_Record):
+    """The base model an adapter was trained on."""
+
+    id: str = Field(description="Model spec, e.g. 'local:default'.")
+    name: str = Field(description="Model directory name, e.g. 'gemma3-270m'.")
+    hash: str = Field(description="sha256 over the base model's weight files, in name order.")
+
+
+class DatasetSnapshot(_Record):
+    """The episodes and verified traces an adapter was trained on."""
+
+    episode_ids: tuple[str, ...] = Field(description="Episodes the run collected, sorted.")
+    hash: str = Field(description="Hash of the episodes' JSON.")
+    n_traces: int = Field(description="Verified traces kept.")
+    n_rejected: int = Field(description="Teacher candidates dropped (failed the verifier or duplicates).")
+    traces_hash: str = Field(description="Hash of the kept traces' (prompt, completion) pairs.")
+
+
+class MemorySnapshotInfo(_Record):
+    """The memory entries that conditioned the teacher."""
+
+    entry_ids: tuple[str, ...] = Field(description="Memory entry ids the retriever returned, sorted.")
+    hash: str = Field(description="Hash of the entry ids and the teacher prompts they rendered into.")
+
+
+class AdapterManifest(_Record):
+    """``adapters/vN/manifest.json``: where an adapter came from and how it was judged."""
+
+    version: str = Field(description="'vN'.")
+    run_id: str = Field(description="The distill run that produced it.")
+    base_model: BaseModelInfo = Field(description="Base model id and weights hash.")
+    objective: str = Field(description="Training objective: sft, self-distill or mixed.")
+    objective_config: dict[str, Any] = Field(description="The full DistillConfig the run used.")
+    dataset: DatasetSnapshot = Field(description="Training data snapshot.")
+    memory: MemorySnapshotInfo = Field(description="Memory snapshot.")
+    metrics: dict[str, Any] = Field(description="Training figures (steps, losses, tokens, time).")
+    gate: GateReport | None = Field(description="Promotion gate comparison (None: not evaluated).")
+    parent: str | None = Field(description="The adapter version training started from / the teacher used.")
+    created_at: str = Field(description="ISO-8601 UTC creation time.")
+    forced: bool = Field(description="Promoted with --force regardless of the gate.")
+
+
+class PromotionState(_Record):
+    """``adapters/promoted.json``."""
+
+    current: str | None = Field(default=None, description="The promoted version, or None (base model).")
+    history: tuple[str | None, ...] = Field(default=(), description="Earlier promoted versions, oldest first.")
+    updated_at: str | None = Field(default=None, description="When the pointer last changed.")
+
+
+# ------------------------------------------------------------------------------------------------ read
+
+
+def list_adapters(adapters_dir: Path) -> list[AdapterManifest]:
+    """Every registered version, oldest first."""
+    if not adapters_dir.is_dir():
+        return []
+    versions = sorted((p for p in adapters_dir.iterdir() if _VERSION.match(p.name) and (p / _MANIFEST).exists()),
+                      key=lambda p: _number(p.name))
+    return [read_manifest(adapters_dir, p.name) for p in versions]
+
+
+def read_manifest(adapters_dir: Path, version: str) -> AdapterManifest:
+    path = _version_dir(adapters_dir, version) / _MANIFEST
+    try:
+        return AdapterManifest.model_validate(read_json(path))
+    except ValidationError as err:
+        raise ProcmemError(f"invalid manifest: {err.errors()[0]['msg']}", where=str(path),
+                           fix="restore the manifest or delete the version directory") from err
+
+
+def promotion_state(adapters_dir: Path) -> PromotionState:
+    path = adapters_dir / _POINTER
+    if not path.exists():
+        return PromotionState()
+    try:
+        return PromotionState.model_validate(read_json(path))
+    except ValidationError as err:
+        raise ProcmemError("promotion pointer is corrupted", where=str(path),
+                           fix='rewrite it, e.g. {"current": "v1", "history": []}') from err
+
+
+def resolve_adapter(adapters_dir: Path, spec: str) -> Path | None:
+    """``--adapter none|promoted|vN`` -> the adapter directory, or None for the base model."""
+    spec = spec.strip()
+    if spec == "none":
+        return None
+    if spec == "promoted":
+        current = promotion_state(adapters_dir).current
+        return None if current is None else _version_dir(adapters_dir, current)
+    return _version_dir(adapters_dir, spec)
+
+
+def _version_dir(adapters_dir: Path, version: str) -> Path:
+    if not _VERSION.match(version):
+        raise ProcmemError(f"not an adapter version: {version!r}", where="--adapter",
+                           fix="use none, promoted or vN (see `procmem adapters ls`)")
+    path = adapters_dir / version
+    if not (path / _MANIFEST).exists():
+        known = ", ".join(m.version for m in list_adapters(adapters_dir)) or "none registered yet"
+        raise ProcmemError(f"adapter {version} does not exist", where=str(path), fix=f"known versions: {known}")
+    return path
+
+
+def _number(version: str) -> int:
+    match = _VERSION.match(version)
+    return int(match.group(1)) if match else 0
+
+
+# ----------------------------------------------------------------------------------------------- write
+
+
+@contextmanager
+def _locked(adapters_dir: Path) -> Iterator[None]:
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(adapters_dir / _LOCK)):
+        yield
+
+
+def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest) -> AdapterManifest:
+    """Copy the PEFT adapter in ``source`` to the next ``vN`` with ``manifest`` (its version is assigned)."""
+    missing = [name for name in ADAPTER_FILES if not (source / name).exists()]
+    if missing:
+        raise ProcmemError(f"not a PEFT adapter directory (missing {', '.join(missing)})", where=str(source),
+                           fix="train an adapter first (procmem distill)")
+    with _locked(adapters_dir):
+        existing = [_number(p.name) for p in adapters_dir.iterdir() if _VERSION.match(p.name)]
+        version = f"v{max(existing, default=0) + 1}"
+        manifest = manifest.model_copy(update={"version": version})
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=adapters_dir))
+        try:
+            for name in ADAPTER_FILES:
+                shutil.copy2(source / name, staging / name)
+            write_json(staging / _MANIFEST, manifest.model_dump(mode="json"))
+            os.replace(staging, adapters_dir / version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _log(adapters_dir, "register", version)
+    return manifest
+
+
+def promote(adapters_dir: Path, version: str, *, reason: str = "manual") -> PromotionState:
+    """Make ``version`` the promoted adapter; the previous one goes onto the rollback history."""
+    with _locked(adapters_dir):
+        _version_dir(adapters_dir, version)
+        state = promotion_state(adapters_dir)
+        if state.current == version:
+            return state
+        history = (*state.history, state.current) if state.current is not None or state.history else ()
+        new = PromotionState(current=version, history=history, updated_at=utc_now())
+        write_json(adapters_dir / _POINTER, new.model_dump(mode="json"))
+        _log(adapters_dir, "promote", version, previous=state.current, reason=reason)
+    return new
+
+
+def rollback(adapters_dir: Path) -> PromotionState:
+    """Point back to the version promoted before the current one (or to the base model)."""
+    with _locked(adapters_dir):
+        state = promotion_state(adapters_dir)
+        if state.current is None and not state.history:
+            raise ProcmemError("nothing to roll back: no adapter has been promoted", where=str(adapters_dir),
+                               fix="promote one first (procmem adapters promote vN)")
+        previous = state.history[-1] if state.history else None
+        new = PromotionState(current=previous, history=state.history[:-1], updated_at=utc_now())
+        write_json(adapters_dir / _POINTER, new.model_dump(mode="json"))
+        _log(adapters_dir, "rollback", previous, previous=state.current)
+    return new
+
+
+def _log(adapters_dir: Path, action: str, version: str | None, **extra: Any) -> None:
+    line = json.dumps({"at": utc_now(), "action": action, "version": version, **extra}, sort_keys=True)
+    with open(adapters_dir / _EVENTS, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# -------------------------------------------------------------------------------------------- hashing
+
+
+def base_model_hash(model_dir: Path, cache_file: Path | None = None) -> str:
+    """sha256 over the model's weight files (``*.safetensors``, else ``*.bin``/``*.gguf``), in name order.
+
+    Hashing 1 GB takes seconds, so results are cached in ``cache_file`` keyed by path, size and mtime.
+    """
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin")) \
+        or sorted(model_dir.glob("*.gguf"))
+    if not files:
+        raise ProcmemError("no weight files (*.safetensors, *.bin, *.gguf)", where=str(model_dir),
+                           fix="point the model at a Hugging Face model directory")
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    cache: dict[str, str] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except ValueError:
+            cache = {}
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    value = "sha256:" + digest.hexdigest()
+    if cache_file is not None:
+        write_json(cache_file, {**cache, key: value})
+    return value

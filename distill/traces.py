@@ -1,0 +1,256 @@
+"""Memory-guided corrected traces: the training data of distillation.
+
+The teacher is the base model with the current adapter. For each problem it sees the task, the
+procedural memory the retriever renders for it, and the verifier's feedback on earlier failed
+attempts (never the failed answers themselves). It samples ``k`` candidates; the task's verifier keeps
+the passing ones. Each kept trace trains the student on the memory-free prompt, rendered exactly as
+at inference (``render_prompt(question)``), followed by ``render_completion(answer)``.
+
+Problems are ordered: never solved first, then solved after a failure, then solved at once.
+Every trace keeps its provenance: the episodes it came from and the memory entries that conditioned it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from procmem.distill._io import hash_strings, read_jsonl, write_jsonl
+from procmem.distill.config import TraceConfig
+from procmem.memory import Retriever
+from procmem.verifiers import build_verifier
+
+from procmem.core import (
+    Episode,
+    GenerationConfig,
+    PriorAttempt,
+    ProcmemError,
+    Task,
+    extract_answer,
+    render_completion,
+    render_prompt,
+)
+from procmem.llm import LLM
+
+__all__ = [
+    "ExportFormat",
+    "MemorySnapshot",
+    "Problem",
+    "TeacherContext",
+    "Trace",
+    "TraceBuild",
+    "build_traces",
+    "export_traces",
+    "load_trace_build",
+    "problems_from_episodes",
+    "save_trace_build",
+    "teacher_prompt",
+]
+
+ExportFormat = Literal["openai", "trl"]
+TraceStatus = Literal["kept", "failed", "duplicate"]
+_TRACES, _REJECTED, _CONTEXTS = "traces.jsonl", "rejected.jsonl", "contexts.jsonl"
+_CHUNK = 8
+"""Problems per teacher ``generate`` call (k prompts each): batching without losing progress granularity."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One training task and what its episodes taught: the feedback of its failed attempts."""
+
+    task: Task
+    episode_ids: tuple[str, ...]
+    feedback: tuple[str, ...]
+    rank: int
+    """0: never solved, 1: solved after a failed attempt, 2: solved at once (the generation order)."""
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """A problem as the teacher sees it (with memory) and as the student sees it (without)."""
+
+    task_id: str
+    suite: str
+    prompt: str
+    """Memory-free student prompt, exactly as at inference."""
+    teacher_prompt: str
+    memory_ids: tuple[str, ...]
+    episode_ids: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeacherContext:
+        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"])})
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One teacher candidate and its verdict; kept ones are student examples ``prompt -> completion``."""
+
+    task_id: str
+    suite: str
+    prompt: str
+    completion: str
+    answer: str
+    teacher_prompt: str
+    memory_ids: tuple[str, ...]
+    episode_ids: tuple[str, ...]
+    sample: int
+    score: float
+    status: TraceStatus
+    feedback: str = ""
+    teacher: str = ""
+    """Policy that wrote it: ``model_id@adapter``."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
+        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"])})
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """The memory entries that conditioned a run's traces, and a hash of what the teacher read."""
+
+    entry_ids: tuple[str, ...]
+    hash: str
+
+
+@dataclass(frozen=True)
+class TraceBuild:
+    """The result of :func:`build_traces`: kept traces, rejected candidates and one context per problem."""
+
+    kept: tuple[Trace, ...]
+    rejected: tuple[Trace, ...]
+    contexts: tuple[TeacherContext, ...]
+    memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot((), hash_strings([])))
+
+
+def problems_from_episodes(episodes: Iterable[Episode], *, max_feedback: int = 2,
+                           include_successes: bool = True, limit: int | None = None) -> list[Problem]:
+    """Group train-split episodes by task, in generation order (failed problems first).
+
+    Test-split episodes are ignored: the gate evaluates on them.
+    """
+    by_task: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        if episode.task.split == "train":
+            by_task.setdefault(episode.task.id, []).append(episode)
+    problems = [_problem(group, max_feedback) for group in by_task.values()]
+    if not include_successes:
+        problems = [p for p in problems if p.rank < 2]
+    problems.sort(key=lambda p: (p.rank, p.task.id))
+    return problems[:limit] if limit is not None else problems
+
+
+def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
+    episodes = sorted(episodes, key=lambda e: (e.finished_at, e.id))
+    failed_attempts = [a for e in episodes for a in e.attempts if not a.verdict.passed]
+    feedback: list[str] = []
+    for attempt in reversed(failed_attempts):  # the latest feedback first, without repeats
+        text = attempt.verdict.feedback.strip()
+        if text and text not in feedback:
+            feedback.append(text)
+    solved = any(e.passed for e in episodes)
+    rank = 0 if not solved else (1 if failed_attempts else 2)
+    return Problem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
+                   feedback=tuple(reversed(feedback[:max_feedback])), rank=rank)
+
+
+def teacher_prompt(problem: Problem, memory_text: str) -> str:
+    """The teacher's prompt: memory and verifier feedback, but never the failed answers."""
+    prior = [PriorAttempt(feedback=text, answer=None) for text in problem.feedback]
+    return render_prompt(problem.task.prompt, memory=memory_text, prior=prior)
+
+
+def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever, config: TraceConfig, *,
+                 on_progress: Callable[[int], None] | None = None) -> TraceBuild:
+    """Sample ``config.k`` teacher candidates per problem and keep the ones the verifier passes."""
+    contexts = [_context(problem, retriever, config.memory_k) for problem in problems]
+    policy = f"{teacher.model_id}@{teacher.adapter_version or 'base'}"
+    kept: list[Trace] = []
+    rejected: list[Trace] = []
+    for start in range(0, len(problems), _CHUNK):
+        chunk = list(zip(problems[start:start + _CHUNK], contexts[start:start + _CHUNK], strict=True))
+        generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature,
+                                      top_p=config.top_p, seed=config.seed + start)
+        outputs = teacher.generate([ctx.teacher_prompt for _, ctx in chunk for _ in range(config.k)], generation)
+        for index, (problem, ctx) in enumerate(chunk):
+            texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
+            good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
+            kept.extend(good)
+            rejected.extend(bad)
+        if on_progress is not None:
+            on_progress(len(chunk))
+    return TraceBuild(tuple(kept), tuple(rejected), tuple(contexts), _memory_snapshot(contexts))
+
+
+def _context(problem: Problem, retriever: Retriever, k: int) -> TeacherContext:
+    found = retriever.retrieve(problem.task, k) if k > 0 else None
+    memory_text = found.text if found is not None else ""
+    return TeacherContext(
+        task_id=problem.task.id, suite=problem.task.suite, prompt=render_prompt(problem.task.prompt),
+        teacher_prompt=teacher_prompt(problem, memory_text),
+        memory_ids=tuple(found.entry_ids) if found is not None else (), episode_ids=problem.episode_ids,
+    )
+
+
+def _judge(problem: Problem, ctx: TeacherContext, texts: Sequence[str], keep: int,
+           policy: str) -> tuple[list[Trace], list[Trace]]:
+    verifier = build_verifier(problem.task)
+    kept: list[Trace] = []
+    rejected: list[Trace] = []
+    seen: set[str] = set()
+    for sample, text in enumerate(texts):
+        answer = extract_answer(text)
+        verdict = verifier.verify(answer)
+        status: TraceStatus = "failed"
+        if verdict.passed:
+            status = "duplicate" if answer in seen or len(kept) >= keep else "kept"
+            seen.add(answer)
+        trace = Trace(task_id=ctx.task_id, suite=ctx.suite, prompt=ctx.prompt, completion=render_completion(answer),
+                      answer=answer, teacher_prompt=ctx.teacher_prompt, memory_ids=ctx.memory_ids,
+                      episode_ids=ctx.episode_ids, sample=sample, score=verdict.score, status=status,
+                      feedback=verdict.feedback, teacher=policy)
+        (kept if status == "kept" else rejected).append(trace)
+    return kept, rejected
+
+
+def _memory_snapshot(contexts: Sequence[TeacherContext]) -> MemorySnapshot:
+    ids = sorted({entry for ctx in contexts for entry in ctx.memory_ids})
+    # The hash covers what the teacher actually read, so an edited entry under the same id changes it.
+    texts = sorted(ctx.teacher_prompt for ctx in contexts)
+    return MemorySnapshot(tuple(ids), hash_strings([*ids, *texts]))
+
+
+def save_trace_build(build: TraceBuild, directory: Path) -> None:
+    """Write ``traces.jsonl`` (kept), ``rejected.jsonl`` and ``contexts.jsonl``, each atomically."""
+    write_jsonl(directory / _REJECTED, (asdict(t) for t in build.rejected))
+    write_jsonl(directory / _CONTEXTS, (asdict(c) for c in build.contexts))
+    write_jsonl(directory / _TRACES, (asdict(t) for t in build.kept))  # last: its presence marks completion
+
+
+def load_trace_build(directory: Path) -> TraceBuild | None:
+    """The build saved in ``directory``, or None if none was completed there."""
+    if not (directory / _TRACES).exists():
+        return None
+    kept = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _TRACES))
+    rejected = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _REJECTED))
+    contexts = tuple(TeacherContext.from_dict(row) for row in read_jsonl(directory / _CONTEXTS))
+    return TraceBuild(kept, rejected, contexts, _memory_snapshot(contexts))
+
+
+def export_traces(traces: Iterable[Trace], fmt: ExportFormat) -> list[dict[str, Any]]:
+    """Kept traces as OpenAI chat fine-tuning rows or TRL prompt/completion rows."""
+    rows: list[dict[str, Any]] = []
+    for trace in traces:
+        if trace.status != "kept":
+            continue
+        if fmt == "openai":
+            rows.append({"messages": [{"role": "user", "content": trace.prompt},
+                                      {"role": "assistant", "content": trace.answer}]})
+        elif fmt == "trl":
+            rows.append({"prompt": trace.prompt, "completion": trace.completion})
+        else:
+            raise ProcmemError(f"unknown export format {fmt!r}", where="--format", fix="use openai or trl")
+    return rows

@@ -1,0 +1,461 @@
+"""The Chroma-backed memory store: one collection per level, cosine space, vectors always passed in.
+
+Two ways to reach Chroma:
+
+- :meth:`ChromaStore.embedded` opens a directory in this process (``chromadb.PersistentClient``).
+  Chroma's embedded mode is not safe with several writing processes, and a process that keeps a client
+  open does not see what another process wrote (its in-memory index goes stale and Chroma fails with
+  "Error finding id"). So every operation runs under an inter-process file lock next to the database,
+  and every write stamps a new generation token; a process that finds a token it did not write reopens
+  its client first. Within one process all stores on the same directory share one client.
+- :meth:`ChromaStore.remote` talks to a Chroma server (``chroma run --path DIR --port P``), which
+  serialises writers itself; use it when many processes share one memory.
+
+Never Chroma's default embedding function (it downloads a model): collections are created with
+``embedding_function=None`` and every vector comes from this store's :class:`Embedder`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+import numpy.typing as npt
+from filelock import FileLock, Timeout
+from procmem.memory._records import (
+    RESERVED_PREFIX,
+    as_matrix,
+    as_vector,
+    check_level,
+    check_record,
+    check_where,
+    embedder_identity,
+    last_per_id,
+    matches,
+    unique,
+)
+from procmem.memory.base import Embedder, Level, MemoryRecord, Scalar, ScoredRecord
+from procmem.memory.embedding import embed_array
+
+from procmem.core import ProcmemError
+
+__all__ = ["ChromaStore"]
+
+T = TypeVar("T")
+
+_PAYLOAD_KEY = f"{RESERVED_PREFIX}_payload"
+_EMBEDDER_KEY = "procmem_embedder"
+_LOCK_FILE = "procmem.lock"
+_GENERATION_FILE = "procmem.generation"
+_OWN_FILES = {_LOCK_FILE, _GENERATION_FILE, f"{_LOCK_FILE}.tmp", f"{_GENERATION_FILE}.tmp"}
+_LOCK_TIMEOUT_S = 300.0
+_WRITE_CHUNK = 1000
+_SCAN_PAGE = 1000
+_OVERFETCH_CAP = 256
+_INCLUDE: Any = ["documents", "metadatas"]
+
+
+def _collection_name(level: Level) -> str:
+    return f"procmem_{level}"
+
+
+@dataclass(frozen=True)
+class _Hit:
+    id: str
+    text: str
+    metadata: Mapping[str, Any]
+    distance: float
+
+
+class _Connection:
+    """A Chroma client plus its collections, opened lazily and reopened on demand."""
+
+    fix = "check that Chroma is reachable"
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.lock = threading.RLock()
+        self._client: Any = None
+        self._collections: dict[Level, Any] = {}
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from chromadb.errors import ChromaError
+
+        return (ChromaError,)
+
+    @contextlib.contextmanager
+    def session(self, *, write: bool) -> Iterator[None]:
+        with self.lock:
+            self.client()
+            yield
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def collection(self, level: Level, identity: str) -> Any:
+        if level not in self._collections:
+            self._collections[level] = self.client().get_or_create_collection(
+                _collection_name(level), embedding_function=None, configuration={"hnsw": {"space": "cosine"}},
+                metadata={_EMBEDDER_KEY: identity})
+        return self._collections[level]
+
+    def reset(self) -> None:
+        """Drop the client so that the next session opens a fresh one."""
+        client, self._client = self._client, None
+        self._collections.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken client must not hide the real error
+                client.close()
+
+    def run(self, write: bool, op: Callable[[], T]) -> T:
+        """Run ``op`` in a session; on a Chroma error, reopen and try once more, then report it."""
+        errors = self._errors()
+        for attempt in (1, 2):
+            try:
+                with self.session(write=write):
+                    return op()
+            except errors as err:
+                with self.lock:
+                    self.reset()
+                if attempt == 2:
+                    raise ProcmemError(f"Chroma failed: {type(err).__name__}: {err}", where=self.location,
+                                       fix=self.fix) from err
+        raise AssertionError("unreachable")
+
+
+class _EmbeddedConnection(_Connection):
+    """A ``PersistentClient`` on a directory, coherent across processes (see the module docstring)."""
+
+    fix = ("if it persists the directory may be damaged or from another Chroma version: move it aside "
+           "and start a new memory")
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+        self.users = 0
+        self._file_lock = FileLock(str(path / _LOCK_FILE), timeout=_LOCK_TIMEOUT_S, thread_local=False)
+        self._generation: str | None = None
+
+    def _connect(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        return chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
+
+    @contextlib.contextmanager
+    def session(self, *, write: bool) -> Iterator[None]:
+        with self.lock:
+            try:
+                self._file_lock.acquire()
+            except Timeout as err:
+                raise ProcmemError(f"memory is locked by another process for over {_LOCK_TIMEOUT_S:.0f} s",
+                                   where=self._file_lock.lock_file,
+                                   fix="wait for the other procmem process, or share memory through a Chroma "
+                                       "server with --chroma-url") from err
+            try:
+                current = self._read_generation()
+                if current != self._generation:  # another process wrote: our client is stale
+                    self.reset()
+                    self._generation = current
+                self.client()
+                try:
+                    yield
+                finally:
+                    if write:
+                        self._generation = self._write_generation()
+            finally:
+                self._file_lock.release()
+
+    def _read_generation(self) -> str | None:
+        try:
+            return (self.path / _GENERATION_FILE).read_text()
+        except FileNotFoundError:
+            return None
+
+    def _write_generation(self) -> str:
+        token = uuid.uuid4().hex
+        tmp = self.path / f"{_GENERATION_FILE}.tmp"
+        tmp.write_text(token)
+        os.replace(tmp, self.path / _GENERATION_FILE)
+        return token
+
+
+class _RemoteConnection(_Connection):
+    """An ``HttpClient`` on a Chroma server."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ProcmemError("not a Chroma server URL", where=url, fix="pass --chroma-url http://HOST:PORT")
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+        except ValueError as err:
+            raise ProcmemError(f"bad port: {err}", where=url, fix="pass --chroma-url http://HOST:PORT") from err
+        self._host, self._port, self._ssl = parsed.hostname, port, parsed.scheme == "https"
+        self.fix = (f"start a server with `chroma run --path DIR --port {port}` or fix --chroma-url; "
+                    "without --chroma-url procmem uses its embedded store")
+
+    def _connect(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        client = chromadb.HttpClient(host=self._host, port=self._port, ssl=self._ssl,
+                                     settings=Settings(anonymized_telemetry=False))
+        client.heartbeat()
+        return client
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import httpx
+
+        return (*super()._errors(), httpx.HTTPError, OSError, ValueError)
+
+
+_EMBEDDED: dict[Path, _EmbeddedConnection] = {}
+_EMBEDDED_LOCK = threading.Lock()
+
+
+def _check_directory(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ProcmemError("is a file, not a Chroma directory", where=str(path),
+                           fix="point the memory at a directory")
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()} - _OWN_FILES
+        if names and "chroma.sqlite3" not in names:
+            raise ProcmemError("is not a Chroma directory (no chroma.sqlite3) and is not empty", where=str(path),
+                               fix="point the memory at an empty or new directory, or at an existing memory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ProcmemError(f"cannot create the memory directory: {err.strerror}", where=str(path),
+                           fix="choose a writable location") from err
+
+
+class ChromaStore:
+    """:class:`~procmem.memory.base.VectorMemoryStore` on Chroma. Thread-safe; use it as a context manager or
+    call :meth:`close` to release the Chroma client.
+
+    Records map onto Chroma as: id → id, text → document, metadata → metadata as is, payload → JSON in the
+    reserved metadata key ``_procmem_payload``. Similarity is ``1 - cosine distance``.
+    """
+
+    def __init__(self, connection: _Connection, embedder: Embedder) -> None:
+        self._conn = connection
+        self._embedder = embedder
+        self._identity = embedder_identity(embedder)
+        self._closed = False
+
+    @classmethod
+    def embedded(cls, path: str | os.PathLike[str], embedder: Embedder) -> ChromaStore:
+        """Open (or create) the memory in directory ``path``."""
+        resolved = Path(path).expanduser().resolve()
+        with _EMBEDDED_LOCK:
+            conn = _EMBEDDED.get(resolved)
+            if conn is None:
+                _check_directory(resolved)
+                conn = _EmbeddedConnection(resolved)
+            conn.users += 1
+            _EMBEDDED[resolved] = conn
+        store = cls(conn, embedder)
+        try:
+            conn.run(False, lambda: None)  # open now, so a bad directory fails here and not mid-run
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def remote(cls, url: str, embedder: Embedder) -> ChromaStore:
+        """Connect to a Chroma server at ``url`` (``http://host:port``)."""
+        conn = _RemoteConnection(url)
+        conn.run(False, lambda: None)
+        return cls(conn, embedder)
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    @property
+    def location(self) -> str:
+        """The directory or URL of this memory."""
+        return self._conn.location
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        if isinstance(conn, _EmbeddedConnection):
+            with _EMBEDDED_LOCK:
+                conn.users -= 1
+                if conn.users > 0:
+                    return
+                _EMBEDDED.pop(conn.path, None)
+        with conn.lock:
+            conn.reset()
+
+    def __enter__(self) -> ChromaStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        records = [records[i] for i in last_per_id(records)]
+        self.upsert_vectors(records, embed_array(self._embedder, [r.text for r in records]))
+
+    def upsert_vectors(self, records: Sequence[MemoryRecord], vectors: npt.ArrayLike) -> None:
+        matrix = as_matrix(vectors, len(records), self._embedder)
+        keep = last_per_id(records)  # Chroma rejects repeated ids in one call
+        payloads = {i: check_record(records[i]) for i in keep}
+        for level in {records[i].level for i in keep}:
+            rows = [i for i in keep if records[i].level == level]
+            for start in range(0, len(rows), _WRITE_CHUNK):
+                chunk = rows[start:start + _WRITE_CHUNK]
+                self._write(level, functools.partial(
+                    _upsert, ids=[records[i].id for i in chunk], embeddings=matrix[chunk],
+                    documents=[records[i].text for i in chunk],
+                    metadatas=[{**records[i].metadata, _PAYLOAD_KEY: payloads[i]} for i in chunk]))
+
+    def delete(self, level: Level, ids: Sequence[str]) -> None:
+        ids = unique(ids)
+        for start in range(0, len(ids), _WRITE_CHUNK):
+            self._write(level, functools.partial(_delete, ids=ids[start:start + _WRITE_CHUNK]))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]:
+        ids = unique(ids)
+        if not ids:
+            return []
+        found = self._read(level, lambda col: col.get(ids=ids, include=_INCLUDE))
+        by_id = {i: (doc, meta) for i, doc, meta in zip(found["ids"], found["documents"], found["metadatas"],
+                                                         strict=True)}
+        return [self._record(level, i, *by_id[i]) for i in ids if i in by_id]
+
+    def query(
+        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]:
+        return self.query_vector(level, embed_array(self._embedder, [text])[0], k=k, where=where)
+
+    def query_vector(
+        self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]:
+        query = as_vector(vector, self._embedder)
+        where = check_where(where)
+        if k <= 0:
+            return []
+        hits = self._read(level, lambda col: self._nearest_matching(col, query, k, where))
+        return [ScoredRecord(self._record(level, h.id, h.text, h.metadata), 1.0 - h.distance) for h in hits]
+
+    def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]:
+        """Every record (matching ``where``), a page at a time; writes made meanwhile may or may not show."""
+        chroma_where = _chroma_where(check_where(where))
+        offset = 0
+        while True:
+            page = self._read(level, functools.partial(_page, where=chroma_where, offset=offset))
+            for entry_id, doc, meta in zip(page["ids"], page["documents"], page["metadatas"], strict=True):
+                yield self._record(level, entry_id, doc, meta)
+            if len(page["ids"]) < _SCAN_PAGE:
+                return
+            offset += _SCAN_PAGE
+
+    def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int:
+        chroma_where = _chroma_where(check_where(where))
+        if chroma_where is None:
+            return self._read(level, lambda col: int(col.count()))
+        return self._read(level, lambda col: len(col.get(where=chroma_where, include=[])["ids"]))
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _nearest_matching(
+        self, col: Any, query: npt.NDArray[np.float32], k: int, where: Mapping[str, Scalar]
+    ) -> list[_Hit]:
+        """The ``k`` nearest records matching ``where``.
+
+        Chroma's own filtered search scans the metadata of the whole collection (~30 ms at 20k entries),
+        so first look among a growing number of unfiltered nearest neighbours, which is exact as soon as
+        ``k`` of them match; only rare filters fall back to Chroma's filter.
+        """
+        if not where:
+            return self._nearest(col, query, k, None)
+        fetch = max(4 * k, 32)
+        while fetch <= _OVERFETCH_CAP:
+            hits = self._nearest(col, query, fetch, None)
+            matched = [h for h in hits if matches(h.metadata, where)]
+            if len(matched) >= k or len(hits) < fetch:
+                return matched[:k]
+            fetch *= 4
+        return self._nearest(col, query, k, _chroma_where(where))
+
+    @staticmethod
+    def _nearest(col: Any, query: npt.NDArray[np.float32], n: int, where: Any) -> list[_Hit]:
+        found = col.query(query_embeddings=query[None, :], n_results=n, where=where,
+                          include=["documents", "metadatas", "distances"])
+        return [_Hit(*row) for row in zip(found["ids"][0], found["documents"][0], found["metadatas"][0],
+                                          found["distances"][0], strict=True)]
+
+    def _record(self, level: Level, entry_id: str, document: str | None, metadata: Mapping[str, Any] | None
+                ) -> MemoryRecord:
+        meta = dict(metadata or {})
+        payload = json.loads(meta.pop(_PAYLOAD_KEY, "{}"))
+        return MemoryRecord(id=entry_id, level=level, text=document or "", metadata=meta, payload=payload)
+
+    def _collection(self, level: Level) -> Any:
+        col = self._conn.collection(check_level(level), self._identity)
+        built_by = (col.metadata or {}).get(_EMBEDDER_KEY)
+        space = ((col.configuration or {}).get("hnsw") or {}).get("space")
+        if built_by != self._identity or space != "cosine":
+            raise ProcmemError(f"collection {col.name} was built by embedder {built_by!r} in {space!r} space, "
+                               f"not by {self._identity!r} in cosine space", where=self.location,
+                               fix="open it with the embedder that built it, or use another memory directory")
+        return col
+
+    def _read(self, level: Level, op: Callable[[Any], T]) -> T:
+        self._check_open()
+        return self._conn.run(False, lambda: op(self._collection(level)))
+
+    def _write(self, level: Level, op: Callable[[Any], object]) -> None:
+        self._check_open()
+        self._conn.run(True, lambda: op(self._collection(level)))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"this ChromaStore on {self.location} is closed")
+
+
+def _upsert(col: Any, **columns: Any) -> None:
+    col.upsert(**columns)
+
+
+def _delete(col: Any, ids: list[str]) -> None:
+    col.delete(ids=ids)
+
+
+def _page(col: Any, where: dict[str, Any] | None, offset: int) -> Any:
+    return col.get(where=where, limit=_SCAN_PAGE, offset=offset, include=_INCLUDE)
+
+
+def _chroma_where(where: Mapping[str, Scalar]) -> dict[str, Any] | None:
+    """Equality filters as Chroma wants them: one ``$eq`` clause, or an ``$and`` of several."""
+    clauses = [{key: {"$eq": value}} for key, value in where.items()]
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}

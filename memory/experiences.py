@@ -1,0 +1,132 @@
+"""Level 1 of procedural memory: every recorded episode, and retrieval of verified past successes.
+
+Rules for what may become a worked example (enforced by :meth:`ExperienceMemory.similar_successes`):
+
+1. **Only verified successes**: the episode's final attempt passed its verifier. Failed episodes are
+   recorded (distill/ learns from them) but never shown as examples.
+2. **Only the train split.** Episodes of test-split tasks are recorded for evaluation but never reach
+   any prompt; otherwise a held-out answer could leak into another task's prompt, or into a train
+   prompt that distillation then bakes into the adapter.
+3. **Never the task itself.** Episodes of the same task id, or of a task with the identical question
+   (whitespace-normalised), are skipped: the model must not copy a past answer to the very same problem
+   (easy task suites repeat questions under new ids).
+4. **One example per task**, nearest first: repeated solves of one task do not crowd out the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar
+
+from procmem.core import Episode, Task
+
+__all__ = ["EXPERIENCE", "ExperienceMemory"]
+
+EXPERIENCE: Level = "experience"
+_EXAMPLE_FILTER: dict[str, Scalar] = {"passed": True, "split": "train"}
+
+
+class ExperienceMemory:
+    """Episodes stored at the ``experience`` level of a :class:`MemoryStore`.
+
+    Each episode is one record: text = the task prompt (what similarity search compares), metadata =
+    task_id, suite, split, passed, model_id, adapter_version ("" for none), attempts, created_at,
+    payload = ``episode.to_dict()``.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def record(self, episode: Episode) -> None:
+        """Store one finished episode (recording it again overwrites it)."""
+        self.store.upsert([_to_record(episode)])
+
+    def record_many(self, episodes: Sequence[Episode]) -> None:
+        """Store many episodes in one batch (one embedding call)."""
+        self.store.upsert([_to_record(e) for e in episodes])
+
+    def get(self, episode_id: str) -> Episode | None:
+        found = self.store.get(EXPERIENCE, [episode_id])
+        return Episode.from_dict(found[0].payload) if found else None
+
+    def episodes(
+        self,
+        *,
+        suite: str | None = None,
+        split: str | None = None,
+        passed: bool | None = None,
+        task_id: str | None = None,
+    ) -> list[Episode]:
+        """Stored episodes matching every given filter, oldest first."""
+        where = {key: value for key, value in
+                 (("suite", suite), ("split", split), ("passed", passed), ("task_id", task_id))
+                 if value is not None}
+        found = [Episode.from_dict(r.payload) for r in self.store.scan(EXPERIENCE, where=where)]
+        return sorted(found, key=lambda e: (e.finished_at, e.id))
+
+    def similar_successes(self, task: Task, k: int) -> list[Episode]:
+        """Up to ``k`` verified train-split successes on other tasks, most similar to ``task`` first."""
+        if k <= 0:
+            return []
+        fetch = 2 * k + 4
+        while True:
+            hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=_EXAMPLE_FILTER)
+            chosen = _pick_examples([h.record for h in hits], task, k)
+            if len(chosen) >= k or len(hits) < fetch:
+                return chosen
+            fetch *= 4  # many hits were the task itself or repeats: look further
+
+    def stats(self) -> dict[Level, int]:
+        """How many entries each memory level holds (every level, zeros included)."""
+        return {level: self.store.count(level) for level in LEVELS}
+
+    def close(self) -> None:
+        """Release the store, if it holds resources."""
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
+
+def _to_record(episode: Episode) -> MemoryRecord:
+    return MemoryRecord(
+        id=episode.id,
+        level=EXPERIENCE,
+        text=episode.task.prompt,
+        metadata={
+            "task_id": episode.task.id,
+            "suite": episode.task.suite,
+            "split": episode.task.split,
+            "passed": episode.passed,
+            "model_id": episode.model_id,
+            "adapter_version": episode.adapter_version or "",
+            "attempts": len(episode.attempts),
+            "created_at": episode.finished_at,
+        },
+        payload=episode.to_dict(),
+    )
+
+
+def _same_question(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _pick_examples(records: Sequence[MemoryRecord], task: Task, k: int) -> list[Episode]:
+    """Apply rules 1-4 of the module docstring to ranked records."""
+    seen_tasks = {task.id}
+    seen_questions = {_same_question(task.prompt)}
+    chosen: list[Episode] = []
+    for record in records:
+        episode = Episode.from_dict(record.payload)
+        question = _same_question(episode.task.prompt)
+        # The metadata filter already asked for these; the payload is the source of truth.
+        if not episode.passed or episode.task.split != "train":
+            continue
+        if episode.task.id in seen_tasks or question in seen_questions:
+            continue
+        seen_tasks.add(episode.task.id)
+        seen_questions.add(question)
+        chosen.append(episode)
+        if len(chosen) == k:
+            break
+    return chosen

@@ -1,0 +1,177 @@
+"""A memory store held in process memory, searched by exact (brute-force) cosine similarity with numpy.
+
+It is the second :class:`~procmem.memory.base.MemoryStore` implementation and the benchmark baseline:
+exact search over 100k 384-d vectors is one matrix-vector product. Nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from procmem.memory._records import (
+    as_matrix,
+    as_vector,
+    check_level,
+    check_record,
+    check_where,
+    last_per_id,
+    matches,
+    unique,
+)
+from procmem.memory.base import Embedder, Level, MemoryRecord, Scalar, ScoredRecord
+from procmem.memory.embedding import embed_array
+
+__all__ = ["InMemoryStore"]
+
+_WhereKey = tuple[tuple[str, str, Scalar], ...]
+
+
+@dataclass
+class _Entry:
+    id: str
+    text: str
+    metadata: dict[str, Scalar]
+    payload_json: str
+
+    def record(self, level: Level) -> MemoryRecord:
+        # Payloads go through JSON, as in Chroma, so callers get a fresh copy with the same typing.
+        return MemoryRecord(id=self.id, level=level, text=self.text, metadata=dict(self.metadata),
+                            payload=json.loads(self.payload_json))
+
+
+@dataclass
+class _Table:
+    """One level: entries and their vectors in matching rows (a growing buffer)."""
+
+    dim: int
+    entries: list[_Entry] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    buffer: npt.NDArray[np.float32] = field(init=False)
+    masks: dict[_WhereKey, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.buffer = np.zeros((16, self.dim), dtype=np.float32)
+
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        return self.buffer[: len(self.entries)]
+
+    def put(self, entry: _Entry, vector: npt.NDArray[np.float32]) -> None:
+        row = self.rows.get(entry.id)
+        if row is None:
+            row = len(self.entries)
+            if row == len(self.buffer):
+                self.buffer = np.concatenate([self.buffer, np.zeros_like(self.buffer)])
+            self.entries.append(entry)
+            self.rows[entry.id] = row
+        else:
+            self.entries[row] = entry
+        self.buffer[row] = vector
+        self.masks.clear()
+
+    def remove(self, entry_id: str) -> None:
+        row = self.rows.pop(entry_id, None)
+        if row is None:
+            return
+        last = len(self.entries) - 1
+        if row != last:  # move the last row into the hole
+            self.entries[row] = self.entries[last]
+            self.buffer[row] = self.buffer[last]
+            self.rows[self.entries[row].id] = row
+        self.entries.pop()
+        self.masks.clear()
+
+    def mask(self, where: Mapping[str, Scalar]) -> npt.NDArray[np.bool_]:
+        """Which rows match ``where`` (cached until the next write)."""
+        key = tuple(sorted((k, type(v).__name__, v) for k, v in where.items()))
+        if key not in self.masks:
+            self.masks[key] = np.fromiter((matches(e.metadata, where) for e in self.entries), dtype=bool,
+                                          count=len(self.entries))
+        return self.masks[key]
+
+
+class InMemoryStore:
+    """:class:`~procmem.memory.base.VectorMemoryStore` in process memory, with exact cosine search.
+
+    Thread-safe. Records come back as copies; payloads round-trip through JSON (tuples become lists).
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self._tables: dict[Level, _Table] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        records = [records[i] for i in last_per_id(records)]
+        self.upsert_vectors(records, embed_array(self._embedder, [r.text for r in records]))
+
+    def upsert_vectors(self, records: Sequence[MemoryRecord], vectors: npt.ArrayLike) -> None:
+        matrix = as_matrix(vectors, len(records), self._embedder)
+        payloads = [check_record(record) for record in records]
+        with self._lock:
+            for record, payload, vector in zip(records, payloads, matrix, strict=True):
+                entry = _Entry(record.id, record.text, dict(record.metadata), payload)
+                self._table(record.level).put(entry, vector)
+
+    def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]:
+        with self._lock:
+            table = self._table(level)
+            return [table.entries[table.rows[i]].record(level) for i in unique(ids) if i in table.rows]
+
+    def delete(self, level: Level, ids: Sequence[str]) -> None:
+        with self._lock:
+            table = self._table(level)
+            for entry_id in ids:
+                table.remove(entry_id)
+
+    def query(
+        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]:
+        return self.query_vector(level, embed_array(self._embedder, [text])[0], k=k, where=where)
+
+    def query_vector(
+        self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]:
+        query = as_vector(vector, self._embedder)
+        where = check_where(where)
+        with self._lock:
+            table = self._table(level)
+            if k <= 0 or not table.entries:
+                return []
+            similarity = table.vectors @ query
+            candidates = np.flatnonzero(table.mask(where)) if where else np.arange(len(table.entries))
+            if len(candidates) > k:
+                top = np.argpartition(-similarity[candidates], k - 1)[:k]
+                candidates = candidates[top]
+            ranked = sorted(candidates.tolist(), key=lambda row: (-similarity[row], row))
+            return [ScoredRecord(table.entries[row].record(level), float(similarity[row])) for row in ranked]
+
+    def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]:
+        where = check_where(where)
+        with self._lock:
+            entries = list(self._table(level).entries)
+        return (entry.record(level) for entry in entries if matches(entry.metadata, where))
+
+    def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int:
+        where = check_where(where)
+        with self._lock:
+            table = self._table(level)
+            return int(table.mask(where).sum()) if where else len(table.entries)
+
+    def close(self) -> None:
+        """Nothing to release; present for :class:`~procmem.memory.base.VectorMemoryStore`."""
+
+    def _table(self, level: Level) -> _Table:
+        check_level(level)
+        if level not in self._tables:
+            self._tables[level] = _Table(self._embedder.dim)
+        return self._tables[level]

@@ -1,0 +1,138 @@
+"""``procmem solve`` and ``procmem demo``: run the agent over a suite and record every episode."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from procmem.agent import AgentDeps, SolveReport, solve_tasks
+from procmem.cli.app import app
+from procmem.cli.common import (
+    CHROMA_URL_HELP,
+    MODEL_HELP,
+    SUITE_HELP,
+    err_console,
+    home_of,
+    open_checkpointer,
+    out_console,
+    print_json_line,
+)
+from procmem.core import Home, SolveConfig, load_config, new_id
+from procmem.llm import MicroBatcher, load_llm
+from procmem.memory import ExperienceRetriever, NoMemory, open_memory
+from procmem.tasks import load_suite
+
+__all__ = ["DEMO_SUITE", "run_solve"]
+
+DEMO_SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
+
+
+def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str | None = None,
+              quiet: bool = False) -> tuple[SolveReport, dict[str, int]]:
+    """Solve ``config.n`` tasks of ``config.suite``; returns the report and memory counts afterwards."""
+    tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
+    err_console.print(f"loading model {config.model} ...", highlight=False)
+    llm = load_llm(config.model, models_dir=home.models, adapter=config.adapter)
+    memory = open_memory(home.chroma, url=chroma_url)
+    with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
+        deps = AgentDeps(
+            llm=batched,
+            generation=config.generation,
+            retriever=ExperienceRetriever(memory) if config.use_memory else NoMemory(),
+            recorder=memory.record,
+            attempts=config.attempts,
+            memory_k=config.memory_k,
+        )
+        with _progress(quiet) as progress:
+            bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
+            report = solve_tasks(tasks, deps, concurrency=config.concurrency, checkpointer=saver,
+                                 run_id=run_id, on_done=lambda _: progress.advance(bar))
+    return report, dict(memory.stats())
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, disable=quiet, transient=False)
+
+
+def _report_table(config: SolveConfig, report: SolveReport) -> Table:
+    table = Table(title=f"{config.suite} [{config.split}] on {config.model}")
+    for column in ("n", "passed", "accuracy", "mean attempts", "wall time", "tokens/s"):
+        table.add_column(column, justify="right")
+    table.add_row(str(report.n), str(report.passed), f"{report.accuracy:.1%}", f"{report.mean_attempts:.2f}",
+                  f"{report.wall_time_s:.1f} s", f"{report.tokens_per_s:.1f}")
+    return table
+
+
+def _summary(config: SolveConfig, report: SolveReport, run_id: str, stats: dict[str, int]) -> dict[str, object]:
+    return {
+        "suite": config.suite, "split": config.split, "model": config.model, "run_id": run_id,
+        "n": report.n, "passed": report.passed, "accuracy": report.accuracy,
+        "mean_attempts": report.mean_attempts, "wall_time_s": report.wall_time_s,
+        "tokens_per_s": report.tokens_per_s, "episodes_recorded": report.n - report.resumed,
+        "resumed": report.resumed, "memory": stats,
+    }
+
+
+@app.command()
+def solve(
+    ctx: typer.Context,
+    suite: Annotated[str | None, typer.Option(help=SUITE_HELP)] = None,
+    n: Annotated[int | None, typer.Option(help="How many tasks.")] = None,
+    split: Annotated[str | None, typer.Option(help="train or test (disjoint seeds).")] = None,
+    attempts: Annotated[int | None, typer.Option(help="Most attempts per task; retries see verifier feedback.")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory for a local model.")] = None,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="Answer without retrieving memory.")] = False,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks at once (the local model batches them).")] = None,
+    config: Annotated[str | None, typer.Option(help="A TOML file of SolveConfig settings; flags win over it.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume the run with this id (printed by every run).")] = None,
+    chroma_url: Annotated[str | None, typer.Option(help=CHROMA_URL_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line.")] = False,
+) -> None:
+    """Solve tasks from a suite with the agent; every episode is recorded to memory."""
+    flags = {"suite": suite, "n": n, "split": split, "attempts": attempts, "model": model, "adapter": adapter,
+             "concurrency": concurrency, "use_memory": False if no_memory else None}
+    cfg = _solve_config(config, flags)
+    home = home_of(ctx)
+    run_id = resume or new_id()[:12]
+    err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
+    report, stats = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url)
+    (err_console if json_out else out_console).print(_report_table(cfg, report))
+    if json_out:
+        print_json_line(_summary(cfg, report, run_id, stats))
+
+
+def _solve_config(path: str | None, flags: dict[str, object]) -> SolveConfig:
+    if path is not None:
+        return load_config(SolveConfig, path, **flags)
+    if flags["suite"] is None:
+        from procmem.core import ProcmemError
+
+        raise ProcmemError("no task suite given", where="--suite",
+                           fix=f"pass e.g. --suite '{DEMO_SUITE}' or --config FILE.toml")
+    return SolveConfig.model_validate({k: v for k, v in flags.items() if v is not None})
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option(help="How many tasks.")] = 20,
+    model: Annotated[str, typer.Option(help="The model to run.")] = "local:default",
+) -> None:
+    """The quickstart: solve easy sums on the bundled model, record them, show the memory."""
+    home = home_of(ctx)
+    cfg = SolveConfig(suite=DEMO_SUITE, n=n, attempts=2, model=model)
+    out_console.print(f"[bold]procmem demo[/]: {n} tasks of {DEMO_SUITE} on {model}; home {home.root}")
+    report, stats = run_solve(cfg, home, run_id=new_id()[:12])
+    out_console.print(_report_table(cfg, report))
+    table = Table(title="memory")
+    table.add_column("level")
+    table.add_column("entries", justify="right")
+    for level, count in stats.items():
+        table.add_row(level, str(count))
+    out_console.print(table)
+    out_console.print("next: [bold]procmem memory stats[/], [bold]procmem solve --help[/]")

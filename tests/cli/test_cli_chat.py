@@ -1,0 +1,44 @@
+"""`procmem chat` driven through its real REPL, and the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from procmem.memory import open_memory
+from typer.testing import CliRunner
+
+from procmem.cli import app
+from procmem.core import Home
+
+
+def _chat(runner: CliRunner, home: Home, tiny: Path, script: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["--home", str(home.root), "chat", "--model", f"local:{tiny}", "--thread", "t1",
+                               "--max-tokens", "4"], input=script)
+
+
+def test_chat_verifies_attached_tasks_records_them_and_keeps_the_thread(
+    runner: CliRunner, home: Home, tiny_model_dir: Path
+) -> None:
+    script = "/verify regex:(?s).*\nWhat is 1 + 1?\njust talk\n/verify nosuch:1\n/quit\n"
+    result = _chat(runner, home, tiny_model_dir, script)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout
+    assert "unknown verifier spec" in result.stdout
+    episodes = open_memory(home.chroma).episodes()
+    assert [e.task.prompt for e in episodes] == ["What is 1 + 1?"], "only the verified task is recorded"
+    again = _chat(runner, home, tiny_model_dir, "")  # EOF right away: exits cleanly
+    assert again.exit_code == 0 and "(1 verified turns so far)" in again.stdout
+
+
+def test_the_console_script_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "procmem"
+    assert exe.exists(), "the procmem console script is not installed beside this python"
+    env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
+    result = subprocess.run([exe, "solve", "--suite", "rg:not_a_dataset", "--model", "local:tiny"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "not_a_dataset" in result.stderr
+    assert "Traceback" not in result.stderr
