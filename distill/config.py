@@ -1,4 +1,5 @@
-"""The distillation job's typed config (``procmem distill --config FILE``, see ``distill/default.toml``)."""
+"""The distillation job's typed config: ``procmem distill --config FILE.toml``, one TOML table per section
+(``[traces]``, ``[lora]``, ``[train]``, ``[self_distill]``, ``[mixed]``, ``[gate]``); flags win over the file."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ class TraceConfig(Config):
     temperature: float = Field(default=0.8, ge=0.0, le=5.0, description="Teacher sampling temperature (0: greedy).")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Teacher nucleus sampling mass.")
     max_tokens: int = Field(default=48, ge=1, le=2048, description="Most new tokens per teacher candidate.")
-    memory_k: int = Field(default=3, ge=0, le=32, description="Memory entries the retriever puts in the teacher prompt.")
+    memory_k: int = Field(default=3, ge=0, le=32,
+                          description="Memory entries the retriever puts in the teacher prompt.")
     max_feedback: int = Field(default=2, ge=0, le=16, description="Most verifier feedback lines from failed attempts.")
-    max_problems: int = Field(default=256, ge=1, description="Most problems per run (failed ones are taken first).")
-    include_successes: bool = Field(default=True, description="Also build traces for problems that were already solved.")
-    keep_per_problem: int = Field(default=2, ge=1, le=64, description="Most distinct verified answers kept per problem.")
+    max_problems: int = Field(default=256, ge=1,
+                              description="Most problems per run (failed ones are taken first).")
+    include_successes: bool = Field(default=True,
+                                    description="Also build traces for problems that were already solved.")
+    keep_per_problem: int = Field(default=2, ge=1, le=64,
+                                  description="Most distinct verified answers kept per problem.")
     seed: int = Field(default=0, description="Sampling seed of the teacher.")
 
 
@@ -47,8 +52,9 @@ class LoraSettings(Config):
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: tuple[str, ...] = Field(default=DEFAULT_TARGET_MODULES, min_length=1,
                                             description="Names of the linear layers that get LoRA matrices.")
-    init_from_parent: bool = Field(default=True, description="Continue from the parent (promoted) adapter when there is "
-                                                     "one; its LoRA shape then wins over rank/alpha/targets.")
+    init_from_parent: bool = Field(default=True,
+                                   description="Continue from the parent (promoted) adapter when there is one; its "
+                                               "LoRA shape then wins over rank/alpha/targets.")
 
 
 class TrainSettings(Config):
@@ -57,8 +63,9 @@ class TrainSettings(Config):
     lr: float = Field(default=2e-4, gt=0.0, le=1.0, description="AdamW peak learning rate.")
     epochs: int = Field(default=2, ge=1, le=1000, description="Passes over the training examples.")
     batch_size: int = Field(default=4, ge=1, le=1024, description="Examples per optimizer step.")
-    max_seq_len: int = Field(default=256, ge=8, le=32768, description="Longest prompt+completion in tokens; longer "
-                                                              "examples are left-truncated in the prompt.")
+    max_seq_len: int = Field(default=1024, ge=8, le=32768,
+                             description="Longest prompt+completion in tokens; longer examples lose the head of their "
+                                         "prompt. Self-distill teacher prompts carry the memory, so keep room for it.")
     seed: int = Field(default=0, description="Seed of data order, LoRA init, dropout and rollout sampling.")
     checkpoint_every: int = Field(default=20, ge=1, description="Write a resumable checkpoint every this many steps.")
     warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up steps (then linear decay).")
@@ -99,8 +106,10 @@ class GateConfig(Config):
         ("rg:letter_counting?min_words=1&max_words=3",),
         description="General-ability holdout: suites never trained on (ones seen in training are skipped).")
     n_holdout: int = Field(default=20, ge=0, description="Items per holdout suite (0 disables the holdout).")
-    min_improvement: float = Field(default=0.01, ge=0.0, le=1.0, description="Test accuracy must rise by at least this.")
-    max_holdout_drop: float = Field(default=0.05, ge=0.0, le=1.0, description="Holdout accuracy may fall by at most this.")
+    min_improvement: float = Field(default=0.01, ge=0.0, le=1.0,
+                                   description="Test accuracy must rise by at least this.")
+    max_holdout_drop: float = Field(default=0.05, ge=0.0, le=1.0,
+                                    description="Holdout accuracy may fall by at most this.")
     max_tokens: int = Field(default=32, ge=1, le=2048, description="Most new tokens per evaluated answer.")
     seed: int = Field(default=0, description="Generation seed (decoding is greedy).")
 
@@ -113,8 +122,9 @@ class DistillConfig(Config):
     parent: str = Field(default="promoted", description="Adapter the teacher runs with and training starts from: "
                                                 "'promoted', 'none' or 'vN'.")
     objective: ObjectiveName = Field(default="sft", description="Training objective: sft, self-distill or mixed.")
-    min_new_episodes: int = Field(default=1, ge=0, description="Skip the run unless this many episodes arrived since the "
-                                                       "last successful run.")
+    min_new_episodes: int = Field(default=1, ge=0,
+                                  description="Skip the run unless this many episodes arrived since the last "
+                                              "successful run.")
     min_traces: int = Field(default=1, ge=0, description="Skip training when fewer verified traces were built "
                                                  "(sft and mixed).")
     traces: TraceConfig = Field(default_factory=TraceConfig, description="Corrected-trace generation.")

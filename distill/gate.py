@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
+from procmem.core.prompts import ANSWER_STOP
 from procmem.llm import LLM
 
 __all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
@@ -76,7 +77,8 @@ class GateReport(BaseModel):
 def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
              on_progress: Callable[[int], None] | None = None) -> dict[str, SuiteScores]:
     """Answer every task memory-free and greedily; verify each answer."""
-    generation = GenerationConfig(max_tokens=config.max_tokens, temperature=0.0, seed=config.seed)
+    generation = GenerationConfig(max_tokens=config.max_tokens, temperature=0.0, top_p=1.0, stop=(ANSWER_STOP,),
+                                  seed=config.seed)
     scores: dict[str, SuiteScores] = {}
     for suite, tasks in suites.items():
         passed: list[bool] = []

@@ -28,6 +28,7 @@ Sequences are right-padded, so position ids are plain ``0..T-1`` for every row, 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -118,6 +119,7 @@ class _Encoder:
         self.max_len = max_len
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._cache: dict[tuple[str, bool], list[int]] = {}
+        self._warned = False
 
     def ids(self, text: str, *, special: bool) -> list[int]:
         key = (text, special)
@@ -129,8 +131,12 @@ class _Encoder:
         rows: list[tuple[list[int], int]] = []
         for prompt, completion in zip(prompts, completions, strict=True):
             completion = completion[: self.max_len - 1]
-            prompt = prompt[-(self.max_len - len(completion)):]  # over-long prompts lose their head
-            rows.append((prompt + completion, len(prompt)))
+            room = self.max_len - len(completion)
+            if len(prompt) > room and not self._warned:
+                self._warned = True
+                warnings.warn(f"a {len(prompt)}-token prompt lost its head to fit train.max_seq_len="
+                              f"{self.max_len}; a teacher prompt loses its memory that way: raise it", stacklevel=2)
+            rows.append((prompt[-room:] + completion, min(len(prompt), room)))
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -237,16 +243,19 @@ class SelfDistillObjective:
     def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
         if not batch:
             raise ValueError("self-distill needs at least one example")
-        student_prompts = [self._enc.ids(e.prompt, special=True) for e in batch]
-        rollouts = self.sample(model, student_prompts)
-        student = self._enc.pack(student_prompts, rollouts)
+        rollouts = self.sample(model, [self._enc.ids(e.prompt, special=True) for e in batch])
+        return self.rollout_loss(model, batch, rollouts)
+
+    def rollout_loss(self, model: nn.Module, batch: Sequence[Example], rollouts: Sequence[list[int]]) -> ObjectiveLoss:
+        """The divergence on given answer token ids (one list per example), appended to both prompts."""
+        student = self._enc.pack([self._enc.ids(e.prompt, special=True) for e in batch], rollouts)
         teacher = self._enc.pack([self._enc.ids(e.teacher_prompt, special=True) for e in batch], rollouts)
+        if not torch.equal(student.targets, teacher.targets):  # only if truncation cut them differently
+            raise ValueError("teacher and student answer tokens are misaligned; raise train.max_seq_len")
         with torch.no_grad(), self._teacher(model):
             teacher_logits = completion_logits(model, teacher.input_ids, teacher.attention_mask,
                                                teacher.predict_mask)
         student_logits = completion_logits(model, student.input_ids, student.attention_mask, student.predict_mask)
-        if not torch.equal(student.targets, teacher.targets):  # only if truncation cut them differently
-            raise ValueError("teacher and student answer tokens are misaligned; raise train.max_seq_len")
         loss = _divergence(student_logits, teacher_logits, self.settings)
         return ObjectiveLoss(loss, int(student.targets.numel()), student.processed_tokens)
 
@@ -284,21 +293,35 @@ class SelfDistillObjective:
 
     @contextlib.contextmanager
     def _teacher(self, model: nn.Module) -> Iterator[None]:
-        if self.settings.teacher == "base":
-            with model.disable_adapter():  # type: ignore[operator]
-                yield
-            return
+        """Turn ``model`` into the teacher for a no-grad forward: eval mode (no dropout), and either the
+        adapter disabled (frozen base) or the EMA weights swapped in."""
+        was_training = model.training
+        model.eval()
+        try:
+            if self.settings.teacher == "base":
+                with model.disable_adapter():  # type: ignore[operator]
+                    yield
+            else:
+                with self._ema_weights(model):
+                    yield
+        finally:
+            model.train(was_training)
+
+    @contextlib.contextmanager
+    def _ema_weights(self, model: nn.Module) -> Iterator[None]:
         params = dict(_trainable(model))
         if not self._ema:
             self.after_step(model)
         backup = {name: p.detach().clone() for name, p in params.items()}
         try:
-            for name, p in params.items():
-                p.data.copy_(self._ema[name])
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(self._ema[name])
             yield
         finally:
-            for name, p in params.items():
-                p.data.copy_(backup[name])
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(backup[name])
 
     def after_step(self, model: nn.Module) -> None:
         if self.settings.teacher != "ema":

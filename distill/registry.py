@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from procmem.distill._io import read_json, write_json
 from procmem.distill.gate import GateReport
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from procmem.core import ProcmemError, utc_now
+from procmem.core import Home, ProcmemError, utc_now
+from procmem.core.fileio import read_json, write_json
 
 __all__ = [
     "ADAPTER_FILES",
@@ -100,7 +100,7 @@ class AdapterManifest(_Record):
     gate: GateReport | None = Field(description="Promotion gate comparison (None: not evaluated).")
     parent: str | None = Field(description="The adapter version training started from / the teacher used.")
     created_at: str = Field(description="ISO-8601 UTC creation time.")
-    forced: bool = Field(description="Promoted with --force regardless of the gate.")
+    forced: bool = Field(default=False, description="Promoted with --force although its gate failed.")
 
 
 class PromotionState(_Record):
@@ -143,15 +143,25 @@ def promotion_state(adapters_dir: Path) -> PromotionState:
                            fix='rewrite it, e.g. {"current": "v1", "history": []}') from err
 
 
-def resolve_adapter(adapters_dir: Path, spec: str) -> Path | None:
-    """``--adapter none|promoted|vN`` -> the adapter directory, or None for the base model."""
-    spec = spec.strip()
-    if spec == "none":
+def resolve_adapter(home: Home, name: str) -> Path | None:
+    """``--adapter none|promoted|vN`` -> the adapter directory to load, or None for the base model.
+
+    ``promoted`` with nothing promoted is the base model. A path to a PEFT adapter directory is also
+    accepted (returned as is). Unknown versions are a ProcmemError naming the registered ones.
+    """
+    name = name.strip()
+    if name == "none":
         return None
-    if spec == "promoted":
-        current = promotion_state(adapters_dir).current
-        return None if current is None else _version_dir(adapters_dir, current)
-    return _version_dir(adapters_dir, spec)
+    if name == "promoted":
+        current = promotion_state(home.adapters).current
+        return None if current is None else _version_dir(home.adapters, current)
+    if not _VERSION.match(name) and ("/" in name or name.startswith(".")):
+        path = Path(name).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise ProcmemError(f"{path} is not a PEFT adapter directory (no adapter_config.json)",
+                               where="--adapter", fix="use none, promoted, vN or an adapter directory")
+        return path
+    return _version_dir(home.adapters, name)
 
 
 def _version_dir(adapters_dir: Path, version: str) -> Path:
@@ -202,18 +212,37 @@ def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest
     return manifest
 
 
-def promote(adapters_dir: Path, version: str, *, reason: str = "manual") -> PromotionState:
-    """Make ``version`` the promoted adapter; the previous one goes onto the rollback history."""
+def promote(adapters_dir: Path, version: str, *, force: bool = False, reason: str = "manual") -> PromotionState:
+    """Make ``version`` the promoted adapter; the previous one goes onto the rollback history.
+
+    A version whose promotion gate failed is refused unless ``force``; a forced promotion is recorded
+    in its manifest (``forced: true``) and in ``events.jsonl``.
+    """
     with _locked(adapters_dir):
-        _version_dir(adapters_dir, version)
+        manifest = read_manifest(adapters_dir, version)
+        gate_failed = manifest.gate is not None and not manifest.gate.passed
+        if gate_failed and not force:
+            raise ProcmemError(f"{version} failed its promotion gate ({_gate_summary(manifest)})",
+                               where=str(adapters_dir / version / _MANIFEST),
+                               fix="pass --force to promote it anyway (recorded as forced in its manifest)")
+        if gate_failed and not manifest.forced:
+            write_json(adapters_dir / version / _MANIFEST, manifest.model_copy(update={"forced": True})
+                       .model_dump(mode="json"))
         state = promotion_state(adapters_dir)
         if state.current == version:
             return state
         history = (*state.history, state.current) if state.current is not None or state.history else ()
         new = PromotionState(current=version, history=history, updated_at=utc_now())
         write_json(adapters_dir / _POINTER, new.model_dump(mode="json"))
-        _log(adapters_dir, "promote", version, previous=state.current, reason=reason)
+        _log(adapters_dir, "promote", version, previous=state.current, reason=reason, forced=gate_failed)
     return new
+
+
+def _gate_summary(manifest: AdapterManifest) -> str:
+    gate = manifest.gate
+    if gate is None:
+        return "not evaluated"
+    return f"test {gate.test_baseline:.1%} -> {gate.test_candidate:.1%} vs {gate.baseline}"
 
 
 def rollback(adapters_dir: Path) -> PromotionState:

@@ -22,12 +22,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
-from procmem.distill._io import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.distill.config import DistillConfig
 from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
 from procmem.distill.registry import (
@@ -44,11 +43,12 @@ from procmem.distill.registry import (
 from procmem.distill.registry import register_adapter as _register
 from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, problems_from_episodes, save_trace_build
 from procmem.distill.train import ObjectiveFactory, TrainResult, train_adapter
-from procmem.memory import Retriever
+from procmem.memory import Retriever, policy_version
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, utc_now
+from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.llm import LLM
 
 __all__ = [
@@ -87,7 +87,9 @@ class DistillDeps:
     """What a run calls out to; :func:`default_deps` builds the real ones from the home."""
 
     episodes: Callable[[], Iterable[Episode]]
-    retriever: Retriever
+    retriever: Retriever | Callable[[str], Retriever]
+    """The teacher's memory; a factory gets the teacher's policy version (``model_id@adapter``), which
+    procedural memory trusts fully (co-evolution)."""
     llm_factory: LLMFactory
     model_dir: Path
     load_tasks: TaskLoader
@@ -132,9 +134,13 @@ def distill_lock(home: Home) -> FileLock:
 # ------------------------------------------------------------------------------------------- the run
 
 
-def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | None = None, force: bool = False,
-                     console: Console | None = None, quiet: bool = False) -> DistillResult:
-    """One distillation run (or the resumption of an interrupted one) under the job lock."""
+def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | Callable[[], DistillDeps] | None = None,
+                     force: bool = False, console: Console | None = None, quiet: bool = False) -> DistillResult:
+    """One distillation run (or the resumption of an interrupted one) under the job lock.
+
+    ``deps`` may be a factory, called only once the lock is held (default: :func:`default_deps`).
+    A second job while one runs raises :class:`DistillBusy` at once instead of waiting.
+    """
     console = console or Console(stderr=True, quiet=quiet)
     home.ensure()
     lock = distill_lock(home)
@@ -144,7 +150,10 @@ def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | N
         raise DistillBusy("another distillation job is running", where=str(home.locks / "distill.lock"),
                           fix="wait for it to finish; the lock is released when it exits") from None
     try:
-        deps = deps or default_deps(config, home)
+        if deps is None:
+            deps = default_deps(config, home)
+        elif not isinstance(deps, DistillDeps):
+            deps = deps()
         return _run_locked(config, home, deps, force, console, quiet)
     finally:
         lock.release()
@@ -177,16 +186,17 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
     meta = _meta(run)
     episodes = [Episode.from_dict(row) for row in read_jsonl(run / "episodes.jsonl")]
     parent_version = _parent_version(home, config)
-    parent_dir = resolve_adapter(home.adapters, parent_version) if parent_version else None
+    parent_dir = resolve_adapter(home, parent_version) if parent_version else None
     base = DistillResult(status="skipped", run_id=run.name, resumed=resumed, new_episodes=meta["new_episodes"],
                          episodes=len(episodes))
 
     build = load_trace_build(run / "traces")
     if build is None:
         teacher = deps.llm_factory(parent_dir, parent_version)
-        build = build_run_traces(episodes, teacher, deps.retriever, config, console=console, quiet=quiet)
+        retriever = deps.retriever if isinstance(deps.retriever, Retriever) else deps.retriever(policy_version(teacher))
+        build = build_run_traces(episodes, teacher, retriever, config, console=console, quiet=quiet)
         del teacher
-        gc.collect()
+        _release(deps.model_dir)
         save_trace_build(build, run / "traces")
         _update(run, stage="traced")
     counts = {"problems": len(build.contexts), "traces": len(build.kept), "rejected_traces": len(build.rejected)}
@@ -196,9 +206,9 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
                         **counts)
 
     train = train_adapter(build, config, model_dir=deps.model_dir, work_dir=run / "train", parent=parent_dir,
-                          objective_factory=deps.objective_factory or _default_objective_factory(),
+                          objective_factory=deps.objective_factory,
                           console=console, quiet=quiet)
-    gc.collect()
+    _release(deps.model_dir)
     _update(run, stage="trained")
 
     report = _load_gate(run)
@@ -208,19 +218,34 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
         _update(run, stage="gated")
     console.print(gate_table(report))
 
+    forced = force and not report.passed
     manifest = _registered(home, run.name) or register_candidate(
-        train, build, episodes, report, config, home, deps, run_id=run.name, parent=parent_version, forced=force)
+        train, build, episodes, report, config, home, deps, run_id=run.name, parent=parent_version, forced=forced)
     _update(run, stage="registered", version=manifest.version)
     promoted = report.passed or force
     if promoted:
-        promote(home.adapters, manifest.version, reason="forced" if force and not report.passed else "gate")
-        console.print(f"[green]promoted {manifest.version}[/]" + (" (forced)" if force else ""))
+        promote(home.adapters, manifest.version, force=force, reason="forced" if forced else "gate")
+        console.print(f"[green]promoted {manifest.version}[/]" + (" (forced past a failed gate)" if forced else ""))
     else:
         console.print(f"[yellow]{manifest.version} registered but not promoted: the gate failed[/]")
     _finish(home, run, episodes)
     return _replace(base, status="promoted" if promoted else "rejected", version=manifest.version,
-                    promoted=promoted, forced=force, train=train.to_dict(), gate=report,
+                    promoted=promoted, forced=forced, train=train.to_dict(), gate=report,
                     reason="" if report.passed else _gate_reason(report), **counts)
+
+
+_BIG_MODEL_BYTES = 256 << 20
+
+
+def _release(model_dir: Path) -> None:
+    """Free the model just dropped before the next one loads.
+
+    Loaded models sit in reference cycles, so only a full collection frees them. It costs ~0.5 s with
+    torch and transformers imported, which only pays off for big models (the bundled one is 1.1 GB).
+    """
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    if weights > _BIG_MODEL_BYTES:
+        gc.collect()
 
 
 def _replace(result: DistillResult, **changes: Any) -> DistillResult:
@@ -236,12 +261,6 @@ def _gate_reason(report: GateReport) -> str:
         reasons.append(f"holdout accuracy {report.holdout_baseline:.1%} -> {report.holdout_candidate:.1%} "
                        f"(may drop {report.max_holdout_drop:.1%})")
     return "; ".join(reasons)
-
-
-def _default_objective_factory() -> ObjectiveFactory:
-    from procmem.distill.objectives import make_objective
-
-    return lambda tokenizer, config: make_objective(config.objective, tokenizer, config)
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -278,7 +297,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     suites = {s: _load(deps, s, "test", config.gate.n_test) for s in test_suites}
     suites.update({s: _load(deps, s, "test", config.gate.n_holdout) for s in holdout})
     baseline_version = promotion_state(home.adapters).current
-    baseline_dir = resolve_adapter(home.adapters, baseline_version) if baseline_version else None
+    baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
     total = sum(len(t) for t in suites.values())
     with _progress(console, quiet) as progress:
@@ -288,7 +307,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
             llm = deps.llm_factory(adapter, version)
             scores.append(evaluate(llm, suites, config.gate, on_progress=lambda n, b=bar: progress.advance(b, n)))
             del llm
-            gc.collect()
+            _release(deps.model_dir)
     return compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,
                    baseline_name=baseline_version or "base")
 
@@ -317,8 +336,8 @@ def register_candidate(train: TrainResult, build: TraceBuild, episodes: Sequence
                                 n_traces=len(build.kept), n_rejected=len(build.rejected),
                                 traces_hash=hash_strings(sorted(f"{t.prompt}\x00{t.completion}" for t in build.kept))),
         memory=MemorySnapshotInfo(entry_ids=build.memory.entry_ids, hash=build.memory.hash),
-        metrics={k: v for k, v in train.to_dict().items() if k != "adapter_dir"}, gate=report, parent=parent, created_at=utc_now(),
-        forced=forced,
+        metrics={k: v for k, v in train.to_dict().items() if k != "adapter_dir"}, gate=report, parent=parent,
+        created_at=utc_now(), forced=forced,
     )
     return _register(home.adapters, train.adapter_dir, manifest)
 
@@ -337,7 +356,7 @@ def _parent_version(home: Home, config: DistillConfig) -> str | None:
         return None
     if config.parent == "promoted":
         return promotion_state(home.adapters).current
-    resolve_adapter(home.adapters, config.parent)  # checks it exists
+    resolve_adapter(home, config.parent)  # checks it exists
     return config.parent
 
 
@@ -431,28 +450,27 @@ def parse_interval(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-@dataclass
-class _TickLog:
-    path: Path
-    console: Console
-    results: list[DistillResult] = field(default_factory=list)
-
-    def write(self, **entry: Any) -> None:
-        line = json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+def _log_tick(home: Home, **entry: Any) -> None:
+    """Append one line to ``<home>/distill/log.jsonl`` (the scheduler's record of every tick)."""
+    path = distill_dir(home) / "log.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
-def run_every(config: DistillConfig, home: Home, interval_s: float, *, deps: DistillDeps | None = None,
-              max_ticks: int | None = None, sleep: Callable[[float], None] = time.sleep,
-              console: Console | None = None, quiet: bool = False) -> list[DistillResult]:
+def run_every(config: DistillConfig, home: Home, interval_s: float, *,
+              deps_factory: Callable[[], DistillDeps] | None = None, max_ticks: int | None = None,
+              force: bool = False, sleep: Callable[[float], None] = time.sleep, console: Console | None = None,
+              quiet: bool = False, on_result: Callable[[DistillResult], None] | None = None) -> list[DistillResult]:
     """Run :func:`run_distillation` every ``interval_s`` seconds (forever unless ``max_ticks``).
 
-    Only one scheduler per home (a second one exits with :class:`DistillBusy`). A tick whose run is
-    busy or fails is logged to ``<home>/distill/log.jsonl`` and the next tick tries again.
+    Only one scheduler per home (a second one exits with :class:`DistillBusy`). Each tick builds its
+    dependencies afresh (``deps_factory``, default :func:`default_deps`), so it sees new episodes. A
+    tick that is skipped (too few new episodes), finds another job running, or fails is logged to
+    ``<home>/distill/log.jsonl``; a failed run is retried (resumed) at the next tick.
     """
     console = console or Console(stderr=True, quiet=quiet)
     home.ensure()
@@ -462,34 +480,39 @@ def run_every(config: DistillConfig, home: Home, interval_s: float, *, deps: Dis
     except Timeout:
         raise DistillBusy("another `procmem distill --every` scheduler is running for this home",
                           where=str(home.locks / "distill-scheduler.lock"), fix="stop it first") from None
-    log = _TickLog(distill_dir(home) / "log.jsonl", console)
+    results: list[DistillResult] = []
     try:
         tick = 0
         while max_ticks is None or tick < max_ticks:
             started = time.monotonic()
-            _tick(config, home, deps, log, quiet)
+            result = _tick(config, home, deps_factory or (lambda: default_deps(config, home)), force, console, quiet)
+            if result is not None:
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
             tick += 1
             if max_ticks is not None and tick >= max_ticks:
                 break
             sleep(max(0.0, interval_s - (time.monotonic() - started)))
     finally:
         scheduler.release()
-    return log.results
+    return results
 
 
-def _tick(config: DistillConfig, home: Home, deps: DistillDeps | None, log: _TickLog, quiet: bool) -> None:
+def _tick(config: DistillConfig, home: Home, deps_factory: Callable[[], DistillDeps], force: bool,
+          console: Console, quiet: bool) -> DistillResult | None:
     try:
-        result = run_distillation(config, home, deps=deps, console=log.console, quiet=quiet)
+        result = run_distillation(config, home, deps=deps_factory, force=force, console=console, quiet=quiet)
     except DistillBusy as err:
-        log.console.print(f"[yellow]tick skipped: {err}[/]")
-        log.write(event="busy", message=str(err))
+        console.print(f"[yellow]tick skipped: {err}[/]")
+        _log_tick(home, event="busy", message=str(err))
+        return None
     except Exception as err:  # a failed run must not stop the scheduler; it is retried next tick
-        log.console.print(f"[red]distill run failed: {type(err).__name__}: {err} (retried at the next tick)[/]")
-        log.write(event="failed", error=f"{type(err).__name__}: {err}")
-    else:
-        log.results.append(result)
-        log.write(event=result.status, result=result.to_dict())
-        log.console.print(f"tick: {result.status} {result.version or ''} {result.reason}".rstrip())
+        console.print(f"[red]distill run failed: {type(err).__name__}: {err} (retried at the next tick)[/]")
+        _log_tick(home, event="failed", error=f"{type(err).__name__}: {err}")
+        return None
+    _log_tick(home, event=result.status, result=result.to_dict())
+    return result
 
 
 # ----------------------------------------------------------------------------------------- real deps
@@ -497,7 +520,7 @@ def _tick(config: DistillConfig, home: Home, deps: DistillDeps | None, log: _Tic
 
 def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = None) -> DistillDeps:
     """The real dependencies: the home's memory, the configured local model, the task suites."""
-    from procmem.memory import ExperienceRetriever, open_memory
+    from procmem.memory import open_memory
 
     from procmem.llm import load_llm
     from procmem.tasks import load_suite
@@ -511,8 +534,8 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
         return load_suite(suite, split=split, n=n)
 
-    return DistillDeps(episodes=memory.episodes, retriever=ExperienceRetriever(memory), llm_factory=llm_factory,
-                       model_dir=model_dir, load_tasks=load_tasks)
+    return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.retriever(policy=policy),
+                       llm_factory=llm_factory, model_dir=model_dir, load_tasks=load_tasks)
 
 
 def _model_dir(spec: str, home: Home) -> Path:

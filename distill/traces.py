@@ -12,12 +12,12 @@ Every trace keeps its provenance: the episodes it came from and the memory entri
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from procmem.distill._io import hash_strings, read_jsonl, write_jsonl
 from procmem.distill.config import TraceConfig
 from procmem.memory import Retriever
 from procmem.verifiers import build_verifier
@@ -32,9 +32,12 @@ from procmem.core import (
     render_completion,
     render_prompt,
 )
+from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
+from procmem.core.prompts import ANSWER_STOP
 from procmem.llm import LLM
 
 __all__ = [
+    "HIDDEN_ANSWER",
     "ExportFormat",
     "MemorySnapshot",
     "Problem",
@@ -43,6 +46,7 @@ __all__ = [
     "TraceBuild",
     "build_traces",
     "export_traces",
+    "hide_answer",
     "load_trace_build",
     "problems_from_episodes",
     "save_trace_build",
@@ -148,13 +152,42 @@ def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
     failed_attempts = [a for e in episodes for a in e.attempts if not a.verdict.passed]
     feedback: list[str] = []
     for attempt in reversed(failed_attempts):  # the latest feedback first, without repeats
-        text = attempt.verdict.feedback.strip()
+        text = hide_answer(attempt.verdict.feedback.strip(), attempt.answer)
         if text and text not in feedback:
             feedback.append(text)
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
     return Problem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
                    feedback=tuple(reversed(feedback[:max_feedback])), rank=rank)
+
+
+_QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
+HIDDEN_ANSWER = "the previous answer"
+"""What a failed answer quoted in verifier feedback becomes in the teacher prompt."""
+
+
+def hide_answer(feedback: str, answer: str) -> str:
+    """``feedback`` without the failed ``answer`` it quotes (verifiers echo it: ``got '30'``).
+
+    The teacher must not see the student's failed answer, not even inside the feedback. Quoted spans
+    that hold the answer (or, when the verifier cut it, a prefix ending in ``…``) become
+    :data:`HIDDEN_ANSWER`; any other occurrence of a non-trivial answer is replaced too.
+    """
+    shown = " ".join(answer.split())
+    if not shown:
+        return feedback
+
+    def replace(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        cut = inner.endswith("…")
+        if inner == shown or (cut and inner[:-1] and shown.startswith(inner[:-1])):
+            return HIDDEN_ANSWER
+        return match.group(0)
+
+    text = _QUOTED.sub(replace, feedback)
+    if len(shown) >= 3 or not shown.isalnum():
+        text = text.replace(shown, HIDDEN_ANSWER)
+    return text
 
 
 def teacher_prompt(problem: Problem, memory_text: str) -> str:
@@ -173,7 +206,7 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
     for start in range(0, len(problems), _CHUNK):
         chunk = list(zip(problems[start:start + _CHUNK], contexts[start:start + _CHUNK], strict=True))
         generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature,
-                                      top_p=config.top_p, seed=config.seed + start)
+                                      top_p=config.top_p, stop=(ANSWER_STOP,), seed=config.seed + start)
         outputs = teacher.generate([ctx.teacher_prompt for _, ctx in chunk for _ in range(config.k)], generation)
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]

@@ -20,13 +20,13 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from procmem.distill._io import atomic_write_text, hash_strings, read_json, write_json
 from procmem.distill.config import DistillConfig
 from procmem.distill.objectives import Example, Objective, make_objective
 from procmem.distill.traces import TraceBuild
@@ -35,8 +35,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from procmem.core import ProcmemError
+from procmem.core.fileio import atomic_write_text, hash_strings, read_json, write_json
 
-__all__ = ["ObjectiveFactory", "TrainResult", "load_trainable_model", "train_adapter"]
+__all__ = ["ObjectiveFactory", "TrainResult", "configured_objective", "load_trainable_model", "train_adapter"]
 
 ObjectiveFactory = Callable[[Any, DistillConfig], Objective]
 """Builds the objective from the tokenizer and the config (default: :func:`make_objective`)."""
@@ -83,19 +84,26 @@ def load_trainable_model(model_dir: Path, config: DistillConfig, parent: Path | 
     from procmem.llm import load_model_and_tokenizer
 
     torch.manual_seed(config.train.seed)  # the LoRA init
-    if parent is not None and config.lora.init_from_parent:
-        model, tokenizer = load_model_and_tokenizer(model_dir, adapter=parent, trainable=True)
-    else:
-        base, tokenizer = load_model_and_tokenizer(model_dir, trainable=True)
-        lora = config.lora
-        model = get_peft_model(base, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():  # peft calls a transformers API that warns about its own deprecation
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if parent is not None and config.lora.init_from_parent:
+            model, tokenizer = load_model_and_tokenizer(model_dir, adapter=parent, trainable=True)
+        else:
+            base, tokenizer = load_model_and_tokenizer(model_dir, trainable=True)
+            lora = config.lora
+            model = get_peft_model(base, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     model.config.use_cache = False
     return model, tokenizer
 
 
+def configured_objective(tokenizer: Any, config: DistillConfig) -> Objective:
+    """The default :data:`ObjectiveFactory`: the objective named by ``config.objective``."""
+    return make_objective(config.objective, tokenizer, config)
+
+
 def train_adapter(build: TraceBuild, config: DistillConfig, *, model_dir: Path, work_dir: Path,
-                  parent: Path | None = None, objective_factory: ObjectiveFactory = make_objective,
+                  parent: Path | None = None, objective_factory: ObjectiveFactory | None = None,
                   console: Console | None = None, quiet: bool = False) -> TrainResult:
     """Train a LoRA adapter on ``build`` into ``work_dir/adapter``; resume from ``work_dir``'s checkpoint.
 
@@ -105,11 +113,12 @@ def train_adapter(build: TraceBuild, config: DistillConfig, *, model_dir: Path, 
     done = work_dir / _RESULT
     if done.exists() and (work_dir / _ADAPTER / "adapter_config.json").exists():
         return _result_from(read_json(done), work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, tokenizer = load_trainable_model(model_dir, config, parent)
-    objective = objective_factory(tokenizer, config)
+    objective = (objective_factory or configured_objective)(tokenizer, config)
     examples = objective.examples(build)
     if not examples:
         raise ProcmemError(f"objective {objective.name} has no training examples", where="distill run",
@@ -138,7 +147,8 @@ def train_adapter(build: TraceBuild, config: DistillConfig, *, model_dir: Path, 
             optimizer.zero_grad(set_to_none=True)
             objective.after_step(model)
             losses.append(float(out.loss.detach()))
-            state = _Progress(step + 1, losses, state.tokens + out.tokens, state.processed_tokens + out.processed_tokens)
+            state = _Progress(step + 1, losses, state.tokens + out.tokens,
+                              state.processed_tokens + out.processed_tokens)
             progress.update(bar, advance=1, loss=losses[-1])
             if state.step % settings.checkpoint_every == 0 and state.step < total:
                 _save_checkpoint(work_dir / _CHECKPOINTS, state, fingerprint, model, optimizer, scheduler,

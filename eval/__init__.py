@@ -1,1 +1,22 @@
-"""TODO"""
+"""The evidence: experiments comparing the memory-free student with base, base+memory, RFT and controls,
+and benchmark scripts (``eval/bench_*.py``). eval sits on top: it may import every other package."""
+
+from procmem.eval.config import ARMS, TRAINED_ARMS, Arm, EvalConfig
+from procmem.eval.experiment import ArmScores, Experiment, PlaceboRetriever, run_experiment
+from procmem.eval.report import RESULTS_SCHEMA, Summary, bootstrap_ci, summarise, write_report
+
+__all__ = [
+    "ARMS",
+    "RESULTS_SCHEMA",
+    "TRAINED_ARMS",
+    "Arm",
+    "ArmScores",
+    "EvalConfig",
+    "Experiment",
+    "PlaceboRetriever",
+    "Summary",
+    "bootstrap_ci",
+    "run_experiment",
+    "summarise",
+    "write_report",
+]

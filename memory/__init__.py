@@ -1,15 +1,17 @@
-"""Procedural memory: episodes in a vector store, retrieved as worked examples before answering.
+"""Procedural memory: experiences → insights → patterns in a vector store, with hygiene and co-evolution.
 
 The agent's view::
 
-    memory = open_memory(home.chroma, url=chroma_url)         # ExperienceMemory on Chroma + MiniLM
-    retriever = ExperienceRetriever(memory)                   # or NoMemory() for --no-memory
-    found = retriever.retrieve(task, k)                       # Retrieval(entry_ids, text)
-    prompt = render_prompt(task.prompt, memory=found.text)    # procmem.core
-    memory.record(episode)                                    # after solving
+    memory = open_memory(home.chroma, url=chroma_url)          # ProceduralMemory on Chroma + MiniLM
+    retriever = memory.retriever(policy=policy_version(llm))   # or NoMemory() for --no-memory
+    found = retriever.retrieve(task, k)                        # Retrieval(entry_ids, text)
+    prompt = render_prompt(task.prompt, memory=found.text)     # procmem.core
+    memory.after_episode(episode, reflector=llm)               # record, count, reflect inline
 
 Layers: :mod:`.base` (protocols) ← :mod:`.embedding`, :mod:`.chroma_store`, :mod:`.numpy_store` (stores by
-level) ← :mod:`.experiences` (the ``experience`` level) ← :mod:`.retrieval` (the seam and the renderer).
+level) ← :mod:`.experiences` (level 1) ← :mod:`.entries`, :mod:`.problems`, :mod:`.reflection`,
+:mod:`.consolidation`, :mod:`.hygiene` (levels 2-3) ← :mod:`.retrieval` (the seam and THE renderer) ←
+:mod:`.procedural` (all of it together).
 """
 
 from __future__ import annotations
@@ -23,59 +25,131 @@ from procmem.memory.base import (
     Level,
     MemoryRecord,
     MemoryStore,
+    MetadataChange,
     Scalar,
     ScoredRecord,
     VectorMemoryStore,
 )
 from procmem.memory.chroma_store import ChromaStore
+from procmem.memory.config import HygieneConfig, MemoryConfig, ReflectionConfig, RetrievalConfig
 from procmem.memory.embedding import MINILM_DIM, HashingEmbedder, MiniLMEmbedder, default_embedder
+from procmem.memory.entries import (
+    ENTRY_LEVELS,
+    KINDS,
+    Entry,
+    EntryLevel,
+    Kind,
+    Status,
+    entry_id,
+    normalize_question,
+    policy_version,
+    problem_key,
+)
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
 from procmem.memory.numpy_store import InMemoryStore
+from procmem.memory.problems import Problem, group_problems
+from procmem.memory.procedural import (
+    AfterEpisode,
+    ProceduralMemory,
+    ProceduralRetriever,
+    PruneReport,
+    ReflectionReport,
+    parse_since,
+)
+from procmem.memory.reflection import (
+    ParsedItem,
+    ParsedReflection,
+    ReflectionLLM,
+    parse_reflection,
+    pattern_prompt,
+    reflection_prompt,
+)
 from procmem.memory.retrieval import (
+    ADVICE_HEADER,
     DEFAULT_MAX_CHARS,
+    Advice,
     ExperienceRetriever,
+    MemoryContext,
     NoMemory,
     Retrieval,
     Retriever,
     WorkedExample,
+    fit_context,
     fit_memory,
     render_memory,
 )
 
 __all__ = [
+    "ADVICE_HEADER",
     "DEFAULT_MAX_CHARS",
+    "ENTRY_LEVELS",
     "EXPERIENCE",
+    "KINDS",
     "LEVELS",
     "MINILM_DIM",
+    "Advice",
+    "AfterEpisode",
     "ChromaStore",
     "Embedder",
+    "Entry",
+    "EntryLevel",
     "ExperienceMemory",
     "ExperienceRetriever",
     "HashingEmbedder",
+    "HygieneConfig",
     "InMemoryStore",
+    "Kind",
     "Level",
+    "MemoryConfig",
+    "MemoryContext",
     "MemoryRecord",
     "MemoryStore",
+    "MetadataChange",
     "MiniLMEmbedder",
     "NoMemory",
+    "ParsedItem",
+    "ParsedReflection",
+    "Problem",
+    "ProceduralMemory",
+    "ProceduralRetriever",
+    "PruneReport",
+    "ReflectionConfig",
+    "ReflectionLLM",
+    "ReflectionReport",
     "Retrieval",
+    "RetrievalConfig",
     "Retriever",
     "Scalar",
     "ScoredRecord",
+    "Status",
     "VectorMemoryStore",
     "WorkedExample",
     "default_embedder",
+    "entry_id",
+    "fit_context",
     "fit_memory",
+    "group_problems",
+    "normalize_question",
     "open_memory",
+    "parse_reflection",
+    "parse_since",
+    "pattern_prompt",
+    "policy_version",
+    "problem_key",
+    "reflection_prompt",
     "render_memory",
 ]
 
 
 def open_memory(
-    chroma_dir: str | os.PathLike[str], *, url: str | None = None, embedder: Embedder | None = None
-) -> ExperienceMemory:
+    chroma_dir: str | os.PathLike[str], *, url: str | None = None, embedder: Embedder | None = None,
+    config: MemoryConfig | None = None,
+) -> ProceduralMemory:
     """The CLI's memory: Chroma in ``chroma_dir``, or the server at ``url`` when given; embeddings by the
-    process-wide MiniLM unless ``embedder`` is given. Raises ProcmemError on an unusable directory or URL."""
+    process-wide MiniLM unless ``embedder`` is given. Raises ProcmemError on an unusable directory or URL.
+
+    A :class:`ProceduralMemory` is also an :class:`ExperienceMemory` (``record``, ``episodes``, ``stats``).
+    """
     embedder = embedder or default_embedder()
     store = ChromaStore.remote(url, embedder) if url else ChromaStore.embedded(Path(chroma_dir), embedder)
-    return ExperienceMemory(store)
+    return ProceduralMemory(store, config)

@@ -25,15 +25,21 @@ def check_record(record: MemoryRecord) -> str:
     check_level(record.level)
     if not record.id:
         raise ValueError("a MemoryRecord needs a non-empty id")
-    for key, value in record.metadata.items():
-        if key.startswith(RESERVED_PREFIX):
-            raise ValueError(f"metadata key {key!r} is reserved (prefix {RESERVED_PREFIX!r})")
-        if not isinstance(value, str | int | float | bool):
-            raise ValueError(f"metadata {key!r} must be a str, int, float or bool, got {type(value).__name__}")
+    check_metadata(record.metadata)
     try:
         return json.dumps(record.payload, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"payload of record {record.id!r} is not JSON: {err}") from err
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Metadata must be flat scalars under keys that are not reserved; returns a copy."""
+    for key, value in metadata.items():
+        if key.startswith(RESERVED_PREFIX):
+            raise ValueError(f"metadata key {key!r} is reserved (prefix {RESERVED_PREFIX!r})")
+        if not isinstance(value, str | int | float | bool):
+            raise ValueError(f"metadata {key!r} must be a str, int, float or bool, got {type(value).__name__}")
+    return dict(metadata)
 
 
 def check_where(where: Mapping[str, Scalar] | None) -> dict[str, Scalar]:
@@ -56,8 +62,8 @@ def matches(metadata: Mapping[str, Any], where: Mapping[str, Scalar]) -> bool:
 
 
 def last_per_id(records: Sequence[MemoryRecord]) -> list[int]:
-    """Indices of the records to write when ids repeat in one batch: the last one wins."""
-    last = {record.id: i for i, record in enumerate(records)}
+    """Indices of the records to write when an id repeats at one level in one batch: the last one wins."""
+    last = {(record.level, record.id): i for i, record in enumerate(records)}
     return sorted(last.values())
 
 

@@ -5,7 +5,7 @@ memory/ knows nothing about models beyond :class:`Embedder`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -17,6 +17,7 @@ __all__ = [
     "Level",
     "MemoryRecord",
     "MemoryStore",
+    "MetadataChange",
     "Scalar",
     "ScoredRecord",
     "VectorMemoryStore",
@@ -54,6 +55,10 @@ class MemoryRecord:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
+MetadataChange = Callable[[MemoryRecord], Mapping[str, Scalar] | None]
+"""Given a stored record, the metadata keys to set on it (None or {}: leave it as it is)."""
+
+
 @dataclass(frozen=True)
 class ScoredRecord:
     record: MemoryRecord
@@ -69,6 +74,15 @@ class MemoryStore(Protocol):
     """
 
     def upsert(self, records: Sequence[MemoryRecord]) -> None: ...
+
+    def update(self, level: Level, ids: Sequence[str], change: MetadataChange) -> list[MemoryRecord]:
+        """Read-modify-write the metadata of the existing records among ``ids`` (counters, status).
+
+        ``change`` sees each current record and returns the keys to set; text, vector and payload stay.
+        Atomic per store for the embedded and in-memory stores (no other writer runs in between);
+        on a Chroma server the last writer of one record wins. Returns the records as they are now.
+        """
+        ...
 
     def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]: ...
 

@@ -37,6 +37,7 @@ from procmem.memory._records import (
     as_matrix,
     as_vector,
     check_level,
+    check_metadata,
     check_record,
     check_where,
     embedder_identity,
@@ -44,7 +45,7 @@ from procmem.memory._records import (
     matches,
     unique,
 )
-from procmem.memory.base import Embedder, Level, MemoryRecord, Scalar, ScoredRecord
+from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, Scalar, ScoredRecord
 from procmem.memory.embedding import embed_array
 
 from procmem.core import ProcmemError
@@ -63,6 +64,10 @@ _WRITE_CHUNK = 1000
 _SCAN_PAGE = 1000
 _OVERFETCH_CAP = 256
 _INCLUDE: Any = ["documents", "metadatas"]
+
+
+class _BadChange(Exception):
+    """Carries a ValueError raised by an update's change function through the retrying Chroma runner."""
 
 
 def _collection_name(level: Level) -> str:
@@ -334,10 +339,35 @@ class ChromaStore:
                     documents=[records[i].text for i in chunk],
                     metadatas=[{**records[i].metadata, _PAYLOAD_KEY: payloads[i]} for i in chunk]))
 
+    def update(self, level: Level, ids: Sequence[str], change: MetadataChange) -> list[MemoryRecord]:
+        ids = unique(ids)
+        if not ids:
+            return []
+
+        def read_change_write(col: Any) -> list[MemoryRecord]:
+            found = col.get(ids=ids, include=_INCLUDE)
+            by_id = {i: self._record(level, i, doc, meta) for i, doc, meta in
+                     zip(found["ids"], found["documents"], found["metadatas"], strict=True)}
+            records = [by_id[i] for i in ids if i in by_id]
+            try:
+                changes = [check_metadata(change(record) or {}) for record in records]
+            except ValueError as err:  # not a Chroma failure: must not be retried or reworded
+                raise _BadChange(err) from err
+            changed = [(r, c) for r, c in zip(records, changes, strict=True) if c]
+            if changed:  # Chroma merges an update's metadata into the stored one: only the changed keys go
+                col.update(ids=[r.id for r, _ in changed], metadatas=[c for _, c in changed])
+            return [MemoryRecord(r.id, level, r.text, {**r.metadata, **c}, r.payload)
+                    for r, c in zip(records, changes, strict=True)]
+
+        try:
+            return self._write_returning(level, read_change_write)
+        except _BadChange as err:
+            raise err.args[0] from None
+
     def delete(self, level: Level, ids: Sequence[str]) -> None:
         ids = unique(ids)
         for start in range(0, len(ids), _WRITE_CHUNK):
-            self._write(level, functools.partial(_delete, ids=ids[start:start + _WRITE_CHUNK]))
+            self._write(level, functools.partial(_delete, ids=list(ids[start:start + _WRITE_CHUNK])))
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -433,16 +463,25 @@ class ChromaStore:
         return self._conn.run(False, lambda: op(self._collection(level)))
 
     def _write(self, level: Level, op: Callable[[Any], object]) -> None:
+        self._write_returning(level, op)
+
+    def _write_returning(self, level: Level, op: Callable[[Any], T]) -> T:
         self._check_open()
-        self._conn.run(True, lambda: op(self._collection(level)))
+        return self._conn.run(True, lambda: op(self._collection(level)))
 
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"this ChromaStore on {self.location} is closed")
 
 
-def _upsert(col: Any, **columns: Any) -> None:
-    col.upsert(**columns)
+def _upsert(col: Any, *, ids: list[str], metadatas: list[dict[str, Any]], **columns: Any) -> None:
+    """Upsert that replaces metadata: Chroma merges an upsert's metadata into the stored one, so keys the
+    new version lacks are sent as None, which deletes them."""
+    old = col.get(ids=ids, include=["metadatas"])
+    stale = {i: set(meta or {}) for i, meta in zip(old["ids"], old["metadatas"], strict=True)}
+    metadatas = [{**dict.fromkeys(stale.get(i, set()) - set(meta)), **meta} for i, meta in zip(ids, metadatas,
+                                                                                              strict=True)]
+    col.upsert(ids=ids, metadatas=metadatas, **columns)
 
 
 def _delete(col: Any, ids: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -41,14 +42,18 @@ class MiniLMEmbedder:
 
     The model loads on the first :meth:`embed` (thread-safe), never from the network.
     Encoding is serialised: a Hugging Face fast tokenizer must not be used by two threads at once.
+    The last ``cache_size`` distinct texts keep their vectors (retrieval, dedup and consolidation embed
+    the same prompts and insights again and again).
     """
 
     name = "all-MiniLM-L6-v2"
 
-    def __init__(self, *, batch_size: int = 64) -> None:
+    def __init__(self, *, batch_size: int = 64, cache_size: int = 8192) -> None:
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
+        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._cache_size = cache_size
 
     @property
     def dim(self) -> int:
@@ -62,10 +67,19 @@ class MiniLMEmbedder:
         if not texts:
             return np.zeros((0, MINILM_DIM), dtype=np.float32)
         with self._lock:
-            model = self._load()
-            vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            if missing:
+                model = self._load()
+                fresh = model.encode(missing, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+                for text, vector in zip(missing, np.asarray(fresh, dtype=np.float32), strict=True):
+                    self._cache[text] = vector
+            out = np.stack([self._cache[t] for t in texts])
+            for text in texts:  # most recently used last; the oldest go first
+                self._cache.move_to_end(text)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return out
 
     def _load(self) -> SentenceTransformer:
         if self._model is None:

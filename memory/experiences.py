@@ -7,8 +7,9 @@ Rules for what may become a worked example (enforced by :meth:`ExperienceMemory.
 2. **Only the train split.** Episodes of test-split tasks are recorded for evaluation but never reach
    any prompt; otherwise a held-out answer could leak into another task's prompt, or into a train
    prompt that distillation then bakes into the adapter.
-3. **Never the task itself.** Episodes of the same task id, or of a task with the identical question
-   (whitespace-normalised), are skipped: the model must not copy a past answer to the very same problem
+3. **Never the task itself.** Episodes of the same task id, or of a task with the same question
+   (:func:`~procmem.memory.entries.normalize_question`: case, whitespace and punctuation spacing), are
+   skipped: the model must not copy a past answer to the very same problem
    (easy task suites repeat questions under new ids).
 4. **One example per task**, nearest first: repeated solves of one task do not crowd out the others.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar
+import numpy.typing as npt
+from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
+from procmem.memory.entries import normalize_question, problem_key
 
 from procmem.core import Episode, Task
 
@@ -31,8 +34,8 @@ class ExperienceMemory:
     """Episodes stored at the ``experience`` level of a :class:`MemoryStore`.
 
     Each episode is one record: text = the task prompt (what similarity search compares), metadata =
-    task_id, suite, split, passed, model_id, adapter_version ("" for none), attempts, created_at,
-    payload = ``episode.to_dict()``.
+    task_id, problem (:func:`~procmem.memory.entries.problem_key`), suite, split, passed, model_id,
+    adapter_version ("" for none), attempts, created_at, payload = ``episode.to_dict()``.
     """
 
     def __init__(self, store: MemoryStore) -> None:
@@ -65,13 +68,19 @@ class ExperienceMemory:
         found = [Episode.from_dict(r.payload) for r in self.store.scan(EXPERIENCE, where=where)]
         return sorted(found, key=lambda e: (e.finished_at, e.id))
 
-    def similar_successes(self, task: Task, k: int) -> list[Episode]:
-        """Up to ``k`` verified train-split successes on other tasks, most similar to ``task`` first."""
+    def similar_successes(self, task: Task, k: int, *, vector: npt.ArrayLike | None = None) -> list[Episode]:
+        """Up to ``k`` verified train-split successes on other tasks, most similar to ``task`` first.
+
+        ``vector`` is the task prompt's embedding when the caller has it already (needs a
+        :class:`~procmem.memory.base.VectorMemoryStore`)."""
         if k <= 0:
             return []
         fetch = 2 * k + 4
         while True:
-            hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=_EXAMPLE_FILTER)
+            if vector is not None and isinstance(self.store, VectorMemoryStore):
+                hits = self.store.query_vector(EXPERIENCE, vector, k=fetch, where=_EXAMPLE_FILTER)
+            else:
+                hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=_EXAMPLE_FILTER)
             chosen = _pick_examples([h.record for h in hits], task, k)
             if len(chosen) >= k or len(hits) < fetch:
                 return chosen
@@ -95,6 +104,7 @@ def _to_record(episode: Episode) -> MemoryRecord:
         text=episode.task.prompt,
         metadata={
             "task_id": episode.task.id,
+            "problem": problem_key(episode.task.prompt),
             "suite": episode.task.suite,
             "split": episode.task.split,
             "passed": episode.passed,
@@ -107,18 +117,14 @@ def _to_record(episode: Episode) -> MemoryRecord:
     )
 
 
-def _same_question(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _pick_examples(records: Sequence[MemoryRecord], task: Task, k: int) -> list[Episode]:
     """Apply rules 1-4 of the module docstring to ranked records."""
     seen_tasks = {task.id}
-    seen_questions = {_same_question(task.prompt)}
+    seen_questions = {normalize_question(task.prompt)}
     chosen: list[Episode] = []
     for record in records:
         episode = Episode.from_dict(record.payload)
-        question = _same_question(episode.task.prompt)
+        question = normalize_question(episode.task.prompt)
         # The metadata filter already asked for these; the payload is the source of truth.
         if not episode.passed or episode.task.split != "train":
             continue

@@ -17,13 +17,14 @@ from procmem.memory._records import (
     as_matrix,
     as_vector,
     check_level,
+    check_metadata,
     check_record,
     check_where,
     last_per_id,
     matches,
     unique,
 )
-from procmem.memory.base import Embedder, Level, MemoryRecord, Scalar, ScoredRecord
+from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, Scalar, ScoredRecord
 from procmem.memory.embedding import embed_array
 
 __all__ = ["InMemoryStore"]
@@ -121,6 +122,19 @@ class InMemoryStore:
             for record, payload, vector in zip(records, payloads, matrix, strict=True):
                 entry = _Entry(record.id, record.text, dict(record.metadata), payload)
                 self._table(record.level).put(entry, vector)
+
+    def update(self, level: Level, ids: Sequence[str], change: MetadataChange) -> list[MemoryRecord]:
+        with self._lock:
+            table = self._table(level)
+            rows = [table.rows[i] for i in unique(ids) if i in table.rows]
+            changes = [check_metadata(change(table.entries[row].record(level)) or {}) for row in rows]
+            for row, new in zip(rows, changes, strict=True):
+                if new:
+                    entry = table.entries[row]
+                    table.entries[row] = _Entry(entry.id, entry.text, {**entry.metadata, **new}, entry.payload_json)
+            if any(changes):
+                table.masks.clear()
+            return [table.entries[row].record(level) for row in rows]
 
     def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]:
         with self._lock:

@@ -42,7 +42,7 @@ def chat(
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}
         earlier = len(agent.get_state(config).values.get("turns", []))
         out_console.print(f"procmem chat on {model}, thread '{thread}' ({earlier} verified turns so far). "
-                          "/help for help.", highlight=False)
+                          "/help for help.", highlight=False, soft_wrap=True)
         _repl(agent, config)
 
 

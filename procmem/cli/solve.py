@@ -22,7 +22,7 @@ from procmem.cli.common import (
 )
 from procmem.core import Home, SolveConfig, load_config, new_id
 from procmem.llm import MicroBatcher, load_llm
-from procmem.memory import ExperienceRetriever, NoMemory, open_memory
+from procmem.memory import NoMemory, open_memory, policy_version
 from procmem.tasks import load_suite
 
 __all__ = ["DEMO_SUITE", "run_solve"]
@@ -31,9 +31,12 @@ DEMO_SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 
 
 def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str | None = None,
-              quiet: bool = False) -> tuple[SolveReport, dict[str, int]]:
-    """Solve ``config.n`` tasks of ``config.suite``; returns the report and memory counts afterwards."""
+              quiet: bool = False, reflect: bool = False) -> tuple[SolveReport, dict[str, int]]:
+    """Solve ``config.n`` tasks of ``config.suite``; returns the report and memory counts afterwards.
+
+    With ``reflect``, the policy reflects on each problem right after its episode (one more LLM call each)."""
     tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
+    err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
     llm = load_llm(config.model, models_dir=home.models, adapter=config.adapter)
     memory = open_memory(home.chroma, url=chroma_url)
@@ -41,8 +44,8 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
         deps = AgentDeps(
             llm=batched,
             generation=config.generation,
-            retriever=ExperienceRetriever(memory) if config.use_memory else NoMemory(),
-            recorder=memory.record,
+            retriever=memory.retriever(policy=policy_version(llm)) if config.use_memory else NoMemory(),
+            recorder=memory.recorder(reflector=batched if reflect else None),
             attempts=config.attempts,
             memory_k=config.memory_k,
         )
@@ -91,6 +94,8 @@ def solve(
     config: Annotated[str | None, typer.Option(help="A TOML file of SolveConfig settings; flags win over it.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume the run with this id (printed by every run).")] = None,
     chroma_url: Annotated[str | None, typer.Option(help=CHROMA_URL_HELP)] = None,
+    reflect: Annotated[bool, typer.Option("--reflect", help="Reflect on each problem right after solving it "
+                                                           "(one more model call per task).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line.")] = False,
 ) -> None:
     """Solve tasks from a suite with the agent; every episode is recorded to memory."""
@@ -99,8 +104,7 @@ def solve(
     cfg = _solve_config(config, flags)
     home = home_of(ctx)
     run_id = resume or new_id()[:12]
-    err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
-    report, stats = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url)
+    report, stats = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect)
     (err_console if json_out else out_console).print(_report_table(cfg, report))
     if json_out:
         print_json_line(_summary(cfg, report, run_id, stats))

@@ -23,7 +23,7 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as one JSON line.")] = False,
 ) -> None:
     """Verify ANSWER against the task in TASK and print the verdict."""
-    tasks = load_suite(str(task))
+    tasks = load_suite(str(task), split=None)  # the one task, whatever its split
     if len(tasks) != 1:
         raise ProcmemError(f"holds {len(tasks)} tasks, expected exactly one", where=str(task),
                            fix="put the one task to verify on a line of its own file")

@@ -62,6 +62,7 @@ class Home:
                 path.mkdir(parents=True, exist_ok=True)
             if not marker.exists():
                 marker.write_text(json.dumps({"layout_version": _LAYOUT_VERSION}) + "\n")
+            _probe_write(self.root)
         except OSError as err:
             raise ProcmemError(f"cannot write: {err.strerror}", where=str(self.root),
                                fix="choose a writable --home or fix its permissions") from err
@@ -77,3 +78,11 @@ class Home:
         if layout != _LAYOUT_VERSION:
             raise ProcmemError(f"home layout version {layout} is not supported (expected {_LAYOUT_VERSION})",
                                where=str(marker), fix="use a home made by this procmem version")
+
+
+def _probe_write(directory: Path) -> None:
+    """Fail now, with a clear message, rather than in the middle of recording: root ignores permission
+    bits, so only an actual write tells whether a directory (e.g. on a read-only mount) is writable."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()

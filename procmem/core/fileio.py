@@ -1,4 +1,4 @@
-"""Atomic writes, JSONL and content hashes shared by the distill modules."""
+"""Atomic writes, JSONL and content hashes shared by every package (procmem.core: no upward imports)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from procmem.core import ProcmemError
+from procmem.core.errors import ProcmemError
 
 __all__ = ["atomic_write_text", "hash_strings", "read_json", "read_jsonl", "write_json", "write_jsonl"]
 

@@ -1,0 +1,411 @@
+"""The evidence experiment: R rounds of collect -> reflect -> distill -> evaluate, per arm and seed.
+
+Per seed, one agent with memory collects episodes on the train split each round, driven by the
+previous round's PMD adapter (policy and memory co-evolve). Every trained arm then builds its own
+training set from those same episodes, so data budgets match:
+
+- ``rft``: SFT on the agent's own verified successes, memory-free, no corrections;
+- ``pmd``: the memory-conditioned teacher's verified corrections, trained with ``distill.objective``;
+- ``pmd-frozen``: as ``pmd``, but the teacher reads the memory as it stood after round 1;
+- ``placebo``: as ``pmd``, but the teacher reads the memory retrieved for a problem of another suite
+  (same size, unrelated content).
+
+Each trained arm continues from its own previous-round adapter. ``base`` and ``base+memory`` train
+nothing. All arms are then scored pass@1, greedily, on the same held-out test items (memory-free, except
+``base+memory``) and on the general-ability holdout.
+
+Every stage writes its result atomically under the output directory and is skipped when rerun, so an
+interrupted experiment continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from procmem.agent import AgentDeps, solve_tasks
+from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
+from procmem.core.fileio import read_json, write_json
+from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
+from procmem.distill.traces import Trace
+from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
+from procmem.llm import LLM, LocalLLM, MicroBatcher
+from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
+from procmem.memory import ExperienceMemory, ExperienceRetriever, Retrieval, Retriever, open_memory
+from procmem.tasks import load_suite
+from procmem.verifiers import build_verifier
+
+__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "run_experiment"]
+
+_BATCH = 16
+_CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ArmScores:
+    """One arm's pass@1 outcomes in one round for one seed, per suite and item (in task order)."""
+
+    arm: Arm
+    round: int
+    seed: int
+    test: dict[str, list[bool]]
+    holdout: dict[str, list[bool]]
+    tokens: int
+    """Completion tokens generated while evaluating."""
+    wall_time_s: float
+    """Time of this arm's own stages this round: traces, training and evaluation."""
+    train_examples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArmScores:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Suites:
+    """The fixed evaluation items: the same for every arm, round and seed."""
+
+    train: dict[str, list[Task]]
+    test: dict[str, list[Task]]
+    holdout: dict[str, list[Task]]
+
+
+class PlaceboRetriever:
+    """Memory of the right size and kind, but for an unrelated problem: what the teacher would read for a
+    random train task of another suite (of any other task when there is one suite)."""
+
+    def __init__(self, inner: Retriever, pool: Sequence[Task], seed: int) -> None:
+        self._inner = inner
+        self._pool = list(pool)
+        self._seed = seed
+
+    def retrieve(self, task: Task, k: int) -> Retrieval:
+        others = [t for t in self._pool if t.suite != task.suite] or [t for t in self._pool if t.id != task.id]
+        if not others:
+            return Retrieval((), "")
+        decoy = random.Random(f"{self._seed}:{task.id}").choice(others)
+        return self._inner.retrieve(decoy, k)
+
+
+class Experiment:
+    """The stages of one experiment, each cached under ``out`` (see the module docstring)."""
+
+    def __init__(self, config: EvalConfig, out: Path, *, console: Console | None = None, quiet: bool = False,
+                 embedder: Any = None) -> None:
+        self.config = config
+        self.out = out
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self._embedder = embedder
+        self._model_dir: Path | None = None
+        self._progress: Progress | None = None
+
+    # -- driver -------------------------------------------------------------------------------------
+
+    def run(self) -> list[ArmScores]:
+        self._check_out_dir()
+        suites = self._suites()
+        scores: list[ArmScores] = []
+        stages = len(self.config.seeds) * self.config.rounds
+        with self._make_progress() as progress:
+            self._progress = progress
+            overall = progress.add_task("experiment (seed x round)", total=stages)
+            for seed in self.config.seeds:
+                for round_ in range(1, self.config.rounds + 1):
+                    scores.extend(self._round(seed, round_, suites))
+                    progress.advance(overall)
+        self._progress = None
+        return scores
+
+    def _round(self, seed: int, round_: int, suites: Suites) -> list[ArmScores]:
+        memory = self._memory(seed)
+        try:
+            episodes = self._collect(seed, round_, suites, memory)
+            if round_ == 1:
+                self._freeze_memory(seed)
+            results = [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms]
+        finally:
+            memory.close()
+        return results
+
+    def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+             episodes: Sequence[Any]) -> ArmScores:
+        cached = self._stage(seed, round_, arm) / "scores.json"
+        if cached.exists():
+            return ArmScores.from_dict(read_json(cached))
+        if arm == "pmd-frozen" and round_ == 1:  # memory "frozen after round 1" is round 1's memory
+            return self._alias("pmd", arm, seed, round_, suites, memory, episodes)
+        if arm == "base" and (seed, round_) != (self.config.seeds[0], 1):  # greedy and untrained: one run
+            return self._alias_of(self.config.seeds[0], 1, arm, seed, round_)
+        started = time.perf_counter()
+        adapter, examples = (None, 0)
+        if arm in TRAINED_ARMS:
+            adapter, examples = self._train(arm, seed, round_, suites, memory, episodes)
+        retriever = ExperienceRetriever(memory) if arm == "base+memory" else None
+        llm = self._llm(adapter)
+        test, tokens_test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
+        holdout, tokens_holdout = ({}, 0) if arm == "base+memory" else self._score(
+            llm, suites.holdout, None, f"{arm} r{round_} s{seed}: holdout")
+        result = ArmScores(arm, round_, seed, test, holdout, tokens_test + tokens_holdout,
+                           time.perf_counter() - started, examples)
+        write_json(cached, result.to_dict())
+        return result
+
+    def _alias(self, source: Arm, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+               episodes: Sequence[Any]) -> ArmScores:
+        original = self._arm(source, seed, round_, suites, memory, episodes)
+        return self._save_copy(original, arm, seed, round_)
+
+    def _alias_of(self, source_seed: int, source_round: int, arm: Arm, seed: int, round_: int) -> ArmScores:
+        original = ArmScores.from_dict(read_json(self._stage(source_seed, source_round, arm) / "scores.json"))
+        return self._save_copy(original, arm, seed, round_)
+
+    def _save_copy(self, original: ArmScores, arm: Arm, seed: int, round_: int) -> ArmScores:
+        result = ArmScores(arm, round_, seed, original.test, original.holdout, original.tokens,
+                           original.wall_time_s, original.train_examples)
+        write_json(self._stage(seed, round_, arm) / "scores.json", result.to_dict())
+        return result
+
+    # -- collection ---------------------------------------------------------------------------------
+
+    def _collect(self, seed: int, round_: int, suites: Suites, memory: ExperienceMemory) -> list[Any]:
+        """The agent with memory solves the train split; round r runs with round r-1's PMD adapter."""
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        summary = self._stage(seed, round_) / "collect.json"
+        tasks = [task for group in suites.train.values() for task in group]
+        policy = self._adapter("pmd", seed, round_ - 1)
+        if not summary.exists():
+            deps_llm = self._llm(policy)
+            generation = self._generation()
+            with MicroBatcher(deps_llm, max_batch=self.config.concurrency) as batched, \
+                    SqliteSaver.from_conn_string(str(self._seed_dir(seed) / "threads.sqlite")) as saver:
+                deps = AgentDeps(llm=batched, generation=generation, retriever=ExperienceRetriever(memory),
+                                 recorder=memory.record, attempts=self.config.attempts, memory_k=self.config.memory_k)
+                with self._bar(f"collect r{round_} s{seed}", len(tasks)) as advance:
+                    report = solve_tasks(tasks, deps, concurrency=self.config.concurrency, checkpointer=saver,
+                                         run_id=f"seed{seed}-round{round_}", on_done=lambda _: advance(1))
+            write_json(summary, {"n": report.n, "passed": report.passed, "accuracy": report.accuracy,
+                                 "mean_attempts": report.mean_attempts, "tokens": report.completion_tokens,
+                                 "wall_time_s": report.wall_time_s, "policy": str(policy) if policy else "base"})
+        return [e for e in memory.episodes() if e.task.split == "train"]
+
+    def _freeze_memory(self, seed: int) -> None:
+        frozen = self._seed_dir(seed) / "memory-frozen"
+        if not frozen.exists():
+            staging = frozen.with_name("memory-frozen.staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self._seed_dir(seed) / "memory", staging)
+            staging.rename(frozen)
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def _train(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+               episodes: Sequence[Any]) -> tuple[Path | None, int]:
+        stage = self._stage(seed, round_, arm)
+        parent = self._adapter(arm, seed, round_ - 1)
+        build = self._traces(arm, seed, round_, suites, memory, episodes, parent)
+        objective = "sft" if arm == "rft" else self.config.distill.objective
+        if objective == "sft" and not build.kept:
+            self.console.print(f"[yellow]{arm} round {round_} seed {seed}: no verified trace to train on; "
+                               "the arm keeps its previous adapter[/]")
+            return parent, 0
+        distill = self.config.distill.model_copy(update={
+            "objective": objective,
+            "train": self.config.distill.train.model_copy(update={"seed": self.config.distill.train.seed + seed}),
+        })
+        result = train_adapter(build, distill, model_dir=self._base_dir(), work_dir=stage / "train", parent=parent,
+                               console=self.console, quiet=self.quiet)
+        return result.adapter_dir, result.examples
+
+    def _traces(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+                episodes: Sequence[Any], parent: Path | None) -> TraceBuild:
+        from procmem.distill import load_trace_build
+
+        directory = self._stage(seed, round_, arm) / "traces"
+        saved = load_trace_build(directory)
+        if saved is not None:
+            return saved
+        if arm == "rft":
+            build = _successes_as_traces(episodes, self.config.distill.traces.keep_per_problem)
+        else:
+            traces = self.config.distill.traces.model_copy(update={"seed": self.config.distill.traces.seed + seed})
+            problems = problems_from_episodes(episodes, max_feedback=traces.max_feedback,
+                                              include_successes=traces.include_successes, limit=traces.max_problems)
+            retriever = self._teacher_retriever(arm, seed, suites, memory)
+            teacher = self._llm(parent)
+            with self._bar(f"{arm} traces r{round_} s{seed}", len(problems)) as advance:
+                build = build_traces(problems, teacher, retriever, traces, on_progress=advance)
+        save_trace_build(build, directory)
+        return build
+
+    def _teacher_retriever(self, arm: Arm, seed: int, suites: Suites, memory: ExperienceMemory) -> Retriever:
+        live = ExperienceRetriever(memory)
+        if arm == "placebo":
+            return PlaceboRetriever(live, [t for group in suites.train.values() for t in group], seed)
+        if arm == "pmd-frozen":
+            frozen = open_memory(self._seed_dir(seed) / "memory-frozen", embedder=self._embedder_instance())
+            return ExperienceRetriever(frozen)
+        return live
+
+    # -- scoring ------------------------------------------------------------------------------------
+
+    def _score(self, llm: LLM, suites: dict[str, list[Task]], retriever: Retriever | None,
+               label: str) -> tuple[dict[str, list[bool]], int]:
+        """pass@1, greedy, one batch of prompts at a time; memory in the prompt only with a retriever."""
+        generation = self._generation()
+        results: dict[str, list[bool]] = {}
+        tokens = 0
+        total = sum(len(tasks) for tasks in suites.values())
+        with self._bar(label, total) as advance:
+            for suite, tasks in suites.items():
+                passed: list[bool] = []
+                for start in range(0, len(tasks), _BATCH):
+                    chunk = tasks[start:start + _BATCH]
+                    prompts = [self._prompt(task, retriever) for task in chunk]
+                    outputs = llm.generate(prompts, generation)
+                    for task, out in zip(chunk, outputs, strict=True):
+                        passed.append(build_verifier(task).verify(extract_answer(out.text)).passed)
+                        tokens += out.completion_tokens
+                    advance(len(chunk))
+                results[suite] = passed
+        return results, tokens
+
+    def _prompt(self, task: Task, retriever: Retriever | None) -> str:
+        memory = retriever.retrieve(task, self.config.memory_k).text if retriever and self.config.memory_k else ""
+        return render_prompt(task.prompt, memory=memory)
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _suites(self) -> Suites:
+        cfg = self.config
+        return Suites(
+            train={s: load_suite(s, split="train", n=cfg.n_train) for s in cfg.train_suites},
+            test={s: load_suite(s, split="test", n=cfg.n_test) for s in cfg.train_suites},
+            holdout={s: load_suite(s, split="test", n=cfg.n_holdout) for s in cfg.holdout_suites}
+            if cfg.n_holdout else {},
+        )
+
+    def _generation(self) -> GenerationConfig:
+        return GenerationConfig(max_tokens=self.config.max_tokens, temperature=0.0)
+
+    def _base_dir(self) -> Path:
+        if self._model_dir is None:
+            models = self.out / "models"
+            spec = self.config.model
+            if spec == "local:default":
+                self._model_dir = ensure_bundled_model(models)
+            elif spec == "local:tiny":
+                self._model_dir = ensure_tiny_model(models)
+            elif spec.startswith("local:"):
+                self._model_dir = Path(spec.removeprefix("local:")).expanduser()
+            else:
+                raise ProcmemError(f"eval trains adapters, so it needs a local model, not {spec!r}",
+                                   where="model", fix="use local:default, local:tiny or local:/path/to/hf_dir")
+        return self._model_dir
+
+    def _llm(self, adapter: Path | None) -> LLM:
+        return LocalLLM(self._base_dir(), adapter=adapter, max_batch_size=_BATCH)
+
+    def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
+        """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms)."""
+        if round_ < 1 or arm not in TRAINED_ARMS:
+            return None
+        if arm == "pmd-frozen" and round_ == 1:
+            arm = "pmd"
+        adapter = self._stage(seed, round_, arm) / "train" / "adapter"
+        return adapter if (adapter / "adapter_config.json").exists() else None
+
+    def _memory(self, seed: int) -> ExperienceMemory:
+        return open_memory(self._seed_dir(seed) / "memory", embedder=self._embedder_instance())
+
+    def _embedder_instance(self) -> Any:
+        if self._embedder is None:
+            from procmem.memory import default_embedder
+
+            self._embedder = default_embedder()
+        return self._embedder
+
+    def _seed_dir(self, seed: int) -> Path:
+        path = self.out / f"seed{seed}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _stage(self, seed: int, round_: int, arm: str | None = None) -> Path:
+        path = self._seed_dir(seed) / f"round{round_}"
+        return path / arm if arm else path
+
+    def _check_out_dir(self) -> None:
+        """An output directory holds one experiment: resuming with a different config would mix results."""
+        saved = self.out / _CONFIG_FILE
+        current = self.config.model_dump(mode="json")
+        if saved.exists() and read_json(saved) != current:
+            raise ProcmemError("this output directory holds an experiment with a different config",
+                               where=str(self.out), fix="use a new --out directory, or the same config to resume")
+        write_json(saved, current)
+
+    def _make_progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self.console, disable=self.quiet)
+
+    def _bar(self, label: str, total: int) -> _Bar:
+        return _Bar(self._progress, label, total)
+
+
+class _Bar:
+    """A transient sub-bar of the experiment's progress display; ``advance(n)`` moves it."""
+
+    def __init__(self, progress: Progress | None, label: str, total: int) -> None:
+        self._progress = progress
+        self._label = label
+        self._total = total
+        self._task: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self._progress is None:
+            return lambda _n: None
+        self._task = self._progress.add_task(self._label, total=self._total)
+        progress, task = self._progress, self._task
+        return lambda n: progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.remove_task(self._task)
+
+
+def _successes_as_traces(episodes: Sequence[Any], keep_per_problem: int) -> TraceBuild:
+    """RFT's data: the distinct verified answers of the agent's own episodes (at most ``keep_per_problem``
+    per task, the same cap PMD's traces have), as memory-free examples."""
+    from procmem.core import render_completion
+
+    kept: list[Trace] = []
+    seen: set[tuple[str, str]] = set()
+    for episode in sorted(episodes, key=lambda e: (e.task.id, e.id)):
+        per_task = sum(task_id == episode.task.id for task_id, _ in seen)
+        if not episode.passed or (episode.task.id, episode.attempts[-1].answer) in seen or per_task >= keep_per_problem:
+            continue
+        answer = episode.attempts[-1].answer
+        seen.add((episode.task.id, answer))
+        prompt = render_prompt(episode.task.prompt)
+        kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt,
+                          completion=render_completion(answer), answer=answer, teacher_prompt=prompt, memory_ids=(),
+                          episode_ids=(episode.id,), sample=0, score=1.0, status="kept",
+                          feedback="", teacher=episode.policy_version))
+    return TraceBuild(tuple(kept), (), ())
+
+
+def run_experiment(config: EvalConfig, out: Path, *, console: Console | None = None, quiet: bool = False,
+                   embedder: Any = None) -> list[ArmScores]:
+    """Run (or resume) the experiment in ``out`` and return every arm's scores."""
+    return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run()

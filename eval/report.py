@@ -1,0 +1,238 @@
+"""Summaries of an experiment: bootstrap CIs, ``results.json`` (stable schema), ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from procmem.core.fileio import atomic_write_text, read_json, write_json
+from procmem.eval.config import ARMS, EvalConfig
+from procmem.eval.experiment import ArmScores
+
+__all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "summarise", "write_report"]
+
+RESULTS_SCHEMA = "procmem.eval.results/1"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An arm's figures for one round, pooled over seeds."""
+
+    arm: str
+    round: int
+    test_accuracy: float
+    test_ci95: tuple[float, float]
+    holdout_accuracy: float | None
+    holdout_ci95: tuple[float, float] | None
+    per_suite: dict[str, float]
+    tokens: float
+    """Mean completion tokens generated while evaluating, per seed."""
+    wall_time_s: float
+    """Mean time of the arm's own stages (traces, training, evaluation), per seed."""
+    train_examples: float
+    seeds: int
+
+
+def bootstrap_ci(outcomes: Sequence[Sequence[bool]], *, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """95% percentile CI of the mean pass rate, resampling seeds and then items within each seed.
+
+    ``outcomes[s][i]`` is seed s's verdict on item i. Resampling both levels keeps training variance
+    (across seeds) and item variance in the interval.
+    """
+    rows = [list(row) for row in outcomes if row]
+    if not rows:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    means: list[float] = []
+    for _ in range(resamples):
+        picked = [rows[rng.randrange(len(rows))] for _ in rows]
+        total = count = 0
+        for row in picked:
+            total += sum(row[rng.randrange(len(row))] for _ in row)
+            count += len(row)
+        means.append(total / count)
+    means.sort()
+    return (means[int(0.025 * (len(means) - 1))], means[int(0.975 * (len(means) - 1))])
+
+
+def summarise(scores: Sequence[ArmScores], config: EvalConfig) -> list[Summary]:
+    """One :class:`Summary` per arm and round, in the config's arm order."""
+    summaries: list[Summary] = []
+    for arm in [a for a in ARMS if a in config.arms]:
+        for round_ in range(1, config.rounds + 1):
+            group = [s for s in scores if s.arm == arm and s.round == round_]
+            if group:
+                summaries.append(_summary(arm, round_, group, config.bootstrap))
+    return summaries
+
+
+def _summary(arm: str, round_: int, group: Sequence[ArmScores], resamples: int) -> Summary:
+    test = [_flat(s.test) for s in group]
+    holdout = [_flat(s.holdout) for s in group]
+    has_holdout = any(holdout)
+    suites = sorted(group[0].test)
+    return Summary(
+        arm=arm, round=round_,
+        test_accuracy=_mean(test), test_ci95=bootstrap_ci(test, resamples=resamples),
+        holdout_accuracy=_mean(holdout) if has_holdout else None,
+        holdout_ci95=bootstrap_ci(holdout, resamples=resamples) if has_holdout else None,
+        per_suite={suite: _mean([s.test[suite] for s in group]) for suite in suites},
+        tokens=sum(s.tokens for s in group) / len(group),
+        wall_time_s=sum(s.wall_time_s for s in group) / len(group),
+        train_examples=sum(s.train_examples for s in group) / len(group),
+        seeds=len(group),
+    )
+
+
+def _flat(by_suite: dict[str, list[bool]]) -> list[bool]:
+    return [value for suite in sorted(by_suite) for value in by_suite[suite]]
+
+
+def _mean(rows: Sequence[Sequence[bool]]) -> float:
+    values = [v for row in rows for v in row]
+    return sum(values) / len(values) if values else 0.0
+
+
+def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results document."""
+    summaries = summarise(scores, config)
+    results = _results(summaries, config, out, meta)
+    write_json(out / "results.json", results)
+    _plot_rounds(summaries, out / "accuracy_by_round.png")
+    _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
+    atomic_write_text(out / "report.md", _markdown(summaries, config, results))
+    return results
+
+
+def _results(summaries: Sequence[Summary], config: EvalConfig, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    final = {s.arm: s for s in summaries if s.round == config.rounds}
+    return {
+        "schema": RESULTS_SCHEMA,
+        "meta": meta,
+        "config": config.model_dump(mode="json"),
+        "final_round": config.rounds,
+        "arms": {arm: _summary_dict(s) for arm, s in final.items()},
+        "rounds": [_summary_dict(s) for s in summaries],
+        "collection": _collection(out, config),
+    }
+
+
+def _summary_dict(summary: Summary) -> dict[str, Any]:
+    data = dict(summary.__dict__)
+    data["test_ci95"] = list(summary.test_ci95)
+    data["holdout_ci95"] = list(summary.holdout_ci95) if summary.holdout_ci95 else None
+    return data
+
+
+def _collection(out: Path, config: EvalConfig) -> list[dict[str, Any]]:
+    rows = []
+    for seed in config.seeds:
+        for round_ in range(1, config.rounds + 1):
+            path = out / f"seed{seed}" / f"round{round_}" / "collect.json"
+            if path.exists():
+                rows.append({"seed": seed, "round": round_, **read_json(path)})
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[str, Any]) -> str:
+    final = [s for s in summaries if s.round == config.rounds]
+    lines = [
+        "# procmem evaluation",
+        "",
+        f"- command: `{results['meta'].get('command', '')}`",
+        f"- date: {results['meta'].get('date', '')}, commit {results['meta'].get('commit', '')}",
+        f"- model {config.model}; train suites {', '.join(config.train_suites)}; "
+        f"holdout {', '.join(config.holdout_suites) or 'none'}",
+        f"- {config.rounds} round(s), seeds {list(config.seeds)}, {config.n_train} train / {config.n_test} test / "
+        f"{config.n_holdout} holdout items per suite; PMD objective `{config.distill.objective}`",
+        "",
+        f"## Round {config.rounds}: pass@1 on held-out test items (%, 95% bootstrap CI over seeds and items)",
+        "",
+        "| arm | test acc | 95% CI | holdout acc | 95% CI | train examples | eval tokens | wall time (s) |",
+        "|---|---:|---|---:|---|---:|---:|---:|",
+    ]
+    for s in final:
+        lines.append(f"| {s.arm} | {_pct(s.test_accuracy)} | {_ci(s.test_ci95)} | {_pct(s.holdout_accuracy)} | "
+                     f"{_ci(s.holdout_ci95)} | {s.train_examples:.0f} | {s.tokens:.0f} | {s.wall_time_s:.0f} |")
+    suites = sorted(final[0].per_suite) if final else []
+    lines += ["", "## Per task (test acc %, final round)", "", "| arm | " + " | ".join(suites) + " |",
+              "|---|" + "---:|" * len(suites)]
+    for s in final:
+        lines.append(f"| {s.arm} | " + " | ".join(_pct(s.per_suite[x]) for x in suites) + " |")
+    lines += ["", "## By round (test acc %)", "", "| arm | " + " | ".join(f"r{r}" for r in
+              range(1, config.rounds + 1)) + " |", "|---|" + "---:|" * config.rounds]
+    for arm in dict.fromkeys(s.arm for s in summaries):
+        row = {s.round: s for s in summaries if s.arm == arm}
+        lines.append(f"| {arm} | " + " | ".join(_pct(row[r].test_accuracy) if r in row else "" for r in
+                                                 range(1, config.rounds + 1)) + " |")
+    lines += ["", "## Collection (the agent with memory, train split)", "",
+              "| seed | round | accuracy | mean attempts | tokens | wall time (s) |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in results["collection"]:
+        lines.append(f"| {row['seed']} | {row['round']} | {_pct(row['accuracy'])} | {row['mean_attempts']:.2f} | "
+                     f"{row['tokens']} | {row['wall_time_s']:.0f} |")
+    lines += ["", "![accuracy by round](accuracy_by_round.png)", "", "![accuracy by task](accuracy_by_task.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_rounds(summaries: Sequence[Summary], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in dict.fromkeys(s.arm for s in summaries):
+        rows = [s for s in summaries if s.arm == arm]
+        x = [s.round for s in rows]
+        y = [100 * s.test_accuracy for s in rows]
+        err = [[100 * (s.test_accuracy - s.test_ci95[0]) for s in rows],
+               [100 * (s.test_ci95[1] - s.test_accuracy) for s in rows]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test pass@1 (%)")
+    ax.set_title("Held-out accuracy by round (95% CI)")
+    ax.set_xticks(sorted({s.round for s in summaries}))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_suites(summaries: Sequence[Summary], final_round: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = [s for s in summaries if s.round == final_round]
+    suites = sorted(final[0].per_suite) if final else []
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(suites) + 2), 4.5))
+    width = 0.8 / max(1, len(final))
+    for index, summary in enumerate(final):
+        xs = [i + index * width for i in range(len(suites))]
+        ax.bar(xs, [100 * summary.per_suite[s] for s in suites], width, label=summary.arm)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(suites))])
+    ax.set_xticklabels([_short(s) for s in suites], fontsize=8)
+    ax.set_ylabel("test pass@1 (%)")
+    ax.set_title(f"Per-task accuracy, round {final_round}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _short(suite: str) -> str:
+    return suite.split("?", 1)[0].removeprefix("rg:")
+

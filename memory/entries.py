@@ -1,0 +1,214 @@
+"""The typed entries of levels 2 and 3 (insights and patterns), and what a "problem" is.
+
+A **problem** groups the episodes of one question: the same task id, or a near-duplicate prompt. Near-
+duplicate is textual (case, whitespace and spacing around punctuation ignored), not by embedding: MiniLM
+puts "What is 3 + 4?" and "What is 4 + 3?" at cosine 0.99, and they are different problems.
+
+An :class:`Entry` maps onto a :class:`~procmem.memory.base.MemoryRecord` as: text → the embedded text;
+every scalar field → filterable metadata (so counters and status can change without re-embedding);
+the lists (sources, problems, merge provenance, evidence) → the payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, get_args
+
+from procmem.memory.base import MemoryRecord, Scalar
+
+from procmem.core import Episode, utc_now
+
+__all__ = [
+    "ENTRY_LEVELS",
+    "KINDS",
+    "Entry",
+    "EntryLevel",
+    "Kind",
+    "Status",
+    "entry_id",
+    "normalize_question",
+    "policy_version",
+    "problem_key",
+]
+
+Kind = Literal["strategy", "lesson", "pattern"]
+Status = Literal["active", "retired"]
+EntryLevel = Literal["insight", "pattern"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+ENTRY_LEVELS: tuple[EntryLevel, ...] = get_args(EntryLevel)
+
+_SPACE_AROUND_PUNCT = re.compile(r"\s*([^\w\s])\s*")
+
+
+class _Versioned(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def adapter_version(self) -> str | None: ...
+
+
+def policy_version(model: _Versioned | Episode) -> str:
+    """``model_id@adapter`` (``@base`` without an adapter): the version of a policy, an LLM or an episode."""
+    return f"{model.model_id}@{model.adapter_version or 'base'}"
+
+
+def normalize_question(text: str) -> str:
+    """The form two prompts share when they are the same question: lower case, single spaces, no spaces
+    around punctuation."""
+    return _SPACE_AROUND_PUNCT.sub(r"\1", " ".join(text.lower().split()))
+
+
+def problem_key(prompt: str) -> str:
+    """A short stable id of the problem a prompt poses."""
+    return "p" + hashlib.sha1(normalize_question(prompt).encode()).hexdigest()[:15]
+
+
+def entry_id(level: EntryLevel, kind: Kind, split: str, anchor: str, text: str) -> str:
+    """A deterministic id: the same advice about the same problem (or cluster) gets the same id."""
+    digest = hashlib.sha1("\x1f".join((kind, split, anchor, normalize_question(text))).encode()).hexdigest()
+    return f"{'ins' if level == 'insight' else 'pat'}-{digest[:16]}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One insight (kind strategy or lesson) or pattern (kind pattern).
+
+    ``problem`` is the primary problem of an insight ("" for a pattern); ``problem_ids`` lists every
+    problem the entry is backed by, with verifier outcomes per problem in ``evidence``
+    (``{problem: {"episodes": n, "passed": m, "attempts": a}}``). ``policy_version`` is the policy whose
+    episodes it came from, ``reflector`` the model that wrote the text (the same one, for self-reflection).
+    ``validated_version`` is the policy that last confirmed it (see README: co-evolution).
+    """
+
+    id: str
+    level: EntryLevel
+    kind: Kind
+    text: str
+    suite: str
+    split: str
+    policy_version: str
+    reflector: str
+    problem: str = ""
+    problem_ids: tuple[str, ...] = ()
+    source_episode_ids: tuple[str, ...] = ()
+    source_entry_ids: tuple[str, ...] = ()
+    """Patterns: the insights consolidated into it."""
+    merged_ids: tuple[str, ...] = ()
+    """Ids of entries merged into this one on write (dedup)."""
+    evidence: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    method: str = "reflection"
+    """How the text was made: ``reflection``, ``summary`` (an LLM summary) or ``extractive`` (the medoid)."""
+    validated_version: str = ""
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    helpful: int = 0
+    harmful: int = 0
+    uses: int = 0
+    stale_failures: int = 0
+    status: Status = "active"
+
+    def __post_init__(self) -> None:
+        if self.level not in ENTRY_LEVELS:
+            raise ValueError(f"an Entry is an insight or a pattern, not {self.level!r}")
+        if self.kind not in KINDS or (self.kind == "pattern") != (self.level == "pattern"):
+            raise ValueError(f"kind {self.kind!r} does not fit level {self.level!r}")
+        if self.status not in ("active", "retired"):
+            raise ValueError(f"status must be active or retired, not {self.status!r}")
+        if not self.text.strip():
+            raise ValueError("an Entry needs text")
+        if not self.validated_version:
+            object.__setattr__(self, "validated_version", self.policy_version)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def to_record(self) -> MemoryRecord:
+        return MemoryRecord(id=self.id, level=self.level, text=self.text, metadata=self.metadata(),
+                            payload=self.payload())
+
+    def metadata(self) -> dict[str, Scalar]:
+        return {
+            "kind": self.kind, "suite": self.suite, "split": self.split, "problem": self.problem,
+            "n_problems": len(self.problem_ids), "policy_version": self.policy_version,
+            "reflector": self.reflector, "validated_version": self.validated_version, "method": self.method,
+            "created_at": self.created_at, "updated_at": self.updated_at, "helpful": self.helpful,
+            "harmful": self.harmful, "uses": self.uses, "stale_failures": self.stale_failures,
+            "status": self.status,
+        }
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "problem_ids": list(self.problem_ids), "source_episode_ids": list(self.source_episode_ids),
+            "source_entry_ids": list(self.source_entry_ids), "merged_ids": list(self.merged_ids),
+            "evidence": {k: dict(v) for k, v in self.evidence.items()},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-plain (what ``procmem memory show --json`` prints)."""
+        return {"id": self.id, "level": self.level, "text": self.text, **self.metadata(), **self.payload()}
+
+    @classmethod
+    def from_record(cls, record: MemoryRecord) -> Entry:
+        """Read a stored record back; raises ValueError when it is not a valid entry."""
+        meta, payload = record.metadata, record.payload
+        try:
+            return cls(
+                id=record.id, level=record.level, kind=meta["kind"], text=record.text,
+                suite=str(meta["suite"]), split=str(meta["split"]), problem=str(meta.get("problem", "")),
+                policy_version=str(meta["policy_version"]), reflector=str(meta["reflector"]),
+                validated_version=str(meta.get("validated_version", "")), method=str(meta.get("method", "")),
+                created_at=str(meta["created_at"]), updated_at=str(meta["updated_at"]),
+                helpful=int(meta.get("helpful", 0)), harmful=int(meta.get("harmful", 0)),
+                uses=int(meta.get("uses", 0)), stale_failures=int(meta.get("stale_failures", 0)),
+                status=meta.get("status", "active"),
+                problem_ids=_strings(payload.get("problem_ids", ())),
+                source_episode_ids=_strings(payload.get("source_episode_ids", ())),
+                source_entry_ids=_strings(payload.get("source_entry_ids", ())),
+                merged_ids=_strings(payload.get("merged_ids", ())),
+                evidence={str(k): {str(a): int(b) for a, b in v.items()}
+                          for k, v in dict(payload.get("evidence") or {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"record {record.id!r} is not a memory entry: missing or bad {err}") from err
+
+    def merged_with(self, other: Entry, *, now: str | None = None) -> Entry:
+        """This entry (text, id and status kept) with the newcomer ``other`` folded in: provenance united,
+        counters added up, validated for ``other``'s policy."""
+        evidence = {k: dict(v) for k, v in self.evidence.items()}
+        for problem, counts in other.evidence.items():
+            mine = evidence.setdefault(problem, {})
+            for key, value in counts.items():
+                mine[key] = max(mine.get(key, 0), value)  # both count the same episodes: take the larger
+        # ``other`` is the newcomer: writing it again re-derives this entry under its policy, which
+        # re-validates the entry for that policy (see README: co-evolution).
+        revalidated = other.validated_version != self.validated_version
+        return replace(
+            self,
+            problem_ids=_union(self.problem_ids, other.problem_ids),
+            source_episode_ids=_union(self.source_episode_ids, other.source_episode_ids),
+            source_entry_ids=_union(self.source_entry_ids, other.source_entry_ids),
+            merged_ids=_union(self.merged_ids, (other.id,) if other.id != self.id else (), other.merged_ids),
+            evidence=evidence,
+            validated_version=other.validated_version,
+            created_at=min(self.created_at, other.created_at),
+            updated_at=now or utc_now(),
+            helpful=self.helpful + other.helpful,
+            harmful=self.harmful + other.harmful,
+            uses=self.uses + other.uses,
+            stale_failures=0 if revalidated else self.stale_failures + other.stale_failures,
+        )
+
+
+def _strings(values: Any) -> tuple[str, ...]:
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise TypeError(f"expected a list of strings, got {type(values).__name__}")
+    return tuple(str(v) for v in values)
+
+
+def _union(*groups: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item for group in groups for item in group))

@@ -1,0 +1,239 @@
+"""Reflection: the policy model reads a problem's attempts and writes strategies and lessons; and pattern
+summaries. Structured prompts, a tolerant parser, and validation.
+
+Small models write messy text, so the parser accepts the asked-for ``STRATEGY: ...`` / ``LESSON: ...``
+lines with bullets, numbering, markdown and synonyms around them, or a JSON object; validation then drops
+anything that is not a usable piece of advice (too short or long, mostly symbols, repeated words, an echo
+of the prompt's placeholders, a strategy for a problem that never passed, a lesson for one that never
+failed). A reflection with no valid item is *unparseable*: it is counted and nothing is stored.
+
+memory/ knows no model: the reflector is any object with the :class:`ReflectionLLM` shape (every
+``procmem.llm`` backend has it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from procmem.memory.entries import Kind, normalize_question
+from procmem.memory.problems import Problem
+
+from procmem.core import GenerationConfig
+
+__all__ = [
+    "ParsedItem",
+    "ParsedReflection",
+    "ReflectionLLM",
+    "parse_reflection",
+    "pattern_prompt",
+    "reflection_generation",
+    "reflection_prompt",
+]
+
+MIN_CHARS = 15
+MAX_CHARS = 300
+_ANSWER_CHARS = 160
+_FEEDBACK_CHARS = 200
+
+_REFLECTION_HEADER = """You review attempts at a problem and write short advice that helps with similar problems.
+Write each piece of advice on its own line, in one of these two forms:
+STRATEGY: <what made an answer pass, as a rule for similar problems>
+LESSON: <the mistake in a failed answer> -> <how to avoid it>
+Write at most {max_items} lines and nothing else."""
+
+_PATTERN_HEADER = """These pieces of advice were learned on different problems:
+{items}
+Write the one general rule they share, on one line, starting with PATTERN:"""
+
+_PLACEHOLDER = re.compile(r"<[^<>]{3,}>")
+_BULLET = re.compile(r"^\s*(?:[-*•·>]+|\d+[.)]|\(\d+\)|#+)?\s*")
+_LABELLED = re.compile(r"^\W*(?P<label>[a-z' ]{2,20}?)\s*\d*\W*?\s*[:=\-–—]\s*(?P<text>.+)$", re.IGNORECASE)
+_JSON_BLOCK = re.compile(r"\{.*\}|\[.*\]", re.DOTALL)
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+_LABELS: dict[str, Kind] = {
+    "strategy": "strategy", "strategies": "strategy", "do": "strategy", "tip": "strategy", "rule": "strategy",
+    "keep": "strategy", "works": "strategy", "what worked": "strategy", "success": "strategy",
+    "lesson": "lesson", "lessons": "lesson", "avoid": "lesson", "mistake": "lesson", "don't": "lesson",
+    "dont": "lesson", "do not": "lesson", "pitfall": "lesson", "error": "lesson", "fix": "lesson",
+    "pattern": "pattern", "patterns": "pattern", "general rule": "pattern",
+}
+
+
+class _GenerationLike(Protocol):
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+class ReflectionLLM(Protocol):
+    """What reflection needs from a model: the shape of ``procmem.llm.LLM``."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def adapter_version(self) -> str | None: ...
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> Sequence[_GenerationLike]: ...
+
+
+@dataclass(frozen=True)
+class ParsedItem:
+    kind: Kind
+    text: str
+
+
+@dataclass(frozen=True)
+class ParsedReflection:
+    """The valid items of one model output, and what was dropped and why."""
+
+    items: tuple[ParsedItem, ...]
+    rejected: tuple[tuple[str, str], ...] = ()
+    """(text, reason) of every candidate that failed validation."""
+
+    @property
+    def unparseable(self) -> bool:
+        return not self.items
+
+
+def reflection_generation(max_tokens: int) -> GenerationConfig:
+    """Greedy decoding that stops at a blank line or when the model starts a new problem."""
+    return GenerationConfig(max_tokens=max_tokens, temperature=0.0, top_p=1.0,
+                            stop=("\n\n", "\nProblem:", "\nQuestion:"), seed=None)
+
+
+def reflection_prompt(problem: Problem, *, max_items: int = 4, max_attempts: int = 6) -> str:
+    """The prompt that asks the model to contrast a problem's passed and failed attempts."""
+    lines = [_REFLECTION_HEADER.format(max_items=max_items), "", f"Problem: {_one_line(problem.prompt)}"]
+    attempts = [a for e in problem.episodes for a in e.attempts][-max_attempts:]
+    for number, attempt in enumerate(attempts, start=1):
+        lines.append(f"Attempt {number} answer: {_clip(attempt.answer, _ANSWER_CHARS) or '(empty)'}")
+        verdict = "PASS" if attempt.verdict.passed else "FAIL"
+        feedback = _clip(attempt.verdict.feedback, _FEEDBACK_CHARS)
+        lines.append(f"Verdict: {verdict}" + (f". Feedback: {feedback}" if feedback and not attempt.verdict.passed
+                                              else ""))
+    lines += ["", "Advice:", ""]
+    return "\n".join(lines)
+
+
+def pattern_prompt(texts: Sequence[str]) -> str:
+    """The prompt that asks the model for the one rule a cluster of insights shares. The model's
+    completion continues after ``PATTERN:``."""
+    items = "\n".join(f"- {_one_line(t)}" for t in texts)
+    return _PATTERN_HEADER.format(items=items) + "\nPATTERN:"
+
+
+def parse_reflection(text: str, *, allowed: Sequence[Kind] = ("strategy", "lesson"), max_items: int = 4,
+                     has_pass: bool = True, has_failure: bool = True, default_kind: Kind | None = None
+                     ) -> ParsedReflection:
+    """Parse a model's reflection into valid items (tolerant of format, strict on content).
+
+    ``has_pass``/``has_failure`` say what the problem holds: a strategy needs a pass, a lesson a failure.
+    ``default_kind`` labels a lone unlabelled line (a pattern completion that follows ``PATTERN:``).
+    """
+    candidates = _from_json(text) or _from_lines(text, default_kind)
+    items: list[ParsedItem] = []
+    rejected: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for kind, raw in candidates:
+        clean = _clean(raw)
+        reason = _invalid(kind, clean, allowed=allowed, has_pass=has_pass, has_failure=has_failure)
+        key = normalize_question(clean)
+        if reason is None and key in seen:
+            reason = "repeated"
+        if reason is None and len(items) >= max_items:
+            reason = "over the item limit"
+        if reason is not None:
+            rejected.append((clean, reason))
+            continue
+        seen.add(key)
+        items.append(ParsedItem(kind, clean))
+    return ParsedReflection(tuple(items), tuple(rejected))
+
+
+def _from_lines(text: str, default_kind: Kind | None) -> list[tuple[Kind, str]]:
+    found: list[tuple[Kind, str]] = []
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        body = _BULLET.sub("", line.replace("**", "").replace("__", "")).strip()
+        match = _LABELLED.match(body)
+        label = " ".join(match.group("label").lower().split()) if match else ""
+        if match and label in _LABELS:
+            found.append((_LABELS[label], match.group("text")))
+        elif default_kind is not None and len(lines) == 1:
+            found.append((default_kind, body))
+    return found
+
+
+def _from_json(text: str) -> list[tuple[Kind, str]]:
+    block = _JSON_BLOCK.search(text)
+    if block is None:
+        return []
+    try:
+        data = json.loads(block.group(0))
+    except ValueError:
+        return []
+    found: list[tuple[Kind, str]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            kind = _LABELS.get(str(key).lower().strip())
+            values = value if isinstance(value, list) else [value]
+            found += [(kind, str(v)) for v in values if kind is not None and isinstance(v, str | int | float)]
+    elif isinstance(data, list):
+        for item in data:
+            if isinstance(item, dict):
+                kind = _LABELS.get(str(item.get("kind") or item.get("type") or "").lower().strip())
+                body = item.get("text") or item.get("advice")
+                if kind is not None and isinstance(body, str):
+                    found.append((kind, body))
+    return found
+
+
+def _clean(text: str) -> str:
+    text = _one_line(text).strip(" \"'`*_")
+    return text.replace(" -> ", " → ").replace("->", " → ").replace("  ", " ")
+
+
+def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, has_failure: bool
+             ) -> str | None:
+    """Why ``text`` is not usable advice of ``kind``, or None when it is."""
+    if kind not in allowed:
+        return f"{kind} not asked for here"
+    if kind == "strategy" and not has_pass:
+        return "a strategy needs a passed attempt"
+    if kind == "lesson" and not has_failure:
+        return "a lesson needs a failed attempt"
+    if not MIN_CHARS <= len(text) <= MAX_CHARS:
+        return f"length {len(text)} outside {MIN_CHARS}..{MAX_CHARS}"
+    if _PLACEHOLDER.search(text):
+        return "echoes a placeholder"
+    words = _WORD.findall(text)
+    if len(words) < 3:
+        return "fewer than 3 words"
+    visible = [c for c in text if not c.isspace()]
+    if sum(c.isalpha() for c in visible) < 0.6 * len(visible):
+        return "mostly symbols"
+    lowered = [w.lower() for w in words]
+    if len(lowered) >= 6 and len(set(lowered)) < 0.4 * len(lowered):
+        return "repeated words"
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, limit: int) -> str:
+    text = _one_line(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

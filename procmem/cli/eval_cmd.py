@@ -1,0 +1,61 @@
+"""``procmem eval``: run (or resume) an evidence experiment and write its report."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from procmem.cli.app import app
+from procmem.cli.common import err_console, out_console, print_json_line
+from procmem.core import load_config, utc_now
+from procmem.eval import EvalConfig, run_experiment, write_report
+
+__all__ = ["eval_command"]
+
+
+@app.command("eval")
+def eval_command(
+    config: Annotated[Path, typer.Option(help="Experiment config, e.g. eval/configs/smoke.toml.")],
+    out: Annotated[Path, typer.Option(help="Output directory; rerunning with it resumes the experiment.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print results.json's arms as the last stdout line.")] = False,
+) -> None:
+    """Compare the memory-free student with base, base+memory, RFT and controls on held-out tasks."""
+    cfg = load_config(EvalConfig, config)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = run_experiment(cfg, out, console=err_console)
+    results = write_report(scores, cfg, out, meta=_meta(config))
+    (err_console if json_out else out_console).print(_table(results))
+    err_console.print(f"report: {out / 'report.md'}", highlight=False)
+    if json_out:
+        print_json_line({"out": str(out), "schema": results["schema"], "arms": results["arms"]})
+
+
+def _meta(config: Path) -> dict[str, Any]:
+    return {"command": shlex.join(["procmem", *sys.argv[1:]]), "config_file": str(config), "date": utc_now(),
+            "commit": _commit()}
+
+
+def _commit() -> str:
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                               check=False)
+    except OSError:
+        return "unknown"
+    return found.stdout.strip() or "unknown"
+
+
+def _table(results: dict[str, Any]) -> Table:
+    table = Table(title=f"held-out pass@1, round {results['final_round']} (95% CI)")
+    for column in ("arm", "test", "95% CI", "holdout"):
+        table.add_column(column, justify="right" if column != "arm" else "left")
+    for arm, row in results["arms"].items():
+        low, high = row["test_ci95"]
+        holdout = "n/a" if row["holdout_accuracy"] is None else f"{row['holdout_accuracy']:.1%}"
+        table.add_row(arm, f"{row['test_accuracy']:.1%}", f"[{low:.1%}, {high:.1%}]", holdout)
+    return table

@@ -1,0 +1,184 @@
+"""The training objectives on the real tiny model: completion-only logits, sft, self-distill, mixed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from procmem.distill import DistillConfig, Example, Objective, completion_logits, make_objective
+from procmem.distill.objectives import MixedObjective, SelfDistillObjective, SftObjective
+
+STUDENT = "Question: What is 2 + 3?\nAnswer:"
+TEACHER = "Question: What is 1 + 1?\nAnswer: 2\n\nQuestion: What is 2 + 3?\nAnswer:"
+TRACES = [
+    Example("a", STUDENT, TEACHER, " 5\n"),
+    Example("b", "Question: Spell cat backwards.\nAnswer:", "Question: Spell dog backwards.\nAnswer: god\n\n"
+            "Question: Spell cat backwards.\nAnswer:", " tac\n"),
+]
+PROBLEMS = [Example(e.task_id, e.prompt, e.teacher_prompt) for e in TRACES]
+
+
+def _config(base: DistillConfig, **self_distill: Any) -> DistillConfig:
+    return base.model_copy(update={"self_distill": base.self_distill.model_copy(update=self_distill)})
+
+
+def _train(model: Any, step: Any, steps: int = 12, lr: float = 1e-2) -> list[float]:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = step()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_every_objective_implements_the_protocol(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    _, tokenizer = lora_model
+    for name in ("sft", "self-distill", "mixed"):
+        objective = make_objective(name, tokenizer, tiny_config)
+        assert isinstance(objective, Objective) and objective.name == name
+
+
+def test_completion_logits_equal_the_full_forward_at_the_selected_positions(lora_model: tuple[Any, Any]) -> None:
+    model, tokenizer = lora_model
+    torch.manual_seed(0)
+    for p in model.parameters():  # make the adapter non-trivial so LoRA is part of what is compared
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    ids = torch.tensor([tokenizer("Question: hi\nAnswer: yes\n")["input_ids"]] * 2)
+    ids[1, -3:] = tokenizer.pad_token_id
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    predict = torch.zeros_like(ids, dtype=torch.bool)
+    predict[0, 5:9] = True
+    predict[1, 2:4] = True
+    model.eval()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits
+        picked = completion_logits(model, ids, mask, predict)
+    assert picked.shape == (6, full.shape[-1])
+    torch.testing.assert_close(picked, full[predict], rtol=1e-4, atol=1e-4)
+
+
+def test_sft_trains_on_completion_tokens_only(lora_model: tuple[Any, Any]) -> None:
+    model, tokenizer = lora_model
+    sft = SftObjective(tokenizer, max_len=128)
+    out = sft.loss(model, TRACES)
+    n_completion = sum(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in TRACES)
+    assert out.tokens == n_completion
+    n_all = sum(len(tokenizer(e.prompt)["input_ids"]) for e in TRACES) + n_completion
+    assert out.processed_tokens == n_all
+    # A longer prompt changes what the model reads, not how many tokens the loss covers.
+    longer = [Example(e.task_id, "Context.\n" + e.prompt, e.teacher_prompt, e.completion) for e in TRACES]
+    assert sft.loss(model, longer).tokens == n_completion
+
+
+def test_sft_lowers_its_loss_on_a_fixed_batch(lora_model: tuple[Any, Any]) -> None:
+    model, tokenizer = lora_model
+    sft = SftObjective(tokenizer, max_len=128)
+    model.train()
+    losses = _train(model, lambda: sft.loss(model, TRACES).loss)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_self_distill_lowers_its_loss_on_fixed_rollouts(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig, divergence: str
+) -> None:
+    model, tokenizer = lora_model
+    objective = SelfDistillObjective(tokenizer, 128, _config(tiny_config, divergence=divergence).self_distill)
+    rollouts = [tokenizer(" 7\n", add_special_tokens=False)["input_ids"],
+                tokenizer(" abc\n", add_special_tokens=False)["input_ids"]]
+    model.train()
+    losses = _train(model, lambda: objective.rollout_loss(model, PROBLEMS, rollouts).loss)
+    assert losses[0] > 0
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("teacher", ["base", "ema"])
+def test_self_distill_is_zero_when_the_teacher_sees_what_the_student_sees(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig, teacher: str
+) -> None:
+    """A fresh adapter is the identity, so the student equals the frozen base (and the EMA teacher)."""
+    model, tokenizer = lora_model
+    objective = SelfDistillObjective(tokenizer, 128, _config(tiny_config, teacher=teacher).self_distill)
+    same = [Example(e.task_id, e.prompt, e.prompt) for e in PROBLEMS]
+    rollouts = [tokenizer(" 5\n", add_special_tokens=False)["input_ids"]] * 2
+    assert float(objective.rollout_loss(model, same, rollouts).loss) == pytest.approx(0.0, abs=1e-5)
+    assert float(objective.rollout_loss(model, PROBLEMS, rollouts).loss) > 1e-4
+
+
+def test_self_distill_teacher_gets_no_gradient_and_the_base_stays_frozen(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig
+) -> None:
+    model, tokenizer = lora_model
+    objective = SelfDistillObjective(tokenizer, 128, tiny_config.self_distill)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    rollouts = [tokenizer(" 1\n", add_special_tokens=False)["input_ids"]] * 2
+    model.train()
+    _train(model, lambda: objective.rollout_loss(model, PROBLEMS, rollouts).loss, steps=3)
+    assert model.training
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            assert torch.equal(param, frozen[name]), name
+    # The teacher (adapter disabled) still equals the untouched base: distance to itself is zero.
+    same = [Example(e.task_id, e.prompt, e.prompt) for e in PROBLEMS]
+    with model.disable_adapter():
+        assert float(objective.rollout_loss(model, same, rollouts).loss) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ema_teacher_follows_the_adapter_slowly(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    model, tokenizer = lora_model
+    settings = _config(tiny_config, teacher="ema", ema_decay=0.5).self_distill
+    objective = SelfDistillObjective(tokenizer, 128, settings)
+    name, param = next((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    objective.after_step(model)
+    start = param.detach().clone()
+    with torch.no_grad():
+        param.add_(1.0)
+    objective.after_step(model)
+    torch.testing.assert_close(objective.state_dict()["ema"][name], start + 0.5)
+    restored = SelfDistillObjective(tokenizer, 128, settings)
+    restored.load_state_dict(objective.state_dict())
+    torch.testing.assert_close(restored.state_dict()["ema"][name], start + 0.5)
+
+
+def test_self_distill_rollouts_end_at_the_answer_stop(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    model, tokenizer = lora_model
+    objective = SelfDistillObjective(tokenizer, 128, tiny_config.self_distill)
+    torch.manual_seed(0)
+    rollouts = objective.sample(model, [tokenizer(e.prompt)["input_ids"] for e in PROBLEMS])
+    assert len(rollouts) == 2
+    for ids in rollouts:
+        assert 1 <= len(ids) <= tiny_config.self_distill.max_new_tokens
+        text = tokenizer.decode(ids)
+        assert "\n" not in text[:-1] and tokenizer.pad_token not in text
+    torch.manual_seed(0)
+    out = objective.loss(model, PROBLEMS)  # samples the same rollouts, then scores exactly their tokens
+    assert out.tokens == sum(len(r) for r in rollouts)
+
+
+def test_mixed_is_the_weighted_sum(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    model, tokenizer = lora_model
+    model.eval()
+    weights = tiny_config.mixed.model_copy(update={"sft_weight": 0.25, "self_distill_weight": 2.0})
+    mixed = MixedObjective(tokenizer, 128, tiny_config.self_distill, weights)
+    sft = SftObjective(tokenizer, 128)
+    distill = SelfDistillObjective(tokenizer, 128, tiny_config.self_distill)
+    torch.manual_seed(3)
+    together = mixed.loss(model, [*TRACES, *PROBLEMS])
+    torch.manual_seed(3)
+    expected = 0.25 * sft.loss(model, TRACES).loss + 2.0 * distill.loss(model, PROBLEMS).loss
+    torch.testing.assert_close(together.loss, expected)
+
+
+def test_an_over_long_prompt_loses_its_head_with_a_warning(lora_model: tuple[Any, Any]) -> None:
+    model, tokenizer = lora_model
+    sft = SftObjective(tokenizer, max_len=24)
+    long = [Example("a", "x" * 100 + STUDENT, TEACHER, " 5\n")]
+    with pytest.warns(UserWarning, match="lost its head"):
+        out = sft.loss(model, long)
+    assert out.processed_tokens == 24 and out.tokens == 3

@@ -1,0 +1,212 @@
+"""The distillation job on the tiny model: register, gate, promote, skip, lock, resume, schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procmem.distill import (
+    DistillBusy,
+    DistillConfig,
+    DistillDeps,
+    DistillResult,
+    list_adapters,
+    promotion_state,
+    read_manifest,
+    run_distillation,
+    run_every,
+)
+from procmem.distill.registry import base_model_hash
+from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
+from procmem.verifiers import build_verifier
+
+from procmem.core import Attempt, Episode, Home, Split, Task
+from procmem.llm import LLM, LocalLLM
+from procmem.tasks import load_suite
+
+
+class World:
+    """Real parts around a run: recorded episodes in Chroma, the tiny model, JSONL task suites.
+
+    ``fail_task_loads`` makes the next that many suite loads fail (a crash in the gate stage).
+    """
+
+    def __init__(self, root: Path, model_dir: Path, suite: Path) -> None:
+        self.model_dir = model_dir
+        self.suite = suite
+        self.memory = ExperienceMemory(ChromaStore.embedded(root / "chroma", HashingEmbedder()))
+        self.loads: list[tuple[Path | None, str | None]] = []
+        self.fail_task_loads = 0
+        self.solve()
+
+    def solve(self) -> list[Episode]:
+        """Record one episode per train task, as the agent would: regex tasks pass, exact ones fail twice."""
+        episodes = []
+        for task in load_suite(str(self.suite), split="train"):
+            answers = ("blue",) if task.verifier.startswith("regex") else ("wrong one", "wrong two")
+            verifier = build_verifier(task)
+            attempts = tuple(Attempt(answer=a, verdict=verifier.verify(a)) for a in answers)
+            episodes.append(Episode(task=task, attempts=attempts, model_id="tiny"))
+        self.memory.record_many(episodes)
+        return episodes
+
+    def deps(self) -> DistillDeps:
+        return DistillDeps(episodes=self.memory.episodes, retriever=ExperienceRetriever(self.memory),
+                           llm_factory=self._llm, model_dir=self.model_dir, load_tasks=self._tasks)
+
+    def _llm(self, adapter: Path | None, version: str | None) -> LLM:
+        self.loads.append((adapter, version))
+        return LocalLLM(self.model_dir, adapter=adapter, adapter_version=version, model_id="tiny")
+
+    def _tasks(self, suite: str, split: Split, n: int) -> list[Task]:
+        if self.fail_task_loads:
+            self.fail_task_loads -= 1
+            raise RuntimeError("the task server is down")
+        return load_suite(suite, split=split, n=n)
+
+
+@pytest.fixture
+def world(tmp_path: Path, tiny_model_dir: Path, suite_file: Path) -> Iterator[World]:
+    world = World(tmp_path, tiny_model_dir, suite_file)
+    yield world
+    world.memory.close()
+
+
+def test_a_run_builds_traces_trains_gates_registers_and_promotes_v1(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    result = run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    assert result.status == "promoted" and result.version == "v1" and result.promoted and not result.forced
+    assert result.episodes == result.new_episodes == 6 and result.problems == 6
+    assert result.traces >= 3 and result.rejected_traces >= 3  # the exact tasks' candidates are all dropped
+    assert result.gate is not None and result.gate.passed and result.gate.baseline == "base"
+    assert result.train is not None and result.train["steps"] >= 1
+
+    manifest = read_manifest(home.adapters, "v1")
+    episodes = world.memory.episodes()
+    assert manifest.run_id == result.run_id and manifest.parent is None and manifest.objective == "sft"
+    assert manifest.base_model.hash == base_model_hash(world.model_dir)
+    assert manifest.dataset.episode_ids == tuple(sorted(e.id for e in episodes))
+    assert manifest.dataset.n_traces == result.traces and manifest.dataset.n_rejected == result.rejected_traces
+    assert manifest.memory.entry_ids and set(manifest.memory.entry_ids) <= {e.id for e in episodes if e.passed}
+    assert manifest.gate == result.gate and manifest.metrics["steps"] == result.train["steps"]
+    assert manifest.objective_config == run_config.model_dump(mode="json")
+    assert promotion_state(home.adapters).current == "v1"
+    # The teacher was the base model (nothing promoted yet); the gate compared base with the candidate.
+    assert world.loads[0] == (None, None) and world.loads[1] == (None, None)
+
+    again = run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    assert again.status == "skipped" and again.new_episodes == 0 and "0 new episodes" in again.reason
+    assert [m.version for m in list_adapters(home.adapters)] == ["v1"]
+
+
+def test_the_next_run_learns_from_the_promoted_adapter(home: Home, world: World, run_config: DistillConfig) -> None:
+    run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    world.solve()
+    world.loads.clear()
+    second = run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    assert second.version == "v2" and second.new_episodes == 6 and second.episodes == 12
+    assert read_manifest(home.adapters, "v2").parent == "v1"
+    assert world.loads[0] == (home.adapters / "v1", "v1")  # the teacher runs with the current adapter
+    assert second.gate is not None and second.gate.baseline == "v1"
+
+
+def test_the_gate_refuses_a_candidate_that_does_not_improve_and_force_is_recorded(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    strict = run_config.model_copy(update={"gate": run_config.gate.model_copy(update={"min_improvement": 0.5})})
+    refused = run_distillation(strict, home, deps=world.deps(), quiet=True)
+    assert refused.status == "rejected" and refused.version == "v1" and not refused.promoted
+    assert refused.gate is not None and not refused.gate.passed and "needs +50.0%" in refused.reason
+    assert promotion_state(home.adapters).current is None
+    assert read_manifest(home.adapters, "v1").gate == refused.gate
+
+    world.solve()
+    forced = run_distillation(strict, home, deps=world.deps(), force=True, quiet=True)
+    assert forced.status == "promoted" and forced.version == "v2" and forced.forced
+    assert read_manifest(home.adapters, "v2").forced and promotion_state(home.adapters).current == "v2"
+
+
+def test_self_distill_and_mixed_runs_train_on_problem_contexts(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    for version, objective in (("v1", "self-distill"), ("v2", "mixed")):
+        config = run_config.model_copy(update={"objective": objective})
+        result = run_distillation(config, home, deps=world.deps(), quiet=True)
+        assert result.version == version and result.train is not None
+        n_examples = 6 if objective == "self-distill" else 6 + result.traces
+        assert result.train["examples"] == n_examples
+        assert read_manifest(home.adapters, version).objective == objective
+        world.solve()
+
+
+def test_the_lock_stops_a_second_job(home: Home, world: World, run_config: DistillConfig) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+         "lock.acquire(); print('locked', flush=True); time.sleep(60)", str(home.locks / "distill.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DistillBusy, match="another distillation job is running"):
+            run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_distillation(run_config, home, deps=world.deps(), quiet=True).version == "v1"
+
+
+def test_an_interrupted_run_resumes_at_the_stage_it_reached(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    world.fail_task_loads = 1
+    with pytest.raises(RuntimeError, match="task server is down"):
+        run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    (run,) = (home.root / "distill" / "runs").iterdir()
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["stage"] == "trained" and "task server is down" in meta["error"]
+    adapter = run / "train" / "adapter" / "adapter_model.safetensors"
+    trained_at = adapter.stat().st_mtime_ns
+
+    resumed = run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    assert resumed.resumed and resumed.run_id == run.name and resumed.version == "v1"
+    assert adapter.stat().st_mtime_ns == trained_at  # training was not repeated
+    assert json.loads((run / "run.json").read_text())["stage"] == "done"
+
+
+def test_a_run_with_other_settings_abandons_the_unfinished_one(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    world.fail_task_loads = 1
+    with pytest.raises(RuntimeError):
+        run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    other = run_config.model_copy(update={"train": run_config.train.model_copy(update={"lr": 5e-3})})
+    result = run_distillation(other, home, deps=world.deps(), quiet=True)
+    assert not result.resumed and result.version == "v1"
+    stages = sorted(json.loads(p.read_text())["stage"] for p in (home.root / "distill" / "runs").glob("*/run.json"))
+    assert stages == ["abandoned", "done"]
+
+
+def test_the_scheduler_skips_logs_failures_and_retries(home: Home, world: World, run_config: DistillConfig) -> None:
+    world.fail_task_loads = 1
+    sleeps: list[float] = []
+    seen: list[DistillResult] = []
+    results = run_every(run_config, home, 3600.0, deps_factory=world.deps, max_ticks=3, sleep=sleeps.append,
+                        quiet=True, on_result=seen.append)
+    assert len(sleeps) == 2 and all(0 < s <= 3600 for s in sleeps)
+    assert [r.status for r in results] == ["promoted", "skipped"] and seen == results
+    assert results[0].resumed  # the failed tick's run was resumed by the next tick
+    log = [json.loads(line) for line in (home.root / "distill" / "log.jsonl").read_text().splitlines()]
+    assert [entry["event"] for entry in log] == ["failed", "promoted", "skipped"]
+    assert "task server is down" in log[0]["error"] and log[1]["result"]["version"] == "v1"
+
+
+def test_only_one_scheduler_runs_per_home(home: Home, run_config: DistillConfig) -> None:
+    from filelock import FileLock
+
+    with FileLock(str(home.locks / "distill-scheduler.lock")), \
+            pytest.raises(DistillBusy, match="scheduler is running"):
+        run_every(run_config, home, 1.0, max_ticks=1, quiet=True)

@@ -1,0 +1,165 @@
+"""Corrected traces on the real tiny model, real verifiers and a real (Chroma) memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, problems_from_episodes
+from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
+from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
+from procmem.verifiers import build_verifier
+
+from procmem.core import Attempt, Episode, GenerationConfig, Task, render_completion, render_prompt
+from procmem.llm import Generation, LocalLLM
+
+WRONG = "forty-two-wrong"
+ALWAYS = Task(id="always", prompt="Name any colour.", verifier="regex:(?s).*", suite="s")
+NEVER = Task(id="never", prompt="What is 6 times 7?", verifier="exact:an answer nobody gives", suite="s")
+HELD_OUT = Task(id="held", prompt="What is 5 + 5?", verifier="exact:10", suite="s", split="test")
+
+
+def _episode(task: Task, *answers: str, when: str = "2026-01-01T00:00:00") -> Episode:
+    verifier = build_verifier(task)
+    attempts = tuple(Attempt(answer=a, verdict=verifier.verify(a)) for a in answers)
+    return Episode(task=task, attempts=attempts, model_id="tiny", id=f"ep-{task.id}-{len(answers)}",
+                   started_at=when, finished_at=when)
+
+
+def _memory_episodes() -> list[Episode]:
+    return [_episode(Task(id=f"m{i}", prompt=f"What is {i} times 7?", verifier=f"exact:{7 * i}", suite="s"),
+                     str(7 * i)) for i in (2, 3, 4)]
+
+
+class _Spy:
+    """The real tiny model as the teacher, remembering what it was asked."""
+
+    def __init__(self, llm: LocalLLM) -> None:
+        self.llm = llm
+        self.prompts: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return "tiny"
+
+    @property
+    def adapter_version(self) -> str | None:
+        return "v1"
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[Generation]:
+        self.prompts.extend(prompts)
+        return self.llm.generate(prompts, config)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_model_dir: Path) -> LocalLLM:
+    return LocalLLM(tiny_model_dir)
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Iterator[ExperienceMemory]:
+    store = ChromaStore.embedded(tmp_path / "chroma", HashingEmbedder())
+    memory = ExperienceMemory(store)
+    memory.record_many(_memory_episodes())
+    yield memory
+    memory.close()
+
+
+def _episodes() -> list[Episode]:
+    return [
+        _episode(ALWAYS, "blue"),  # solved at once
+        _episode(NEVER, WRONG, "also wrong", when="2026-01-02T00:00:00"),  # never solved
+        _episode(HELD_OUT, "9"),  # test split: never trained on
+    ]
+
+
+def test_problems_come_failed_first_without_test_items_and_without_the_failed_answers() -> None:
+    problems = problems_from_episodes(_episodes())
+    assert [p.task.id for p in problems] == ["never", "always"]
+    assert [p.rank for p in problems] == [0, 2]
+    never = problems[0]
+    assert never.episode_ids == ("ep-never-2",)
+    assert never.feedback and all(WRONG not in f and "also wrong" not in f for f in never.feedback)
+    assert any(HIDDEN_ANSWER in f for f in never.feedback)
+    assert problems_from_episodes(_episodes(), include_successes=False)[0].task.id == "never"
+    assert len(problems_from_episodes(_episodes(), include_successes=False)) == 1
+
+
+def test_traces_keep_verified_answers_drop_wrong_ones_and_keep_provenance(
+    teacher: LocalLLM, memory: ExperienceMemory
+) -> None:
+    spy = _Spy(teacher)
+    retriever = ExperienceRetriever(memory)
+    config = TraceConfig(k=3, temperature=0.8, max_tokens=6, memory_k=2, keep_per_problem=2)
+    build = build_traces(problems_from_episodes(_episodes()), spy, retriever, config)
+
+    # The teacher saw each problem k times, with memory and feedback, never the failed answer.
+    assert len(spy.prompts) == 2 * 3
+    contexts = {c.task_id: c for c in build.contexts}
+    never_prompt = contexts["never"].teacher_prompt
+    assert spy.prompts.count(never_prompt) == 3
+    assert "What is 2 times 7?" in never_prompt and "Answer: 14" in never_prompt  # retrieved memory
+    assert f"Feedback: {HIDDEN_ANSWER} is not the correct answer" in never_prompt
+    assert WRONG not in never_prompt and "also wrong" not in never_prompt
+
+    # The teacher is wrong on the exact task: every candidate is dropped.
+    assert not [t for t in build.kept if t.task_id == "never"]
+    dropped = [t for t in build.rejected if t.task_id == "never"]
+    assert len(dropped) == 3 and {t.status for t in dropped} == {"failed"}
+    assert all(t.feedback for t in dropped)
+
+    # Every answer passes the regex task: kept, distinct, at most keep_per_problem.
+    kept = [t for t in build.kept if t.task_id == "always"]
+    assert 1 <= len(kept) <= 2 and len({t.answer for t in kept}) == len(kept)
+    assert len(kept) + len([t for t in build.rejected if t.task_id == "always"]) == 3
+    retrieved = retriever.retrieve(ALWAYS, 2)
+    for trace in kept:
+        assert build_verifier(ALWAYS).verify(trace.answer).passed
+        assert trace.prompt == render_prompt(ALWAYS.prompt)  # the student's memory-free prompt, as at inference
+        assert trace.completion == render_completion(trace.answer)
+        assert trace.memory_ids == retrieved.entry_ids and len(trace.memory_ids) == 2
+        assert trace.episode_ids == ("ep-always-1",) and trace.teacher == "tiny@v1"
+        assert trace.teacher_prompt == render_prompt(ALWAYS.prompt, memory=retrieved.text)
+    assert set(build.memory.entry_ids) == {i for c in build.contexts for i in c.memory_ids}
+
+
+def test_memory_free_prompts_contain_no_memory_text(teacher: LocalLLM, memory: ExperienceMemory) -> None:
+    retriever = ExperienceRetriever(memory)
+    build = build_traces(problems_from_episodes(_episodes()), teacher, retriever,
+                         TraceConfig(k=2, max_tokens=4, memory_k=3))
+    memory_questions = [e.task.prompt for e in _memory_episodes()]
+    for ctx in build.contexts:
+        assert ctx.memory_ids, "the teacher had memory"
+        assert any(q in ctx.teacher_prompt for q in memory_questions)
+        assert not any(q in ctx.prompt for q in memory_questions)
+        assert "Feedback:" not in ctx.prompt and ctx.prompt.count("Question:") == 1
+    for trace in (*build.kept, *build.rejected):
+        assert not any(q in trace.prompt for q in memory_questions)
+
+
+def test_trace_builds_round_trip_and_export(teacher: LocalLLM, memory: ExperienceMemory, tmp_path: Path) -> None:
+    build = build_traces(problems_from_episodes(_episodes()), teacher, ExperienceRetriever(memory),
+                         TraceConfig(k=2, max_tokens=4, memory_k=1))
+    assert load_trace_build(tmp_path) is None
+    save_trace_build(build, tmp_path)
+    assert load_trace_build(tmp_path) == build
+
+    openai = export_traces(build.kept, "openai")
+    trl = export_traces([*build.kept, *build.rejected], "trl")  # rejected candidates are never exported
+    assert len(openai) == len(trl) == len(build.kept) >= 1
+    first = build.kept[0]
+    assert openai[0] == {"messages": [{"role": "user", "content": first.prompt},
+                                      {"role": "assistant", "content": first.answer}]}
+    assert trl[0] == {"prompt": first.prompt, "completion": first.completion}
+    json.dumps(openai)
+
+
+def test_hide_answer_removes_quoted_failed_answers() -> None:
+    assert hide_answer("expected an integer, got 'abc'", "abc") == f"expected an integer, got {HIDDEN_ANSWER}"
+    long = "x" * 50
+    assert hide_answer(f"'{'x' * 40}…' (50 characters) is wrong", long) == f"{HIDDEN_ANSWER} is wrong"
+    assert hide_answer("expected 1 word", "1") == "expected 1 word"  # short answers only when quoted
+    assert hide_answer("'1' is not the correct answer", "1") == f"{HIDDEN_ANSWER} is not the correct answer"
+    assert hide_answer("the answer is empty", "") == "the answer is empty"

@@ -1,0 +1,117 @@
+"""The evidence experiment, end to end on the tiny model: every arm, stage and output file, and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from procmem.cli import app
+from procmem.eval import ARMS, RESULTS_SCHEMA, EvalConfig, PlaceboRetriever, bootstrap_ci, run_experiment
+from procmem.memory import Retrieval
+from typer.testing import CliRunner
+
+from procmem.core import ProcmemError, Task, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _suite(path: Path, name: str, passable: bool) -> str:
+    """A JSONL suite the tiny model passes (any answer is right) or fails (no answer is right)."""
+    verifier = "regex:(?s).*" if passable else "exact:an answer nobody gives"
+    rows = [{"id": f"{name}-{split}-{i}", "prompt": f"{name} question {i} ({split})?", "verifier": verifier,
+             "split": split} for split in ("train", "test") for i in range(3)]
+    file = path / f"{name}.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(file)
+
+
+def _config(tmp_path: Path, **overrides: object) -> EvalConfig:
+    smoke = load_config(EvalConfig, REPO / "eval" / "configs" / "smoke.toml")
+    update = {"train_suites": (_suite(tmp_path, "easy", True), _suite(tmp_path, "hard", False)),
+              "holdout_suites": (_suite(tmp_path, "other", True),), "n_train": 3, "n_test": 3, "n_holdout": 2,
+              **overrides}
+    return smoke.model_copy(update=update)
+
+
+def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path: Path) -> None:
+    config = _config(tmp_path, seeds=(0,), rounds=2)
+    out = tmp_path / "out"
+    scores = run_experiment(config, out, quiet=True)
+
+    assert {(s.arm, s.round) for s in scores} == {(arm, r) for arm in ARMS for r in (1, 2)}
+    for s in scores:
+        assert [len(v) for v in s.test.values()] == [3, 3]
+        assert s.test[config.train_suites[0]] == [True] * 3  # any answer passes
+        assert s.test[config.train_suites[1]] == [False] * 3
+    rft = [s for s in scores if s.arm == "rft"]
+    keep = config.distill.traces.keep_per_problem
+    assert rft[0].train_examples == 3  # round 1: the three verified "easy" successes, nothing else
+    assert 3 <= rft[1].train_examples <= 3 * keep  # round 2 adds distinct verified answers, capped per task
+    assert (out / "seed0" / "round2" / "rft" / "train" / "adapter" / "adapter_config.json").exists()
+    assert (out / "seed0" / "memory-frozen").is_dir()
+    by_arm = {s.arm: s for s in scores if s.round == 1}
+    assert by_arm["pmd-frozen"].test == by_arm["pmd"].test  # round 1: frozen memory is the live memory
+    assert by_arm["base+memory"].holdout == {}
+
+    stamp = (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns
+    again = run_experiment(config, out, quiet=True)
+    assert again == scores
+    assert (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns == stamp
+
+
+def test_an_output_directory_refuses_a_different_config(tmp_path: Path) -> None:
+    config = _config(tmp_path, seeds=(0,), rounds=1, arms=("base",))
+    run_experiment(config, tmp_path / "out", quiet=True)
+    with pytest.raises(ProcmemError, match="different config"):
+        run_experiment(config.model_copy(update={"n_test": 2}), tmp_path / "out", quiet=True)
+
+
+def test_cli_runs_the_smoke_config_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    result = CliRunner().invoke(app, ["eval", "--config", str(REPO / "eval/configs/smoke.toml"),
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["schema"] == RESULTS_SCHEMA and set(last["arms"]) == set(ARMS)
+    results = json.loads((out / "results.json").read_text())
+    for arm in ARMS:
+        row = results["arms"][arm]
+        low, high = row["test_ci95"]
+        assert 0.0 <= low <= row["test_accuracy"] <= high <= 1.0
+        assert row["seeds"] == 2
+    assert len(results["collection"]) == 4  # 2 seeds x 2 rounds
+    for png in ("accuracy_by_round.png", "accuracy_by_task.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| pmd |" in report and "accuracy_by_round.png" in report
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_items() -> None:
+    few = [[True, False] * 5, [True, True, False, False, True, False, True, False, True, False]]
+    many = [row * 10 for row in few]
+    low_few, high_few = bootstrap_ci(few, resamples=500)
+    low_many, high_many = bootstrap_ci(many, resamples=500)
+    assert low_few <= 0.5 <= high_few
+    assert high_many - low_many < high_few - low_few
+    assert bootstrap_ci([[True] * 4, [True] * 4], resamples=200) == (1.0, 1.0)
+
+
+def test_placebo_memory_comes_from_a_problem_of_another_suite() -> None:
+    asked: list[str] = []
+
+    class Recording:
+        def retrieve(self, task: Task, k: int) -> Retrieval:
+            asked.append(task.suite)
+            return Retrieval((f"entry-for-{task.id}",), f"memory of {task.id}")
+
+    pool = [Task(id=f"{suite}{i}", prompt="q", verifier="exact:1", suite=suite) for suite in "ab" for i in range(3)]
+    placebo = PlaceboRetriever(Recording(), pool, seed=0)
+    found = placebo.retrieve(pool[0], 2)
+    assert asked == ["b"] and found.text.startswith("memory of b")
+    assert placebo.retrieve(pool[0], 2) == found  # deterministic per task and seed
+
+
+def test_holdout_suites_may_not_be_trained_on() -> None:
+    with pytest.raises(ValueError, match="never be trained on"):
+        EvalConfig(train_suites=("builtin:arith",), holdout_suites=("builtin:arith",))

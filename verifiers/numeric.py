@@ -1,0 +1,103 @@
+"""``numeric:<gold>[?tol=<abs>][&rel=<rel>]``: the answer is a number close enough to the gold value.
+
+- ``numeric:42`` accepts ``42``, ``42.0``, ``+42``, ``4.2e1`` and ``42.`` (one trailing period is
+  ignored); ``numeric:0.75`` also accepts ``3/4``.
+- ``tol`` is an absolute tolerance, ``rel`` a relative one (a fraction of ``|gold|``); the answer
+  passes when ``|answer - gold| <= max(tol, rel * |gold|)``. Both default to 0: exact equality,
+  computed with exact fractions (no float rounding).
+- The gold and the answer may be an integer, a decimal (``3.14``, ``.5``, ``1e-3``) or a fraction
+  (``1/3``); answers may group thousands with commas (``1,234``). Nothing else is read as a number:
+  ``the answer is 42`` fails with feedback asking for a bare number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from procmem.verifiers._feedback import fail, malformed_spec, show
+from procmem.verifiers.base import register_verifier
+
+from procmem.core import Task, Verdict
+
+__all__ = ["NumericVerifier", "parse_number"]
+
+_SYNTAX = "numeric:<number>[?tol=<abs>][&rel=<rel>], e.g. numeric:42 or numeric:3.14?tol=0.01"
+_NUMBER = re.compile(
+    r"(?P<sign>[+-]?)(?:(?P<num>\d+)/(?P<den>\d+)"
+    r"|(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d*))?(?:[eE](?P<exp>[+-]?\d{1,4}))?)"
+)
+_MAX_DIGITS = 400
+_MAX_EXPONENT = 1000
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a number written as an integer, decimal or fraction; None for anything else."""
+    text = text.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    match = _NUMBER.fullmatch(text)
+    if match is None or len(text) > _MAX_DIGITS:
+        return None
+    sign = -1 if match["sign"] == "-" else 1
+    if match["num"] is not None:
+        den = int(match["den"])
+        return None if den == 0 else sign * Fraction(int(match["num"]), den)
+    whole, frac = (match["int"] or "").replace(",", ""), match["frac"] or ""
+    if not whole and not frac:
+        return None
+    exponent = int(match["exp"] or 0)
+    if abs(exponent) > _MAX_EXPONENT:
+        return None
+    return sign * Fraction(int(whole + frac or "0"), 10 ** len(frac)) * Fraction(10) ** exponent
+
+
+@dataclass(frozen=True)
+class NumericVerifier:
+    gold_text: str
+    gold: Fraction
+    tol: Fraction = Fraction(0)
+    rel: Fraction = Fraction(0)
+
+    def verify(self, answer: str) -> Verdict:
+        got = answer.strip()
+        secrets = (self.gold_text, _plain(self.gold))
+        if not got:
+            return fail(["the answer is empty; expected a number on one line"], secrets)
+        value = parse_number(got)
+        if value is None:
+            return fail([f"expected a number, got {show(got)}", "expected a bare number and nothing else"], secrets)
+        if abs(value - self.gold) <= max(self.tol, self.rel * abs(self.gold)):
+            return Verdict(passed=True, score=1.0)
+        what = "value" if not (self.tol or self.rel) else "value (within the allowed tolerance)"
+        return fail([f"{show(got)} is not the correct {what}", f"that is not the correct {what}"], secrets)
+
+
+def _plain(value: Fraction) -> str:
+    """A plain decimal rendering of the gold (so ``numeric:4.0`` also hides ``4``)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):g}"
+
+
+def _options(query: str, task: Task) -> dict[str, Fraction]:
+    options: dict[str, Fraction] = {}
+    for pair in filter(None, query.split("&")):
+        key, sep, raw = pair.partition("=")
+        value = parse_number(raw) if sep else None
+        if key not in ("tol", "rel"):
+            raise malformed_spec(task, f"unknown option {key!r} (options are tol and rel)", _SYNTAX)
+        if value is None or value < 0:
+            raise malformed_spec(task, f"{key} must be a non-negative number, got {raw!r}", _SYNTAX)
+        options[key] = value
+    return options
+
+
+@register_verifier("numeric")
+def _build(argument: str, task: Task) -> NumericVerifier:
+    gold_text, _, query = argument.strip().partition("?")
+    gold = parse_number(gold_text)
+    if gold is None:
+        raise malformed_spec(task, f"the gold value {gold_text!r} is not a number", _SYNTAX)
+    return NumericVerifier(gold_text.strip(), gold, **_options(query, task))

@@ -1,0 +1,196 @@
+"""``rg:<dataset>``: reasoning-gym's own scorer for a task built by an ``rg:`` suite.
+
+The spec names the dataset; ``task.metadata["rg"]`` says how to rebuild the exact entry that was
+asked (the gold answer is never stored in the prompt)::
+
+    {"dataset": "chain_sum", "config": {"min_terms": 2, ...}, "seed": 0, "size": 10000,
+     "index": 17, "question_sha": "<sha256 of the question>"}
+
+The verifier rebuilds the dataset and entry ``index`` (reasoning-gym is deterministic in seed, size and
+config), checks that it is the same question, and scores with ``dataset.score_answer(answer, entry)``:
+
+- the answer is stripped first (reasoning-gym gives ``' 1'`` only 0.5);
+- a pass is a score of exactly 1.0; partial credit is kept as the score but fails;
+- a scorer that raises on junk (``prime_factorization`` does) counts as 0.
+
+Datasets in :data:`REFUSED_DATASETS` have broken scoring and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from procmem.verifiers._feedback import describe_form, fail, form_mismatch, malformed_spec, show
+from procmem.verifiers.base import register_verifier
+
+from procmem.core import ProcmemError, Task, Verdict
+
+__all__ = [
+    "REFUSED_DATASETS",
+    "RGVerifier",
+    "check_dataset",
+    "config_fields",
+    "question_sha",
+    "rg_dataset",
+    "rg_entry",
+]
+
+REFUSED_DATASETS: dict[str, str] = {
+    "game_of_life_halting": "its scorer gives any non-empty answer a full score",
+    "family_relationships": "its in-law relationship labels are wrong",
+    "composite": "it mixes other datasets and needs a nested config; use those datasets directly",
+}
+"""reasoning-gym datasets procmem will not build or score, and why."""
+
+_SYNTAX = "rg:<dataset> on a task built by an rg: suite (procmem solve --suite 'rg:<dataset>?key=value')"
+_lock = threading.RLock()
+
+
+def question_sha(question: str) -> str:
+    """The stable fingerprint of a question (task ids and rebuild checks use it)."""
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()
+
+
+def check_dataset(name: str, *, where: str) -> None:
+    """Raise a ProcmemError unless ``name`` is a reasoning-gym dataset procmem can use."""
+    if name in REFUSED_DATASETS:
+        raise ProcmemError(f"reasoning-gym dataset {name!r} is refused: {REFUSED_DATASETS[name]}", where=where,
+                           fix="pick another dataset")
+    names = _dataset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known datasets include {', '.join(names[:8])} ..."
+        raise ProcmemError(f"unknown reasoning-gym dataset {name!r}", where=where, fix=hint)
+
+
+def config_fields(name: str) -> dict[str, Any]:
+    """The dataset's config fields (other than seed and size) and their defaults."""
+    import dataclasses
+
+    from reasoning_gym.factory import DATASETS
+
+    config_cls = DATASETS[name][1]
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(config_cls):
+        if field.name in ("seed", "size"):
+            continue
+        if field.default is not dataclasses.MISSING:
+            fields[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            fields[field.name] = field.default_factory()
+        else:
+            fields[field.name] = None
+    return fields
+
+
+def rg_dataset(name: str, config: Mapping[str, Any], seed: int, size: int, *, where: str) -> Any:
+    """The reasoning-gym dataset (cached); a config the dataset rejects is a ProcmemError."""
+    check_dataset(name, where=where)
+    try:
+        return _cached_dataset(name, json.dumps(dict(config), sort_keys=True), seed, size)
+    except ProcmemError:
+        raise
+    except Exception as err:  # reasoning-gym validates configs with assert and raises TypeError on bad keys
+        raise ProcmemError(f"reasoning-gym rejected the config of {name!r}: {_one_line(err)}", where=where,
+                           fix="change the key=value options (see the dataset's config class)") from None
+
+
+@lru_cache(maxsize=64)
+def _cached_dataset(name: str, config_json: str, seed: int, size: int) -> Any:
+    import reasoning_gym
+
+    with _lock:
+        return reasoning_gym.create_dataset(name, seed=seed, size=size, **json.loads(config_json))
+
+
+def rg_entry(dataset: Any, index: int) -> dict[str, Any]:
+    """Entry ``index`` of ``dataset`` (datasets are not all safe to index from several threads)."""
+    with _lock:
+        entry: dict[str, Any] = dataset[index]
+    return entry
+
+
+@lru_cache(maxsize=4096)
+def _cached_entry(dataset: Any, index: int) -> Mapping[str, Any]:
+    """Entries are rebuilt once per process: some datasets take a second per item, and the agent rebuilds
+    the verifier on every attempt. The scorer gets a copy (see :meth:`RGVerifier.verify`)."""
+    return rg_entry(dataset, index)
+
+
+def _dataset_names() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:200]
+
+
+@dataclass(frozen=True)
+class RGVerifier:
+    """Scores answers to one reasoning-gym entry."""
+
+    dataset: Any
+    entry: Mapping[str, Any]
+
+    def verify(self, answer: str) -> Verdict:
+        got = answer.strip()
+        gold = self.entry.get("answer")
+        secrets = (gold,) if isinstance(gold, str) and gold.strip() else ()
+        try:
+            raw = float(self.dataset.score_answer(got, copy.deepcopy(dict(self.entry))))
+        except Exception:
+            raw = None
+        score = 0.0 if raw is None or not math.isfinite(raw) else min(1.0, max(0.0, raw))
+        if score == 1.0:
+            return Verdict(passed=True, score=1.0)
+        return fail(_messages(got, gold if isinstance(gold, str) else None, score, raw is None), secrets, score)
+
+
+def _messages(got: str, gold: str | None, score: float, raised: bool) -> list[str]:
+    form = describe_form(gold)
+    expected = form or "the answer in the form the question asks for"
+    if not got:
+        return [f"the answer is empty; expected {expected} on one line"]
+    if form_mismatch(form, got):
+        return [f"expected {form}, got {show(got)}", f"expected {form} and nothing else"]
+    if raised:
+        return [f"could not read {show(got)}; expected {expected}", f"could not read the answer; expected {expected}"]
+    if gold is None:
+        return [f"{show(got)} does not solve the task", "the answer does not solve the task"]
+    if score > 0.0:
+        return [f"{show(got)} is only partly right; give exactly the answer and nothing else",
+                "the answer is only partly right; give exactly the answer and nothing else"]
+    return [f"{show(got)} is not the correct answer"]
+
+
+@register_verifier("rg")
+def _build(argument: str, task: Task) -> RGVerifier:
+    name = argument.strip()
+    meta = task.metadata.get("rg")
+    if not isinstance(meta, Mapping):
+        raise malformed_spec(task, "the task has no metadata['rg'] saying which entry to score", _SYNTAX)
+    try:
+        dataset_name, config = str(meta["dataset"]), dict(meta["config"])
+        seed, size, index, sha = int(meta["seed"]), int(meta["size"]), int(meta["index"]), str(meta["question_sha"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise malformed_spec(task, f"metadata['rg'] is incomplete ({_one_line(err)})", _SYNTAX) from None
+    if dataset_name != name:
+        raise malformed_spec(task, f"the spec names {name!r} but the metadata is from {dataset_name!r}", _SYNTAX)
+    dataset = rg_dataset(name, config, seed, size, where=f"task {task.id}")
+    entry = _cached_entry(dataset, index)
+    if question_sha(entry["question"]) != sha:
+        raise ProcmemError("reasoning-gym rebuilt a different question than the one asked", where=f"task {task.id}",
+                           fix="rescore with the reasoning-gym version that built the task")
+    return RGVerifier(dataset, entry)
