@@ -27,6 +27,7 @@ from procmem.core import (
     PriorAttempt,
     Task,
     extract_answer,
+    generation_for,
     new_id,
     redact_obj,
     render_prompt,
@@ -105,22 +106,24 @@ def _generate(deps: AgentDeps) -> Callable[[AgentState], AgentState]:
         task = Task.from_dict(state["task"])
         prior = [PriorAttempt(feedback=a["verdict"]["feedback"], answer=a["answer"]) for a in state["attempts"]]
         prompt = render_prompt(task.prompt, memory=state.get("memory_text", ""), prior=prior)
+        generation = generation_for(task, deps.generation)
         if deps.stream:
-            return _generate_streaming(deps, prompt)
-        out = deps.llm.generate([prompt], deps.generation)[0]
-        return {"answer": extract_answer(out.text), "tokens": (out.prompt_tokens, out.completion_tokens)}
+            return _generate_streaming(deps, prompt, generation, task)
+        out = deps.llm.generate([prompt], generation)[0]
+        answer = extract_answer(out.text, task.answer_format)
+        return {"answer": answer, "tokens": (out.prompt_tokens, out.completion_tokens)}
 
     return generate
 
 
-def _generate_streaming(deps: AgentDeps, prompt: str) -> AgentState:
+def _generate_streaming(deps: AgentDeps, prompt: str, generation: GenerationConfig, task: Task) -> AgentState:
     write = get_stream_writer()
     pieces: list[str] = []
-    for piece in deps.llm.stream(prompt, deps.generation):
+    for piece in deps.llm.stream(prompt, generation):
         pieces.append(piece)
         write({"token": piece})
     text = "".join(pieces)
-    return {"answer": extract_answer(text), "tokens": (0, len(pieces))}
+    return {"answer": extract_answer(text, task.answer_format), "tokens": (0, len(pieces))}
 
 
 def _has_verifier(state: AgentState) -> bool:

@@ -1,7 +1,8 @@
 """The promotion gate: is the candidate adapter better than what is promoted, without forgetting?
 
 Both models answer the same held-out items memory-free (``render_prompt(question)``), greedily, with
-the same seed; answers go through ``extract_answer`` and the task's verifier. The candidate passes
+the same seed and each task's own decoding settings (``generation_for``); answers go through
+``extract_answer`` (in the task's answer format) and the task's verifier. The candidate passes
 when its test accuracy (pooled over the test suites) rises by at least ``min_improvement`` and its
 accuracy on the general-ability holdout (suites never trained on) falls by at most
 ``max_holdout_drop``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+from procmem.distill._generate import generate_for_tasks
 from procmem.distill.config import GateConfig
 from procmem.verifiers import build_verifier
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +74,7 @@ class GateReport(BaseModel):
     improved: bool = Field(description="Test accuracy rose by at least min_improvement.")
     holdout_ok: bool = Field(description="Holdout accuracy fell by no more than max_holdout_drop.")
     passed: bool = Field(description="improved and holdout_ok.")
+    excluded: int = Field(default=0, description="Held-out items skipped because their question was trained on.")
 
 
 def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
@@ -84,9 +87,9 @@ def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
         passed: list[bool] = []
         for start in range(0, len(tasks), _BATCH):
             chunk = tasks[start:start + _BATCH]
-            outputs = llm.generate([render_prompt(t.prompt) for t in chunk], generation)
+            outputs = generate_for_tasks(llm, [(t, render_prompt(t.prompt)) for t in chunk], generation)
             for task, out in zip(chunk, outputs, strict=True):
-                passed.append(build_verifier(task).verify(extract_answer(out.text)).passed)
+                passed.append(build_verifier(task).verify(extract_answer(out.text, task.answer_format)).passed)
             if on_progress is not None:
                 on_progress(len(chunk))
         scores[suite] = SuiteScores(suite=suite, task_ids=tuple(t.id for t in tasks), passed=tuple(passed))
@@ -137,6 +140,8 @@ def gate_table(report: GateReport, candidate_name: str = "candidate") -> Table:
     table.add_row("all test", "test", "", f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
                   f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})",
                   end_section=True)
+    if report.excluded:
+        table.caption = f"{report.excluded} held-out items skipped: their question was trained on"
     if report.holdout_baseline is not None and report.holdout_candidate is not None:
         drop = report.holdout_candidate - report.holdout_baseline
         table.add_row("all holdout", "holdout", "", f"{report.holdout_baseline:.1%}",

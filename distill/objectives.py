@@ -63,6 +63,10 @@ class Example:
     """Memory-free student prompt."""
     teacher_prompt: str
     completion: str | None = None
+    stop: tuple[str, ...] = (ANSWER_STOP,)
+    """Self-distill: where a sampled answer ends (the task's stop strings)."""
+    max_tokens: int | None = None
+    """Self-distill: the task's own answer length limit (None: ``max_new_tokens``)."""
 
 
 @dataclass(frozen=True)
@@ -235,15 +239,17 @@ class SelfDistillObjective:
         self._tokenizer = tokenizer
         self.settings = settings
         self._ema: dict[str, torch.Tensor] = {}
-        self._stop_cache: dict[int, bool] = {}
 
     def examples(self, build: TraceBuild) -> list[Example]:
-        return [Example(c.task_id, c.prompt, c.teacher_prompt) for c in build.contexts]
+        return [Example(c.task_id, c.prompt, c.teacher_prompt, stop=c.stop, max_tokens=c.max_tokens)
+                for c in build.contexts]
 
     def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
         if not batch:
             raise ValueError("self-distill needs at least one example")
-        rollouts = self.sample(model, [self._enc.ids(e.prompt, special=True) for e in batch])
+        limits = [e.max_tokens or self.settings.max_new_tokens for e in batch]
+        rollouts = self.sample(model, [self._enc.ids(e.prompt, special=True) for e in batch],
+                               stops=[e.stop for e in batch], limits=limits)
         return self.rollout_loss(model, batch, rollouts)
 
     def rollout_loss(self, model: nn.Module, batch: Sequence[Example], rollouts: Sequence[list[int]]) -> ObjectiveLoss:
@@ -260,8 +266,13 @@ class SelfDistillObjective:
         return ObjectiveLoss(loss, int(student.targets.numel()), student.processed_tokens)
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, prompts: Sequence[list[int]]) -> list[list[int]]:
-        """Sample one completion per prompt from the current student; cut after the answer's stop."""
+    def sample(self, model: nn.Module, prompts: Sequence[list[int]], *, stops: Sequence[Sequence[str]] | None = None,
+               limits: Sequence[int] | None = None) -> list[list[int]]:
+        """Sample one completion per prompt from the current student (temperature and top-p from the
+        settings); each is cut after the token that completes its stop string (default: the one-line
+        answer's newline), at EOS, or at its token limit (default ``max_new_tokens``)."""
+        stops = stops or [(ANSWER_STOP,)] * len(prompts)
+        limits = limits or [self.settings.max_new_tokens] * len(prompts)
         was_training = model.training
         model.eval()
         try:
@@ -272,24 +283,23 @@ class SelfDistillObjective:
             out = model.generate(  # type: ignore[operator]
                 input_ids=input_ids, attention_mask=attention, do_sample=True,
                 temperature=self.settings.rollout_temperature, top_p=self.settings.rollout_top_p, top_k=0,
-                max_new_tokens=self.settings.max_new_tokens, pad_token_id=pad,
-                eos_token_id=self._tokenizer.eos_token_id,
+                max_new_tokens=max(limits), pad_token_id=pad, eos_token_id=self._tokenizer.eos_token_id,
             )
         finally:
             model.train(was_training)
-        return [self._cut(row.tolist()) for row in out[:, width:]]
+        return [self._cut(row.tolist()[:limit], stop) for row, stop, limit in zip(out[:, width:], stops, limits,
+                                                                                  strict=True)]
 
-    def _cut(self, ids: list[int]) -> list[int]:
+    def _cut(self, ids: list[int], stops: Sequence[str]) -> list[int]:
         eos = self._tokenizer.eos_token_id
+        window = max((len(s) for s in stops), default=0) + 1  # a stop of n characters spans at most n tokens
         for index, token in enumerate(ids):
-            if token == eos or self._is_stop(token):
+            if token == eos:
+                return ids[: index + 1]
+            if stops and any(s in self._tokenizer.decode(ids[max(0, index + 1 - window): index + 1])
+                             for s in stops if s):
                 return ids[: index + 1]
         return ids or [eos]
-
-    def _is_stop(self, token: int) -> bool:
-        if token not in self._stop_cache:
-            self._stop_cache[token] = ANSWER_STOP in self._tokenizer.decode([token])
-        return self._stop_cache[token]
 
     @contextlib.contextmanager
     def _teacher(self, model: nn.Module) -> Iterator[None]:

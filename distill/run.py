@@ -294,8 +294,20 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     holdout = [s for s in config.gate.holdout_suites if s not in trained] if config.gate.n_holdout else []
     for skipped in set(config.gate.holdout_suites) & set(trained):
         (console or Console(stderr=True)).print(f"[yellow]holdout suite {skipped} was trained on: skipped[/]")
-    suites = {s: _load(deps, s, "test", config.gate.n_test) for s in test_suites}
-    suites.update({s: _load(deps, s, "test", config.gate.n_holdout) for s in holdout})
+    trained_questions = {_question(e.task.prompt) for e in episodes}
+    suites: dict[str, list[Task]] = {}
+    excluded = 0
+    for names, n in ((test_suites, config.gate.n_test), (holdout, config.gate.n_holdout)):
+        for suite in names:
+            tasks = _load(deps, suite, "test", n)
+            suites[suite] = [t for t in tasks if _question(t.prompt) not in trained_questions]
+            excluded += len(tasks) - len(suites[suite])
+            if not suites[suite]:
+                raise ProcmemError(f"every test item of {suite!r} was trained on", where="gate",
+                                   fix="give the suite a test split disjoint from its train split")
+    if excluded:
+        (console or Console(stderr=True)).print(f"[yellow]gate: {excluded} test items skipped: their question "
+                                                "was in the training episodes[/]")
     baseline_version = promotion_state(home.adapters).current
     baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
@@ -308,8 +320,13 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
             scores.append(evaluate(llm, suites, config.gate, on_progress=lambda n, b=bar: progress.advance(b, n)))
             del llm
             _release(deps.model_dir)
-    return compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,
-                   baseline_name=baseline_version or "base")
+    report = compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,
+                     baseline_name=baseline_version or "base")
+    return report.model_copy(update={"excluded": excluded})
+
+
+def _question(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:

@@ -13,22 +13,25 @@ Every trace keeps its provenance: the episodes it came from and the memory entri
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from procmem.distill._generate import generate_for_tasks
 from procmem.distill.config import TraceConfig
 from procmem.memory import Retriever
 from procmem.verifiers import build_verifier
 
 from procmem.core import (
+    AnswerFormat,
     Episode,
     GenerationConfig,
     PriorAttempt,
     ProcmemError,
     Task,
     extract_answer,
+    generation_for,
     render_completion,
     render_prompt,
 )
@@ -82,10 +85,16 @@ class TeacherContext:
     teacher_prompt: str
     memory_ids: tuple[str, ...]
     episode_ids: tuple[str, ...]
+    answer_format: AnswerFormat = "line"
+    stop: tuple[str, ...] = (ANSWER_STOP,)
+    """Where the task's answers end (its generation stop strings)."""
+    max_tokens: int | None = None
+    """The task's own answer length limit, if it sets one (code tasks do)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherContext:
-        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"])})
+        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"]),
+                      "stop": tuple(data.get("stop", (ANSWER_STOP,)))})
 
 
 @dataclass(frozen=True)
@@ -205,9 +214,10 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
     rejected: list[Trace] = []
     for start in range(0, len(problems), _CHUNK):
         chunk = list(zip(problems[start:start + _CHUNK], contexts[start:start + _CHUNK], strict=True))
-        generation = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature,
-                                      top_p=config.top_p, stop=(ANSWER_STOP,), seed=config.seed + start)
-        outputs = teacher.generate([ctx.teacher_prompt for _, ctx in chunk for _ in range(config.k)], generation)
+        base = GenerationConfig(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
+                                stop=(ANSWER_STOP,), seed=config.seed + start)
+        requests = [(problem.task, ctx.teacher_prompt) for problem, ctx in chunk for _ in range(config.k)]
+        outputs = generate_for_tasks(teacher, requests, base)
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
             good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
@@ -221,10 +231,15 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
 def _context(problem: Problem, retriever: Retriever, k: int) -> TeacherContext:
     found = retriever.retrieve(problem.task, k) if k > 0 else None
     memory_text = found.text if found is not None else ""
+    decoding = generation_for(problem.task, GenerationConfig(stop=(ANSWER_STOP,)))
+    override = problem.task.metadata.get("generation")  # the task's own decoding needs, see generation_for
+    max_tokens = override.get("max_tokens") if isinstance(override, Mapping) else None
     return TeacherContext(
         task_id=problem.task.id, suite=problem.task.suite, prompt=render_prompt(problem.task.prompt),
         teacher_prompt=teacher_prompt(problem, memory_text),
         memory_ids=tuple(found.entry_ids) if found is not None else (), episode_ids=problem.episode_ids,
+        answer_format=problem.task.answer_format, stop=decoding.stop,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
     )
 
 
@@ -235,13 +250,14 @@ def _judge(problem: Problem, ctx: TeacherContext, texts: Sequence[str], keep: in
     rejected: list[Trace] = []
     seen: set[str] = set()
     for sample, text in enumerate(texts):
-        answer = extract_answer(text)
+        answer = extract_answer(text, ctx.answer_format)
         verdict = verifier.verify(answer)
         status: TraceStatus = "failed"
         if verdict.passed:
             status = "duplicate" if answer in seen or len(kept) >= keep else "kept"
             seen.add(answer)
-        trace = Trace(task_id=ctx.task_id, suite=ctx.suite, prompt=ctx.prompt, completion=render_completion(answer),
+        trace = Trace(task_id=ctx.task_id, suite=ctx.suite, prompt=ctx.prompt,
+                      completion=render_completion(answer, ctx.answer_format),
                       answer=answer, teacher_prompt=ctx.teacher_prompt, memory_ids=ctx.memory_ids,
                       episode_ids=ctx.episode_ids, sample=sample, score=verdict.score, status=status,
                       feedback=verdict.feedback, teacher=policy)

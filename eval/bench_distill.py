@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     home = Home.resolve(args.home).ensure()
     result = run_bench(home, n=args.n, batch=args.batch, steps=args.steps, warmup=args.warmup, trl=not args.no_trl)
-    Console().print(_table(result))
+    Console(width=max(Console().width, 130)).print(_table(result))
     if args.json:
         print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
 

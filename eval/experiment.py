@@ -28,20 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from procmem.agent import AgentDeps, solve_tasks
-from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
-from procmem.core.fileio import read_json, write_json
 from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
 from procmem.distill.traces import Trace
 from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
+from procmem.memory import ExperienceMemory, ExperienceRetriever, Retrieval, Retriever, open_memory
+from procmem.verifiers import build_verifier
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, generation_for, render_prompt
+from procmem.core.fileio import read_json, write_json
 from procmem.llm import LLM, LocalLLM, MicroBatcher
 from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
-from procmem.memory import ExperienceMemory, ExperienceRetriever, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
-from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "run_experiment"]
 
@@ -274,9 +274,11 @@ class Experiment:
                 for start in range(0, len(tasks), _BATCH):
                     chunk = tasks[start:start + _BATCH]
                     prompts = [self._prompt(task, retriever) for task in chunk]
-                    outputs = llm.generate(prompts, generation)
+                    # one suite shares its decoding needs (a code suite: longer, multi-line answers)
+                    outputs = llm.generate(prompts, generation_for(chunk[0], generation))
                     for task, out in zip(chunk, outputs, strict=True):
-                        passed.append(build_verifier(task).verify(extract_answer(out.text)).passed)
+                        answer = extract_answer(out.text, task.answer_format)
+                        passed.append(build_verifier(task).verify(answer).passed)
                         tokens += out.completion_tokens
                     advance(len(chunk))
                 results[suite] = passed
@@ -398,10 +400,10 @@ def _successes_as_traces(episodes: Sequence[Any], keep_per_problem: int) -> Trac
         answer = episode.attempts[-1].answer
         seen.add((episode.task.id, answer))
         prompt = render_prompt(episode.task.prompt)
-        kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt,
-                          completion=render_completion(answer), answer=answer, teacher_prompt=prompt, memory_ids=(),
-                          episode_ids=(episode.id,), sample=0, score=1.0, status="kept",
-                          feedback="", teacher=episode.policy_version))
+        completion = render_completion(answer, episode.task.answer_format)
+        kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt, completion=completion,
+                          answer=answer, teacher_prompt=prompt, memory_ids=(), episode_ids=(episode.id,), sample=0,
+                          score=1.0, status="kept", feedback="", teacher=episode.policy_version))
     return TraceBuild(tuple(kept), (), ())
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, EvalConfig
 from procmem.eval.experiment import ArmScores
+
+from procmem.core.fileio import atomic_write_text, read_json, write_json
 
 __all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "summarise", "write_report"]
 
@@ -166,7 +167,7 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         lines.append(f"| {s.arm} | {_pct(s.test_accuracy)} | {_ci(s.test_ci95)} | {_pct(s.holdout_accuracy)} | "
                      f"{_ci(s.holdout_ci95)} | {s.train_examples:.0f} | {s.tokens:.0f} | {s.wall_time_s:.0f} |")
     suites = sorted(final[0].per_suite) if final else []
-    lines += ["", "## Per task (test acc %, final round)", "", "| arm | " + " | ".join(suites) + " |",
+    lines += ["", "## Per task (test acc %, final round)", "", "| arm | " + " | ".join(map(_short, suites)) + " |",
               "|---|" + "---:|" * len(suites)]
     for s in final:
         lines.append(f"| {s.arm} | " + " | ".join(_pct(s.per_suite[x]) for x in suites) + " |")

@@ -5,8 +5,8 @@ duplicate is textual (case, whitespace and spacing around punctuation ignored), 
 puts "What is 3 + 4?" and "What is 4 + 3?" at cosine 0.99, and they are different problems.
 
 An :class:`Entry` maps onto a :class:`~procmem.memory.base.MemoryRecord` as: text → the embedded text;
-every scalar field → filterable metadata (so counters and status can change without re-embedding);
-the lists (sources, problems, merge provenance, evidence) → the payload.
+every scalar field → filterable metadata (so counters and status can change without re-embedding), plus
+a ``problem:<key>`` flag per problem; the lists (sources, problems, merge provenance, evidence) → the payload.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "entry_id",
     "normalize_question",
     "policy_version",
+    "problem_flag",
     "problem_key",
 ]
 
@@ -40,6 +41,8 @@ EntryLevel = Literal["insight", "pattern"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 ENTRY_LEVELS: tuple[EntryLevel, ...] = get_args(EntryLevel)
 
+MAX_PROBLEM_FLAGS = 64
+"""Problems flagged in an entry's metadata; an insight backed by more problems is surely a pattern too."""
 _SPACE_AROUND_PUNCT = re.compile(r"\s*([^\w\s])\s*")
 
 
@@ -65,6 +68,11 @@ def normalize_question(text: str) -> str:
 def problem_key(prompt: str) -> str:
     """A short stable id of the problem a prompt poses."""
     return "p" + hashlib.sha1(normalize_question(prompt).encode()).hexdigest()[:15]
+
+
+def problem_flag(key: str) -> str:
+    """The metadata key that marks an entry as backed by problem ``key``."""
+    return f"problem:{key}"
 
 
 def entry_id(level: EntryLevel, kind: Kind, split: str, anchor: str, text: str) -> str:
@@ -132,7 +140,10 @@ class Entry:
                             payload=self.payload())
 
     def metadata(self) -> dict[str, Scalar]:
-        return {
+        """Filterable scalars; plus one ``problem:<key>: True`` flag per problem it is backed by (the first
+        :data:`MAX_PROBLEM_FLAGS`), so that retrieval finds a merged insight from any of its problems."""
+        flags: dict[str, Scalar] = {problem_flag(key): True for key in self.problem_ids[:MAX_PROBLEM_FLAGS]}
+        return {**flags,
             "kind": self.kind, "suite": self.suite, "split": self.split, "problem": self.problem,
             "n_problems": len(self.problem_ids), "policy_version": self.policy_version,
             "reflector": self.reflector, "validated_version": self.validated_version, "method": self.method,
@@ -150,7 +161,8 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-plain (what ``procmem memory show --json`` prints)."""
-        return {"id": self.id, "level": self.level, "text": self.text, **self.metadata(), **self.payload()}
+        scalars = {k: v for k, v in self.metadata().items() if not k.startswith(problem_flag(""))}
+        return {"id": self.id, "level": self.level, "text": self.text, **scalars, **self.payload()}
 
     @classmethod
     def from_record(cls, record: MemoryRecord) -> Entry:

@@ -27,7 +27,15 @@ from procmem.memory.base import LEVELS, Level, MemoryRecord, Scalar, VectorMemor
 from procmem.memory.config import MemoryConfig
 from procmem.memory.consolidation import Cluster, cluster_insights, pattern_fields
 from procmem.memory.embedding import embed_array
-from procmem.memory.entries import ENTRY_LEVELS, Entry, EntryLevel, entry_id, policy_version, problem_key
+from procmem.memory.entries import (
+    ENTRY_LEVELS,
+    Entry,
+    EntryLevel,
+    entry_id,
+    policy_version,
+    problem_flag,
+    problem_key,
+)
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
 from procmem.memory.hygiene import (
     counted_use,
@@ -213,7 +221,8 @@ class ProceduralMemory(ExperienceMemory):
                 near.setdefault(key, hit.similarity)
         scored: list[tuple[float, Entry]] = []
         for key, similarity in near.items():
-            for record in self.store.scan(INSIGHT, where={"problem": key, "status": "active", "split": "train"}):
+            where: dict[str, Scalar] = {problem_flag(key): True, "status": "active", "split": "train"}
+            for record in self.store.scan(INSIGHT, where=where):
                 entry = _entry_or_none(record)
                 if entry is not None:
                     scored.append((similarity * trust(entry, policy, self.config.hygiene), entry))
@@ -242,6 +251,7 @@ class ProceduralMemory(ExperienceMemory):
         policy version the insights are validated for (default: the reflector's own, i.e. self-reflection).
         """
         report = ReflectionReport()
+        policy = policy or policy_version(llm)
         splits = set(self.config.reflection.splits)
         episodes = [e for e in self.episodes() if e.task.split in splits]
         problems = [p for p in group_problems(episodes)

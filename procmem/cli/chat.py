@@ -8,7 +8,7 @@ import typer
 
 from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
-from procmem.cli.common import MODEL_HELP, home_of, open_checkpointer, out_console
+from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
 from procmem.core import GenerationConfig, ProcmemError, Task, new_id
 from procmem.llm import load_llm
 from procmem.memory import ExperienceRetriever, open_memory
@@ -26,14 +26,14 @@ _HELP = """Type a task and press Enter. Commands:
 def chat(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "local:default",
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory for a local model.")] = None,
+    adapter: Annotated[str, typer.Option(help=ADAPTER_HELP)] = "promoted",
     thread: Annotated[str, typer.Option(help="Conversation thread to start or resume.")] = "default",
     attempts: Annotated[int, typer.Option(help="Most attempts when a verifier is attached.")] = 2,
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
 ) -> None:
     """Chat with the agent; attach a verifier to a task with /verify SPEC."""
     home = home_of(ctx)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter)
+    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
     memory = open_memory(home.chroma)
     deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
                      retriever=ExperienceRetriever(memory), recorder=memory.record, attempts=attempts, stream=True)

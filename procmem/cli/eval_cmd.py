@@ -23,7 +23,7 @@ __all__ = ["eval_command"]
 def eval_command(
     config: Annotated[Path, typer.Option(help="Experiment config, e.g. eval/configs/smoke.toml.")],
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with it resumes the experiment.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print results.json's arms as the last stdout line.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print per-arm results as the last stdout line.")] = False,
 ) -> None:
     """Compare the memory-free student with base, base+memory, RFT and controls on held-out tasks."""
     cfg = load_config(EvalConfig, config)

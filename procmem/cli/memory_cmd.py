@@ -11,7 +11,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from procmem.cli.app import app
-from procmem.cli.common import CHROMA_URL_HELP, MODEL_HELP, err_console, home_of, out_console, print_json_line
+from procmem.cli.common import (
+    ADAPTER_HELP,
+    CHROMA_URL_HELP,
+    MODEL_HELP,
+    adapter_for,
+    err_console,
+    home_of,
+    out_console,
+    print_json_line,
+)
 from procmem.core import Episode, ProcmemError
 from procmem.memory import (
     ENTRY_LEVELS,
@@ -179,7 +188,7 @@ def reflect(
     = None,
     model: Annotated[str, typer.Option(help=f"The reflecting model, normally the policy. {MODEL_HELP}")]
     = "local:default",
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory for a local model.")] = None,
+    adapter: Annotated[str, typer.Option(help=ADAPTER_HELP)] = "promoted",
     patterns: Annotated[bool, typer.Option("--patterns/--no-patterns", help="Consolidate patterns afterwards.")]
     = True,
     chroma_url: ChromaUrl = None,
@@ -192,7 +201,7 @@ def reflect(
     from procmem.llm import load_llm
 
     err_console.print(f"loading model {model} ...", highlight=False)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter)
+    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         bar = progress.add_task("reflecting", total=None)

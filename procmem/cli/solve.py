@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
@@ -11,9 +12,11 @@ from rich.table import Table
 from procmem.agent import AgentDeps, SolveReport, solve_tasks
 from procmem.cli.app import app
 from procmem.cli.common import (
+    ADAPTER_HELP,
     CHROMA_URL_HELP,
     MODEL_HELP,
     SUITE_HELP,
+    adapter_for,
     err_console,
     home_of,
     open_checkpointer,
@@ -38,7 +41,7 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
-    llm = load_llm(config.model, models_dir=home.models, adapter=config.adapter)
+    llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter))
     memory = open_memory(home.chroma, url=chroma_url)
     with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
         deps = AgentDeps(
@@ -88,7 +91,7 @@ def solve(
     split: Annotated[str | None, typer.Option(help="train or test (disjoint seeds).")] = None,
     attempts: Annotated[int | None, typer.Option(help="Most attempts per task; retries see verifier feedback.")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter directory for a local model.")] = None,
+    adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Answer without retrieving memory.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Tasks at once (the local model batches them).")] = None,
     config: Annotated[str | None, typer.Option(help="A TOML file of SolveConfig settings; flags win over it.")] = None,
@@ -110,7 +113,7 @@ def solve(
         print_json_line(_summary(cfg, report, run_id, stats))
 
 
-def _solve_config(path: str | None, flags: dict[str, object]) -> SolveConfig:
+def _solve_config(path: str | None, flags: Mapping[str, object]) -> SolveConfig:
     if path is not None:
         return load_config(SolveConfig, path, **flags)
     if flags["suite"] is None:

@@ -1,14 +1,15 @@
 """The shared core every package may import: value types, configs, errors, the data home and the
 prompt format. It imports nothing else from procmem."""
 
-from procmem.core.config import Config, GenerationConfig, SolveConfig, load_config
+from procmem.core.config import Config, GenerationConfig, SolveConfig, generation_for, load_config
 from procmem.core.errors import ProcmemError
 from procmem.core.home import Home
 from procmem.core.prompts import PriorAttempt, extract_answer, render_completion, render_prompt
 from procmem.core.redact import RedactingFilter, redact, redact_obj
-from procmem.core.types import Attempt, Episode, Split, Task, Verdict, new_id, utc_now
+from procmem.core.types import AnswerFormat, Attempt, Episode, Split, Task, Verdict, new_id, utc_now
 
 __all__ = [
+    "AnswerFormat",
     "Attempt",
     "Config",
     "Episode",
@@ -22,6 +23,7 @@ __all__ = [
     "Task",
     "Verdict",
     "extract_answer",
+    "generation_for",
     "load_config",
     "new_id",
     "redact",

@@ -13,13 +13,14 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from procmem.core.errors import ProcmemError
+from procmem.core.types import Task
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "GenerationConfig", "SolveConfig", "load_config"]
+__all__ = ["Config", "GenerationConfig", "SolveConfig", "generation_for", "load_config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -33,25 +34,41 @@ class Config(BaseModel):
 class GenerationConfig(Config):
     """How a model decodes one request."""
 
-    max_tokens: int = Field(48, ge=1, le=8192, description="Most new tokens per completion.")
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily; above 0 samples.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only).")
-    stop: tuple[str, ...] = Field(("\n",), description="Generation ends at the first of these strings.")
-    seed: int | None = Field(None, description="Sampling seed; None leaves the generator as it is.")
+    max_tokens: int = Field(default=48, ge=1, le=8192, description="Most new tokens per completion.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 decodes greedily; above 0 samples.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only).")
+    stop: tuple[str, ...] = Field(default=("\n",), description="Generation ends at the first of these strings.")
+    seed: int | None = Field(default=None, description="Sampling seed; None leaves the generator as it is.")
+
+
+def generation_for(task: Task, base: GenerationConfig) -> GenerationConfig:
+    """``base`` with the task's own decoding needs (``metadata["generation"]``, e.g. a code task's longer
+    ``max_tokens`` and multi-line ``stop``) laid over it."""
+    override = task.metadata.get("generation")
+    if not override:
+        return base
+    try:
+        return GenerationConfig.model_validate({**base.model_dump(), **dict(override)})
+    except (ValidationError, TypeError) as err:
+        raise ProcmemError(f"invalid metadata.generation: {err}", where=f"task {task.id}",
+                           fix="use GenerationConfig keys: max_tokens, temperature, top_p, stop, seed") from err
 
 
 class SolveConfig(Config):
     """``procmem solve``: run the agent over a task suite and record every episode."""
 
     suite: str = Field(description="Task suite: 'rg:<dataset>?key=value&...' or a path to a JSONL task file.")
-    n: int = Field(10, ge=1, description="How many tasks to take from the suite.")
-    split: str = Field("train", pattern="^(train|test)$", description="Which split of the suite: train or test.")
-    attempts: int = Field(2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
-    model: str = Field("local:default", description="'local:default', 'local:/path/to/hf_dir' or 'litellm:<model>'.")
-    adapter: str | None = Field(None, description="LoRA adapter directory for a local model (None: none).")
-    use_memory: bool = Field(True, description="Retrieve procedural memory before answering.")
-    memory_k: int = Field(3, ge=0, le=32, description="How many memory entries to put in the prompt.")
-    concurrency: int = Field(8, ge=1, le=256, description="Tasks solved at once; the local backend batches them.")
+    n: int = Field(default=10, ge=1, description="How many tasks to take from the suite.")
+    split: str = Field(default="train", pattern="^(train|test)$", description="Which split: train or test.")
+    attempts: int = Field(default=2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
+    model: str = Field(default="local:default",
+                       description="'local:default', 'local:tiny', 'local:/path/to/hf_dir' or 'litellm:<model>'.")
+    adapter: str = Field(default="promoted", description="LoRA adapter of a local model: 'none', 'promoted' (the "
+                         "registry's current version; the base model if none), 'vN' or an adapter directory.")
+    use_memory: bool = Field(default=True, description="Retrieve procedural memory before answering.")
+    memory_k: int = Field(default=3, ge=0, le=32, description="How many memory entries to put in the prompt.")
+    concurrency: int = Field(default=8, ge=1, le=256,
+                             description="Tasks solved at once; the local backend batches them.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
 
 

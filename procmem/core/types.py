@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-__all__ = ["Attempt", "Episode", "Split", "Task", "Verdict", "new_id", "utc_now"]
+__all__ = ["AnswerFormat", "Attempt", "Episode", "Split", "Task", "Verdict", "new_id", "utc_now"]
 
 Split = Literal["train", "test"]
+AnswerFormat = Literal["line", "code"]
+"""``line``: the answer is the completion's first line; ``code``: the whole completion (a program)."""
 
 
 def utc_now() -> str:
@@ -70,6 +72,11 @@ class Task:
     suite: str = "adhoc"
     split: Split = "train"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def answer_format(self) -> AnswerFormat:
+        """``metadata["answer_format"]``; one-line answers unless a task says ``code``."""
+        return "code" if self.metadata.get("answer_format") == "code" else "line"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

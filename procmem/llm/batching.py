@@ -114,9 +114,15 @@ class MicroBatcher:
     def _run(self) -> None:
         try:
             while (batch := self._next_batch()) is not None:
-                self._serve(batch)
-        except BaseException as err:  # never leave a caller waiting forever
+                try:
+                    self._serve(batch)
+                finally:
+                    for request in batch:  # never leave a caller of this batch waiting
+                        if not request.future.done():
+                            request.future.set_exception(RuntimeError("MicroBatcher lost this request"))
+        except BaseException as err:  # never leave a caller waiting forever; later calls go direct
             with self._cond:
+                self._closing = True
                 pending, self._pending = self._pending, []
             for request in pending:
                 request.future.set_exception(err)

@@ -108,3 +108,14 @@ def test_evaluate_answers_memory_free_and_greedily_with_the_real_verifier(tiny_m
     assert scores["none"].task_ids == ("n0", "n1")
     assert llm.prompts[0] == "Question: Say 0.\nAnswer:"  # exactly render_prompt(question): no memory
     assert all(c.temperature == 0.0 and c.max_tokens == 4 for c in llm.configs)
+
+
+def test_evaluate_decodes_each_task_with_its_own_settings(tiny_model_dir: Path) -> None:
+    llm = _Recorder(LocalLLM(tiny_model_dir))
+    code = Task(id="c", prompt="Write a program.", verifier="regex:(?s).*", split="test",
+                metadata={"answer_format": "code", "generation": {"stop": ["\n\n\n"], "max_tokens": 6}})
+    line = Task(id="l", prompt="Say hi.", verifier="regex:(?s).*", split="test")
+    scores = evaluate(llm, {"mixed": [code, line]}, GateConfig(max_tokens=3))
+    assert scores["mixed"].passed == (True, True)
+    assert sorted((c.max_tokens, c.stop) for c in llm.configs) == [(3, ("\n",)), (6, ("\n\n\n",))]
+    assert all(c.temperature == 0.0 for c in llm.configs)

@@ -182,3 +182,14 @@ def test_an_over_long_prompt_loses_its_head_with_a_warning(lora_model: tuple[Any
     with pytest.warns(UserWarning, match="lost its head"):
         out = sft.loss(model, long)
     assert out.processed_tokens == 24 and out.tokens == 3
+
+
+def test_rollouts_are_cut_after_their_own_stop_string(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    _, tokenizer = lora_model
+    objective = SelfDistillObjective(tokenizer, 128, tiny_config.self_distill)
+    ids = tokenizer("x = 1\ny = 2\n\n\nz = 3\n", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(objective._cut(ids, ("\n",))) == "x = 1\n"  # a one-line answer
+    assert tokenizer.decode(objective._cut(ids, ("\n\n\n",))) == "x = 1\ny = 2\n\n\n"  # a program
+    assert objective._cut(ids, ("never",)) == ids
+    eos = tokenizer.eos_token_id
+    assert objective._cut([*ids[:2], eos, *ids[2:]], ("\n",)) == [*ids[:2], eos]

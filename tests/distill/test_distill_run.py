@@ -210,3 +210,19 @@ def test_only_one_scheduler_runs_per_home(home: Home, run_config: DistillConfig)
     with FileLock(str(home.locks / "distill-scheduler.lock")), \
             pytest.raises(DistillBusy, match="scheduler is running"):
         run_every(run_config, home, 1.0, max_ticks=1, quiet=True)
+
+
+def test_the_gate_skips_test_items_whose_question_was_trained_on(
+    home: Home, world: World, run_config: DistillConfig, tmp_path: Path
+) -> None:
+    train = load_suite(str(world.suite), split="train")
+    rows = [{"id": f"leak{i}", "prompt": f"  {t.prompt.upper()} ", "verifier": t.verifier, "split": "test"}
+            for i, t in enumerate(train[:2])]
+    rows += [{"id": f"new{i}", "prompt": f"Something new {i}.", "verifier": "regex:(?s).*", "split": "test"}
+             for i in range(3)]
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    gate = run_config.gate.model_copy(update={"test_suites": (str(leaky),)})
+    result = run_distillation(run_config.model_copy(update={"gate": gate}), home, deps=world.deps(), quiet=True)
+    assert result.gate is not None and result.gate.excluded == 2
+    assert [row.n for row in result.gate.rows] == [3]

@@ -163,3 +163,35 @@ def test_hide_answer_removes_quoted_failed_answers() -> None:
     assert hide_answer("expected 1 word", "1") == "expected 1 word"  # short answers only when quoted
     assert hide_answer("'1' is not the correct answer", "1") == f"{HIDDEN_ANSWER} is not the correct answer"
     assert hide_answer("the answer is empty", "") == "the answer is empty"
+
+
+CODE = Task(id="code", prompt="Write any program.", verifier="regex:(?s).*", suite="s", metadata={
+    "answer_format": "code", "generation": {"stop": ["\n\n\n"], "max_tokens": 12}})
+
+
+def test_code_tasks_keep_multi_line_answers_with_their_own_decoding(teacher: LocalLLM) -> None:
+    from procmem.memory import NoMemory
+
+    from procmem.core.prompts import CODE_STOP
+
+    spy = _Spy(teacher)
+    configs: list[GenerationConfig] = []
+    original = spy.generate
+
+    def generate(prompts: Sequence[str], config: GenerationConfig) -> list[Generation]:
+        configs.append(config)
+        return original(prompts, config)
+
+    spy.generate = generate  # type: ignore[method-assign]
+    build = build_traces(problems_from_episodes([_episode(CODE, "print(1)"), _episode(ALWAYS, "red")]), spy,
+                         NoMemory(), TraceConfig(k=2, max_tokens=4, memory_k=0))
+    assert {(c.max_tokens, c.stop) for c in configs} == {(12, ("\n\n\n",)), (4, ("\n",))}
+    code_ctx = next(c for c in build.contexts if c.task_id == "code")
+    assert (code_ctx.answer_format, code_ctx.stop, code_ctx.max_tokens) == ("code", ("\n\n\n",), 12)
+    line_ctx = next(c for c in build.contexts if c.task_id == "always")
+    assert (line_ctx.answer_format, line_ctx.stop, line_ctx.max_tokens) == ("line", ("\n",), None)
+    for trace in build.kept:
+        if trace.task_id == "code":
+            assert trace.completion == render_completion(trace.answer, "code") and trace.completion.endswith(CODE_STOP)
+        else:
+            assert "\n" not in trace.answer

@@ -36,7 +36,7 @@ class Slow:
     def examples(self, build):
         return self.inner.examples(build)
     def loss(self, model, batch):
-        time.sleep(0.15)
+        time.sleep(0.3)
         return self.inner.loss(model, batch)
     def after_step(self, model):
         self.inner.after_step(model)

@@ -52,11 +52,12 @@ def _in_threads(batcher: MicroBatcher, jobs: list[tuple[str, GenerationConfig]])
         except Exception as err:
             results[i] = err
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)  # a guard against a lost request hanging the suite, not a timing check
+    assert not any(t.is_alive() for t in threads), "a caller never got its result"
     return results
 
 

@@ -79,7 +79,7 @@ def episode(task_id: str, prompt: str, answers: Sequence[str], *, passed: bool =
     task = Task(id=task_id, prompt=prompt, verifier=f"exact:{gold}", suite=suite, split=split)  # type: ignore[arg-type]
     extra = {"started_at": finished_at, "finished_at": finished_at} if finished_at else {}
     return Episode(task=task, attempts=tuple(attempts), model_id=model_id, adapter_version=adapter,
-                   memory_ids=tuple(memory_ids), **extra)  # type: ignore[arg-type]
+                   memory_ids=tuple(memory_ids), **extra)
 
 
 SUMS = [("s1", "What is 23 + 45?", ["sixty-eight", "68"]),
@@ -92,8 +92,8 @@ def entry(text: str, *, kind: str = "strategy", problem: str = "p-one", split: s
           **fields: object) -> Entry:
     """An insight (or a pattern, with kind="pattern") written directly, as reflection would."""
     level = "pattern" if kind == "pattern" else "insight"
-    return Entry(id=entry_id(level, kind, split, problem, text), level=level, kind=kind, text=text,  # type: ignore[arg-type]
+    return Entry(id=entry_id(level, kind, split, problem, text), level=level, kind=kind, text=text,
                  suite="rg:chain_sum", split=split, policy_version=policy, reflector=policy,
                  problem=problem if level == "insight" else "", problem_ids=(problem,),
                  source_episode_ids=tuple(episodes), evidence={problem: {"episodes": 1, "passed": 1, "attempts": 1}},
-                 created_at=updated_at, updated_at=updated_at, **fields)  # type: ignore[arg-type]
+                 created_at=updated_at, updated_at=updated_at, **fields)

@@ -22,7 +22,7 @@ DIGITS = "Answer with the number only, written in digits."
 
 
 def _memory(minilm: MiniLMEmbedder, path: Path, **hygiene: object) -> ProceduralMemory:
-    return open_memory(path, embedder=minilm, config=MemoryConfig(hygiene=HygieneConfig(**hygiene)))  # type: ignore[arg-type]
+    return open_memory(path, embedder=minilm, config=MemoryConfig(hygiene=HygieneConfig(**hygiene)))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from procmem.core import ProcmemError
 
 
 def _kinds_and_texts(text: str, **kwargs: object) -> list[tuple[str, str]]:
-    return [(i.kind, i.text) for i in parse_reflection(text, **kwargs).items]  # type: ignore[arg-type]
+    return [(i.kind, i.text) for i in parse_reflection(text, **kwargs).items]
 
 
 def test_the_asked_for_format_parses() -> None:

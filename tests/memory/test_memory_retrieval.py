@@ -116,3 +116,16 @@ def test_entries_the_current_policy_validated_rank_first(filled: ProceduralMemor
         update={"insights": 1})})
     assert filled.context_for(_task(), 0, policy="gemma@v2").insights[0].id == new.id
     assert filled.context_for(_task(), 0, policy="gemma@v1").insights[0].id == old.id
+
+
+def test_a_merged_insight_is_found_from_any_of_its_problems(pmem: ProceduralMemory) -> None:
+    other = "What is 61 + 27?"
+    pmem.record(episode("sum", SUM, ["68"]))
+    pmem.record(episode("other", other, ["88"]))
+    pmem.write_entry(entry(CARRY, problem=problem_key(SUM)))
+    assert pmem.write_entry(entry(CARRY + " ", problem=problem_key(other))) == "merged"
+    pmem.config = pmem.config.model_copy(update={"retrieval": pmem.config.retrieval.model_copy(
+        update={"nearest_problems": 1})})
+    near_other = _task("What is 61 + 28?")
+    assert problem_key(other) in [problem_key(e.task.prompt) for e in pmem.similar_successes(near_other, 1)]
+    assert CARRY in pmem.retriever().retrieve(near_other, 1).text

@@ -1,0 +1,209 @@
+"""Benchmark procedural memory: retrieval latency at scale against numpy brute force, and write throughput.
+
+Measures, in one process (so the ratios compare like with like):
+
+- retrieval latency p50/p95 of :meth:`ChromaStore.query_vector` (embedded Chroma, HNSW, cosine; k=5)
+  at 1k / 10k / 100k entries, unfiltered and with the worked-example filter
+  (``split=train, passed=True``, which ~half the entries match), against exact numpy brute force
+  (one matrix-vector product + argpartition) over the very same vectors, as a ratio; plus Chroma's
+  recall@k against the exact answer;
+- write throughput in episodes/s: :meth:`ExperienceMemory.record_many` in batches and
+  :meth:`ExperienceMemory.record` one at a time, with the real MiniLM embedder (what ``procmem solve``
+  pays per episode), and store-only (precomputed vectors) for comparison.
+
+Vectors come from :class:`~procmem.memory.HashingEmbedder` over synthetic reasoning-gym-like prompts
+(embedding 100k prompts with MiniLM would take minutes and measure the embedder, not the store). Query
+latency excludes embedding the query (MiniLM: a few ms per prompt, cached when repeated). Target
+(issue 3): p95 < 10 ms at 100k entries.
+
+    .venv/bin/python eval/bench_memory.py [--sizes 1000,10000,100000] [--queries 200] [--episodes 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["main"]
+
+_WORDS = ["apple", "river", "garden", "window", "yellow", "planet", "silver", "forest", "candle", "orange",
+          "bridge", "summer", "pencil", "rabbit", "cloud", "engine", "marble", "violin", "desert", "ladder"]
+_TEMPLATES = [
+    lambda r: f"What is {r.randint(10, 999)} + {r.randint(10, 999)}?",
+    lambda r: f"What is {r.randint(2, 99)} * {r.randint(2, 99)}?",
+    lambda r: f"How many times does the letter '{r.choice('aeiourst')}' appear in the text: "
+              f"\"{' '.join(r.sample(_WORDS, 3))}\"?",
+    lambda r: f"Spell this word backward (example: sun -> nus): {r.choice(_WORDS)}",
+    lambda r: f"Reverse this list of words: {', '.join(r.sample(_WORDS, 4))}",
+    lambda r: f"Convert the base-{r.randint(2, 9)} number {r.randint(1, 500)} to base-10",
+]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    results: dict[str, Any] = {"load_avg_start": _load_avg(), "k": args.k, "queries": args.queries, "latency": []}
+    with tempfile.TemporaryDirectory(prefix="procmem-bench-memory-") as scratch:
+        for size in args.sizes:
+            results["latency"].append(_latency(Path(scratch) / f"chroma-{size}", size, args))
+            print(json.dumps(results["latency"][-1]), flush=True)
+        results["writes"] = _writes(Path(scratch), args.episodes)
+    results["load_avg_end"] = _load_avg()
+    _print_table(results)
+    print(json.dumps(results, sort_keys=True))
+    return results
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="Entry counts, comma-separated.")
+    parser.add_argument("--queries", type=int, default=200, help="Queries per measurement.")
+    parser.add_argument("--k", type=int, default=5, help="Neighbours per query.")
+    parser.add_argument("--episodes", type=int, default=256, help="Episodes for the write-throughput runs.")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    return args
+
+
+def _prompts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [rng.choice(_TEMPLATES)(rng) for _ in range(n)]
+
+
+def _latency(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord
+
+    embedder = HashingEmbedder()
+    vectors = embedder.embed_array(_prompts(size, seed=size))
+    queries = embedder.embed_array(_prompts(args.queries, seed=-size))
+    rng = random.Random(0)
+    passed = [rng.random() < 0.5 for _ in range(size)]
+    records = [MemoryRecord(id=f"e{i}", level="experience", text="", metadata={"split": "train", "passed": p})
+               for i, p in enumerate(passed)]
+    with ChromaStore.embedded(path, embedder) as store:
+        start = time.perf_counter()
+        for lo in range(0, size, 5000):
+            store.upsert_vectors(records[lo:lo + 5000], vectors[lo:lo + 5000])
+        insert_s = time.perf_counter() - start
+        where = {"split": "train", "passed": True}
+        chroma = _time_queries(lambda q: [h.record.id for h in store.query_vector("experience", q, k=args.k)],
+                               queries)
+        chroma_f = _time_queries(lambda q: [h.record.id for h in store.query_vector("experience", q, k=args.k,
+                                                                                      where=where)], queries)
+    mask = np.array(passed)
+    numpy_ = _time_queries(lambda q: _brute(vectors, q, args.k, None), queries)
+    numpy_f = _time_queries(lambda q: _brute(vectors, q, args.k, mask), queries)
+    row: dict[str, Any] = {"entries": size, "insert_s": round(insert_s, 2)}
+    for name, (chroma_t, exact_t) in {"unfiltered": (chroma, numpy_), "filtered": (chroma_f, numpy_f)}.items():
+        recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(chroma_t[1], exact_t[1], strict=True)])
+        # Templated prompts tie a lot: a hit as similar as the exact k-th neighbour is as good as it.
+        tie_recall = np.mean([_tie_recall(vectors, q, a, b) for q, a, b in zip(queries, chroma_t[1], exact_t[1],
+                                                                               strict=True)])
+        row[name] = {
+            "chroma_p50_ms": _ms(chroma_t[0], 50), "chroma_p95_ms": _ms(chroma_t[0], 95),
+            "numpy_p50_ms": _ms(exact_t[0], 50), "numpy_p95_ms": _ms(exact_t[0], 95),
+            "p95_ratio_chroma_over_numpy": round(_ms(chroma_t[0], 95) / max(_ms(exact_t[0], 95), 1e-6), 2),
+            "chroma_recall_at_k": round(float(recall), 3),
+            "chroma_recall_at_k_ties_counted": round(float(tie_recall), 3),
+        }
+    return row
+
+
+def _tie_recall(vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], got: list[str],
+                exact: list[str]) -> float:
+    sims = vectors @ query
+    kth = min(float(sims[int(i[1:])]) for i in exact)
+    return sum(float(sims[int(i[1:])]) >= kth - 1e-5 for i in got) / len(exact)
+
+
+def _brute(vectors: npt.NDArray[np.float32], query: npt.NDArray[np.float32], k: int,
+           mask: npt.NDArray[np.bool_] | None) -> list[str]:
+    sims = vectors @ query
+    rows = np.flatnonzero(mask) if mask is not None else np.arange(len(vectors))
+    top = rows[np.argpartition(-sims[rows], k - 1)[:k]]
+    return [f"e{i}" for i in top[np.argsort(-sims[top])]]
+
+
+def _time_queries(run: Any, queries: npt.NDArray[np.float32]) -> tuple[list[float], list[list[str]]]:
+    run(queries[0])  # warm up
+    times, answers = [], []
+    for query in queries:
+        start = time.perf_counter()
+        answers.append(run(query))
+        times.append(time.perf_counter() - start)
+    return times, answers
+
+
+def _writes(scratch: Path, n: int) -> dict[str, Any]:
+    from procmem.memory import ChromaStore, ExperienceMemory, default_embedder
+
+    from procmem.core import Attempt, Episode, Task, Verdict
+
+    prompts = _prompts(2 * n, seed=7)
+    episodes = [Episode(task=Task(id=f"t{i}", prompt=p, verifier="exact:1", suite="bench"),
+                        attempts=(Attempt("1", Verdict(i % 2 == 0, float(i % 2 == 0), "")),), model_id="bench")
+                for i, p in enumerate(prompts)]
+    embedder = default_embedder()
+    embedder.embed(["warm up"])
+    out: dict[str, Any] = {"episodes": n}
+    with ChromaStore.embedded(scratch / "writes", embedder) as store:
+        memory = ExperienceMemory(store)
+        start = time.perf_counter()
+        for lo in range(0, n, 32):
+            memory.record_many(episodes[lo:lo + 32])
+        out["minilm_batched_32_eps"] = round(n / (time.perf_counter() - start), 1)
+        start = time.perf_counter()
+        for episode in episodes[n:]:
+            memory.record(episode)
+        out["minilm_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+    from procmem.memory import HashingEmbedder
+
+    with ChromaStore.embedded(scratch / "writes-store-only", HashingEmbedder()) as store:
+        memory = ExperienceMemory(store)
+        start = time.perf_counter()
+        for episode in episodes[:n]:
+            memory.record(episode)
+        out["store_only_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+    return out
+
+
+def _ms(times: list[float], pct: int) -> float:
+    return round(float(np.percentile(times, pct)) * 1000, 3)
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"retrieval latency, k={results['k']}, {results['queries']} queries (ms)")
+    for column in ("entries", "filter", "chroma p50", "chroma p95", "numpy p50", "numpy p95", "p95 ratio",
+                   "recall@k", "recall (ties)"):
+        table.add_column(column, justify="right")
+    for row in results["latency"]:
+        for name in ("unfiltered", "filtered"):
+            r = row[name]
+            table.add_row(str(row["entries"]), name, str(r["chroma_p50_ms"]), str(r["chroma_p95_ms"]),
+                          str(r["numpy_p50_ms"]), str(r["numpy_p95_ms"]), str(r["p95_ratio_chroma_over_numpy"]),
+                          str(r["chroma_recall_at_k"]), str(r["chroma_recall_at_k_ties_counted"]))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"writes: {results['writes']}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
