@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from procmem.distill._generate import generate_for_tasks
 from procmem.distill.config import GateConfig
 from procmem.verifiers import build_verifier
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +20,7 @@ from rich.table import Table
 
 from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
 from procmem.core.prompts import ANSWER_STOP
-from procmem.llm import LLM
+from procmem.llm import LLM, generate_for_tasks
 
 __all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
 

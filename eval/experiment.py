@@ -32,14 +32,14 @@ from procmem.agent import AgentDeps, solve_tasks
 from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
 from procmem.distill.traces import Trace
 from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
-from procmem.memory import ExperienceMemory, ExperienceRetriever, Retrieval, Retriever, open_memory
+from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, policy_version
 from procmem.verifiers import build_verifier
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, generation_for, render_prompt
+from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
 from procmem.core.fileio import read_json, write_json
-from procmem.llm import LLM, LocalLLM, MicroBatcher
+from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks
 from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
 from procmem.tasks import load_suite
 
@@ -132,6 +132,7 @@ class Experiment:
         memory = self._memory(seed)
         try:
             episodes = self._collect(seed, round_, suites, memory)
+            self._reflect(seed, round_, memory)
             if round_ == 1:
                 self._freeze_memory(seed)
             results = [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms]
@@ -139,7 +140,7 @@ class Experiment:
             memory.close()
         return results
 
-    def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+    def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
              episodes: Sequence[Any]) -> ArmScores:
         cached = self._stage(seed, round_, arm) / "scores.json"
         if cached.exists():
@@ -152,8 +153,8 @@ class Experiment:
         adapter, examples = (None, 0)
         if arm in TRAINED_ARMS:
             adapter, examples = self._train(arm, seed, round_, suites, memory, episodes)
-        retriever = ExperienceRetriever(memory) if arm == "base+memory" else None
         llm = self._llm(adapter)
+        retriever = memory.retriever(policy=policy_version(llm)) if arm == "base+memory" else None
         test, tokens_test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
         holdout, tokens_holdout = ({}, 0) if arm == "base+memory" else self._score(
             llm, suites.holdout, None, f"{arm} r{round_} s{seed}: holdout")
@@ -162,7 +163,7 @@ class Experiment:
         write_json(cached, result.to_dict())
         return result
 
-    def _alias(self, source: Arm, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+    def _alias(self, source: Arm, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
                episodes: Sequence[Any]) -> ArmScores:
         original = self._arm(source, seed, round_, suites, memory, episodes)
         return self._save_copy(original, arm, seed, round_)
@@ -179,7 +180,7 @@ class Experiment:
 
     # -- collection ---------------------------------------------------------------------------------
 
-    def _collect(self, seed: int, round_: int, suites: Suites, memory: ExperienceMemory) -> list[Any]:
+    def _collect(self, seed: int, round_: int, suites: Suites, memory: ProceduralMemory) -> list[Any]:
         """The agent with memory solves the train split; round r runs with round r-1's PMD adapter."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -191,8 +192,10 @@ class Experiment:
             generation = self._generation()
             with MicroBatcher(deps_llm, max_batch=self.config.concurrency) as batched, \
                     SqliteSaver.from_conn_string(str(self._seed_dir(seed) / "threads.sqlite")) as saver:
-                deps = AgentDeps(llm=batched, generation=generation, retriever=ExperienceRetriever(memory),
-                                 recorder=memory.record, attempts=self.config.attempts, memory_k=self.config.memory_k)
+                deps = AgentDeps(llm=batched, generation=generation,
+                                 retriever=memory.retriever(policy=policy_version(deps_llm)),
+                                 recorder=memory.recorder(), attempts=self.config.attempts,
+                                 memory_k=self.config.memory_k)
                 with self._bar(f"collect r{round_} s{seed}", len(tasks)) as advance:
                     report = solve_tasks(tasks, deps, concurrency=self.config.concurrency, checkpointer=saver,
                                          run_id=f"seed{seed}-round{round_}", on_done=lambda _: advance(1))
@@ -200,6 +203,22 @@ class Experiment:
                                  "mean_attempts": report.mean_attempts, "tokens": report.completion_tokens,
                                  "wall_time_s": report.wall_time_s, "policy": str(policy) if policy else "base"})
         return [e for e in memory.episodes() if e.task.split == "train"]
+
+    def _reflect(self, seed: int, round_: int, memory: ProceduralMemory) -> None:
+        """The policy reflects on this round's problems (insights), then patterns are consolidated."""
+        summary = self._stage(seed, round_) / "reflect.json"
+        if summary.exists() or not self.config.reflect_max_calls:
+            return
+        reflector = self._llm(self._adapter("pmd", seed, round_ - 1))
+        with self._bar(f"reflect r{round_} s{seed}", self.config.reflect_max_calls) as advance:
+            shown = [0]
+
+            def on_progress(done: int, _total: int) -> None:
+                advance(done - shown[0])
+                shown[0] = done
+
+            report = memory.reflect(reflector, max_calls=self.config.reflect_max_calls, progress=on_progress)
+        write_json(summary, {**report.to_dict(), "stats": dict(memory.stats())})
 
     def _freeze_memory(self, seed: int) -> None:
         frozen = self._seed_dir(seed) / "memory-frozen"
@@ -211,7 +230,7 @@ class Experiment:
 
     # -- training -----------------------------------------------------------------------------------
 
-    def _train(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+    def _train(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
                episodes: Sequence[Any]) -> tuple[Path | None, int]:
         stage = self._stage(seed, round_, arm)
         parent = self._adapter(arm, seed, round_ - 1)
@@ -229,7 +248,7 @@ class Experiment:
                                console=self.console, quiet=self.quiet)
         return result.adapter_dir, result.examples
 
-    def _traces(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ExperienceMemory,
+    def _traces(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
                 episodes: Sequence[Any], parent: Path | None) -> TraceBuild:
         from procmem.distill import load_trace_build
 
@@ -243,20 +262,21 @@ class Experiment:
             traces = self.config.distill.traces.model_copy(update={"seed": self.config.distill.traces.seed + seed})
             problems = problems_from_episodes(episodes, max_feedback=traces.max_feedback,
                                               include_successes=traces.include_successes, limit=traces.max_problems)
-            retriever = self._teacher_retriever(arm, seed, suites, memory)
             teacher = self._llm(parent)
+            retriever = self._teacher_retriever(arm, seed, suites, memory, policy_version(teacher))
             with self._bar(f"{arm} traces r{round_} s{seed}", len(problems)) as advance:
                 build = build_traces(problems, teacher, retriever, traces, on_progress=advance)
         save_trace_build(build, directory)
         return build
 
-    def _teacher_retriever(self, arm: Arm, seed: int, suites: Suites, memory: ExperienceMemory) -> Retriever:
-        live = ExperienceRetriever(memory)
+    def _teacher_retriever(self, arm: Arm, seed: int, suites: Suites, memory: ProceduralMemory,
+                           policy: str) -> Retriever:
+        live = memory.retriever(policy=policy)
         if arm == "placebo":
             return PlaceboRetriever(live, [t for group in suites.train.values() for t in group], seed)
         if arm == "pmd-frozen":
             frozen = open_memory(self._seed_dir(seed) / "memory-frozen", embedder=self._embedder_instance())
-            return ExperienceRetriever(frozen)
+            return frozen.retriever(policy=policy)
         return live
 
     # -- scoring ------------------------------------------------------------------------------------
@@ -273,9 +293,8 @@ class Experiment:
                 passed: list[bool] = []
                 for start in range(0, len(tasks), _BATCH):
                     chunk = tasks[start:start + _BATCH]
-                    prompts = [self._prompt(task, retriever) for task in chunk]
-                    # one suite shares its decoding needs (a code suite: longer, multi-line answers)
-                    outputs = llm.generate(prompts, generation_for(chunk[0], generation))
+                    requests = [(task, self._prompt(task, retriever)) for task in chunk]
+                    outputs = generate_for_tasks(llm, requests, generation)
                     for task, out in zip(chunk, outputs, strict=True):
                         answer = extract_answer(out.text, task.answer_format)
                         passed.append(build_verifier(task).verify(answer).passed)
@@ -329,7 +348,7 @@ class Experiment:
         adapter = self._stage(seed, round_, arm) / "train" / "adapter"
         return adapter if (adapter / "adapter_config.json").exists() else None
 
-    def _memory(self, seed: int) -> ExperienceMemory:
+    def _memory(self, seed: int) -> ProceduralMemory:
         return open_memory(self._seed_dir(seed) / "memory", embedder=self._embedder_instance())
 
     def _embedder_instance(self) -> Any:

@@ -13,6 +13,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tiny model's matrices are too small to gain from threads; on a busy 2-core box two threads
+    # made each call up to 20x slower than one.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny Gemma 3 with a byte-level tokenizer (no download)."""

@@ -23,6 +23,7 @@ from procmem.llm.base import LLM, Generation
 from procmem.llm.batching import MicroBatcher
 from procmem.llm.bundled import BUNDLED_MODEL_ID, ensure_bundled_model, ensure_tiny_model
 from procmem.llm.litellm_backend import LiteLLM
+from procmem.llm.per_task import generate_for_tasks
 from procmem.llm.tiny import build_tiny_model
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "build_tiny_model",
     "ensure_bundled_model",
     "ensure_tiny_model",
+    "generate_for_tasks",
     "load_llm",
     "load_model_and_tokenizer",
 ]

@@ -142,10 +142,11 @@ class LiteLLM:
             raise self._error(err) from err
 
     def _check_environment(self) -> None:
-        """Fail early, before any work is done, when the provider's API key is not set."""
-        if self._api_key:
-            return
+        """Fail early, before any work is done, on an unknown provider or a provider's API key not set."""
         try:
+            self._litellm.get_llm_provider(model=self._model, api_base=self.api_base)
+            if self._api_key:
+                return
             report = self._litellm.validate_environment(model=self._model, api_base=self.api_base)
         except Exception as err:
             raise self._error(err) from err

@@ -50,6 +50,8 @@ def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path
     assert 3 <= rft[1].train_examples <= 3 * keep  # round 2 adds distinct verified answers, capped per task
     assert (out / "seed0" / "round2" / "rft" / "train" / "adapter" / "adapter_config.json").exists()
     assert (out / "seed0" / "memory-frozen").is_dir()
+    reflection = json.loads((out / "seed0" / "round1" / "reflect.json").read_text())
+    assert reflection["calls"] <= config.reflect_max_calls and reflection["stats"]["experience"] >= 6
     by_arm = {s.arm: s for s in scores if s.round == 1}
     assert by_arm["pmd-frozen"].test == by_arm["pmd"].test  # round 1: frozen memory is the live memory
     assert by_arm["base+memory"].holdout == {}

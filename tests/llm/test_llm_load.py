@@ -52,6 +52,12 @@ def test_an_adapter_goes_with_local_models_only(tmp_path: Path, monkeypatch: pyt
     assert isinstance(load_llm("litellm:openai/gpt-4o-mini", models_dir=tmp_path), LiteLLM)
 
 
+def test_a_litellm_model_without_a_known_provider_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ProcmemError, match="does not know the provider") as err:
+        load_llm("litellm:nosuchprovider/some-model", models_dir=tmp_path)
+    assert "openai/" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_litellm_spec_without_its_api_key_fails_before_any_request(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -1,11 +1,11 @@
-"""Generation with per-task decoding settings, batched by identical settings."""
+"""Generation with per-task decoding settings (``procmem.core.generation_for``), batched by identical settings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from procmem.core import GenerationConfig, Task, generation_for
-from procmem.llm import LLM, Generation
+from procmem.llm.base import LLM, Generation
 
 __all__ = ["generate_for_tasks"]
 
