@@ -69,8 +69,10 @@ class AgentState(TypedDict, total=False):
 
 
 def initial_state(task: Task) -> AgentState:
+    """The state a thread starts from. The task is redacted on the way in: checkpoints, episodes and the
+    prompts sent to a (possibly remote) model never carry an API key or token that was pasted into it."""
     # The episode id is fixed up front so that a resumed thread re-records the same episode (an upsert).
-    return {"task": task.to_dict(), "episode_id": new_id(), "attempts": [], "started_at": utc_now()}
+    return {"task": redact_obj(task.to_dict()), "episode_id": new_id(), "attempts": [], "started_at": utc_now()}
 
 
 def episode_from_state(state: AgentState) -> Episode:
