@@ -2,7 +2,7 @@
 and benchmark scripts (``eval/bench_*.py``). eval sits on top: it may import every other package."""
 
 from procmem.eval.config import ARMS, TRAINED_ARMS, Arm, EvalConfig
-from procmem.eval.experiment import ArmScores, Experiment, PlaceboRetriever, run_experiment
+from procmem.eval.experiment import ArmScores, Experiment, PlaceboRetriever, finished_scores, run_experiment
 from procmem.eval.report import RESULTS_SCHEMA, Summary, bootstrap_ci, summarise, write_report
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "PlaceboRetriever",
     "Summary",
     "bootstrap_ci",
+    "finished_scores",
     "run_experiment",
     "summarise",
     "write_report",

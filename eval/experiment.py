@@ -43,7 +43,7 @@ from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks
 from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
 from procmem.tasks import load_suite
 
-__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "run_experiment"]
+__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "finished_scores", "run_experiment"]
 
 _BATCH = 16
 _CONFIG_FILE = "config.json"
@@ -113,15 +113,21 @@ class Experiment:
 
     # -- driver -------------------------------------------------------------------------------------
 
-    def run(self) -> list[ArmScores]:
+    def run(self, seeds: Sequence[int] | None = None) -> list[ArmScores]:
+        """Run (or resume) every seed, or only ``seeds``: several processes may share one output directory,
+        one seed each, to use more cores; a final run without ``seeds`` then finds everything done."""
+        chosen = list(self.config.seeds) if seeds is None else [s for s in self.config.seeds if s in seeds]
+        unknown = set(seeds or ()) - set(self.config.seeds)
+        if unknown:
+            raise ProcmemError(f"seed(s) {sorted(unknown)} are not in the config's seeds {list(self.config.seeds)}",
+                               where="--seed", fix="pick seeds listed in the config")
         self._check_out_dir()
         suites = self._suites()
         scores: list[ArmScores] = []
-        stages = len(self.config.seeds) * self.config.rounds
         with self._make_progress() as progress:
             self._progress = progress
-            overall = progress.add_task("experiment (seed x round)", total=stages)
-            for seed in self.config.seeds:
+            overall = progress.add_task("experiment (seed x round)", total=len(chosen) * self.config.rounds)
+            for seed in chosen:
                 for round_ in range(1, self.config.rounds + 1):
                     scores.extend(self._round(seed, round_, suites))
                     progress.advance(overall)
@@ -147,7 +153,8 @@ class Experiment:
             return ArmScores.from_dict(read_json(cached))
         if arm == "pmd-frozen" and round_ == 1:  # memory "frozen after round 1" is round 1's memory
             return self._alias("pmd", arm, seed, round_, suites, memory, episodes)
-        if arm == "base" and (seed, round_) != (self.config.seeds[0], 1):  # greedy and untrained: one run
+        first = self._stage(self.config.seeds[0], 1, arm) / "scores.json"
+        if arm == "base" and first.exists():  # greedy and untrained: one run serves every seed and round
             return self._alias_of(self.config.seeds[0], 1, arm, seed, round_)
         started = time.perf_counter()
         adapter, examples = (None, 0)
@@ -426,7 +433,19 @@ def _successes_as_traces(episodes: Sequence[Any], keep_per_problem: int) -> Trac
     return TraceBuild(tuple(kept), (), ())
 
 
-def run_experiment(config: EvalConfig, out: Path, *, console: Console | None = None, quiet: bool = False,
-                   embedder: Any = None) -> list[ArmScores]:
-    """Run (or resume) the experiment in ``out`` and return every arm's scores."""
-    return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run()
+def run_experiment(config: EvalConfig, out: Path, *, seeds: Sequence[int] | None = None,
+                   console: Console | None = None, quiet: bool = False, embedder: Any = None) -> list[ArmScores]:
+    """Run (or resume) the experiment in ``out`` (only ``seeds``, when given) and return the scores it ran."""
+    return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run(seeds)
+
+
+def finished_scores(config: EvalConfig, out: Path) -> list[ArmScores]:
+    """Every arm score already in ``out``, in seed, round and arm order (a partial run gives fewer seeds)."""
+    scores: list[ArmScores] = []
+    for seed in config.seeds:
+        for round_ in range(1, config.rounds + 1):
+            for arm in config.arms:
+                path = out / f"seed{seed}" / f"round{round_}" / arm / "scores.json"
+                if path.exists():
+                    scores.append(ArmScores.from_dict(read_json(path)))
+    return scores

@@ -160,12 +160,13 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         "",
         f"## Round {config.rounds}: pass@1 on held-out test items (%, 95% bootstrap CI over seeds and items)",
         "",
-        "| arm | test acc | 95% CI | holdout acc | 95% CI | train examples | eval tokens | wall time (s) |",
-        "|---|---:|---|---:|---|---:|---:|---:|",
+        "| arm | test acc | 95% CI | holdout acc | 95% CI | seeds | train examples | eval tokens | wall time (s) |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for s in final:
         lines.append(f"| {s.arm} | {_pct(s.test_accuracy)} | {_ci(s.test_ci95)} | {_pct(s.holdout_accuracy)} | "
-                     f"{_ci(s.holdout_ci95)} | {s.train_examples:.0f} | {s.tokens:.0f} | {s.wall_time_s:.0f} |")
+                     f"{_ci(s.holdout_ci95)} | {s.seeds} | {s.train_examples:.0f} | {s.tokens:.0f} | "
+                     f"{s.wall_time_s:.0f} |")
     suites = sorted(final[0].per_suite) if final else []
     lines += ["", "## Per task (test acc %, final round)", "", "| arm | " + " | ".join(map(_short, suites)) + " |",
               "|---|" + "---:|" * len(suites)]

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from procmem.cli.app import app
 from procmem.cli.common import err_console, out_console, print_json_line
-from procmem.core import load_config, utc_now
-from procmem.eval import EvalConfig, run_experiment, write_report
+from procmem.core import ProcmemError, load_config, utc_now
+from procmem.eval import EvalConfig, finished_scores, run_experiment, write_report
 
 __all__ = ["eval_command"]
 
@@ -24,11 +24,19 @@ def eval_command(
     config: Annotated[Path, typer.Option(help="Experiment config, e.g. eval/configs/smoke.toml.")],
     out: Annotated[Path, typer.Option(help="Output directory; rerunning with it resumes the experiment.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print per-arm results as the last stdout line.")] = False,
+    seed: Annotated[list[int] | None, typer.Option(help="Run only this seed (repeatable), e.g. one per process "
+                                                        "on one --out; the report covers what is finished.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: report what is finished.")] = False,
 ) -> None:
     """Compare the memory-free student with base, base+memory, RFT and controls on held-out tasks."""
     cfg = load_config(EvalConfig, config)
     out.mkdir(parents=True, exist_ok=True)
-    scores = run_experiment(cfg, out, console=err_console)
+    if not report_only:
+        run_experiment(cfg, out, seeds=seed, console=err_console)
+    scores = finished_scores(cfg, out)
+    if not scores:
+        raise ProcmemError("nothing has finished in this output directory yet", where=str(out),
+                           fix="run without --report-only")
     results = write_report(scores, cfg, out, meta=_meta(config))
     (err_console if json_out else out_console).print(_table(results))
     err_console.print(f"report: {out / 'report.md'}", highlight=False)
