@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Protocol, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -68,6 +68,12 @@ class AgentState(TypedDict, total=False):
     """Finished episodes of this thread, one per task (chat threads accumulate them)."""
 
 
+class _Node(Protocol):
+    """A graph node (LangGraph matches nodes by a ``state`` parameter, which a bare Callable lacks)."""
+
+    def __call__(self, state: AgentState) -> AgentState: ...
+
+
 def initial_state(task: Task) -> AgentState:
     """The state a thread starts from. The task is redacted on the way in: checkpoints, episodes and the
     prompts sent to a (possibly remote) model never carry an API key or token that was pasted into it."""
@@ -94,7 +100,7 @@ def build_agent(deps: AgentDeps, *, checkpointer: Checkpointer = None) -> Any:
     return graph.compile(checkpointer=checkpointer)
 
 
-def _retrieve(deps: AgentDeps) -> Callable[[AgentState], AgentState]:
+def _retrieve(deps: AgentDeps) -> _Node:
     def retrieve(state: AgentState) -> AgentState:
         task = Task.from_dict(state["task"])
         found = deps.retriever.retrieve(task, deps.memory_k) if deps.memory_k else NoMemory().retrieve(task, 0)
@@ -103,7 +109,7 @@ def _retrieve(deps: AgentDeps) -> Callable[[AgentState], AgentState]:
     return retrieve
 
 
-def _generate(deps: AgentDeps) -> Callable[[AgentState], AgentState]:
+def _generate(deps: AgentDeps) -> _Node:
     def generate(state: AgentState) -> AgentState:
         task = Task.from_dict(state["task"])
         prior = [PriorAttempt(feedback=a["verdict"]["feedback"], answer=a["answer"]) for a in state["attempts"]]
@@ -149,7 +155,7 @@ def _route(deps: AgentDeps) -> Callable[[AgentState], str]:
     return route
 
 
-def _record(deps: AgentDeps) -> Callable[[AgentState], AgentState]:
+def _record(deps: AgentDeps) -> _Node:
     def record(state: AgentState) -> AgentState:
         episode = _redacted(Episode(
             task=Task.from_dict(state["task"]),

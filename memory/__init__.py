@@ -62,6 +62,7 @@ from procmem.memory.reflection import (
     ReflectionLLM,
     parse_reflection,
     pattern_prompt,
+    reflection_primer,
     reflection_prompt,
 )
 from procmem.memory.retrieval import (
@@ -136,6 +137,7 @@ __all__ = [
     "pattern_prompt",
     "policy_version",
     "problem_key",
+    "reflection_primer",
     "reflection_prompt",
     "render_memory",
 ]

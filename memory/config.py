@@ -27,7 +27,7 @@ class RetrievalConfig(Config):
 class ReflectionConfig(Config):
     """How the policy model reflects on problems and summarises patterns."""
 
-    max_tokens: int = Field(default=128, ge=8, le=2048, description="Most new tokens of one reflection.")
+    max_tokens: int = Field(default=96, ge=8, le=2048, description="Most new tokens of one reflection.")
     max_items: int = Field(default=4, ge=1, le=16, description="Most insights kept from one reflection.")
     max_attempts_shown: int = Field(default=6, ge=1, le=50,
                                     description="Most attempts of a problem shown to the reflector.")

@@ -46,10 +46,12 @@ from procmem.memory.hygiene import (
 )
 from procmem.memory.problems import Problem, group_problems
 from procmem.memory.reflection import (
+    REFLECTION_FORMAT,
     ReflectionLLM,
     parse_reflection,
     pattern_prompt,
     reflection_generation,
+    reflection_primer,
     reflection_prompt,
 )
 from procmem.memory.retrieval import (
@@ -275,9 +277,10 @@ class ProceduralMemory(ExperienceMemory):
         cfg = self.config.reflection
         reflector = policy_version(llm)
         policy = policy or reflector
+        signed_by = f"{reflector}#{REFLECTION_FORMAT}"
         judged = [p for p in problems if p.judged and p.split in cfg.splits]
         marks = self._reflection_marks([e for p in judged for e in p.episode_ids])
-        todo = [p for p in judged if any(marks.get(e) != p.signature(reflector) for e in p.episode_ids)]
+        todo = [p for p in judged if any(marks.get(e) != p.signature(signed_by) for e in p.episode_ids)]
         report.problems += len(judged)
         report.already_reflected += len(judged) - len(todo)
         if max_calls is not None:
@@ -293,9 +296,9 @@ class ProceduralMemory(ExperienceMemory):
                 report.calls += 1
                 report.prompt_tokens += output.prompt_tokens
                 report.completion_tokens += output.completion_tokens
-                self._store_reflection(problem, output.text, reflector, policy, report)
+                self._store_reflection(problem, reflection_primer(problem) + output.text, reflector, policy, report)
                 self.store.update(EXPERIENCE, problem.episode_ids,
-                                  _set({"reflected": problem.signature(reflector)}))
+                                  _set({"reflected": problem.signature(signed_by)}))
             done += len(batch)
             if progress is not None:
                 progress(done, len(todo))

@@ -25,29 +25,63 @@ from procmem.memory.problems import Problem
 from procmem.core import GenerationConfig
 
 __all__ = [
+    "REFLECTION_FORMAT",
     "ParsedItem",
     "ParsedReflection",
     "ReflectionLLM",
     "parse_reflection",
     "pattern_prompt",
     "reflection_generation",
+    "reflection_primer",
     "reflection_prompt",
 ]
 
+REFLECTION_FORMAT = "2"
+"""Version of the prompts and parser; part of every problem's reflection signature, so that a new format
+reflects again."""
 MIN_CHARS = 15
 MAX_CHARS = 300
 _ANSWER_CHARS = 160
 _FEEDBACK_CHARS = 200
 
-_REFLECTION_HEADER = """You review attempts at a problem and write short advice that helps with similar problems.
-Write each piece of advice on its own line, in one of these two forms:
-STRATEGY: <what made an answer pass, as a rule for similar problems>
-LESSON: <the mistake in a failed answer> -> <how to avoid it>
-Write at most {max_items} lines and nothing else."""
+_REFLECTION_HEADER = (
+    "Each review below reads the attempts at one problem and the verifier's verdicts, then gives short advice "
+    "for similar problems, at most {max_items} lines: STRATEGY lines say what made an answer pass, LESSON lines "
+    "say what went wrong and how to avoid it."
+)
 
-_PATTERN_HEADER = """These pieces of advice were learned on different problems:
+# Worked reviews (few-shot): the policy is usually a base model without a chat template, which follows a
+# pattern far better than an instruction. Their domains differ from the task suites, and an item that
+# copies them is rejected as an echo.
+_REFLECTION_EXAMPLES = """Problem: Convert 3 kilometres to metres.
+Attempt 1 answer: 300
+Verdict: FAIL. Feedback: '300' is not the correct answer
+Attempt 2 answer: 3000
+Verdict: PASS
+Advice:
+LESSON: Multiplied by 100 instead of 1000 -> one kilometre is 1000 metres, so multiply by 1000.
+STRATEGY: Write down the conversion factor first, then multiply by it.
+
+Problem: Write the colours of the flag of Italy, left to right.
+Attempt 1 answer: red, white, green
+Verdict: FAIL. Feedback: the order of the items is wrong
+Advice:
+LESSON: Listed the colours in the wrong order -> check which side each colour is on before answering."""
+
+_PATTERN_EXAMPLE = """Advice learned on different problems:
+- Multiply by the conversion factor written down first.
+- Look up how many grams are in a kilogram before converting.
+PATTERN: Find the exact conversion factor before converting units.
+
+Advice learned on different problems:
 {items}
-Write the one general rule they share, on one line, starting with PATTERN:"""
+PATTERN:"""
+
+_ECHOES = ("instead of 1000", "conversion factor", "kilometre", "colours", "which side each",
+           "what made an answer pass", "what went wrong and how to avoid it")
+_ANSWER_CLAIM = re.compile(
+    r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$", re.IGNORECASE)
+"""An item that only states an answer ("The answer is 10.") is not advice, and is often wrong."""
 
 _PLACEHOLDER = re.compile(r"<[^<>]{3,}>")
 _BULLET = re.compile(r"^\s*(?:[-*•·>]+|\d+[.)]|\(\d+\)|#+)?\s*")
@@ -113,8 +147,10 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
 
 
 def reflection_prompt(problem: Problem, *, max_items: int = 4, max_attempts: int = 6) -> str:
-    """The prompt that asks the model to contrast a problem's passed and failed attempts."""
-    lines = [_REFLECTION_HEADER.format(max_items=max_items), "", f"Problem: {_one_line(problem.prompt)}"]
+    """The prompt that asks the model to contrast a problem's passed and failed attempts. It ends with
+    :func:`reflection_primer`, so the model's completion continues the first item."""
+    lines = [_REFLECTION_HEADER.format(max_items=max_items), "", _REFLECTION_EXAMPLES, "",
+             f"Problem: {_one_line(problem.prompt)}"]
     attempts = [a for e in problem.episodes for a in e.attempts][-max_attempts:]
     for number, attempt in enumerate(attempts, start=1):
         lines.append(f"Attempt {number} answer: {_clip(attempt.answer, _ANSWER_CHARS) or '(empty)'}")
@@ -122,15 +158,21 @@ def reflection_prompt(problem: Problem, *, max_items: int = 4, max_attempts: int
         feedback = _clip(attempt.verdict.feedback, _FEEDBACK_CHARS)
         lines.append(f"Verdict: {verdict}" + (f". Feedback: {feedback}" if feedback and not attempt.verdict.passed
                                               else ""))
-    lines += ["", "Advice:", ""]
+    lines += ["Advice:", reflection_primer(problem)]
     return "\n".join(lines)
+
+
+def reflection_primer(problem: Problem) -> str:
+    """How the reflection prompt ends: the label of the first item the problem can support (a lesson
+    when anything failed, else a strategy). Parse ``primer + completion``."""
+    return "LESSON:" if problem.has_failure else "STRATEGY:"
 
 
 def pattern_prompt(texts: Sequence[str]) -> str:
     """The prompt that asks the model for the one rule a cluster of insights shares. The model's
     completion continues after ``PATTERN:``."""
     items = "\n".join(f"- {_one_line(t)}" for t in texts)
-    return _PATTERN_HEADER.format(items=items) + "\nPATTERN:"
+    return _PATTERN_EXAMPLE.format(items=items)
 
 
 def parse_reflection(text: str, *, allowed: Sequence[Kind] = ("strategy", "lesson"), max_items: int = 4,
@@ -201,6 +243,9 @@ def _from_json(text: str) -> list[tuple[Kind, str]]:
 
 def _clean(text: str) -> str:
     text = _one_line(text).strip(" \"'`*_")
+    repeated = _LABELLED.match(text)  # "STRATEGY: STRATEGY: ..." (a model repeating the primer)
+    if repeated and " ".join(repeated.group("label").lower().split()) in _LABELS:
+        text = repeated.group("text").strip(" \"'`*_")
     return text.replace(" -> ", " → ").replace("->", " → ").replace("  ", " ")
 
 
@@ -217,6 +262,10 @@ def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, 
         return f"length {len(text)} outside {MIN_CHARS}..{MAX_CHARS}"
     if _PLACEHOLDER.search(text):
         return "echoes a placeholder"
+    if any(normalize_question(echo) in normalize_question(text) for echo in _ECHOES):
+        return "echoes the prompt"
+    if _ANSWER_CLAIM.match(text):
+        return "states an answer, not advice"
     words = _WORD.findall(text)
     if len(words) < 3:
         return "fewer than 3 words"

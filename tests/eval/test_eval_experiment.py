@@ -117,3 +117,30 @@ def test_placebo_memory_comes_from_a_problem_of_another_suite() -> None:
 def test_holdout_suites_may_not_be_trained_on() -> None:
     with pytest.raises(ValueError, match="never be trained on"):
         EvalConfig(train_suites=("builtin:arith",), holdout_suites=("builtin:arith",))
+
+
+def test_seeds_can_run_in_separate_processes_and_the_report_covers_what_finished(tmp_path: Path) -> None:
+    config = _config(tmp_path, seeds=(0, 1), rounds=1, arms=("base", "rft"))
+    path = tmp_path / "eval.toml"
+    path.write_text(_toml(config))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    first = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--seed", "1", "--json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout.strip().splitlines()[-1])["arms"]["rft"]["seeds"] == 1
+    assert not (out / "seed0" / "round1" / "rft").exists()
+    second = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--seed", "0", "--json"])
+    assert json.loads(second.stdout.strip().splitlines()[-1])["arms"]["rft"]["seeds"] == 2
+    report = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--report-only", "--json"])
+    assert report.exit_code == 0 and json.loads(report.stdout.strip().splitlines()[-1])["arms"]["base"]["seeds"] == 2
+    wrong = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--seed", "7"])
+    assert wrong.exit_code == 2 and "seed" in wrong.stderr
+
+
+def _toml(config: EvalConfig) -> str:
+    """``config`` as TOML (what `procmem eval --config` reads): its top-level fields, then smoke.toml's
+    [distill] tables (which ``_config`` leaves as they are). JSON scalars and arrays are valid TOML."""
+    top = config.model_dump(mode="json", exclude={"distill"})
+    lines = [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+    smoke = (REPO / "eval" / "configs" / "smoke.toml").read_text()
+    return "\n".join(lines) + "\n\n" + smoke[smoke.index("[distill]"):]

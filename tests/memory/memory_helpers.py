@@ -21,6 +21,9 @@ from procmem.core import Attempt, Episode, GenerationConfig, Task, Verdict
 SUM_REFLECTION = ("STRATEGY: Add the ones digits first, then the tens digits, and carry when needed.\n"
                   "LESSON: The answer was written in words -> answer with the number in digits only.")
 SUM_PATTERN = " Answer with the final number only, written in digits."
+SUM_LESSON_COMPLETION = (" The answer was written in words -> answer with the number in digits only.\n"
+                         "STRATEGY: Add the ones digits first, then the tens digits, and carry when needed.")
+SUM_STRATEGY_COMPLETION = " Add the ones digits first, then the tens digits, and carry when needed."
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,14 @@ class ScriptedPolicy:
 
 
 def default_reply(prompt: str) -> str:
-    """Pattern prompts get :data:`SUM_PATTERN`; reflection prompts on a sum get :data:`SUM_REFLECTION`."""
-    if prompt.rstrip().endswith("PATTERN:"):
+    """What a capable policy would complete: the prompts end with ``PATTERN:``, ``LESSON:`` or ``STRATEGY:``
+    (the primer); a sum gets the sum advice, anything else a generic strategy."""
+    if prompt.endswith("PATTERN:"):
         return SUM_PATTERN
-    if re.search(r"Problem: What is \d+ \+ \d+\?", prompt):
-        return SUM_REFLECTION
-    return "STRATEGY: Read the question twice and answer exactly what it asks for."
+    is_sum = re.search(r"Problem: What is \d+ \+ \d+\?", prompt) is not None
+    if prompt.endswith("LESSON:"):
+        return SUM_LESSON_COMPLETION if is_sum else " Answered without reading the question -> read it twice first."
+    return SUM_STRATEGY_COMPLETION if is_sum else " Read the question twice and answer exactly what it asks for."
 
 
 def episode(task_id: str, prompt: str, answers: Sequence[str], *, passed: bool = True, split: str = "train",

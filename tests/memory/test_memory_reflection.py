@@ -63,6 +63,8 @@ def test_json_objects_and_lists_parse(text: str) -> None:
 
 @pytest.mark.parametrize(("text", "reason"), [
     ("STRATEGY: ok", "length"),
+    ("LESSON: The answer is 10 - 3 = 7.", "states an answer"),
+    ("LESSON: Multiplied by 100 instead of 1000 -> one kilometre is 1000 metres.", "echoes"),
     ("STRATEGY: <what made an answer pass, as a rule for similar problems>", "placeholder"),
     ("LESSON: 12 + 12 = 24 !!! ### 12 12 12 12", "words"),
     ("STRATEGY: ## $$ %% ^^ && ** (( )) add it up", "symbols"),
@@ -80,6 +82,23 @@ def test_unusable_items_are_rejected_with_a_reason(text: str, reason: str) -> No
 ])
 def test_texts_without_any_advice_are_unparseable(text: str) -> None:
     assert parse_reflection(text).unparseable
+
+
+def test_completions_the_bundled_model_wrote_are_judged_as_intended() -> None:
+    """Verbatim completions of Gemma 3 270M (base) to reflection prompts on failed chain_sum problems
+    (primer "LESSON:"), recorded on 2026-11-25."""
+    useful = parse_reflection("LESSON: The answer is empty; the answer is expected to be an integer on one line.",
+                              has_pass=False)
+    assert [i.text for i in useful.items] == ["The answer is empty; the answer is expected to be an integer on one "
+                                              "line."]
+    answer_claims = parse_reflection("LESSON: The answer is 10.\nSTRATEGY: Write down the answer.\nLesson: The "
+                                     "answer is 10.\nLesson: The answer is 10.\nLesson:", has_pass=False)
+    assert answer_claims.unparseable
+    copied = parse_reflection("LESSON: The order of the numbers is wrong -> check which side each number is on "
+                              "before answering.", has_pass=False)
+    assert copied.unparseable and "echoes" in copied.rejected[0][1]
+    placeholders = parse_reflection("1. <The mistake in a failed answer>\n2. <How to avoid it>")
+    assert placeholders.unparseable
 
 
 def test_kinds_must_fit_the_outcomes_and_items_are_capped_and_deduplicated() -> None:
@@ -107,7 +126,11 @@ def test_the_prompt_contrasts_attempts_with_feedback_and_never_shows_the_gold_an
     assert "Attempt 1 answer: sixty-eight\nVerdict: FAIL. Feedback: expected an integer; got 'sixty-eight'" in prompt
     assert "Attempt 2 answer: 68\nVerdict: PASS" in prompt
     assert "GOLD-68" not in prompt
-    assert prompt.endswith("Advice:\n")
+    assert prompt.endswith("Problem: What is 23 + 45?\nAttempt 1 answer: sixty-eight\nVerdict: FAIL. Feedback: "
+                           "expected an integer; got 'sixty-eight'\nAttempt 2 answer: 68\nVerdict: PASS\n"
+                           "Advice:\nLESSON:"), "a problem with a failure primes a lesson"
+    passed_first = group_problems([episode("s2", "What is 1 + 1?", ["2"])])[0]
+    assert reflection_prompt(passed_first).endswith("Verdict: PASS\nAdvice:\nSTRATEGY:")
 
 
 def test_since_accepts_iso_times_and_ages() -> None:
