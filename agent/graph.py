@@ -17,8 +17,6 @@ from typing import Annotated, Any, Protocol, TypedDict
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Checkpointer
-from procmem.memory import NoMemory, Retriever
-from procmem.verifiers import build_verifier
 
 from procmem.core import (
     Attempt,
@@ -34,6 +32,8 @@ from procmem.core import (
     utc_now,
 )
 from procmem.llm import LLM
+from procmem.memory import NoMemory, Retriever
+from procmem.verifiers import build_verifier
 
 __all__ = ["AgentDeps", "AgentState", "build_agent", "episode_from_state", "initial_state"]
 

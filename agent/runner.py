@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from langgraph.types import Checkpointer
-from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, initial_state
 
+from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, initial_state
 from procmem.core import Episode, Task
 
 __all__ = ["SolveReport", "solve_tasks", "thread_id"]

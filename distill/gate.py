@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from procmem.distill.config import GateConfig
-from procmem.verifiers import build_verifier
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
 from procmem.core.prompts import ANSWER_STOP
+from procmem.distill.config import GateConfig
 from procmem.llm import LLM, generate_for_tasks
+from procmem.verifiers import build_verifier
 
 __all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
 

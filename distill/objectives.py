@@ -35,12 +35,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from procmem.distill.config import DistillConfig, MixedSettings, ObjectiveName, SelfDistillSettings
-from procmem.distill.traces import TraceBuild
 from torch import nn
 
 from procmem.core import ProcmemError
 from procmem.core.prompts import ANSWER_STOP
+from procmem.distill.config import DistillConfig, MixedSettings, ObjectiveName, SelfDistillSettings
+from procmem.distill.traces import TraceBuild
 
 __all__ = [
     "Example",

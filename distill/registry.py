@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from procmem.distill.gate import GateReport
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from procmem.core import Home, ProcmemError, utc_now
 from procmem.core.fileio import read_json, write_json
+from procmem.distill.gate import GateReport
 
 __all__ = [
     "ADAPTER_FILES",

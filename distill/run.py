@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, utc_now
+from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.distill.config import DistillConfig
 from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
 from procmem.distill.registry import (
@@ -43,13 +48,8 @@ from procmem.distill.registry import (
 from procmem.distill.registry import register_adapter as _register
 from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, problems_from_episodes, save_trace_build
 from procmem.distill.train import ObjectiveFactory, TrainResult, train_adapter
-from procmem.memory import Retriever, policy_version
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, utc_now
-from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.llm import LLM
+from procmem.memory import Retriever, policy_version
 
 __all__ = [
     "DistillBusy",
@@ -537,9 +537,8 @@ def _tick(config: DistillConfig, home: Home, deps_factory: Callable[[], DistillD
 
 def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = None) -> DistillDeps:
     """The real dependencies: the home's memory, the configured local model, the task suites."""
-    from procmem.memory import open_memory
-
     from procmem.llm import load_llm
+    from procmem.memory import open_memory
     from procmem.tasks import load_suite
 
     memory = open_memory(home.chroma, url=chroma_url)

@@ -18,10 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from procmem.distill.config import TraceConfig
-from procmem.memory import Retriever
-from procmem.verifiers import build_verifier
-
 from procmem.core import (
     AnswerFormat,
     Episode,
@@ -36,7 +32,10 @@ from procmem.core import (
 )
 from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
 from procmem.core.prompts import ANSWER_STOP
+from procmem.distill.config import TraceConfig
 from procmem.llm import LLM, generate_for_tasks
+from procmem.memory import Retriever
+from procmem.verifiers import build_verifier
 
 __all__ = [
     "HIDDEN_ANSWER",

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from procmem.distill.config import DistillConfig
-from procmem.distill.objectives import Example, Objective, make_objective
-from procmem.distill.traces import TraceBuild
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from procmem.core import ProcmemError
 from procmem.core.fileio import atomic_write_text, hash_strings, read_json, write_json
+from procmem.distill.config import DistillConfig
+from procmem.distill.objectives import Example, Objective, make_objective
+from procmem.distill.traces import TraceBuild
 
 __all__ = ["ObjectiveFactory", "TrainResult", "configured_objective", "load_trainable_model", "train_adapter"]
 

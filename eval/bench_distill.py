@@ -40,12 +40,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from procmem.distill import DistillConfig, Example, load_trainable_model
-from procmem.distill.objectives import SftObjective
 from rich.console import Console
 from rich.table import Table
 
 from procmem.core import Home, render_completion, render_prompt
+from procmem.distill import DistillConfig, Example, load_trainable_model
+from procmem.distill.objectives import SftObjective
 
 __all__ = ["BenchResult", "main", "run_bench"]
 

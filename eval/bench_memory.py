@@ -143,9 +143,8 @@ def _time_queries(run: Any, queries: npt.NDArray[np.float32]) -> tuple[list[floa
 
 
 def _writes(scratch: Path, n: int) -> dict[str, Any]:
-    from procmem.memory import ChromaStore, ExperienceMemory, default_embedder
-
     from procmem.core import Attempt, Episode, Task, Verdict
+    from procmem.memory import ChromaStore, ExperienceMemory, default_embedder
 
     prompts = _prompts(2 * n, seed=7)
     episodes = [Episode(task=Task(id=f"t{i}", prompt=p, verifier="exact:1", suite="bench"),

@@ -24,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from procmem.verifiers.code import CodeSpec, CodeVerifier
-from procmem.verifiers.sandbox import isolation_support
-
 from procmem.core import Task
 from procmem.tasks import load_suite
+from procmem.verifiers.code import CodeSpec, CodeVerifier
+from procmem.verifiers.sandbox import isolation_support
 
 __all__ = ["main"]
 

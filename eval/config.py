@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from procmem.distill.config import DistillConfig
 from pydantic import Field, model_validator
 
 from procmem.core.config import Config
+from procmem.distill.config import DistillConfig
 
 __all__ = ["ARMS", "TRAINED_ARMS", "Arm", "EvalConfig"]
 

@@ -28,20 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from procmem.agent import AgentDeps, solve_tasks
-from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
-from procmem.distill.traces import Trace
-from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
-from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, policy_version
-from procmem.verifiers import build_verifier
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from procmem.agent import AgentDeps, solve_tasks
 from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
 from procmem.core.fileio import read_json, write_json
+from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
+from procmem.distill.traces import Trace
+from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
 from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks
 from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
+from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, policy_version
 from procmem.tasks import load_suite
+from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "finished_scores", "run_experiment"]
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, EvalConfig
 from procmem.eval.experiment import ArmScores
-
-from procmem.core.fileio import atomic_write_text, read_json, write_json
 
 __all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "summarise", "write_report"]
 

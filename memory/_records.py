@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from procmem.memory.base import LEVELS, Embedder, Level, MemoryRecord, Scalar
 
 RESERVED_PREFIX = "_procmem"

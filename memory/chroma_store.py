@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 import numpy.typing as npt
 from filelock import FileLock, Timeout
+
+from procmem.core import ProcmemError
 from procmem.memory._records import (
     RESERVED_PREFIX,
     as_matrix,
@@ -47,8 +49,6 @@ from procmem.memory._records import (
 )
 from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, Scalar, ScoredRecord
 from procmem.memory.embedding import embed_array
-
-from procmem.core import ProcmemError
 
 __all__ = ["ChromaStore"]
 

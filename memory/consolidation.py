@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from procmem.memory.entries import Entry
 
 __all__ = ["Cluster", "cluster_insights", "pattern_fields"]

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from procmem.memory.base import Embedder
 
 from procmem.core import ProcmemError
+from procmem.memory.base import Embedder
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, get_args
 
-from procmem.memory.base import MemoryRecord, Scalar
-
 from procmem.core import Episode, utc_now
+from procmem.memory.base import MemoryRecord, Scalar
 
 __all__ = [
     "ENTRY_LEVELS",

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy.typing as npt
-from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
-from procmem.memory.entries import normalize_question, problem_key
 
 from procmem.core import Episode, Task
+from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
+from procmem.memory.entries import normalize_question, problem_key
 
 __all__ = ["EXPERIENCE", "ExperienceMemory"]
 

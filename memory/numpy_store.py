@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from procmem.memory._records import (
     as_matrix,
     as_vector,

@@ -6,9 +6,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from procmem.memory.entries import policy_version, problem_key
-
 from procmem.core import Episode
+from procmem.memory.entries import policy_version, problem_key
 
 __all__ = ["Problem", "group_problems"]
 

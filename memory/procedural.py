@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from procmem.core import Episode, ProcmemError, Task, utc_now
 from procmem.memory._records import check_metadata
 from procmem.memory.base import LEVELS, Level, MemoryRecord, Scalar, VectorMemoryStore
 from procmem.memory.config import MemoryConfig
@@ -62,8 +64,6 @@ from procmem.memory.retrieval import (
     fit_context,
     render_memory,
 )
-
-from procmem.core import Episode, ProcmemError, Task, utc_now
 
 __all__ = [
     "AfterEpisode",

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from procmem.core import GenerationConfig
 from procmem.memory.entries import Kind, normalize_question
 from procmem.memory.problems import Problem
-
-from procmem.core import GenerationConfig
 
 __all__ = [
     "REFLECTION_FORMAT",

@@ -25,10 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
+from procmem.core import Episode, Task, render_completion, render_prompt
 from procmem.memory.entries import Entry, Kind
 from procmem.memory.experiences import ExperienceMemory
-
-from procmem.core import Episode, Task, render_completion, render_prompt
 
 __all__ = [
     "ADVICE_HEADER",

@@ -45,10 +45,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from procmem.core import ProcmemError, Task, Verdict
 from procmem.verifiers.base import register_verifier
 from procmem.verifiers.sandbox import SandboxLimits, SandboxRun, run_sandboxed
-
-from procmem.core import ProcmemError, Task, Verdict
 
 __all__ = ["CodeSpec", "CodeVerifier", "extract_code"]
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from procmem.core import Task, Verdict
 from procmem.verifiers._feedback import describe_form, fail, malformed_spec, wrong_answer_feedback
 from procmem.verifiers.base import register_verifier
-
-from procmem.core import Task, Verdict
 
 __all__ = ["ExactVerifier", "normalize"]
 

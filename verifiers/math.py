@@ -24,10 +24,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from procmem.core import Task, Verdict
 from procmem.verifiers._feedback import fail, malformed_spec, show
 from procmem.verifiers.base import register_verifier
-
-from procmem.core import Task, Verdict
 
 __all__ = ["LIMIT_SECONDS", "MAX_ANSWER_CHARS", "MathVerifier", "judge", "shutdown_pool"]
 

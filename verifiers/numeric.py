@@ -16,10 +16,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from procmem.core import Task, Verdict
 from procmem.verifiers._feedback import fail, malformed_spec, show
 from procmem.verifiers.base import register_verifier
-
-from procmem.core import Task, Verdict
 
 __all__ = ["NumericVerifier", "parse_number"]
 

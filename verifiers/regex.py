@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from procmem.core import Task, Verdict
 from procmem.verifiers._feedback import fail, malformed_spec, show
 from procmem.verifiers.base import register_verifier
-
-from procmem.core import Task, Verdict
 
 __all__ = ["RegexVerifier"]
 

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from procmem.core import ProcmemError, Task, Verdict
 from procmem.verifiers._feedback import describe_form, fail, form_mismatch, malformed_spec, show
 from procmem.verifiers.base import register_verifier
-
-from procmem.core import ProcmemError, Task, Verdict
 
 __all__ = [
     "REFUSED_DATASETS",

@@ -11,7 +11,7 @@ from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
 from procmem.core import GenerationConfig, ProcmemError, Task, new_id
 from procmem.llm import load_llm
-from procmem.memory import ExperienceRetriever, open_memory
+from procmem.memory import open_memory, policy_version
 from procmem.verifiers import build_verifier
 
 __all__: list[str] = []
@@ -36,7 +36,8 @@ def chat(
     llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
     memory = open_memory(home.chroma)
     deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
-                     retriever=ExperienceRetriever(memory), recorder=memory.record, attempts=attempts, stream=True)
+                     retriever=memory.retriever(policy=policy_version(llm)), recorder=memory.recorder(),
+                     attempts=attempts, stream=True)
     with open_checkpointer(home) as saver:
         agent = build_agent(deps, checkpointer=saver)
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}

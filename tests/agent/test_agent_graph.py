@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
-from procmem.agent import AgentDeps, solve_tasks
-from procmem.memory import ExperienceRetriever, open_memory
-from procmem.verifiers import build_verifier
 
+from procmem.agent import AgentDeps, solve_tasks
 from procmem.core import Attempt, Episode, GenerationConfig, Home, Task, Verdict
 from procmem.llm import MicroBatcher
+from procmem.memory import ExperienceRetriever, open_memory
+from procmem.verifiers import build_verifier
 
 GEN = GenerationConfig(max_tokens=6)
 ANYTHING = "regex:(?s).*"  # every answer passes

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procmem.memory import open_memory
 from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import Home
+from procmem.memory import open_memory
 
 
 def _chat(runner: CliRunner, home: Home, tiny: Path, script: str):  # type: ignore[no-untyped-def]

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from procmem.memory import open_memory
-from procmem.verifiers import build_verifier
 from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import Home
+from procmem.memory import open_memory
+from procmem.verifiers import build_verifier
 
 
 def _invoke(runner: CliRunner, home: Home, *args: str):  # type: ignore[no-untyped-def]

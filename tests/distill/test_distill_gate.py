@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table
-from procmem.distill.gate import SuiteScores
 from rich.console import Console
 
 from procmem.core import GenerationConfig, Task
+from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table
+from procmem.distill.gate import SuiteScores
 from procmem.llm import Generation, LocalLLM
 
 

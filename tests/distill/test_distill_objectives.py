@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from procmem.distill import DistillConfig, Example, Objective, completion_logits, make_objective
 from procmem.distill.objectives import MixedObjective, SelfDistillObjective, SftObjective
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from procmem.core import Home, ProcmemError
 from procmem.distill import (
     AdapterManifest,
     GateReport,
@@ -20,8 +22,6 @@ from procmem.distill import (
     rollback,
 )
 from procmem.distill.registry import BaseModelInfo, DatasetSnapshot, MemorySnapshotInfo, base_model_hash
-
-from procmem.core import Home, ProcmemError
 
 
 @pytest.fixture(scope="module")

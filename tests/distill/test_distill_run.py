@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from procmem.core import Attempt, Episode, Home, Split, Task
 from procmem.distill import (
     DistillBusy,
     DistillConfig,
@@ -21,12 +23,10 @@ from procmem.distill import (
     run_every,
 )
 from procmem.distill.registry import base_model_hash
-from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
-from procmem.verifiers import build_verifier
-
-from procmem.core import Attempt, Episode, Home, Split, Task
 from procmem.llm import LLM, LocalLLM
+from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
 from procmem.tasks import load_suite
+from procmem.verifiers import build_verifier
 
 
 class World:

@@ -7,13 +7,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, problems_from_episodes
-from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
-from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
-from procmem.verifiers import build_verifier
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, render_completion, render_prompt
+from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, problems_from_episodes
+from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
 from procmem.llm import Generation, LocalLLM
+from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
+from procmem.verifiers import build_verifier
 
 WRONG = "forty-two-wrong"
 ALWAYS = Task(id="always", prompt="Name any colour.", verifier="regex:(?s).*", suite="s")
@@ -170,9 +170,8 @@ CODE = Task(id="code", prompt="Write any program.", verifier="regex:(?s).*", sui
 
 
 def test_code_tasks_keep_multi_line_answers_with_their_own_decoding(teacher: LocalLLM) -> None:
-    from procmem.memory import NoMemory
-
     from procmem.core.prompts import CODE_STOP
+    from procmem.memory import NoMemory
 
     spy = _Spy(teacher)
     configs: list[GenerationConfig] = []

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from procmem.distill import DistillConfig, TraceBuild, train_adapter
 from procmem.distill.objectives import make_objective
 from procmem.distill.traces import Trace
-from safetensors.torch import load_file
 
 _SCRIPT = '''
 import json, sys, time

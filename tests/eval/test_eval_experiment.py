@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from procmem.eval import ARMS, RESULTS_SCHEMA, EvalConfig, PlaceboRetriever, bootstrap_ci, run_experiment
-from procmem.memory import Retrieval
 from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import ProcmemError, Task, load_config
+from procmem.eval import ARMS, RESULTS_SCHEMA, EvalConfig, PlaceboRetriever, bootstrap_ci, run_experiment
+from procmem.memory import Retrieval
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from procmem.memory import MemoryConfig, MiniLMEmbedder, ProceduralMemory, default_embedder, open_memory
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from memory_helpers import SUMS, ScriptedPolicy, episode
-from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
 from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import Home
+from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
 
 
 def _run(home: Home, *args: str) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord
 
 WRITES = 60  # records per writer process, written in batches of BATCH so that the writers interleave

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from procmem.core import Attempt, Episode, ProcmemError, Task, Verdict, render_prompt
 from procmem.memory import (
     ExperienceMemory,
     ExperienceRetriever,
@@ -17,8 +19,6 @@ from procmem.memory import (
     open_memory,
     render_memory,
 )
-
-from procmem.core import Attempt, Episode, ProcmemError, Task, Verdict, render_prompt
 
 
 def _episode(task_id: str, prompt: str, *, passed: bool = True, split: str = "train", answer: str = "42",

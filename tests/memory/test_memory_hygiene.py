@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from memory_helpers import entry, episode
+
 from procmem.memory import (
     HygieneConfig,
     MemoryConfig,

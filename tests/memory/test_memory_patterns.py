@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from memory_helpers import SUM_PATTERN, SUMS, ScriptedPolicy, entry, episode
+
 from procmem.memory import MemoryConfig, ProceduralMemory, ReflectionConfig
 from procmem.memory.consolidation import cluster_insights
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from memory_helpers import SUM_REFLECTION, SUMS, ScriptedPolicy, episode
+
+from procmem.core import ProcmemError
 from procmem.memory import (
     ProceduralMemory,
     group_problems,
@@ -14,8 +16,6 @@ from procmem.memory import (
     parse_since,
     reflection_prompt,
 )
-
-from procmem.core import ProcmemError
 
 # --- the parser on fixed texts ------------------------------------------------------------------------
 

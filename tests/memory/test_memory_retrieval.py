@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from memory_helpers import entry, episode
+
+from procmem.core import Task
 from procmem.memory import (
     ADVICE_HEADER,
     Advice,
@@ -16,8 +18,6 @@ from procmem.memory import (
     problem_key,
     render_memory,
 )
-
-from procmem.core import Task
 
 SUM, SPELL = "What is 23 + 45?", "Spell the word 'house' backwards."
 CARRY = "Add the ones digits first, then carry into the tens."

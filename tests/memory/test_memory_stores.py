@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from memory_store_conformance import MemoryStoreConformance
-from procmem.memory import ChromaStore, HashingEmbedder, InMemoryStore, MemoryRecord
 
 from procmem.core import ProcmemError
+from procmem.memory import ChromaStore, HashingEmbedder, InMemoryStore, MemoryRecord
 
 
 class TestInMemoryStore(MemoryStoreConformance):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from memory_helpers import SUMS, ScriptedPolicy, entry, episode
-from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
 
 from procmem.core import ProcmemError
+from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
 
 
 @pytest.fixture

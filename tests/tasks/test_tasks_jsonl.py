@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procmem.verifiers import build_verifier
 
 from procmem.core import ProcmemError, Task, render_prompt
 from procmem.tasks import builtin_suites, load_suite
+from procmem.verifiers import build_verifier
 
 GOOD = {"id": "a", "prompt": "What is 2 + 3?", "verifier": "numeric:5"}
 

@@ -7,10 +7,10 @@ import logging
 import re
 
 import pytest
-from procmem.verifiers import RGVerifier, build_verifier
 
 from procmem.core import ProcmemError, render_prompt
 from procmem.tasks import TEST_SEED, TRAIN_SEED, load_suite, parse_rg_spec
+from procmem.verifiers import RGVerifier, build_verifier
 
 TINY = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 """About 200 distinct questions: small enough to exhaust, so dedup and splitting really get exercised."""

@@ -9,13 +9,13 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+
+from procmem.core import ProcmemError, Task, Verdict
+from procmem.tasks import load_suite
 from procmem.verifiers import RGVerifier, build_verifier, verifier_kinds
 from procmem.verifiers import math as math_verifier
 from procmem.verifiers._feedback import leaks, safe_feedback
 from procmem.verifiers.numeric import parse_number
-
-from procmem.core import ProcmemError, Task, Verdict
-from procmem.tasks import load_suite
 
 
 def _verify(spec: str, answer: str) -> Verdict:

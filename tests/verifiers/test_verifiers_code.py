@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from procmem.core import Attempt, Episode, ProcmemError, Task
 from procmem.verifiers import _sandbox_child as child
 from procmem.verifiers import sandbox
 from procmem.verifiers.base import build_verifier
 from procmem.verifiers.code import CodeSpec, CodeVerifier, extract_code
 from procmem.verifiers.sandbox import SandboxLimits, isolation_support
-
-from procmem.core import Attempt, Episode, ProcmemError, Task
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "procmem" / "tasks" / "data" / "code.jsonl"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from procmem.verifiers import verifier_kinds
 from verifier_conformance import VerifierCase, builtin_cases, check_verifier
+
+from procmem.verifiers import verifier_kinds
 
 CASES = builtin_cases()
 
@@ -23,9 +24,8 @@ def test_every_registered_kind_has_a_conformance_case() -> None:
 
 def test_the_suite_catches_a_verifier_that_leaks_the_gold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite must be able to fail: a verifier that says the gold is rejected."""
-    from procmem.verifiers import exact
-
     from procmem.core import Verdict
+    from procmem.verifiers import exact
 
     def leaky(self: exact.ExactVerifier, answer: str) -> Verdict:
         passed = exact.normalize(answer) == exact.normalize(self.gold)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from procmem.verifiers.code import CodeSpec, CodeVerifier
-from procmem.verifiers.sandbox import MARKER_ENV, SandboxRun, isolation_support
 
 from procmem.core import Task, Verdict
+from procmem.verifiers.code import CodeSpec, CodeVerifier
+from procmem.verifiers.sandbox import MARKER_ENV, SandboxRun, isolation_support
 
 SECRET_ENV = "PROCMEM_TEST_SECRET"
 ESCAPE_MARK = "31337.25"  # the argument of a `sleep` that a hostile program tries to leave behind

@@ -32,10 +32,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from procmem.verifiers import RGVerifier, Verifier, build_verifier, verifier_kinds
-
 from procmem.core import Task, Verdict
 from procmem.tasks import load_suite
+from procmem.verifiers import RGVerifier, Verifier, build_verifier, verifier_kinds
 
 __all__ = ["JUNK", "VerifierCase", "builtin_cases", "check_verifier", "reveals"]
 
