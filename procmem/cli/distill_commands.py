@@ -135,7 +135,7 @@ def export(
         raise ProcmemError("no traces to export" + (f" in run {run}" if run else ""),
                            where=str(run_dir or home.root / "distill"),
                            fix="run `procmem distill --once` first, or pass an existing --run id")
-    rows = export_traces(build.kept, fmt)
+    rows = export_traces(build.kept, "openai" if fmt == "openai" else "trl")
     write_jsonl(file, rows)
     summary = {"file": str(file), "format": fmt, "rows": len(rows), "run_id": run_dir.name if run_dir else None}
     (err_console if json_out else out_console).print(f"wrote {len(rows)} {fmt} rows to {file}", highlight=False)

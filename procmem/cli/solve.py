@@ -56,7 +56,7 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
             report = solve_tasks(tasks, deps, concurrency=config.concurrency, checkpointer=saver,
                                  run_id=run_id, on_done=lambda _: progress.advance(bar))
-    return report, dict(memory.stats())
+    return report, {str(level): count for level, count in memory.stats().items()}
 
 
 def _progress(quiet: bool) -> Progress:
