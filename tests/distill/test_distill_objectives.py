@@ -194,3 +194,12 @@ def test_rollouts_are_cut_after_their_own_stop_string(lora_model: tuple[Any, Any
     assert objective._cut(ids, ("never",)) == ids
     eos = tokenizer.eos_token_id
     assert objective._cut([*ids[:2], eos, *ids[2:]], ("\n",)) == [*ids[:2], eos]
+
+
+@pytest.mark.parametrize("name", ["sft", "self-distill", "mixed"])
+def test_objective_conformance(name: str, lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    from objective_conformance import check_objective
+
+    model, tokenizer = lora_model
+    batch = TRACES if name != "self-distill" else PROBLEMS
+    check_objective(make_objective(name, tokenizer, tiny_config), model, batch)
