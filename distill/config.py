@@ -48,7 +48,7 @@ class LoraSettings(Config):
     """The LoRA adapter trained on the base model (peft ``LoraConfig``)."""
 
     rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r.")
-    alpha: float = Field(default=32.0, gt=0.0, description="LoRA alpha (the update is scaled by alpha / rank).")
+    alpha: int = Field(default=32, ge=1, description="LoRA alpha (the update is scaled by alpha / rank).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: tuple[str, ...] = Field(default=DEFAULT_TARGET_MODULES, min_length=1,
                                             description="Names of the linear layers that get LoRA matrices.")

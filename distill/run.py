@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -317,7 +318,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
                                         ("candidate", adapter_dir, "candidate")):
             bar = progress.add_task(f"gate: {label} ({version or 'base'})", total=total)
             llm = deps.llm_factory(adapter, version)
-            scores.append(evaluate(llm, suites, config.gate, on_progress=lambda n, b=bar: progress.advance(b, n)))
+            scores.append(evaluate(llm, suites, config.gate, on_progress=partial(progress.advance, bar)))
             del llm
             _release(deps.model_dir)
     report = compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,

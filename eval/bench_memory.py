@@ -93,7 +93,7 @@ def _latency(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
         for lo in range(0, size, 5000):
             store.upsert_vectors(records[lo:lo + 5000], vectors[lo:lo + 5000])
         insert_s = time.perf_counter() - start
-        where = {"split": "train", "passed": True}
+        where: dict[str, str | int | float | bool] = {"split": "train", "passed": True}
         chroma = _time_queries(lambda q: [h.record.id for h in store.query_vector("experience", q, k=args.k)],
                                queries)
         chroma_f = _time_queries(lambda q: [h.record.id for h in store.query_vector("experience", q, k=args.k,

@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 from procmem.core import Episode, utc_now
 from procmem.memory.base import MemoryRecord, Scalar
@@ -169,14 +169,14 @@ class Entry:
         meta, payload = record.metadata, record.payload
         try:
             return cls(
-                id=record.id, level=record.level, kind=meta["kind"], text=record.text,
+                id=record.id, level=cast(EntryLevel, record.level), kind=cast(Kind, meta["kind"]), text=record.text,
                 suite=str(meta["suite"]), split=str(meta["split"]), problem=str(meta.get("problem", "")),
                 policy_version=str(meta["policy_version"]), reflector=str(meta["reflector"]),
                 validated_version=str(meta.get("validated_version", "")), method=str(meta.get("method", "")),
                 created_at=str(meta["created_at"]), updated_at=str(meta["updated_at"]),
                 helpful=int(meta.get("helpful", 0)), harmful=int(meta.get("harmful", 0)),
                 uses=int(meta.get("uses", 0)), stale_failures=int(meta.get("stale_failures", 0)),
-                status=meta.get("status", "active"),
+                status=cast(Status, meta.get("status", "active")),
                 problem_ids=_strings(payload.get("problem_ids", ())),
                 source_episode_ids=_strings(payload.get("source_episode_ids", ())),
                 source_entry_ids=_strings(payload.get("source_entry_ids", ())),

@@ -428,8 +428,8 @@ class ProceduralMemory(ExperienceMemory):
             retired[level] = len(doomed)
             if doomed and not dry_run:
                 self.store.update(level, doomed, _set({"status": "retired", "updated_at": utc_now()}))
-        for level in LEVELS:
-            evicted[level] = self._enforce_cap(level, policy=policy, dry_run=dry_run)
+        for any_level in LEVELS:
+            evicted[any_level] = self._enforce_cap(any_level, policy=policy, dry_run=dry_run)
         return PruneReport(retired, evicted, dry_run)
 
     def _enforce_cap(self, level: Level, *, policy: str | None, dry_run: bool = False) -> int:
@@ -480,7 +480,7 @@ class ProceduralMemory(ExperienceMemory):
 
     def status_counts(self) -> dict[str, Any]:
         """Entries per level, and active vs retired for insights and patterns (``stats --json``)."""
-        counts: dict[str, Any] = dict(self.stats())
+        counts: dict[str, Any] = {str(level): n for level, n in self.stats().items()}
         counts["active"] = {lvl: self.store.count(lvl, where={"status": "active"}) for lvl in ENTRY_LEVELS}
         counts["retired"] = {lvl: self.store.count(lvl, where={"status": "retired"}) for lvl in ENTRY_LEVELS}
         return counts
