@@ -36,7 +36,8 @@ _WRITER = textwrap.dedent("""
 
 def run_writers(where: str, names: list[str]) -> None:
     """Start one writer process per name at once and wait for all of them."""
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, where, name, str(WRITES), str(BATCH)],
+    # -I: the repository root (the cwd) must not shadow the installed package (its procmem/ lacks memory/)
+    procs = [subprocess.Popen([sys.executable, "-I", "-c", _WRITER, where, name, str(WRITES), str(BATCH)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
