@@ -557,18 +557,6 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
 
 def _model_dir(spec: str, home: Home) -> Path:
     """The Hugging Face directory of a ``local:`` model spec (distillation needs local weights)."""
-    from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
+    from procmem.llm import local_model_dir
 
-    kind, _, rest = spec.partition(":")
-    if kind != "local" or not rest:
-        raise ProcmemError(f"cannot distill into {spec!r}: training needs local weights", where="model",
-                           fix="use local:default, local:tiny or local:/path/to/hf_dir")
-    if rest == "default":
-        return ensure_bundled_model(home.models)
-    if rest == "tiny":
-        return ensure_tiny_model(home.models)
-    path = Path(rest).expanduser()
-    if not (path / "config.json").is_file():
-        raise ProcmemError(f"{path} is not a Hugging Face model directory", where="model",
-                           fix="use local:default, local:tiny or local:/path/to/hf_dir")
-    return path
+    return local_model_dir(spec, models_dir=home.models)

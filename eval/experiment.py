@@ -37,8 +37,7 @@ from procmem.core.fileio import read_json, write_json
 from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
 from procmem.distill.traces import Trace
 from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
-from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks
-from procmem.llm.bundled import ensure_bundled_model, ensure_tiny_model
+from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks, local_model_dir
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, policy_version
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
@@ -330,17 +329,7 @@ class Experiment:
 
     def _base_dir(self) -> Path:
         if self._model_dir is None:
-            models = self.out / "models"
-            spec = self.config.model
-            if spec == "local:default":
-                self._model_dir = ensure_bundled_model(models)
-            elif spec == "local:tiny":
-                self._model_dir = ensure_tiny_model(models)
-            elif spec.startswith("local:"):
-                self._model_dir = Path(spec.removeprefix("local:")).expanduser()
-            else:
-                raise ProcmemError(f"eval trains adapters, so it needs a local model, not {spec!r}",
-                                   where="model", fix="use local:default, local:tiny or local:/path/to/hf_dir")
+            self._model_dir = local_model_dir(self.config.model, models_dir=self.out / "models")
         return self._model_dir
 
     def _llm(self, adapter: Path | None) -> LLM:

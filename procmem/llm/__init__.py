@@ -42,6 +42,7 @@ __all__ = [
     "generate_for_tasks",
     "load_llm",
     "load_model_and_tokenizer",
+    "local_model_dir",
 ]
 
 MODEL_SPEC_FORMS = ("local:default, local:tiny, local:/path/to/hf_model_dir or litellm:<provider>/<model> "
@@ -76,6 +77,16 @@ def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os
                                fix="drop --adapter, or use a local:... model")
         return LiteLLM(rest)
     raise ProcmemError(f"unknown model {spec!r}", where="--model", fix=f"use {MODEL_SPEC_FORMS}")
+
+
+def local_model_dir(spec: str, *, models_dir: str | os.PathLike[str]) -> Path:
+    """The Hugging Face directory of a ``local:`` spec (building or converting a bundled model on first use).
+    Training (distill, eval) needs local weights, so any other spec is a ProcmemError."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind != "local" or not rest.strip():
+        raise ProcmemError(f"{spec!r} is not a local model: training needs local weights", where="model",
+                           fix="use local:default, local:tiny or local:/path/to/hf_dir")
+    return _local_dir(spec, rest.strip(), Path(models_dir))[0]
 
 
 def _local_dir(spec: str, rest: str, models_dir: Path) -> tuple[Path, str]:
