@@ -29,9 +29,10 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, utc_now
+from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, redact, utc_now
 from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.distill.config import DistillConfig
 from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
@@ -472,7 +473,7 @@ def _log_tick(home: Home, **entry: Any) -> None:
     """Append one line to ``<home>/distill/log.jsonl`` (the scheduler's record of every tick)."""
     path = distill_dir(home) / "log.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str)
+    line = redact(json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str))  # errors may quote keys
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
         handle.flush()
@@ -522,11 +523,12 @@ def _tick(config: DistillConfig, home: Home, deps_factory: Callable[[], DistillD
     try:
         result = run_distillation(config, home, deps=deps_factory, force=force, console=console, quiet=quiet)
     except DistillBusy as err:
-        console.print(f"[yellow]tick skipped: {err}[/]")
+        console.print(f"[yellow]tick skipped: {escape(redact(str(err)))}[/]")
         _log_tick(home, event="busy", message=str(err))
         return None
     except Exception as err:  # a failed run must not stop the scheduler; it is retried next tick
-        console.print(f"[red]distill run failed: {type(err).__name__}: {err} (retried at the next tick)[/]")
+        console.print(f"[red]distill run failed: {type(err).__name__}: {escape(redact(str(err)))} "
+                      "(retried at the next tick)[/]")
         _log_tick(home, event="failed", error=f"{type(err).__name__}: {err}")
         return None
     _log_tick(home, event=result.status, result=result.to_dict())

@@ -70,6 +70,8 @@ class Problem:
     feedback: tuple[str, ...]
     rank: int
     """0: never solved, 1: solved after a failed attempt, 2: solved at once (the generation order)."""
+    failed_answers: tuple[str, ...] = ()
+    """The student's failed answers: kept only to scrub them from everything the teacher reads."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
     return Problem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
-                   feedback=tuple(reversed(feedback[:max_feedback])), rank=rank)
+                   feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
+                   failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)))
 
 
 _QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
@@ -198,7 +201,10 @@ def hide_answer(feedback: str, answer: str) -> str:
 
 
 def teacher_prompt(problem: Problem, memory_text: str) -> str:
-    """The teacher's prompt: memory and verifier feedback, but never the failed answers."""
+    """The teacher's prompt: memory and verifier feedback, but never the failed answers, not even where an
+    insight reflected on this very problem quotes one."""
+    for answer in problem.failed_answers:
+        memory_text = hide_answer(memory_text, answer)
     prior = [PriorAttempt(feedback=text, answer=None) for text in problem.feedback]
     return render_prompt(problem.task.prompt, memory=memory_text, prior=prior)
 

@@ -20,6 +20,7 @@ interrupted experiment continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
@@ -138,12 +139,15 @@ class Experiment:
         try:
             episodes = self._collect(seed, round_, suites, memory)
             self._reflect(seed, round_, memory)
-            if round_ == 1:
-                self._freeze_memory(seed)
-            results = [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms]
         finally:
             memory.close()
-        return results
+        if round_ == 1:
+            self._freeze_memory(seed)  # copied while no client holds it open
+        memory = self._memory(seed)
+        try:
+            return [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms]
+        finally:
+            memory.close()
 
     def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
              episodes: Sequence[Any]) -> ArmScores:
@@ -269,19 +273,21 @@ class Experiment:
             problems = problems_from_episodes(episodes, max_feedback=traces.max_feedback,
                                               include_successes=traces.include_successes, limit=traces.max_problems)
             teacher = self._llm(parent)
-            retriever = self._teacher_retriever(arm, seed, suites, memory, policy_version(teacher))
-            with self._bar(f"{arm} traces r{round_} s{seed}", len(problems)) as advance:
+            with contextlib.ExitStack() as opened, \
+                    self._bar(f"{arm} traces r{round_} s{seed}", len(problems)) as advance:
+                retriever = self._teacher_retriever(arm, seed, suites, memory, policy_version(teacher), opened)
                 build = build_traces(problems, teacher, retriever, traces, on_progress=advance)
         save_trace_build(build, directory)
         return build
 
     def _teacher_retriever(self, arm: Arm, seed: int, suites: Suites, memory: ProceduralMemory,
-                           policy: str) -> Retriever:
+                           policy: str, opened: contextlib.ExitStack) -> Retriever:
         live = memory.retriever(policy=policy)
         if arm == "placebo":
             return PlaceboRetriever(live, [t for group in suites.train.values() for t in group], seed)
         if arm == "pmd-frozen":
-            frozen = open_memory(self._seed_dir(seed) / "memory-frozen", embedder=self._embedder_instance())
+            frozen = opened.enter_context(contextlib.closing(
+                open_memory(self._seed_dir(seed) / "memory-frozen", embedder=self._embedder_instance())))
             return frozen.retriever(policy=policy)
         return live
 
@@ -333,7 +339,10 @@ class Experiment:
         return self._model_dir
 
     def _llm(self, adapter: Path | None) -> LLM:
-        return LocalLLM(self._base_dir(), adapter=adapter, max_batch_size=_BATCH)
+        """The base model, with ``adapter`` labelled by where it was trained (``seed0/round1/pmd``), so that
+        episodes and memory trust tell the rounds' policies apart."""
+        version = "/".join(adapter.relative_to(self.out).parts[:3]) if adapter is not None else None
+        return LocalLLM(self._base_dir(), adapter=adapter, adapter_version=version, max_batch_size=_BATCH)
 
     def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
         """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms)."""

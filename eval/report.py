@@ -28,6 +28,7 @@ class Summary:
     holdout_accuracy: float | None
     holdout_ci95: tuple[float, float] | None
     per_suite: dict[str, float]
+    per_suite_ci95: dict[str, tuple[float, float]]
     tokens: float
     """Mean completion tokens generated while evaluating, per seed."""
     wall_time_s: float
@@ -80,6 +81,8 @@ def _summary(arm: str, round_: int, group: Sequence[ArmScores], resamples: int) 
         holdout_accuracy=_mean(holdout) if has_holdout else None,
         holdout_ci95=bootstrap_ci(holdout, resamples=resamples) if has_holdout else None,
         per_suite={suite: _mean([s.test[suite] for s in group]) for suite in suites},
+        per_suite_ci95={suite: bootstrap_ci([s.test[suite] for s in group], resamples=resamples)
+                        for suite in suites},
         tokens=sum(s.tokens for s in group) / len(group),
         wall_time_s=sum(s.wall_time_s for s in group) / len(group),
         train_examples=sum(s.train_examples for s in group) / len(group),
@@ -99,7 +102,7 @@ def _mean(rows: Sequence[Sequence[bool]]) -> float:
 def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results document."""
     summaries = summarise(scores, config)
-    results = _results(summaries, config, out, meta)
+    results = _results(summaries, config, out, {**meta, "seeds_finished": sorted({s.seed for s in scores})})
     write_json(out / "results.json", results)
     _plot_rounds(summaries, out / "accuracy_by_round.png")
     _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
@@ -124,6 +127,7 @@ def _summary_dict(summary: Summary) -> dict[str, Any]:
     data = dict(summary.__dict__)
     data["test_ci95"] = list(summary.test_ci95)
     data["holdout_ci95"] = list(summary.holdout_ci95) if summary.holdout_ci95 else None
+    data["per_suite_ci95"] = {suite: list(ci) for suite, ci in summary.per_suite_ci95.items()}
     return data
 
 
@@ -154,7 +158,8 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         f"- date: {results['meta'].get('date', '')}, commit {results['meta'].get('commit', '')}",
         f"- model {config.model}; train suites {', '.join(config.train_suites)}; "
         f"holdout {', '.join(config.holdout_suites) or 'none'}",
-        f"- {config.rounds} round(s), seeds {list(config.seeds)}, {config.n_train} train / {config.n_test} test / "
+        f"- {config.rounds} round(s), seeds finished {results['meta']['seeds_finished']} of "
+        f"{list(config.seeds)}, {config.n_train} train / {config.n_test} test / "
         f"{config.n_holdout} holdout items per suite; PMD objective `{config.distill.objective}`",
         "",
         f"## Round {config.rounds}: pass@1 on held-out test items (%, 95% bootstrap CI over seeds and items)",
@@ -167,10 +172,11 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
                      f"{_ci(s.holdout_ci95)} | {s.seeds} | {s.train_examples:.0f} | {s.tokens:.0f} | "
                      f"{s.wall_time_s:.0f} |")
     suites = sorted(final[0].per_suite) if final else []
-    lines += ["", "## Per task (test acc %, final round)", "", "| arm | " + " | ".join(map(_short, suites)) + " |",
-              "|---|" + "---:|" * len(suites)]
+    lines += ["", "## Per task (test acc % [95% CI], final round)", "",
+              "| arm | " + " | ".join(map(_short, suites)) + " |", "|---|" + "---:|" * len(suites)]
     for s in final:
-        lines.append(f"| {s.arm} | " + " | ".join(_pct(s.per_suite[x]) for x in suites) + " |")
+        lines.append(f"| {s.arm} | " + " | ".join(f"{_pct(s.per_suite[x])} {_ci(s.per_suite_ci95[x])}"
+                                                 for x in suites) + " |")
     lines += ["", "## By round (test acc %)", "", "| arm | " + " | ".join(f"r{r}" for r in
               range(1, config.rounds + 1)) + " |", "|---|" + "---:|" * config.rounds]
     for arm in dict.fromkeys(s.arm for s in summaries):

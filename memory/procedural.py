@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -116,6 +117,11 @@ class ReflectionReport:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def add(self, other: ReflectionReport) -> None:
+        """Add ``other``'s counts into this report (inline reflections summed over a run)."""
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
     @property
     def total_calls(self) -> int:
         return self.calls + self.pattern_calls
@@ -162,11 +168,17 @@ class ProceduralMemory(ExperienceMemory):
         the version now solving, whose validated entries are trusted fully (co-evolution)."""
         return ProceduralRetriever(self, policy=policy, max_chars=max_chars)
 
-    def recorder(self, *, reflector: ReflectionLLM | None = None) -> Callable[[Episode], None]:
-        """The agent's ``recorder``: :meth:`after_episode` with inline reflection by ``reflector``."""
+    def recorder(self, *, reflector: ReflectionLLM | None = None,
+                 cost: ReflectionReport | None = None) -> Callable[[Episode], None]:
+        """The agent's ``recorder``: :meth:`after_episode` with inline reflection by ``reflector``; what the
+        reflections did and cost is summed into ``cost`` (the agent records from several threads)."""
+        lock = threading.Lock()
 
         def record(episode: Episode) -> None:
-            self.after_episode(episode, reflector=reflector)
+            done = self.after_episode(episode, reflector=reflector)
+            if cost is not None and done.reflection is not None:
+                with lock:
+                    cost.add(done.reflection)
 
         return record
 
@@ -390,7 +402,9 @@ class ProceduralMemory(ExperienceMemory):
         ``dedup_similarity`` similar, ``entry`` is merged into it (its text and id stay, provenance is
         united, counters are added up) instead of being added."""
         vector = embed_array(self.store.embedder, [entry.text])
-        hits = self.store.query_vector(entry.level, vector[0], k=1, where={"kind": entry.kind, "split": entry.split})
+        # Only active entries absorb a newcomer: a retired one must not come back through a merge.
+        hits = self.store.query_vector(entry.level, vector[0], k=1,
+                                       where={"kind": entry.kind, "split": entry.split, "status": "active"})
         if hits and hits[0].similarity >= self.config.hygiene.dedup_similarity:
             existing = _entry_or_none(hits[0].record)
             if existing is not None:
@@ -512,13 +526,16 @@ class ProceduralMemory(ExperienceMemory):
     # --- helpers ---------------------------------------------------------------------------------
 
     def _problem_episodes(self, episode: Episode) -> list[Episode]:
+        """The episodes of ``episode``'s problem that reflection may read: only those of the reflected
+        splits, so that a held-out (test) attempt of the same question never reaches a train insight."""
+        splits = set(self.config.reflection.splits)
         found: dict[str, Episode] = {}
         for where in ({"problem": problem_key(episode.task.prompt)},
                       {"task_id": episode.task.id, "suite": episode.task.suite}):
             for record in self.store.scan(EXPERIENCE, where=where):
                 found[record.id] = Episode.from_dict(record.payload)
         found[episode.id] = episode
-        return list(found.values())
+        return [e for e in found.values() if e.task.split in splits]
 
     def _reflection_marks(self, episode_ids: Sequence[str]) -> dict[str, str]:
         marks: dict[str, str] = {}

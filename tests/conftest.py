@@ -21,6 +21,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's ~/.procmem: a command run without --home gets a temporary home."""
+    monkeypatch.setenv("PROCMEM_HOME", str(tmp_path_factory.mktemp("procmem-home")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny Gemma 3 with a byte-level tokenizer (no download)."""

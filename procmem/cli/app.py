@@ -9,9 +9,10 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
-from procmem.core import Home, ProcmemError
+from procmem.core import Home, ProcmemError, install_log_redaction, redact
 
 __all__ = ["app", "main"]
 
@@ -27,8 +28,8 @@ class _ProcmemGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, typer.TyperException):
+            raise  # a usage error (unknown option, bad value) is click's to report, with exit code 2
         except ProcmemError as err:
             _fail(str(err), 2)
         except Exception as err:
@@ -44,7 +45,7 @@ class _ProcmemGroup(TyperGroup):
 def _fail(message: str, code: int) -> None:
     from procmem.cli.common import err_console
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
 
 
@@ -93,6 +94,7 @@ def _root(
         str | None, typer.Option("--home", help="Data directory (default: $PROCMEM_HOME, else ~/.procmem).")
     ] = None,
 ) -> None:
+    install_log_redaction()  # before any command logs: no key reaches a log line
     ctx.obj = Home.resolve(home)
 
 
@@ -102,3 +104,4 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+

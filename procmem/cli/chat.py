@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
@@ -75,9 +76,9 @@ def _attach_verifier(spec: str) -> str:
     try:
         build_verifier(Task(id="check", prompt="", verifier=spec))
     except ProcmemError as err:
-        out_console.print(f"[red]{err}[/]", highlight=False)
+        out_console.print(f"[red]{escape(str(err))}[/]", highlight=False)
         return ""
-    out_console.print(f"the next task is judged by {spec}", highlight=False)
+    out_console.print(f"the next task is judged by {spec}", highlight=False, markup=False)
     return spec
 
 
@@ -87,7 +88,7 @@ def _run_turn(agent: Any, config: Any, task: Task) -> None:
             out_console.print(chunk["token"], end="", highlight=False, markup=False)
         elif "verify" in chunk:
             verdict = chunk["verify"]["attempts"][-1]["verdict"]
-            mark = "[green]PASS[/]" if verdict["passed"] else f"[red]FAIL[/] {verdict['feedback']}"
+            mark = "[green]PASS[/]" if verdict["passed"] else f"[red]FAIL[/] {escape(verdict['feedback'])}"
             out_console.print(f"\n  {mark}", highlight=False)
         elif "generate" in chunk and not task.verifier:
             out_console.print()

@@ -84,21 +84,12 @@ def distill(
 
 
 def _distill_config(path: Path | None, flags: dict[str, Any]) -> DistillConfig:
-    from pydantic import ValidationError
-
-    from procmem.core import load_config
+    from procmem.core import config_from_flags, load_config
     from procmem.distill import DistillConfig
 
     if path is not None:
         return load_config(DistillConfig, path, **flags)
-    try:
-        return DistillConfig.model_validate({k: v for k, v in flags.items() if v is not None})
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ProcmemError(f"{key}: {first['msg']}", where=f"--{key.replace('_', '-')}",
-                           fix=DistillConfig.model_fields[key].description if key in DistillConfig.model_fields
-                           else None) from err
+    return config_from_flags(DistillConfig, flags)
 
 
 def _report(result: DistillResult, json_out: bool) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,9 +24,9 @@ from procmem.cli.common import (
     out_console,
     print_json_line,
 )
-from procmem.core import Home, SolveConfig, load_config, new_id
+from procmem.core import Home, SolveConfig, config_from_flags, load_config, new_id
 from procmem.llm import MicroBatcher, load_llm
-from procmem.memory import NoMemory, open_memory, policy_version
+from procmem.memory import NoMemory, ReflectionReport, open_memory, policy_version
 from procmem.tasks import load_suite
 
 __all__ = ["DEMO_SUITE", "run_solve"]
@@ -34,21 +35,23 @@ DEMO_SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 
 
 def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str | None = None,
-              quiet: bool = False, reflect: bool = False) -> tuple[SolveReport, dict[str, int]]:
-    """Solve ``config.n`` tasks of ``config.suite``; returns the report and memory counts afterwards.
-
-    With ``reflect``, the policy reflects on each problem right after its episode (one more LLM call each)."""
+              quiet: bool = False, reflect: bool = False
+              ) -> tuple[SolveReport, dict[str, int], ReflectionReport | None]:
+    """Solve ``config.n`` tasks of ``config.suite``; returns the report, the memory counts afterwards and,
+    with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
+    its episode: at most one more LLM call per task)."""
     tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
     llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter))
     memory = open_memory(home.chroma, url=chroma_url)
+    cost = ReflectionReport() if reflect else None
     with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
         deps = AgentDeps(
             llm=batched,
             generation=config.generation,
             retriever=memory.retriever(policy=policy_version(llm)) if config.use_memory else NoMemory(),
-            recorder=memory.recorder(reflector=batched if reflect else None),
+            recorder=memory.recorder(reflector=batched if reflect else None, cost=cost),
             attempts=config.attempts,
             memory_k=config.memory_k,
         )
@@ -56,7 +59,7 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
             report = solve_tasks(tasks, deps, concurrency=config.concurrency, checkpointer=saver,
                                  run_id=run_id, on_done=lambda _: progress.advance(bar))
-    return report, {str(level): count for level, count in memory.stats().items()}
+    return report, {str(level): count for level, count in memory.stats().items()}, cost
 
 
 def _progress(quiet: bool) -> Progress:
@@ -65,7 +68,7 @@ def _progress(quiet: bool) -> Progress:
 
 
 def _report_table(config: SolveConfig, report: SolveReport) -> Table:
-    table = Table(title=f"{config.suite} [{config.split}] on {config.model}")
+    table = Table(title=escape(f"{config.suite} [{config.split}] on {config.model}"))
     for column in ("n", "passed", "accuracy", "mean attempts", "wall time", "tokens/s"):
         table.add_column(column, justify="right")
     table.add_row(str(report.n), str(report.passed), f"{report.accuracy:.1%}", f"{report.mean_attempts:.2f}",
@@ -73,13 +76,15 @@ def _report_table(config: SolveConfig, report: SolveReport) -> Table:
     return table
 
 
-def _summary(config: SolveConfig, report: SolveReport, run_id: str, stats: dict[str, int]) -> dict[str, object]:
+def _summary(config: SolveConfig, report: SolveReport, run_id: str, stats: dict[str, int],
+             reflection: ReflectionReport | None) -> dict[str, object]:
     return {
         "suite": config.suite, "split": config.split, "model": config.model, "run_id": run_id,
         "n": report.n, "passed": report.passed, "accuracy": report.accuracy,
         "mean_attempts": report.mean_attempts, "wall_time_s": report.wall_time_s,
         "tokens_per_s": report.tokens_per_s, "episodes_recorded": report.n - report.resumed,
         "resumed": report.resumed, "memory": stats,
+        "reflection": reflection.to_dict() if reflection is not None else None,
     }
 
 
@@ -107,10 +112,16 @@ def solve(
     cfg = _solve_config(config, flags)
     home = home_of(ctx)
     run_id = resume or new_id()[:12]
-    report, stats = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect)
-    (err_console if json_out else out_console).print(_report_table(cfg, report))
+    report, stats, reflection = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect)
+    console = err_console if json_out else out_console
+    console.print(_report_table(cfg, report))
+    if reflection is not None:
+        console.print(f"inline reflection: {reflection.calls} calls, {reflection.prompt_tokens} prompt + "
+                      f"{reflection.completion_tokens} completion tokens; {reflection.unparseable} unparseable; "
+                      f"insights {reflection.insights_added} added, {reflection.insights_merged} merged",
+                      highlight=False)
     if json_out:
-        print_json_line(_summary(cfg, report, run_id, stats))
+        print_json_line(_summary(cfg, report, run_id, stats, reflection))
 
 
 def _solve_config(path: str | None, flags: Mapping[str, object]) -> SolveConfig:
@@ -121,7 +132,7 @@ def _solve_config(path: str | None, flags: Mapping[str, object]) -> SolveConfig:
 
         raise ProcmemError("no task suite given", where="--suite",
                            fix=f"pass e.g. --suite '{DEMO_SUITE}' or --config FILE.toml")
-    return SolveConfig.model_validate({k: v for k, v in flags.items() if v is not None})
+    return config_from_flags(SolveConfig, dict(flags))
 
 
 @app.command()
@@ -134,7 +145,7 @@ def demo(
     home = home_of(ctx)
     cfg = SolveConfig(suite=DEMO_SUITE, n=n, attempts=2, model=model)
     out_console.print(f"[bold]procmem demo[/]: {n} tasks of {DEMO_SUITE} on {model}; home {home.root}")
-    report, stats = run_solve(cfg, home, run_id=new_id()[:12])
+    report, stats, _ = run_solve(cfg, home, run_id=new_id()[:12])
     out_console.print(_report_table(cfg, report))
     table = Table(title="memory")
     table.add_column("level")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from procmem.cli.app import app
 from procmem.cli.common import out_console, print_json_line
@@ -32,4 +33,4 @@ def verify(
         print_json_line({"task_id": tasks[0].id, **verdict.to_dict()})
         return
     mark = "[green]PASS[/]" if verdict.passed else "[red]FAIL[/]"
-    out_console.print(f"{mark} score={verdict.score:.3f} {verdict.feedback}", highlight=False)
+    out_console.print(f"{mark} score={verdict.score:.3f} {escape(verdict.feedback)}", highlight=False)

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "GenerationConfig", "SolveConfig", "generation_for", "load_config"]
+__all__ = ["Config", "GenerationConfig", "SolveConfig", "config_from_flags", "generation_for", "load_config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -95,6 +95,19 @@ def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
         line = _line_of_key(text, str(first["loc"][-1])) if first["loc"] else None
         raise ProcmemError(f"{key}: {first['msg']}", where=f"{path}:{line}" if line else str(path),
                            fix=_field_help(cls, str(first["loc"][0])) if first["loc"] else None) from err
+
+
+def config_from_flags(cls: type[C], flags: dict[str, object]) -> C:
+    """``cls`` from command-line flags (those left unset are None and take the default); a bad value is
+    reported against its flag, e.g. ``--split``, with the field's help."""
+    try:
+        return cls.model_validate({k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        flag = "--" + name.replace("_", "-") if name else "the command line"
+        raise ProcmemError(f"{first['msg']} (got {first.get('input')!r})", where=flag,
+                           fix=_field_help(cls, name) if name else None) from err
 
 
 def _line_from_message(message: str) -> int | None:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "RedactingFilter", "redact", "redact_obj"]
+__all__ = ["REDACTED", "RedactingFilter", "install_log_redaction", "redact", "redact_obj"]
 
 REDACTED = "[REDACTED]"
 
@@ -56,3 +56,22 @@ class RedactingFilter(logging.Filter):
         record.msg = redact(record.getMessage())
         record.args = None
         return True
+
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is created, whichever logger or handler it goes to
+    (libraries such as litellm attach handlers of their own, and may log request errors with keys)."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "_procmem_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except (TypeError, ValueError):  # a malformed %-format: logging reports that itself, unredacted args go
+            record.msg, record.args = redact(str(record.msg)), None
+        return record
+
+    factory._procmem_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

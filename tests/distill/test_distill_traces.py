@@ -165,6 +165,17 @@ def test_hide_answer_removes_quoted_failed_answers() -> None:
     assert hide_answer("the answer is empty", "") == "the answer is empty"
 
 
+def test_the_teacher_prompt_scrubs_failed_answers_quoted_by_memory_too() -> None:
+    from procmem.distill.traces import teacher_prompt
+
+    never = problems_from_episodes(_episodes())[0]
+    assert never.failed_answers == (WRONG, "also wrong")
+    insight = f"LESSON: answering '{WRONG}' was wrong -> compute the product first."
+    prompt = teacher_prompt(never, insight)
+    assert WRONG not in prompt and "also wrong" not in prompt
+    assert "compute the product first" in prompt and HIDDEN_ANSWER in prompt
+
+
 CODE = Task(id="code", prompt="Write any program.", verifier="regex:(?s).*", suite="s", metadata={
     "answer_format": "code", "generation": {"stop": ["\n\n\n"], "max_tokens": 12}})
 

@@ -127,7 +127,12 @@ def test_seeds_can_run_in_separate_processes_and_the_report_covers_what_finished
     runner = CliRunner()
     first = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--seed", "1", "--json"])
     assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout.strip().splitlines()[-1])["arms"]["rft"]["seeds"] == 1
+    partial = json.loads(first.stdout.strip().splitlines()[-1])
+    assert partial["arms"]["rft"]["seeds"] == 1 and partial["meta"]["seeds_finished"] == [1]
+    assert "seeds finished [1] of [0, 1]" in (out / "report.md").read_text()
+    suite_ci = partial["arms"]["rft"]["per_suite_ci95"]
+    assert set(suite_ci) == set(partial["arms"]["rft"]["per_suite"])
+    assert all(0.0 <= lo <= hi <= 1.0 for lo, hi in suite_ci.values())
     assert not (out / "seed0" / "round1" / "rft").exists()
     second = runner.invoke(app, ["eval", "--config", str(path), "--out", str(out), "--seed", "0", "--json"])
     assert json.loads(second.stdout.strip().splitlines()[-1])["arms"]["rft"]["seeds"] == 2

@@ -137,3 +137,5 @@ def test_a_later_solve_retrieves_insights_and_patterns_and_counts_their_use(
     marks = {r.id: r.metadata.get("reflected") for r in filled.store.get("experience", [e.id for e in new_episodes])}
     assert all(marks.values()), "--reflect reflected inline on each new problem (the tiny model: unparseable)"
     assert filled.stats()["insight"] == len(insight_ids), "noise from the tiny model is never stored"
+    cost = _json(solved)["reflection"]
+    assert cost["calls"] == 2 and cost["unparseable"] == 2 and cost["completion_tokens"] > 0

@@ -59,6 +59,13 @@ def test_different_advice_kinds_or_splits_never_merge(pmem: ProceduralMemory) ->
     assert pmem.stats()["insight"] == 4
 
 
+def test_a_retired_entry_does_not_absorb_a_newcomer(pmem: ProceduralMemory) -> None:
+    pmem.write_entry(entry(CARRY, status="retired", harmful=6, uses=6))
+    assert pmem.write_entry(entry(CARRY, problem="p-b")) == "added"
+    statuses = sorted(e.status for e in pmem.entries("insight"))
+    assert statuses == ["active", "retired"]
+
+
 def test_writing_the_same_entry_again_changes_nothing_but_the_time(pmem: ProceduralMemory) -> None:
     original = entry(CARRY, helpful=2, uses=2)
     pmem.write_entry(original)

@@ -228,6 +228,18 @@ def test_inline_reflection_after_an_episode_is_one_call_and_idempotent(pmem: Pro
     assert len(policy.prompts) == 1
 
 
+def test_inline_reflection_never_reads_test_split_attempts_of_the_same_question(pmem: ProceduralMemory) -> None:
+    pmem.record(episode("t1", "What is 23 + 45?", ["sixty-eight-LEAK", "68"], split="test"))
+    policy = ScriptedPolicy()
+    train = episode("s1", "What is 23 + 45?", ["sixty-eight", "68"])
+    pmem.after_episode(train, reflector=policy)
+    assert len(policy.prompts) == 1 and "LEAK" not in policy.prompts[0]
+    assert all("t1" not in e.source_episode_ids for e in pmem.entries("insight"))
+    held_out = pmem.after_episode(episode("t2", "What is 31 + 12?", ["forty three", "43"], split="test"),
+                                  reflector=policy)
+    assert held_out.reflection is not None and held_out.reflection.calls == 0 and len(policy.prompts) == 1
+
+
 def test_the_real_tiny_model_goes_through_the_pipeline_unparseable_counted_and_skipped(
     pmem: ProceduralMemory, tiny_model_dir: Path
 ) -> None:
