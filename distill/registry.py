@@ -215,27 +215,41 @@ def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest
 def promote(adapters_dir: Path, version: str, *, force: bool = False, reason: str = "manual") -> PromotionState:
     """Make ``version`` the promoted adapter; the previous one goes onto the rollback history.
 
-    A version whose promotion gate failed is refused unless ``force``; a forced promotion is recorded
-    in its manifest (``forced: true``) and in ``events.jsonl``.
+    A version whose promotion gate failed is refused unless ``force``, and so is one whose gate compared
+    it with another model than the one promoted now (a stale gate: it beat v1, but v3 is current), unless
+    it was promoted before (going back to it is a rollback). A forced promotion is recorded in its
+    manifest (``forced: true``) and in ``events.jsonl``.
     """
     with _locked(adapters_dir):
         manifest = read_manifest(adapters_dir, version)
-        gate_failed = manifest.gate is not None and not manifest.gate.passed
-        if gate_failed and not force:
-            raise ProcmemError(f"{version} failed its promotion gate ({_gate_summary(manifest)})",
-                               where=str(adapters_dir / version / _MANIFEST),
-                               fix="pass --force to promote it anyway (recorded as forced in its manifest)")
-        if gate_failed and not manifest.forced:
-            write_json(adapters_dir / version / _MANIFEST, manifest.model_copy(update={"forced": True})
-                       .model_dump(mode="json"))
         state = promotion_state(adapters_dir)
         if state.current == version:
             return state
+        refusal = _gate_refusal(manifest, state)
+        if refusal and not force:
+            raise ProcmemError(f"{version} {refusal}", where=str(adapters_dir / version / _MANIFEST),
+                               fix="pass --force to promote it anyway (recorded as forced in its manifest)")
+        if refusal and not manifest.forced:
+            write_json(adapters_dir / version / _MANIFEST, manifest.model_copy(update={"forced": True})
+                       .model_dump(mode="json"))
         history = (*state.history, state.current) if state.current is not None or state.history else ()
         new = PromotionState(current=version, history=history, updated_at=utc_now())
         write_json(adapters_dir / _POINTER, new.model_dump(mode="json"))
-        _log(adapters_dir, "promote", version, previous=state.current, reason=reason, forced=gate_failed)
+        _log(adapters_dir, "promote", version, previous=state.current, reason=reason, forced=bool(refusal))
     return new
+
+
+def _gate_refusal(manifest: AdapterManifest, state: PromotionState) -> str | None:
+    """Why the gate does not allow promoting ``manifest`` now, or None if it does."""
+    gate = manifest.gate
+    if gate is None:
+        return None
+    if not gate.passed:
+        return f"failed its promotion gate ({_gate_summary(manifest)})"
+    current = state.current or "base"
+    if gate.baseline != current and manifest.version not in state.history:
+        return f"passed its gate against {gate.baseline}, but {current} is promoted now (the gate is stale)"
+    return None
 
 
 def _gate_summary(manifest: AdapterManifest) -> str:

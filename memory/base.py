@@ -6,6 +6,7 @@ memory/ knows nothing about models beyond :class:`Embedder`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -113,5 +114,11 @@ class VectorMemoryStore(MemoryStore, Protocol):
     def query_vector(
         self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
     ) -> list[ScoredRecord]: ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """A section in which no other writer of this store runs: a read-then-write inside it (a merge on
+        write) cannot lose a concurrent update. Reentrant. Across processes for the embedded store; within
+        this process only for a Chroma server."""
+        ...
 
     def close(self) -> None: ...

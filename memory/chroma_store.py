@@ -469,6 +469,14 @@ class ChromaStore:
         self._check_open()
         return self._conn.run(True, lambda: op(self._collection(level)))
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this store's session (thread lock, and the inter-process file lock when embedded) across
+        several operations; the operations inside reenter it."""
+        self._check_open()
+        with self._conn.session(write=True):
+            yield
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"this ChromaStore on {self.location} is closed")

@@ -6,6 +6,7 @@ exact search over 100k 384-d vectors is one matrix-vector product. Nothing is pe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -181,6 +182,11 @@ class InMemoryStore:
         with self._lock:
             table = self._table(level)
             return int(table.mask(where).sum()) if where else len(table.entries)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lock:
+            yield
 
     def close(self) -> None:
         """Nothing to release; present for :class:`~procmem.memory.base.VectorMemoryStore`."""

@@ -402,15 +402,16 @@ class ProceduralMemory(ExperienceMemory):
         ``dedup_similarity`` similar, ``entry`` is merged into it (its text and id stay, provenance is
         united, counters are added up) instead of being added."""
         vector = embed_array(self.store.embedder, [entry.text])
-        # Only active entries absorb a newcomer: a retired one must not come back through a merge.
-        hits = self.store.query_vector(entry.level, vector[0], k=1,
-                                       where={"kind": entry.kind, "split": entry.split, "status": "active"})
-        if hits and hits[0].similarity >= self.config.hygiene.dedup_similarity:
-            existing = _entry_or_none(hits[0].record)
-            if existing is not None:
-                self.store.upsert([existing.merged_with(entry).to_record()])
-                return "merged"
-        self.store.upsert_vectors([entry.to_record()], vector)
+        with self.store.exclusive():  # a counter update between the read and the write would be lost
+            # Only active entries absorb a newcomer: a retired one must not come back through a merge.
+            hits = self.store.query_vector(entry.level, vector[0], k=1,
+                                           where={"kind": entry.kind, "split": entry.split, "status": "active"})
+            if hits and hits[0].similarity >= self.config.hygiene.dedup_similarity:
+                existing = _entry_or_none(hits[0].record)
+                if existing is not None:
+                    self.store.upsert([existing.merged_with(entry).to_record()])
+                    return "merged"
+            self.store.upsert_vectors([entry.to_record()], vector)
         return "added"
 
     def _count_use(self, episode: Episode) -> tuple[tuple[str, ...], tuple[str, ...]]:

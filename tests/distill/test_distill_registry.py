@@ -37,8 +37,8 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def _gate(passed: bool) -> GateReport:
-    return GateReport(baseline="base", rows=(), test_baseline=0.2, test_candidate=0.5 if passed else 0.1,
+def _gate(passed: bool, baseline: str = "base") -> GateReport:
+    return GateReport(baseline=baseline, rows=(), test_baseline=0.2, test_candidate=0.5 if passed else 0.1,
                       holdout_baseline=None, holdout_candidate=None, min_improvement=0.01, max_holdout_drop=0.05,
                       improved=passed, holdout_ok=True, passed=passed)
 
@@ -84,8 +84,8 @@ def test_register_refuses_a_directory_without_an_adapter(home: Home, tmp_path: P
 
 
 def test_promote_and_rollback_move_one_pointer(home: Home, adapter_dir: Path) -> None:
-    for run in ("r1", "r2", "r3"):
-        register_adapter(home.adapters, adapter_dir, _manifest(run))
+    for run, baseline in (("r1", "base"), ("r2", "base"), ("r3", "v1")):
+        register_adapter(home.adapters, adapter_dir, _manifest(run, gate=_gate(True, baseline)))
     assert promotion_state(home.adapters).current is None
     assert resolve_adapter(home, "promoted") is None
 
@@ -118,9 +118,20 @@ def test_promote_refuses_a_failed_gate_unless_forced_and_records_it(home: Home, 
     assert last["action"] == "promote" and last["forced"] is True
 
 
+def test_promote_refuses_a_stale_gate_unless_forced_but_allows_going_back(home: Home, adapter_dir: Path) -> None:
+    register_adapter(home.adapters, adapter_dir, _manifest("r1"))                      # v1: gated vs base
+    register_adapter(home.adapters, adapter_dir, _manifest("r2", gate=_gate(True, "v1")))  # v2: gated vs v1
+    with pytest.raises(ProcmemError, match="stale"):
+        promote(home.adapters, "v2")  # v1 was never promoted: v2's gate compared it with the wrong model
+    promote(home.adapters, "v1")
+    promote(home.adapters, "v2")
+    promote(home.adapters, "v1")  # v1 was promoted before: going back is allowed
+    assert promotion_state(home.adapters).current == "v1" and not read_manifest(home.adapters, "v1").forced
+
+
 def test_readers_never_see_a_half_written_pointer(home: Home, adapter_dir: Path) -> None:
     register_adapter(home.adapters, adapter_dir, _manifest("r1"))
-    register_adapter(home.adapters, adapter_dir, _manifest("r2"))
+    register_adapter(home.adapters, adapter_dir, _manifest("r2", gate=_gate(True, "v1")))
     promote(home.adapters, "v1")
     seen: list[Any] = []
     errors: list[BaseException] = []

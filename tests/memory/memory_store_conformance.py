@@ -165,6 +165,29 @@ class MemoryStoreConformance:
                           range(40)))
         assert store.get("insight", ["c"])[0].metadata["uses"] == 40
 
+    def test_an_exclusive_section_holds_off_other_writers_and_is_reentrant(self, store: MemoryStore) -> None:
+        import threading
+
+        if not isinstance(store, VectorMemoryStore):
+            pytest.skip("exclusive() belongs to VectorMemoryStore")
+        store.upsert([MemoryRecord(id="c", level="insight", text="counter", metadata={"uses": 0})])
+        entered = threading.Event()
+
+        def bump() -> None:
+            entered.set()
+            store.update("insight", ["c"], lambda r: {"uses": int(r.metadata["uses"]) + 1})
+
+        with store.exclusive():
+            seen = int(store.get("insight", ["c"])[0].metadata["uses"])  # a read-then-write, as a merge does
+            other = threading.Thread(target=bump)
+            other.start()
+            entered.wait(5)
+            other.join(0.3)
+            assert other.is_alive(), "another writer ran inside the exclusive section"
+            store.upsert([MemoryRecord(id="c", level="insight", text="counter", metadata={"uses": seen + 10})])
+        other.join(10)
+        assert store.get("insight", ["c"])[0].metadata["uses"] == 11
+
     # --- search -----------------------------------------------------------------------------------
 
     def test_query_ranks_by_similarity_and_returns_at_most_k(self, store: MemoryStore) -> None:
