@@ -103,7 +103,7 @@ class GateConfig(Config):
                                                          "suites of the training episodes.")
     n_test: int = Field(default=40, ge=1, description="Test items per suite.")
     holdout_suites: tuple[str, ...] = Field(default=
-        ("rg:letter_counting?min_words=1&max_words=3",),
+        ("rg:letter_counting?min_words=1&max_words=3", "rg:syllogism"),
         description="General-ability holdout: suites never trained on (ones seen in training are skipped).")
     n_holdout: int = Field(default=20, ge=0, description="Items per holdout suite (0 disables the holdout).")
     min_improvement: float = Field(default=0.01, ge=0.0, le=1.0,

@@ -96,3 +96,16 @@ def test_an_interrupted_run_resumes_without_solving_again(
     summary = _last_json(again.stdout)
     assert summary["resumed"] == 6 and summary["episodes_recorded"] == 0
     assert open_memory(home.chroma).stats()["experience"] == 6
+
+
+def test_demo_solves_records_and_shows_the_table_and_memory(
+    runner: CliRunner, home: Home, tiny_model_dir: Path
+) -> None:
+    """The quickstart job, on the tiny model (the README runs it on the bundled one)."""
+    result = _invoke(runner, home, "demo", "--n", "3", "--model", f"local:{tiny_model_dir}")
+    assert result.exit_code == 0, result.output
+    for column in ("n", "passed", "accuracy", "mean attempts", "wall time", "tokens/s"):
+        assert column in result.stdout
+    assert "chain_sum" in result.stdout and "[train]" in result.stdout
+    assert "experience" in result.stdout and "insight" in result.stdout
+    assert open_memory(home.chroma).stats()["experience"] == 3
