@@ -125,7 +125,8 @@ def fit_context(context: MemoryContext, *, max_entries: int | None = None, max_c
 
     Candidates are taken by rank, round robin across sections (example 1, insight 1, pattern 1,
     example 2, ...); one that would overflow ``max_chars`` is skipped and a later, smaller one may take
-    its place; ``max_entries`` caps the total. Deterministic.
+    its place; ``max_entries`` caps the total. Advice whose text is already chosen (a pattern extracted
+    from one merged insight says what the insight says) is skipped. Deterministic.
     """
     chosen = MemoryContext()
     sections = ("examples", "insights", "patterns")
@@ -134,10 +135,18 @@ def fit_context(context: MemoryContext, *, max_entries: int | None = None, max_c
             queue: tuple[WorkedExample | Advice, ...] = getattr(context, name)
             if rank >= len(queue) or (max_entries is not None and len(chosen) >= max_entries):
                 continue
-            trial = replace(chosen, **{name: (*getattr(chosen, name), queue[rank])})
+            candidate = queue[rank]
+            if isinstance(candidate, Advice) and _said(candidate, (*chosen.insights, *chosen.patterns)):
+                continue
+            trial = replace(chosen, **{name: (*getattr(chosen, name), candidate)})
             if len(_render(trial)) <= max_chars:
                 chosen = trial
     return chosen
+
+
+def _said(advice: Advice, chosen: Sequence[Advice]) -> bool:
+    words = " ".join(advice.text.lower().split())
+    return any(" ".join(other.text.lower().split()) == words for other in chosen)
 
 
 def fit_memory(

@@ -84,6 +84,15 @@ def test_rendering_orders_sections_and_puts_the_nearest_example_last() -> None:
     assert render_memory(MemoryContext()) == ""
 
 
+def test_advice_that_repeats_chosen_advice_is_left_out() -> None:
+    context = MemoryContext(
+        insights=(Advice("i1", "lesson", "Answer  with digits only."), Advice("i2", "strategy", "Add carefully.")),
+        patterns=(Advice("p1", "pattern", "answer with digits only."),),  # extracted from i1: the same words
+    )
+    fitted = fit_context(context)
+    assert fitted.entry_ids == ("i1", "i2") and render_memory(context).count("igits only") == 1
+
+
 def test_held_out_entries_never_reach_any_task(filled: ProceduralMemory) -> None:
     secret = "Held-out advice: the answer to every test sum is eighty-eight."
     filled.write_entry(entry(secret, problem=problem_key(SUM), split="test"))
