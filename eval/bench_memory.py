@@ -8,8 +8,10 @@ Measures, in one process (so the ratios compare like with like):
   (one matrix-vector product + argpartition) over the very same vectors, as a ratio; plus Chroma's
   recall@k against the exact answer;
 - write throughput in episodes/s: :meth:`ExperienceMemory.record_many` in batches and
-  :meth:`ExperienceMemory.record` one at a time, with the real MiniLM embedder (what ``procmem solve``
-  pays per episode), and store-only (precomputed vectors) for comparison.
+  :meth:`ProceduralMemory.after_episode` one at a time (record, counters, cap: what ``procmem solve``
+  pays per episode), with the real MiniLM embedder, and store-only (precomputed vectors) for comparison;
+- the agent's whole retrieval (:meth:`ProceduralRetriever.retrieve`: embed the question with MiniLM,
+  worked examples, insights of the nearest problems, patterns, budget, rendering) on that memory.
 
 Vectors come from :class:`~procmem.memory.HashingEmbedder` over synthetic reasoning-gym-like prompts
 (embedding 100k prompts with MiniLM would take minutes and measure the embedder, not the store). Query
@@ -144,7 +146,7 @@ def _time_queries(run: Any, queries: npt.NDArray[np.float32]) -> tuple[list[floa
 
 def _writes(scratch: Path, n: int) -> dict[str, Any]:
     from procmem.core import Attempt, Episode, Task, Verdict
-    from procmem.memory import ChromaStore, ExperienceMemory, default_embedder
+    from procmem.memory import ChromaStore, ExperienceMemory, ProceduralMemory, default_embedder
 
     prompts = _prompts(2 * n, seed=7)
     episodes = [Episode(task=Task(id=f"t{i}", prompt=p, verifier="exact:1", suite="bench"),
@@ -154,15 +156,16 @@ def _writes(scratch: Path, n: int) -> dict[str, Any]:
     embedder.embed(["warm up"])
     out: dict[str, Any] = {"episodes": n}
     with ChromaStore.embedded(scratch / "writes", embedder) as store:
-        memory = ExperienceMemory(store)
+        memory = ProceduralMemory(store)
         start = time.perf_counter()
         for lo in range(0, n, 32):
             memory.record_many(episodes[lo:lo + 32])
         out["minilm_batched_32_eps"] = round(n / (time.perf_counter() - start), 1)
         start = time.perf_counter()
         for episode in episodes[n:]:
-            memory.record(episode)
-        out["minilm_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+            memory.after_episode(episode)
+        out["minilm_after_episode_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+        out.update(_retrieval(memory, _prompts(64, seed=8)))
     from procmem.memory import HashingEmbedder
 
     with ChromaStore.embedded(scratch / "writes-store-only", HashingEmbedder()) as store:
@@ -172,6 +175,22 @@ def _writes(scratch: Path, n: int) -> dict[str, Any]:
             memory.record(episode)
         out["store_only_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
     return out
+
+
+def _retrieval(memory: Any, questions: list[str]) -> dict[str, Any]:
+    """The agent's retrieval, end to end, for new questions (their embeddings are not cached)."""
+    from procmem.core import Task
+
+    retriever = memory.retriever(policy="bench@base")
+    tasks = [Task(id=f"q{i}", prompt=q, verifier="exact:1", suite="bench") for i, q in enumerate(questions)]
+    retriever.retrieve(tasks[0], 3)  # warm up
+    times = []
+    for task in tasks[1:]:
+        start = time.perf_counter()
+        retriever.retrieve(task, 3)
+        times.append(time.perf_counter() - start)
+    return {"retrieve_episodes": memory.stats()["experience"], "retrieve_p50_ms": _ms(times, 50),
+            "retrieve_p95_ms": _ms(times, 95)}
 
 
 def _ms(times: list[float], pct: int) -> float:
