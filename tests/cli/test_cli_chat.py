@@ -42,3 +42,24 @@ def test_the_console_script_reports_bad_input_with_exit_code_2(tmp_path: Path) -
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "not_a_dataset" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_at_the_prompt_leaves_chat_cleanly(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import signal
+    import time
+
+    exe = Path(sys.executable).parent / "procmem"
+    env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
+    chat = subprocess.Popen([exe, "chat", "--model", f"local:{tiny_model_dir}"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert chat.stdout is not None
+        banner = chat.stdout.readline()  # printed once the model and memory are open, just before the prompt
+        assert "procmem chat on" in banner, banner
+        time.sleep(0.5)
+        chat.send_signal(signal.SIGINT)
+        _, stderr = chat.communicate(timeout=60)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, stderr
+    assert "Traceback" not in stderr
