@@ -3,7 +3,7 @@ and benchmark scripts (``eval/bench_*.py``). eval sits on top: it may import eve
 
 from procmem.eval.config import ARMS, TRAINED_ARMS, Arm, EvalConfig
 from procmem.eval.experiment import ArmScores, Experiment, PlaceboRetriever, finished_scores, run_experiment
-from procmem.eval.report import RESULTS_SCHEMA, Summary, bootstrap_ci, summarise, write_report
+from procmem.eval.report import RESULTS_SCHEMA, Summary, bootstrap_ci, majority_baselines, summarise, write_report
 
 __all__ = [
     "ARMS",
@@ -17,6 +17,7 @@ __all__ = [
     "Summary",
     "bootstrap_ci",
     "finished_scores",
+    "majority_baselines",
     "run_experiment",
     "summarise",
     "write_report",

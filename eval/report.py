@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, EvalConfig
 from procmem.eval.experiment import ArmScores
 
-__all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "summarise", "write_report"]
+__all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "majority_baselines", "summarise", "write_report"]
 
 RESULTS_SCHEMA = "procmem.eval.results/1"
 
@@ -99,6 +100,36 @@ def _mean(rows: Sequence[Sequence[bool]]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
+    """Per test and holdout suite, what always giving its most common gold answer scores on the very items
+    the arms answer (scored by the real verifier): the floor an accuracy must clear to mean anything.
+    None for a suite whose verifier holds no gold answer as text."""
+    from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier, reference_answer
+
+    sized = [(s, config.n_test) for s in config.train_suites]
+    sized += [(s, config.n_holdout) for s in config.holdout_suites] if config.n_holdout else []
+    baselines: dict[str, dict[str, Any] | None] = {}
+    for suite, n in sized:
+        tasks = load_suite(suite, split="test", n=n)
+        golds = [g for g in map(reference_answer, tasks) if g is not None]
+        if not tasks or not golds:
+            baselines[suite] = None
+            continue
+        answer = Counter(golds).most_common(1)[0][0]
+        passed = sum(build_verifier(task).verify(answer).passed for task in tasks)
+        baselines[suite] = {"answer": answer, "accuracy": passed / len(tasks), "n": len(tasks)}
+    return baselines
+
+
+def _pooled_baseline(baselines: dict[str, dict[str, Any] | None], suites: Sequence[str]) -> float | None:
+    rows = [baselines.get(s) for s in suites]
+    if not rows or any(r is None for r in rows):
+        return None
+    known = [r for r in rows if r is not None]
+    return sum(r["accuracy"] * r["n"] for r in known) / sum(r["n"] for r in known)
+
+
 def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, meta: dict[str, Any]) -> dict[str, Any]:
     """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results document."""
     summaries = summarise(scores, config)
@@ -120,6 +151,7 @@ def _results(summaries: Sequence[Summary], config: EvalConfig, out: Path, meta: 
         "arms": {arm: _summary_dict(s) for arm, s in final.items()},
         "rounds": [_summary_dict(s) for s in summaries],
         "collection": _collection(out, config),
+        "majority_baseline": majority_baselines(config),
     }
 
 
@@ -171,12 +203,17 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         lines.append(f"| {s.arm} | {_pct(s.test_accuracy)} | {_ci(s.test_ci95)} | {_pct(s.holdout_accuracy)} | "
                      f"{_ci(s.holdout_ci95)} | {s.seeds} | {s.train_examples:.0f} | {s.tokens:.0f} | "
                      f"{s.wall_time_s:.0f} |")
+    baselines = results["majority_baseline"]
+    lines += ["", f"Majority-answer baseline (always the most common gold answer, same items): test "
+              f"{_pct(_pooled_baseline(baselines, config.train_suites))}, holdout "
+              f"{_pct(_pooled_baseline(baselines, config.holdout_suites))}."]
     suites = sorted(final[0].per_suite) if final else []
     lines += ["", "## Per task (test acc % [95% CI], final round)", "",
               "| arm | " + " | ".join(map(_short, suites)) + " |", "|---|" + "---:|" * len(suites)]
     for s in final:
         lines.append(f"| {s.arm} | " + " | ".join(f"{_pct(s.per_suite[x])} {_ci(s.per_suite_ci95[x])}"
                                                  for x in suites) + " |")
+    lines.append("| *majority answer* | " + " | ".join(_baseline_cell(baselines.get(x)) for x in suites) + " |")
     lines += ["", "## By round (test acc %)", "", "| arm | " + " | ".join(f"r{r}" for r in
               range(1, config.rounds + 1)) + " |", "|---|" + "---:|" * config.rounds]
     for arm in dict.fromkeys(s.arm for s in summaries):
@@ -190,6 +227,10 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
                      f"{row['tokens']} | {row['wall_time_s']:.0f} |")
     lines += ["", "![accuracy by round](accuracy_by_round.png)", "", "![accuracy by task](accuracy_by_task.png)", ""]
     return "\n".join(lines)
+
+
+def _baseline_cell(baseline: dict[str, Any] | None) -> str:
+    return "n/a" if baseline is None else f"{_pct(baseline['accuracy'])} (`{baseline['answer'][:12]}`)"
 
 
 def _plot_rounds(summaries: Sequence[Summary], path: Path) -> None:

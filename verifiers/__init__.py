@@ -17,7 +17,14 @@ Each module's docstring documents its spec. A new kind registers itself with
 from importlib import import_module
 from importlib.util import find_spec
 
-from procmem.verifiers.base import Verifier, VerifierFactory, build_verifier, register_verifier, verifier_kinds
+from procmem.verifiers.base import (
+    Verifier,
+    VerifierFactory,
+    build_verifier,
+    reference_answer,
+    register_verifier,
+    verifier_kinds,
+)
 from procmem.verifiers.exact import ExactVerifier
 from procmem.verifiers.math import MathVerifier
 from procmem.verifiers.numeric import NumericVerifier
@@ -37,6 +44,7 @@ __all__ = [
     "Verifier",
     "VerifierFactory",
     "build_verifier",
+    "reference_answer",
     "register_verifier",
     "verifier_kinds",
 ]

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from procmem.core import ProcmemError, Task, Verdict
 
-__all__ = ["Verifier", "VerifierFactory", "build_verifier", "register_verifier", "verifier_kinds"]
+__all__ = ["Verifier", "VerifierFactory", "build_verifier", "reference_answer", "register_verifier", "verifier_kinds"]
 
 
 @runtime_checkable
@@ -49,3 +49,10 @@ def build_verifier(task: Task) -> Verifier:
         raise ProcmemError(f"unknown verifier spec {task.verifier!r}", where=f"task {task.id}",
                            fix=f"use one of: {', '.join(f'{k}:...' for k in verifier_kinds())}")
     return factory(argument, task)
+
+
+def reference_answer(task: Task) -> str | None:
+    """The task's gold answer where its verifier holds one as text (``exact:``, ``rg:`` with a stored
+    answer), else None. For baselines and reports only: never show it to a model."""
+    reference = getattr(build_verifier(task), "reference", None)
+    return reference if isinstance(reference, str) and reference.strip() else None

@@ -28,6 +28,10 @@ def normalize(text: str) -> str:
 class ExactVerifier:
     gold: str
 
+    @property
+    def reference(self) -> str:
+        return self.gold
+
     def verify(self, answer: str) -> Verdict:
         got = normalize(answer)
         if got == normalize(self.gold):

@@ -143,6 +143,12 @@ class RGVerifier:
     dataset: Any
     entry: Mapping[str, Any]
 
+    @property
+    def reference(self) -> str | None:
+        """The entry's stored gold answer (None for tasks scored by simulation)."""
+        gold = self.entry.get("answer")
+        return gold.strip() if isinstance(gold, str) else None
+
     def verify(self, answer: str) -> Verdict:
         got = answer.strip()
         gold = self.entry.get("answer")

@@ -87,6 +87,9 @@ def test_cli_runs_the_smoke_config_and_writes_the_report(tmp_path: Path) -> None
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| pmd |" in report and "accuracy_by_round.png" in report
+    assert "Majority-answer baseline" in report and "| *majority answer* |" in report
+    assert set(results["majority_baseline"]) == {*results["config"]["train_suites"],
+                                                 *results["config"]["holdout_suites"]}
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_items() -> None:
@@ -149,3 +152,15 @@ def _toml(config: EvalConfig) -> str:
     lines = [f"{key} = {json.dumps(value)}" for key, value in top.items()]
     smoke = (REPO / "eval" / "configs" / "smoke.toml").read_text()
     return "\n".join(lines) + "\n\n" + smoke[smoke.index("[distill]"):]
+
+
+def test_the_majority_answer_baseline_scores_the_most_common_gold_answer(tmp_path: Path) -> None:
+    from procmem.eval import majority_baselines
+
+    rows = [{"id": f"m{i}", "prompt": f"Question {i}?", "verifier": f"exact:{gold}", "split": "test"}
+            for i, gold in enumerate(["yes", "yes", "no", "Yes."])]
+    file = tmp_path / "majority.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = _config(tmp_path, train_suites=(str(file),), n_test=4, n_holdout=0)
+    baseline = majority_baselines(config)[str(file)]
+    assert baseline == {"answer": "yes", "accuracy": 0.75, "n": 4}  # "Yes." is the same answer to exact:

@@ -12,7 +12,7 @@ import pytest
 
 from procmem.core import ProcmemError, Task, Verdict
 from procmem.tasks import load_suite
-from procmem.verifiers import RGVerifier, build_verifier, verifier_kinds
+from procmem.verifiers import RGVerifier, build_verifier, reference_answer, verifier_kinds
 from procmem.verifiers import math as math_verifier
 from procmem.verifiers._feedback import leaks, safe_feedback
 from procmem.verifiers.numeric import parse_number
@@ -139,6 +139,13 @@ def test_rg_passes_only_a_full_score_and_strips_first(chain_task: Task) -> None:
     partial = verifier.verify(f"{gold} is my answer")
     assert 0.0 < partial.score < 1.0 and not partial.passed
     assert partial.feedback == "expected an integer and nothing else"  # quoting the answer would show the gold
+
+
+def test_reference_answers_come_from_verifiers_that_hold_one(chain_task: Task) -> None:
+    assert reference_answer(chain_task) == _gold(chain_task)
+    assert build_verifier(chain_task).verify(reference_answer(chain_task) or "").passed
+    assert reference_answer(Task(id="e", prompt="p", verifier="exact:New York")) == "New York"
+    assert reference_answer(Task(id="r", prompt="p", verifier="regex:[0-9]+")) is None
 
 
 def test_rg_scorer_that_raises_is_a_failed_verdict() -> None:
