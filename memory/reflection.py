@@ -35,7 +35,7 @@ __all__ = [
     "reflection_prompt",
 ]
 
-REFLECTION_FORMAT = "2"
+REFLECTION_FORMAT = "3"
 """Version of the prompts and parser; part of every problem's reflection signature, so that a new format
 reflects again."""
 MIN_CHARS = 15
@@ -79,7 +79,8 @@ PATTERN:"""
 _ECHOES = ("instead of 1000", "conversion factor", "kilometre", "colours", "which side each",
            "what made an answer pass", "what went wrong and how to avoid it")
 _ANSWER_CLAIM = re.compile(
-    r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$", re.IGNORECASE)
+    r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
+    r"|^[^,;]{1,24}?\s+(is|was)\s+the\s+(correct\s+|final\s+|right\s+)?answer[.!]?$", re.IGNORECASE)
 """An item that only states an answer ("The answer is 10.") is not advice, and is often wrong."""
 
 _PLACEHOLDER = re.compile(r"<[^<>]{3,}>")

@@ -64,6 +64,7 @@ def test_json_objects_and_lists_parse(text: str) -> None:
 @pytest.mark.parametrize(("text", "reason"), [
     ("STRATEGY: ok", "length"),
     ("LESSON: The answer is 10 - 3 = 7.", "states an answer"),
+    ("STRATEGY: 10 is the answer.", "states an answer"),  # written by the bundled model
     ("LESSON: Multiplied by 100 instead of 1000 -> one kilometre is 1000 metres.", "echoes"),
     ("STRATEGY: <what made an answer pass, as a rule for similar problems>", "placeholder"),
     ("LESSON: 12 + 12 = 24 !!! ### 12 12 12 12", "words"),
