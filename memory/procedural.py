@@ -238,8 +238,9 @@ class ProceduralMemory(ExperienceMemory):
             where: dict[str, Scalar] = {problem_flag(key): True, "status": "active", "split": "train"}
             for record in self.store.scan(INSIGHT, where=where):
                 entry = _entry_or_none(record)
-                if entry is not None:
-                    scored.append((similarity * trust(entry, policy, self.config.hygiene), entry))
+                if entry is None or (task.split == "test" and own in entry.problem_ids):
+                    continue  # merged across the task's own problem: reflected on its own attempts
+                scored.append((similarity * trust(entry, policy, self.config.hygiene), entry))
         return _top_advice(scored, cfg.insights)
 
     def _patterns_for(self, vector: npt.NDArray[np.float32], policy: str | None) -> tuple[Advice, ...]:

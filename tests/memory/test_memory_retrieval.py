@@ -110,6 +110,18 @@ def test_a_test_task_never_sees_its_own_problem_even_when_train_holds_it(filled:
     assert DIGITS in found.text  # patterns are general; they cite train problems only
 
 
+def test_a_test_task_never_sees_an_insight_merged_across_its_own_problem(filled: ProceduralMemory) -> None:
+    from dataclasses import replace
+
+    near = "What is 23 + 46?"
+    filled.record(episode("near", near, ["69"]))
+    merged = replace(entry("Line the digits up by place value.", problem=problem_key(near)),
+                     problem_ids=(problem_key(near), problem_key(SUM)))
+    filled.write_entry(merged)
+    assert "place value" in filled.retriever().retrieve(_task(SUM, split="train"), 3).text
+    assert "place value" not in filled.retriever().retrieve(_task(SUM, split="test"), 3).text
+
+
 def test_retired_entries_are_never_retrieved(filled: ProceduralMemory) -> None:
     carry = entry(CARRY, problem=problem_key(SUM))
     filled.store.update("insight", [carry.id], lambda r: {"status": "retired"})
