@@ -69,7 +69,7 @@ def install_log_redaction() -> None:
         record = make(*args, **kwargs)
         try:
             record.msg, record.args = redact(record.getMessage()), None
-        except (TypeError, ValueError):  # a malformed %-format: logging reports that itself, unredacted args go
+        except (TypeError, ValueError):  # a malformed %-format: keep the bare message, redacted, without its args
             record.msg, record.args = redact(str(record.msg)), None
         return record
 
