@@ -169,10 +169,10 @@ def _writes(scratch: Path, n: int) -> dict[str, Any]:
     from procmem.memory import HashingEmbedder
 
     with ChromaStore.embedded(scratch / "writes-store-only", HashingEmbedder()) as store:
-        memory = ExperienceMemory(store)
+        store_only = ExperienceMemory(store)
         start = time.perf_counter()
         for episode in episodes[:n]:
-            memory.record(episode)
+            store_only.record(episode)
         out["store_only_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
     return out
 
