@@ -43,7 +43,8 @@ from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, 
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
-__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "finished_scores", "run_experiment"]
+__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Suites", "finished_scores", "load_held_out", "load_suites",
+           "run_experiment"]
 
 _BATCH = 16
 _CONFIG_FILE = "config.json"
@@ -79,6 +80,21 @@ class Suites:
     train: dict[str, list[Task]]
     test: dict[str, list[Task]]
     holdout: dict[str, list[Task]]
+
+
+def load_suites(config: EvalConfig) -> Suites:
+    """The experiment's items: train, held-out test and general-holdout tasks, the same on every run."""
+    test, holdout = load_held_out(config)
+    return Suites(train={s: load_suite(s, split="train", n=config.n_train) for s in config.train_suites},
+                  test=test, holdout=holdout)
+
+
+def load_held_out(config: EvalConfig) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
+    """The items every arm answers: each train suite's test split, and the general-holdout suites."""
+    test = {s: load_suite(s, split="test", n=config.n_test) for s in config.train_suites}
+    holdout = {s: load_suite(s, split="test", n=config.n_holdout) for s in config.holdout_suites} \
+        if config.n_holdout else {}
+    return test, holdout
 
 
 class PlaceboRetriever:
@@ -122,7 +138,7 @@ class Experiment:
             raise ProcmemError(f"seed(s) {sorted(unknown)} are not in the config's seeds {list(self.config.seeds)}",
                                where="--seed", fix="pick seeds listed in the config")
         self._check_out_dir()
-        suites = self._suites()
+        suites = load_suites(self.config)
         scores: list[ArmScores] = []
         with self._make_progress() as progress:
             self._progress = progress
@@ -320,15 +336,6 @@ class Experiment:
         return render_prompt(task.prompt, memory=memory)
 
     # -- plumbing -----------------------------------------------------------------------------------
-
-    def _suites(self) -> Suites:
-        cfg = self.config
-        return Suites(
-            train={s: load_suite(s, split="train", n=cfg.n_train) for s in cfg.train_suites},
-            test={s: load_suite(s, split="test", n=cfg.n_test) for s in cfg.train_suites},
-            holdout={s: load_suite(s, split="test", n=cfg.n_holdout) for s in cfg.holdout_suites}
-            if cfg.n_holdout else {},
-        )
 
     def _generation(self) -> GenerationConfig:
         return GenerationConfig(max_tokens=self.config.max_tokens, temperature=0.0)

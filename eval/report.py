@@ -11,7 +11,7 @@ from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, EvalConfig
-from procmem.eval.experiment import ArmScores
+from procmem.eval.experiment import ArmScores, load_held_out
 
 __all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "majority_baselines", "summarise", "write_report"]
 
@@ -104,16 +104,13 @@ def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
     """Per test and holdout suite, what always giving its most common gold answer scores on the very items
     the arms answer (scored by the real verifier): the floor an accuracy must clear to mean anything.
     None for a suite whose verifier holds no gold answer as text."""
-    from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier, reference_answer
 
-    sized = [(s, config.n_test) for s in config.train_suites]
-    sized += [(s, config.n_holdout) for s in config.holdout_suites] if config.n_holdout else []
+    test, holdout = load_held_out(config)
     baselines: dict[str, dict[str, Any] | None] = {}
-    for suite, n in sized:
-        tasks = load_suite(suite, split="test", n=n)
+    for suite, tasks in {**test, **holdout}.items():
         golds = [g for g in map(reference_answer, tasks) if g is not None]
-        if not tasks or not golds:
+        if not golds:
             baselines[suite] = None
             continue
         answer = Counter(golds).most_common(1)[0][0]
@@ -123,10 +120,10 @@ def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
 
 
 def _pooled_baseline(baselines: dict[str, dict[str, Any] | None], suites: Sequence[str]) -> float | None:
-    rows = [baselines.get(s) for s in suites]
-    if not rows or any(r is None for r in rows):
+    """The baseline over all items of ``suites``; None unless every one of them has a baseline."""
+    known = [row for s in suites if (row := baselines.get(s)) is not None]
+    if not known or len(known) < len(suites):
         return None
-    known = [r for r in rows if r is not None]
     return sum(r["accuracy"] * r["n"] for r in known) / sum(r["n"] for r in known)
 
 

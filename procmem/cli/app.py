@@ -104,4 +104,3 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-

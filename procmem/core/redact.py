@@ -53,9 +53,17 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts secrets from every record's final message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
+        _redact_record(record)
         return True
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    """Replace the record's message by its formatted, redacted text (args included, then dropped)."""
+    try:
+        record.msg = redact(record.getMessage())
+    except (TypeError, ValueError):  # a malformed %-format: keep the bare message, redacted, without its args
+        record.msg = redact(str(record.msg))
+    record.args = None
 
 
 def install_log_redaction() -> None:
@@ -67,10 +75,7 @@ def install_log_redaction() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        try:
-            record.msg, record.args = redact(record.getMessage()), None
-        except (TypeError, ValueError):  # a malformed %-format: keep the bare message, redacted, without its args
-            record.msg, record.args = redact(str(record.msg)), None
+        _redact_record(record)
         return record
 
     factory._procmem_redacts = True  # type: ignore[attr-defined]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from cli_helpers import PROCMEM
 from typer.testing import CliRunner
 
 from procmem.cli import app
@@ -34,10 +34,9 @@ def test_chat_verifies_attached_tasks_records_them_and_keeps_the_thread(
 
 
 def test_the_console_script_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "procmem"
-    assert exe.exists(), "the procmem console script is not installed beside this python"
+    assert PROCMEM.exists(), "the procmem console script is not installed beside this python"
     env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
-    result = subprocess.run([exe, "solve", "--suite", "rg:not_a_dataset", "--model", "local:tiny"],
+    result = subprocess.run([PROCMEM, "solve", "--suite", "rg:not_a_dataset", "--model", "local:tiny"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "not_a_dataset" in result.stderr
@@ -48,9 +47,8 @@ def test_ctrl_c_at_the_prompt_leaves_chat_cleanly(tmp_path: Path, tiny_model_dir
     import signal
     import time
 
-    exe = Path(sys.executable).parent / "procmem"
     env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
-    chat = subprocess.Popen([exe, "chat", "--model", f"local:{tiny_model_dir}"], stdin=subprocess.PIPE,
+    chat = subprocess.Popen([PROCMEM, "chat", "--model", f"local:{tiny_model_dir}"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert chat.stdout is not None

@@ -8,16 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import PROCMEM
 from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import Home
-
-PROCMEM = Path(sys.executable).parent / "procmem"
 
 
 def _invoke(runner: CliRunner, home: Path, *args: str):  # type: ignore[no-untyped-def]

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import PROCMEM
 
-PROCMEM = Path(sys.executable).parent / "procmem"
 SECRET = "procmem-test-secret-value-123456"
 
 TASK = {
