@@ -41,9 +41,6 @@ from procmem.memory.entries import (
     Kind,
     Status,
     entry_id,
-    normalize_question,
-    policy_version,
-    problem_key,
 )
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
 from procmem.memory.numpy_store import InMemoryStore
@@ -59,7 +56,6 @@ from procmem.memory.procedural import (
 from procmem.memory.reflection import (
     ParsedItem,
     ParsedReflection,
-    ReflectionLLM,
     parse_reflection,
     pattern_prompt,
     reflection_primer,
@@ -115,7 +111,6 @@ __all__ = [
     "ProceduralRetriever",
     "PruneReport",
     "ReflectionConfig",
-    "ReflectionLLM",
     "ReflectionReport",
     "Retrieval",
     "RetrievalConfig",
@@ -130,13 +125,10 @@ __all__ = [
     "fit_context",
     "fit_memory",
     "group_problems",
-    "normalize_question",
     "open_memory",
     "parse_reflection",
     "parse_since",
     "pattern_prompt",
-    "policy_version",
-    "problem_key",
     "reflection_primer",
     "reflection_prompt",
     "render_memory",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from procmem.core import Episode
-from procmem.memory.entries import policy_version, problem_key
+from procmem.core.keys import policy_version, problem_key
 
 __all__ = ["Problem", "group_problems"]
 

@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from procmem.core import Episode, ProcmemError, Task, utc_now
+from procmem.core.keys import policy_version, problem_key
+from procmem.core.llm import LLM
 from procmem.memory._records import check_metadata
 from procmem.memory.base import LEVELS, Level, MemoryRecord, Scalar, VectorMemoryStore
 from procmem.memory.config import MemoryConfig
@@ -35,9 +37,7 @@ from procmem.memory.entries import (
     Entry,
     EntryLevel,
     entry_id,
-    policy_version,
     problem_flag,
-    problem_key,
 )
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
 from procmem.memory.hygiene import (
@@ -50,7 +50,6 @@ from procmem.memory.hygiene import (
 from procmem.memory.problems import Problem, group_problems
 from procmem.memory.reflection import (
     REFLECTION_FORMAT,
-    ReflectionLLM,
     parse_reflection,
     pattern_prompt,
     reflection_generation,
@@ -168,7 +167,7 @@ class ProceduralMemory(ExperienceMemory):
         the version now solving, whose validated entries are trusted fully (co-evolution)."""
         return ProceduralRetriever(self, policy=policy, max_chars=max_chars)
 
-    def recorder(self, *, reflector: ReflectionLLM | None = None,
+    def recorder(self, *, reflector: LLM | None = None,
                  cost: ReflectionReport | None = None) -> Callable[[Episode], None]:
         """The agent's ``recorder``: :meth:`after_episode` with inline reflection by ``reflector``; what the
         reflections did and cost is summed into ``cost`` (the agent records from several threads)."""
@@ -182,7 +181,7 @@ class ProceduralMemory(ExperienceMemory):
 
         return record
 
-    def after_episode(self, episode: Episode, *, reflector: ReflectionLLM | None = None) -> AfterEpisode:
+    def after_episode(self, episode: Episode, *, reflector: LLM | None = None) -> AfterEpisode:
         """Everything that follows a finished episode, idempotently:
 
         1. record it (level 1);
@@ -255,7 +254,7 @@ class ProceduralMemory(ExperienceMemory):
 
     # --- reflection ------------------------------------------------------------------------------
 
-    def reflect(self, llm: ReflectionLLM, *, since: str | None = None, max_calls: int | None = None,
+    def reflect(self, llm: LLM, *, since: str | None = None, max_calls: int | None = None,
                 policy: str | None = None, consolidate: bool = True, progress: Progress | None = None
                 ) -> ReflectionReport:
         """The batch job: reflect on every judged problem with an episode finished at or after ``since``
@@ -279,13 +278,13 @@ class ProceduralMemory(ExperienceMemory):
             report.evicted += self._enforce_cap(level, policy=policy)
         return report
 
-    def consolidate(self, llm: ReflectionLLM | None = None, *, max_calls: int | None = None) -> ReflectionReport:
+    def consolidate(self, llm: LLM | None = None, *, max_calls: int | None = None) -> ReflectionReport:
         """Only the pattern step of :meth:`reflect`; without ``llm`` every pattern is extractive."""
         report = ReflectionReport()
         self._consolidate(llm, report, max_calls=max_calls)
         return report
 
-    def _reflect(self, llm: ReflectionLLM, problems: Sequence[Problem], report: ReflectionReport, *,
+    def _reflect(self, llm: LLM, problems: Sequence[Problem], report: ReflectionReport, *,
                  policy: str | None, max_calls: int | None, progress: Progress | None) -> None:
         cfg = self.config.reflection
         reflector = policy_version(llm)
@@ -340,7 +339,7 @@ class ProceduralMemory(ExperienceMemory):
             else:
                 report.insights_merged += 1
 
-    def _consolidate(self, llm: ReflectionLLM | None, report: ReflectionReport, *, max_calls: int | None) -> None:
+    def _consolidate(self, llm: LLM | None, report: ReflectionReport, *, max_calls: int | None) -> None:
         cfg = self.config.reflection
         insights = [e for r in self.store.scan(INSIGHT, where={"status": "active"})
                     if (e := _entry_or_none(r)) is not None]
@@ -366,7 +365,7 @@ class ProceduralMemory(ExperienceMemory):
                     report.patterns_merged += 1
                 covered.append(set(cluster.member_ids))
 
-    def _pattern_entry(self, cluster: Cluster, split: str, llm: ReflectionLLM | None,
+    def _pattern_entry(self, cluster: Cluster, split: str, llm: LLM | None,
                        report: ReflectionReport) -> Entry:
         """A pattern for ``cluster``: the LLM's summary when it is usable, else the medoid insight's text."""
         cfg = self.config.reflection

@@ -22,6 +22,7 @@ from procmem.cli.common import (
     print_json_line,
 )
 from procmem.core import Episode, ProcmemError
+from procmem.core.keys import policy_version
 from procmem.memory import (
     ENTRY_LEVELS,
     LEVELS,
@@ -31,7 +32,6 @@ from procmem.memory import (
     ProceduralMemory,
     open_memory,
     parse_since,
-    policy_version,
 )
 
 __all__ = ["memory_app"]
