@@ -754,6 +754,9 @@ def harden(box: Box) -> dict:
     Without a minimal root for the worker, which would share this view, paths in ``box["hide"]`` are
     covered first."""
     setup: dict = {"mount": "host"}
+    if box["hostname"]:
+        name = box["hostname"].encode()
+        _check(_libc().sethostname(name, len(name)), "sethostname")
     if box["mountns"]:
         private_tmp(box["tmp_mb"])
         hide_list = box["hide"] if box["root"] is None else []

@@ -99,6 +99,7 @@ _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _STARTUP_S = 10.0  # most time for the sandbox to start; the program's time limit counts from then
 _DRAIN_S = 1.0  # how long to wait for the sandbox to exit after it reported done
 _MAX_RESULT_BYTES = 4 << 20
+_HOSTNAME = "sandbox"  # the host's name is not the program's business
 _SELF_CHECK_S = 20.0  # time limit of the run that checks the minimal root once per process
 _SYSTEM_DIRS = frozenset(["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media",
                           "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
@@ -153,6 +154,7 @@ class Box(TypedDict):
     hide: list[str]  # directories covered by an empty tmpfs when there is no minimal root
     root: RootPlan | None  # the worker's minimal root, or None to share the supervisor's view
     tree: list[str]  # the paths the worker can see (see _sandbox_child.in_tree); others are scrubbed
+    hostname: str | None  # set in the sandbox's own UTS namespace (None: there is none)
     deadline_s: float  # the supervisor's own alarm: it exits after this long whatever happens
 
 
@@ -287,7 +289,7 @@ def _probe(*, force_weak: bool) -> IsolationSupport:
     root = os.geteuid() == 0
     notes: list[str] = []
     python, drop_uid = _pick_python(root, notes)
-    weak = IsolationSupport("weak", (), (), python, drop_uid, tree=(*IsolationSupport.tree, python))
+    weak = IsolationSupport("weak", (), (), python, drop_uid)
     if force_weak:
         return replace(weak, notes=(f"forced by {ISOLATION_ENV}=weak",))
     unshare = shutil.which("unshare") or ("/usr/bin/unshare" if os.path.exists("/usr/bin/unshare") else None)
@@ -296,7 +298,8 @@ def _probe(*, force_weak: bool) -> IsolationSupport:
         return replace(weak, notes=tuple(notes))
     user = [] if root else ["--map-root-user"]
     full = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
-    tries = [(user + full, ("net", "pid", "mount")), ([*user, "--net"], ("net",))]
+    tries = [([*user, *full, "--uts", "--ipc"], ("net", "pid", "mount", "uts", "ipc")),
+             (user + full, ("net", "pid", "mount")), ([*user, "--net"], ("net",))]
     for flags, names in tries:
         out, error = _capture([unshare, *flags, "--", python, "-I", "-S", "-B", "-c", _child_source(), "probe"])
         found = _last_json(out)
@@ -523,7 +526,7 @@ def _run(support: IsolationSupport, job: Job, limits: SandboxLimits, *, hide: Se
     uids = _fresh_uids() if support.drop_uid else None
     workdir = tempfile.mkdtemp(prefix="procmem-sbx-", dir=tmp_root)
     mountns = "mount" in support.namespaces
-    tree = (*support.tree, *(() if mountns else (workdir,)))
+    tree = support.tree if mountns else (workdir, support.python, *DEVICES)  # the host's /tmp and /proc are shared
     started = time.monotonic()
     proc: subprocess.Popen[bytes] | None = None
     run: SandboxRun | None = None
@@ -543,6 +546,7 @@ def _run(support: IsolationSupport, job: Job, limits: SandboxLimits, *, hide: Se
                   workdir=workdir, python=support.python, env=env, src=source,
                   worker_limits=_worker_limits(limits), supervisor_limits=_supervisor_limits(limits),
                   hide=hidden, root=root, tree=list(tree),
+                  hostname=_HOSTNAME if "uts" in support.namespaces else None,
                   deadline_s=limits.timeout_s + _STARTUP_S + _DRAIN_S)
         config = json.dumps(Message(job=job, sandbox=box)).encode()
         argv = [*support.unshare, "--"] if support.unshare else []
@@ -779,8 +783,8 @@ def _isolation_facts(support: IsolationSupport, run: SandboxRun, dropped_uid: bo
     if level == "strong" and (failures or setup.get("capabilities") not in (None, "none") or not minimal):
         level = "partial"
     if minimal and support.root is not None:
-        filesystem = (f"minimal root: the interpreter, its standard library and {len(support.root['binds']) - 1} "
-                      f"more files it loads, read-only; private /tmp; own /proc; {', '.join(DEVICES)}")
+        filesystem = (f"minimal root: {len(support.root['binds'])} read-only binds (the interpreter, its standard "
+                      f"library, the libraries they load); private /tmp; own /proc; {', '.join(DEVICES)}")
     elif setup.get("mount") == "private":
         filesystem = "host, read-only, private /tmp"
     else:

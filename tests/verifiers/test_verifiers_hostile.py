@@ -546,7 +546,8 @@ def solve():
 
 @needs_strong
 def test_host_files_cannot_be_read(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    """/etc/passwd, /etc/hostname, the repository, PROCMEM_HOME and a file in the host's /home: none opens."""
+    """/etc/passwd, /etc/hostname, the repository, PROCMEM_HOME and a file in the host's /home: none opens.
+    (Nor does the host's name show, where the sandbox has a UTS namespace.)"""
     marker = "procmem-host-secret-" + secrets.token_hex(8)
     home = host.root / "procmem-home"
     (home / "memory").mkdir(parents=True)
@@ -579,12 +580,13 @@ def solve():
             opened.append(path)
         except OSError as e:
             errors.add(e.strerror)
-    print('{REPORT}' + json.dumps({{'opened': opened, 'errors': sorted(errors)}}))
+    print('{REPORT}' + json.dumps({{'opened': opened, 'errors': sorted(errors), 'hostname': os.uname().nodename}}))
     return len(opened)
 """
         verdict, run = _attack(host, code)
         found = _report(run)
-        assert found == {"opened": [], "errors": ["No such file or directory"]}
+        hostname = "sandbox" if "uts" in isolation_support().namespaces else socket.gethostname()
+        assert found == {"opened": [], "errors": ["No such file or directory"], "hostname": hostname}
         _assert_reason(verdict, "solve() returned 0")
         assert marker not in run.stdout + run.stderr + verdict.feedback
     finally:
@@ -636,7 +638,9 @@ def solve():
         raise OSError(str(e) + ' and /tmp/mine.txt and __REPO__/verifiers')
 """
     verdict, _ = _attack(host, code)
-    _assert_reason(verdict, f"raised OSError: [Errno 2] No such file or directory: '{HIDDEN_PATH}' and /tmp/mine.txt "
+    private_tmp = "mount" in isolation_support().namespaces  # else /tmp is the host's
+    mine = "/tmp/mine.txt" if private_tmp else HIDDEN_PATH
+    _assert_reason(verdict, f"raised OSError: [Errno 2] No such file or directory: '{HIDDEN_PATH}' and {mine} "
                             f"and {HIDDEN_PATH}")
     assert "/home/alice" not in verdict.feedback and str(REPO) not in verdict.feedback
 
