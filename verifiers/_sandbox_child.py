@@ -756,7 +756,11 @@ def harden(box: Box) -> dict:
     setup: dict = {"mount": "host"}
     if box["hostname"]:
         name = box["hostname"].encode()
-        _check(_libc().sethostname(name, len(name)), "sethostname")
+        try:
+            _check(_libc().sethostname(name, len(name)), "sethostname")
+            setup["hostname"] = box["hostname"]
+        except OSError:  # the host's name shows; everything else still holds
+            setup["hostname"] = "host's"
     if box["mountns"]:
         private_tmp(box["tmp_mb"])
         hide_list = box["hide"] if box["root"] is None else []
