@@ -10,8 +10,9 @@ The agent's view::
 
 Layers: :mod:`.base` (protocols) ← :mod:`.embedding`, :mod:`.chroma_store`, :mod:`.numpy_store` (stores by
 level) ← :mod:`.experiences` (level 1) ← :mod:`.entries`, :mod:`.problems`, :mod:`.reflection`,
-:mod:`.consolidation`, :mod:`.hygiene` (levels 2-3) ← :mod:`.retrieval` (the seam and THE renderer) ←
-:mod:`.procedural` (all of it together).
+:mod:`.consolidation` (levels 2-3) ← :mod:`.hygiene` (the rules, and writes and eviction that apply them) ←
+:mod:`.retrieval` (the seam, every retriever and THE renderer), :mod:`.learning` (reflection and
+consolidation jobs), :mod:`.transfer` (export/import) ← :mod:`.procedural` (the facade over all of it).
 """
 
 from __future__ import annotations
@@ -43,16 +44,11 @@ from procmem.memory.entries import (
     entry_id,
 )
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
+from procmem.memory.hygiene import PruneReport
+from procmem.memory.learning import ReflectionReport
 from procmem.memory.numpy_store import InMemoryStore
-from procmem.memory.problems import Problem, group_problems
-from procmem.memory.procedural import (
-    AfterEpisode,
-    ProceduralMemory,
-    ProceduralRetriever,
-    PruneReport,
-    ReflectionReport,
-    parse_since,
-)
+from procmem.memory.problems import Grouping, Problem, group_problems
+from procmem.memory.procedural import AfterEpisode, ProceduralMemory
 from procmem.memory.reflection import (
     ParsedItem,
     ParsedReflection,
@@ -68,6 +64,7 @@ from procmem.memory.retrieval import (
     ExperienceRetriever,
     MemoryContext,
     NoMemory,
+    ProceduralRetriever,
     Retrieval,
     Retriever,
     WorkedExample,
@@ -92,6 +89,7 @@ __all__ = [
     "EntryLevel",
     "ExperienceMemory",
     "ExperienceRetriever",
+    "Grouping",
     "HashingEmbedder",
     "HygieneConfig",
     "InMemoryStore",
@@ -127,7 +125,6 @@ __all__ = [
     "group_problems",
     "open_memory",
     "parse_reflection",
-    "parse_since",
     "pattern_prompt",
     "reflection_primer",
     "reflection_prompt",

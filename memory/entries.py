@@ -22,12 +22,15 @@ from procmem.memory.base import MemoryRecord, Scalar
 
 __all__ = [
     "ENTRY_LEVELS",
+    "INSIGHT",
     "KINDS",
+    "PATTERN",
     "Entry",
     "EntryLevel",
     "Kind",
     "Status",
     "entry_id",
+    "entry_or_none",
     "problem_flag",
 ]
 
@@ -36,6 +39,8 @@ Status = Literal["active", "retired"]
 EntryLevel = Literal["insight", "pattern"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 ENTRY_LEVELS: tuple[EntryLevel, ...] = get_args(EntryLevel)
+INSIGHT: EntryLevel = "insight"
+PATTERN: EntryLevel = "pattern"
 
 MAX_PROBLEM_FLAGS = 64
 """Problems flagged in an entry's metadata; an insight backed by more problems is surely a pattern too."""
@@ -185,6 +190,14 @@ class Entry:
             uses=self.uses + other.uses,
             stale_failures=0 if revalidated else self.stale_failures + other.stale_failures,
         )
+
+
+def entry_or_none(record: MemoryRecord) -> Entry | None:
+    """A stored insight or pattern; a record that is not a valid entry (e.g. written by hand) is None."""
+    try:
+        return Entry.from_record(record)
+    except ValueError:
+        return None
 
 
 def _strings(values: Any) -> tuple[str, ...]:
