@@ -26,7 +26,7 @@ from pydantic import Field
 
 from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, initial_state
 from procmem.agent.runner import SolveReport, solve_tasks
-from procmem.core import Episode, GenerationConfig, Home, Task, generation_for
+from procmem.core import Episode, GenerationConfig, Home, ProcmemError, Task, generation_for
 from procmem.core.config import Config
 from procmem.core.keys import policy_version
 from procmem.llm import LLM, Generation, MicroBatcher
@@ -138,6 +138,14 @@ class AgentSession:
         """Record a finished episode to memory (and reflect on it, with ``config.reflect``)."""
         if self.deps.recorder is not None:
             self.deps.recorder(episode)
+
+    def reflect(self, *, max_calls: int | None = None) -> ReflectionReport:
+        """The batch reflection job with this session's model: insights for the problems recorded since their last
+        reflection, then patterns across them (at most ``max_calls`` model calls)."""
+        if self.memory is None:
+            raise ProcmemError("this session has no memory to reflect on", where="AgentSession",
+                               fix="open it with a memory (AgentSession.open(..., memory=True))")
+        return self.memory.reflect(self.llm, max_calls=max_calls)
 
     # -- lifetime -----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 
 
 def main(model: str = "local:default", suite: str = SUITE, n: int = 32) -> DistillResult:
-    home = Home.resolve().ensure()  # --home, else $PROCMEM_HOME, else ~/.procmem
+    home = Home.resolve().ensure()  # $PROCMEM_HOME, else ~/.procmem
 
     # 1. Solve: the agent retrieves memory, answers, is verified, retries with the feedback, records each episode.
     with AgentSession.open(SessionConfig(model=model, attempts=2), home) as session:
@@ -23,8 +23,7 @@ def main(model: str = "local:default", suite: str = SUITE, n: int = 32) -> Disti
         print(f"solved {report.passed} of {report.n} train tasks")
 
         # 2. Reflect: the policy turns its verified episodes into insights (per problem) and patterns (across them).
-        assert session.memory is not None
-        reflection = session.memory.reflect(session.llm, max_calls=n)
+        reflection = session.reflect(max_calls=n)
         print(f"reflection: {reflection.insights_added} insights, {reflection.patterns_added} patterns")
 
     # 3. Distill: a teacher that reads the memory and the feedback writes corrections; the verifier keeps the good
@@ -37,4 +36,5 @@ def main(model: str = "local:default", suite: str = SUITE, n: int = 32) -> Disti
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    args = sys.argv[1:]
+    main(model=args[0] if args else "local:default", suite=args[1] if len(args) > 1 else SUITE)

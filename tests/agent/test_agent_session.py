@@ -12,7 +12,7 @@ import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from procmem.agent import AgentSession, SessionConfig, initial_state
-from procmem.core import Attempt, GenerationConfig, Home, Task, Verdict
+from procmem.core import Attempt, GenerationConfig, Home, ProcmemError, Task, Verdict
 from procmem.memory import open_memory
 
 SETTINGS = SessionConfig(attempts=2, generation=GenerationConfig(max_tokens=6), concurrency=4)
@@ -65,6 +65,8 @@ def test_without_memory_nothing_is_retrieved_or_recorded(spy: Any) -> None:
         reply = session.answer(_task(4))
         assert reply.memory_ids == () and reply.episode is not None
         assert session.retrieve(_task(4)).text == ""
+        with pytest.raises(ProcmemError, match="no memory to reflect on"):
+            session.reflect()
 
 
 def test_checkpoints_hold_typed_state_read_back_without_warnings(
