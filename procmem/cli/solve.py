@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from procmem.agent import SolveReport
 from procmem.cli.app import app
 from procmem.cli.common import (
     ADAPTER_HELP,
@@ -25,8 +24,11 @@ from procmem.cli.common import (
     print_json_line,
 )
 from procmem.core import Home, SolveConfig, config_from_flags, load_config, new_id
-from procmem.memory import ReflectionReport
 from procmem.tasks import load_suite
+
+if TYPE_CHECKING:
+    from procmem.agent import SolveReport
+    from procmem.memory import ReflectionReport
 
 __all__ = ["DEMO_SUITE", "run_solve"]
 
