@@ -7,13 +7,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from procmem.agent import AgentDeps, build_agent, initial_state
+from procmem.agent import initial_state
 from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
 from procmem.core import GenerationConfig, ProcmemError, Task, new_id
-from procmem.core.keys import policy_version
-from procmem.llm import load_llm
-from procmem.memory import open_memory
 from procmem.verifiers import build_verifier
 
 __all__: list[str] = []
@@ -34,14 +31,13 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
 ) -> None:
     """Chat with the agent; attach a verifier to a task with /verify SPEC."""
+    from procmem.agent import AgentSession, SessionConfig
+
     home = home_of(ctx)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
-    memory = open_memory(home.chroma)
-    deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
-                     retriever=memory.retriever(policy=policy_version(llm)), recorder=memory.recorder(),
-                     attempts=attempts, stream=True)
-    with open_checkpointer(home) as saver:
-        agent = build_agent(deps, checkpointer=saver)
+    settings = SessionConfig(model=model, attempts=attempts, generation=GenerationConfig(max_tokens=max_tokens))
+    with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
+            open_checkpointer(home) as saver:
+        agent = session.graph(checkpointer=saver, stream=True)
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}
         earlier = len(agent.get_state(config).values.get("turns", []))
         out_console.print(f"procmem chat on {model}, thread '{thread}' ({earlier} verified turns so far). "
@@ -88,8 +84,8 @@ def _run_turn(agent: Any, config: Any, task: Task) -> None:
         if mode == "custom":
             out_console.print(chunk["token"], end="", highlight=False, markup=False)
         elif "verify" in chunk:
-            verdict = chunk["verify"]["attempts"][-1]["verdict"]
-            mark = "[green]PASS[/]" if verdict["passed"] else f"[red]FAIL[/] {escape(verdict['feedback'])}"
+            verdict = chunk["verify"]["attempts"][-1].verdict
+            mark = "[green]PASS[/]" if verdict.passed else f"[red]FAIL[/] {escape(verdict.feedback)}"
             out_console.print(f"\n  {mark}", highlight=False)
         elif "generate" in chunk and not task.verifier:
             out_console.print()
