@@ -79,8 +79,16 @@ def _walk(command: Any, path: str) -> Iterator[CliCommand]:
 
 
 def _cell(text: str) -> str:
-    """One Markdown table cell: one line, pipes escaped, reST's double backquotes made Markdown code."""
-    return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
+    """One Markdown table cell: one line, reST's double backquotes made Markdown code, and pipes escaped
+    outside code spans (inside them Python-Markdown's tables keep a pipe as it is, and would show the escape)."""
+    parts = " ".join(text.split()).replace("``", "`").split("`")
+    return "`".join(part if i % 2 else _prose(part).replace("|", "\\|") for i, part in enumerate(parts))
+
+
+def _prose(text: str) -> str:
+    """Help text as Markdown prose: ``<`` and ``>`` escaped, or ``litellm:<provider/model>`` would lose its
+    placeholder to the HTML parser."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def cli_params(command: Any) -> list[Any]:
@@ -115,7 +123,7 @@ def cli_markdown() -> str:
                 names, help_text = record if record else (param.name, param.help or "")
                 if param.param_type_name == "argument" and not help_text:
                     help_text = param.help or ""
-                out.append(f"| `{_cell(names)}` | {_cell(help_text)} |")
+                out.append(f"| `{' '.join(names.split())}` | {_cell(help_text)} |")
             out.append("")
         subcommands = getattr(cmd, "commands", None)
         if subcommands:
@@ -134,7 +142,7 @@ def _dedent_help(text: str) -> str:
     import inspect
 
     # click's \b marks a paragraph that must not be rewrapped; Markdown needs no such mark.
-    return inspect.cleandoc(text).replace("\b\n", "")
+    return _prose(inspect.cleandoc(text).replace("\b\n", ""))
 
 
 def _anchor(title: str) -> str:
@@ -264,15 +272,16 @@ def _holders(classes: list[type]) -> dict[type, list[str]]:
 
 
 def _config_table(cls: type, out: list[str]) -> None:
-    out.append("| key | type | default | allowed | description |\n|---|---|---|---|---|")
+    out.append("| key | type | default | description |\n|---|---|---|---|")
     for name, field in cls.model_fields.items():  # type: ignore[attr-defined]
         nested = _nested_config(field.annotation)
         if nested is not None:
             link = f"[{nested.__name__}](#{nested.__name__.lower()})"
-            out.append(f"| `[{name}]` | {link} | section | | {_cell(field.description or '')} |")
+            out.append(f"| `[{name}]` | {link} | section | {_cell(field.description or '')} |")
             continue
-        out.append(f"| `{name}` | `{_cell(_type_name(field.annotation))}` | {_cell(_default(field))} | "
-                   f"{_cell(_constraints(field))} | {_cell(field.description or '')} |")
+        allowed = _constraints(field)
+        kind = f"`{_type_name(field.annotation)}`" + (f", {allowed}" if allowed else "")
+        out.append(f"| `{name}` | {_cell(kind)} | {_cell(_default(field))} | {_cell(field.description or '')} |")
     out.append("")
 
 
