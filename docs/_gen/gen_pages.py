@@ -13,9 +13,6 @@ import reference
 
 ROOT = reference.ROOT
 
-# The Python API pages read the sources from here (mkdocs.yml: mkdocstrings' `paths`).
-reference.source_tree(Path(__file__).resolve().parent / "_src")
-
 with mkdocs_gen_files.open("reference/cli.md", "a") as page:
     page.write("\n" + reference.cli_markdown())
 
