@@ -1,5 +1,6 @@
-"""Run by mkdocs-gen-files at build time: appends the generated CLI and configuration reference to their pages,
-and copies the evaluation results (reports and plots under eval/results/) into the site under evidence/results/."""
+"""Run by mkdocs-gen-files at build time: appends the generated CLI, configuration and Python API reference to
+their pages, and copies the evaluation results (reports and plots under eval/results/) into the site under
+evidence/results/."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ with mkdocs_gen_files.open("reference/cli.md", "a") as page:
 
 with mkdocs_gen_files.open("reference/configuration.md", "a") as page:
     page.write("\n" + reference.config_markdown())
+
+with mkdocs_gen_files.open("reference/python-api.md", "a") as page:
+    page.write("".join(f"\n::: {package}\n" for package in reference.api_packages()))
 
 results = ROOT / "eval" / "results"
 for source in sorted(results.rglob("*")):

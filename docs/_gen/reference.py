@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = [
     "CliCommand",
+    "api_packages",
     "cli_commands",
     "cli_markdown",
     "config_classes",
@@ -330,3 +331,14 @@ def source_tree(dest: Path) -> Path:
         if not link.exists():
             link.symlink_to(source)
     return dest
+
+
+_LAYERS = ["core", "llm", "tasks", "verifiers", "memory", "agent", "distill", "eval"]
+"""The documented packages in import order, lowest first; a package not named here comes after them."""
+
+
+def api_packages() -> list[str]:
+    """The subpackages the Python API pages document: every installed ``procmem.X`` but the CLI."""
+    names = [p for p in procmem_packages() if p.count(".") == 1 and p != "procmem.cli"]
+    rank = {f"procmem.{name}": i for i, name in enumerate(_LAYERS)}
+    return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))

@@ -83,3 +83,10 @@ def test_config_reference_lists_every_field_with_its_description(reference: Modu
         for name, field in cls.model_fields.items():
             assert f"`{name}`" in page or f"`[{name}]`" in page, f"{cls.__name__}.{name} missing"
             assert reference._cell(field.description) in page, f"{cls.__name__}.{name}: description missing"
+
+
+def test_the_python_api_covers_every_installed_package(reference: ModuleType) -> None:
+    documented = set(reference.api_packages())
+    installed = {p for p in reference.procmem_packages() if p.count(".") == 1} - {"procmem.cli"}
+    assert documented == installed
+    assert reference.api_packages()[:2] == ["procmem.core", "procmem.llm"]  # lowest layer first
