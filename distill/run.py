@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, redact, utc_now
 from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
+from procmem.core.keys import normalize_question, policy_version
 from procmem.distill.config import DistillConfig
 from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
 from procmem.distill.registry import (
@@ -51,7 +52,7 @@ from procmem.distill.registry import register_adapter as _register
 from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, problems_from_episodes, save_trace_build
 from procmem.distill.train import ObjectiveFactory, TrainResult, train_adapter
 from procmem.llm import LLM
-from procmem.memory import Retriever, policy_version
+from procmem.memory import Retriever
 
 __all__ = [
     "DistillBusy",
@@ -296,13 +297,13 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     holdout = [s for s in config.gate.holdout_suites if s not in trained] if config.gate.n_holdout else []
     for skipped in set(config.gate.holdout_suites) & set(trained):
         (console or Console(stderr=True)).print(f"[yellow]holdout suite {skipped} was trained on: skipped[/]")
-    trained_questions = {_question(e.task.prompt) for e in episodes}
+    trained_questions = {normalize_question(e.task.prompt) for e in episodes}
     suites: dict[str, list[Task]] = {}
     excluded = 0
     for names, n in ((test_suites, config.gate.n_test), (holdout, config.gate.n_holdout)):
         for suite in names:
             tasks = _load(deps, suite, "test", n)
-            suites[suite] = [t for t in tasks if _question(t.prompt) not in trained_questions]
+            suites[suite] = [t for t in tasks if normalize_question(t.prompt) not in trained_questions]
             excluded += len(tasks) - len(suites[suite])
             if not suites[suite]:
                 raise ProcmemError(f"every test item of {suite!r} was trained on", where="gate",
@@ -325,10 +326,6 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     report = compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,
                      baseline_name=baseline_version or "base")
     return report.model_copy(update={"excluded": excluded})
-
-
-def _question(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:

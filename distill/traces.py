@@ -31,6 +31,7 @@ from procmem.core import (
     render_prompt,
 )
 from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
+from procmem.core.keys import policy_version
 from procmem.core.prompts import ANSWER_STOP
 from procmem.distill.config import TraceConfig
 from procmem.llm import LLM, generate_for_tasks
@@ -213,7 +214,7 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
                  on_progress: Callable[[int], None] | None = None) -> TraceBuild:
     """Sample ``config.k`` teacher candidates per problem and keep the ones the verifier passes."""
     contexts = [_context(problem, retriever, config.memory_k) for problem in problems]
-    policy = f"{teacher.model_id}@{teacher.adapter_version or 'base'}"
+    policy = policy_version(teacher)
     kept: list[Trace] = []
     rejected: list[Trace] = []
     for start in range(0, len(problems), _CHUNK):

@@ -35,11 +35,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from procmem.agent import AgentDeps, solve_tasks
 from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
 from procmem.core.fileio import read_json, write_json
+from procmem.core.keys import policy_version
 from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
 from procmem.distill.traces import Trace
 from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
 from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks, local_model_dir
-from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory, policy_version
+from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 

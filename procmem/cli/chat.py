@@ -11,8 +11,9 @@ from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
 from procmem.core import GenerationConfig, ProcmemError, Task, new_id
+from procmem.core.keys import policy_version
 from procmem.llm import load_llm
-from procmem.memory import open_memory, policy_version
+from procmem.memory import open_memory
 from procmem.verifiers import build_verifier
 
 __all__: list[str] = []

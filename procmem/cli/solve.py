@@ -25,8 +25,9 @@ from procmem.cli.common import (
     print_json_line,
 )
 from procmem.core import Home, SolveConfig, config_from_flags, load_config, new_id
+from procmem.core.keys import policy_version
 from procmem.llm import MicroBatcher, load_llm
-from procmem.memory import NoMemory, ReflectionReport, open_memory, policy_version
+from procmem.memory import NoMemory, ReflectionReport, open_memory
 from procmem.tasks import load_suite
 
 __all__ = ["DEMO_SUITE", "run_solve"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from procmem.core.errors import ProcmemError
-from procmem.llm.base import LLM, Generation
+from procmem.core.llm import LLM, Generation
 from procmem.llm.batching import MicroBatcher
 from procmem.llm.bundled import BUNDLED_MODEL_ID, ensure_bundled_model, ensure_tiny_model
 from procmem.llm.litellm_backend import LiteLLM
