@@ -30,25 +30,26 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, redact, utc_now
 from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
 from procmem.core.keys import normalize_question, policy_version
-from procmem.distill.config import DistillConfig
-from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
-from procmem.distill.registry import (
+from procmem.core.progress import progress_bar
+from procmem.core.registry import (
     AdapterManifest,
     BaseModelInfo,
     DatasetSnapshot,
-    MemorySnapshotInfo,
+    GateReport,
     base_model_hash,
+    gate_table,
     list_adapters,
     promote,
     promotion_state,
     resolve_adapter,
 )
-from procmem.distill.registry import register_adapter as _register
+from procmem.core.registry import register_adapter as _register
+from procmem.distill.config import DistillConfig
+from procmem.distill.gate import SuiteScores, compare, evaluate
 from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, problems_from_episodes, save_trace_build
 from procmem.distill.train import ObjectiveFactory, TrainResult, train_adapter
 from procmem.llm import LLM
@@ -281,7 +282,7 @@ def build_run_traces(episodes: Sequence[Episode], teacher: LLM, retriever: Retri
     trace = config.traces
     problems = problems_from_episodes(episodes, max_feedback=trace.max_feedback,
                                       include_successes=trace.include_successes, limit=trace.max_problems)
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         bar = progress.add_task(f"teacher traces (k={trace.k})", total=len(problems))
         return build_traces(problems, teacher, retriever, trace, on_progress=lambda n: progress.advance(bar, n))
 
@@ -315,7 +316,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
     total = sum(len(t) for t in suites.values())
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         for label, adapter, version in (("baseline", baseline_dir, baseline_version),
                                         ("candidate", adapter_dir, "candidate")):
             bar = progress.add_task(f"gate: {label} ({version or 'base'})", total=total)
@@ -351,7 +352,7 @@ def register_candidate(train: TrainResult, build: TraceBuild, episodes: Sequence
         dataset=DatasetSnapshot(episode_ids=tuple(sorted(e.id for e in episodes)), hash=_episodes_hash(episodes),
                                 n_traces=len(build.kept), n_rejected=len(build.rejected),
                                 traces_hash=hash_strings(sorted(f"{t.prompt}\x00{t.completion}" for t in build.kept))),
-        memory=MemorySnapshotInfo(entry_ids=build.memory.entry_ids, hash=build.memory.hash),
+        memory=build.memory,
         metrics={k: v for k, v in train.to_dict().items() if k != "adapter_dir"}, gate=report, parent=parent,
         created_at=utc_now(), forced=forced,
     )
@@ -446,11 +447,6 @@ def _finish(home: Home, run: Path, episodes: Sequence[Episode]) -> None:
     _update(run, stage="done", error=None)
 
 
-def _progress(console: Console | None, quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console or Console(stderr=True), disable=quiet)
-
-
 # ------------------------------------------------------------------------------------------ scheduling
 
 
@@ -540,6 +536,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     from procmem.llm import load_llm
     from procmem.memory import open_memory
     from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier
 
     memory = open_memory(home.chroma, url=chroma_url)
     model_dir = _model_dir(config.model, home)
@@ -548,7 +545,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
         return load_llm(config.model, models_dir=home.models, adapter=adapter)
 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
-        return load_suite(suite, split=split, n=n)
+        return load_suite(suite, split=split, n=n, check=build_verifier)
 
     return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.retriever(policy=policy),
                        llm_factory=llm_factory, model_dir=model_dir, load_tasks=load_tasks)

@@ -7,14 +7,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
-from procmem.core import GenerationConfig, ProcmemError, Task, new_id
+from procmem.core import ProcmemError, Task, new_id
 from procmem.core.keys import policy_version
-from procmem.llm import load_llm
-from procmem.memory import open_memory
-from procmem.verifiers import build_verifier
 
 __all__: list[str] = []
 
@@ -34,6 +30,11 @@ def chat(
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
 ) -> None:
     """Chat with the agent; attach a verifier to a task with /verify SPEC."""
+    from procmem.agent import AgentDeps, build_agent
+    from procmem.core import GenerationConfig
+    from procmem.llm import load_llm
+    from procmem.memory import open_memory
+
     home = home_of(ctx)
     llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
     memory = open_memory(home.chroma)
@@ -74,6 +75,8 @@ def _repl(agent: Any, config: Any) -> None:
 
 
 def _attach_verifier(spec: str) -> str:
+    from procmem.verifiers import build_verifier
+
     try:
         build_verifier(Task(id="check", prompt="", verifier=spec))
     except ProcmemError as err:
@@ -84,6 +87,8 @@ def _attach_verifier(spec: str) -> str:
 
 
 def _run_turn(agent: Any, config: Any, task: Task) -> None:
+    from procmem.agent import initial_state
+
     for mode, chunk in agent.stream(initial_state(task), config, stream_mode=["custom", "updates"]):
         if mode == "custom":
             out_console.print(chunk["token"], end="", highlight=False, markup=False)

@@ -10,9 +10,13 @@ from typing import Any
 import pytest
 
 from procmem.core import Home, ProcmemError
-from procmem.distill import (
+from procmem.core.registry import (
     AdapterManifest,
+    BaseModelInfo,
+    DatasetSnapshot,
     GateReport,
+    MemorySnapshot,
+    base_model_hash,
     list_adapters,
     promote,
     promotion_state,
@@ -21,7 +25,6 @@ from procmem.distill import (
     resolve_adapter,
     rollback,
 )
-from procmem.distill.registry import BaseModelInfo, DatasetSnapshot, MemorySnapshotInfo, base_model_hash
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def _manifest(run_id: str = "r1", *, gate: GateReport | None = None, parent: str
         objective="sft", objective_config={"objective": "sft", "train": {"lr": 0.01}},
         dataset=DatasetSnapshot(episode_ids=("e1", "e2"), hash="sha256:cd", n_traces=3, n_rejected=5,
                                 traces_hash="sha256:ef"),
-        memory=MemorySnapshotInfo(entry_ids=("m1",), hash="sha256:01"), metrics={"steps": 4, "final_loss": 1.5},
+        memory=MemorySnapshot(entry_ids=("m1",), hash="sha256:01"), metrics={"steps": 4, "final_loss": 1.5},
         gate=gate if gate is not None else _gate(True), parent=parent, created_at="2026-01-01T00:00:00+00:00",
     )
 
