@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -180,3 +182,11 @@ def test_base_model_hash_is_stable_and_cached(tiny_model_dir: Path, tmp_path: Pa
     assert first in json.loads(cache.read_text()).values()
     with pytest.raises(ProcmemError, match="no weight files"):
         base_model_hash(tmp_path)
+
+
+def test_the_registry_imports_no_model_library() -> None:
+    """solve, chat and the adapters commands resolve adapters without paying for torch."""
+    code = ("import sys, procmem.core.registry; "
+            "print([m for m in ('torch', 'transformers', 'peft', 'procmem.distill') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
