@@ -7,11 +7,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from procmem.agent import initial_state
 from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
-from procmem.core import GenerationConfig, ProcmemError, Task, new_id
-from procmem.verifiers import build_verifier
+from procmem.core import ProcmemError, Task, new_id
 
 __all__: list[str] = []
 
@@ -32,6 +30,7 @@ def chat(
 ) -> None:
     """Chat with the agent; attach a verifier to a task with /verify SPEC."""
     from procmem.agent import AgentSession, SessionConfig
+    from procmem.core import GenerationConfig
 
     home = home_of(ctx)
     settings = SessionConfig(model=model, attempts=attempts, generation=GenerationConfig(max_tokens=max_tokens))
@@ -70,6 +69,8 @@ def _repl(agent: Any, config: Any) -> None:
 
 
 def _attach_verifier(spec: str) -> str:
+    from procmem.verifiers import build_verifier
+
     try:
         build_verifier(Task(id="check", prompt="", verifier=spec))
     except ProcmemError as err:
@@ -80,6 +81,8 @@ def _attach_verifier(spec: str) -> str:
 
 
 def _run_turn(agent: Any, config: Any, task: Task) -> None:
+    from procmem.agent import initial_state
+
     for mode, chunk in agent.stream(initial_state(task), config, stream_mode=["custom", "updates"]):
         if mode == "custom":
             out_console.print(chunk["token"], end="", highlight=False, markup=False)
