@@ -173,8 +173,9 @@ def procmem_modules() -> list[str]:
     for package in procmem_packages():
         module = importlib.import_module(package)
         names.append(package)
+        # ``__main__`` modules run their program on import (``python -m procmem.cli``): never import them.
         names += [info.name for info in pkgutil.iter_modules(module.__path__, f"{package}.")
-                  if not info.ispkg]
+                  if not info.ispkg and not info.name.endswith(".__main__")]
     return sorted(set(names))
 
 
