@@ -72,6 +72,9 @@ class Problem:
     """0: never solved, 1: solved after a failed attempt, 2: solved at once (the generation order)."""
     failed_answers: tuple[str, ...] = ()
     """The student's failed answers: kept only to scrub them from everything the teacher reads."""
+    corrections: tuple[str, ...] = ()
+    """Verified answers a person gave (passing attempts marked ``details.correction``, e.g. sent to
+    ``procmem serve`` as feedback): each becomes a trace itself when the task's verifier passes it."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,11 @@ def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
             feedback.append(text)
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
+    corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts
+                                      if a.verdict.passed and a.verdict.details.get("correction")))
     return Problem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
                    feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
-                   failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)))
+                   failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)), corrections=corrections)
 
 
 _QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
@@ -225,6 +230,9 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
             good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
+            if problem.corrections:  # a person's verified answer trains the student as it is
+                fixed, _ = _judge(problem, ctx, problem.corrections, len(problem.corrections), "correction")
+                good = [*fixed, *(t for t in good if t.answer not in {f.answer for f in fixed})]
             kept.extend(good)
             rejected.extend(bad)
         if on_progress is not None:

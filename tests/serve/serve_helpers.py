@@ -82,3 +82,31 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):  # type: ign
             return value
         time.sleep(every)
     raise AssertionError(f"condition not met in {timeout}s")
+
+
+def register_adapters(home: Path, versions: int) -> None:
+    """Register ``versions`` real LoRA adapters (v1, v2, ...) for the tiny model, with passing gates."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from procmem.core import Home
+    from procmem.distill import GateReport, register_adapter
+    from procmem.distill.registry import AdapterManifest, BaseModelInfo, DatasetSnapshot, MemorySnapshotInfo
+    from procmem.llm import ensure_tiny_model
+
+    root = Home(home).ensure()
+    source = home.parent / "adapter-src"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_tiny_model(root.models)),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(str(source))
+    for number in range(1, versions + 1):
+        gate = GateReport(baseline="base" if number == 1 else f"v{number - 1}", rows=(), test_baseline=0.1,
+                          test_candidate=0.5, holdout_baseline=None, holdout_candidate=None, min_improvement=0.0,
+                          max_holdout_drop=0.05, improved=True, holdout_ok=True, passed=True)
+        manifest = AdapterManifest(
+            version="v0", run_id=f"r{number}", base_model=BaseModelInfo(id="local:tiny", name="tiny", hash="sha256:0"),
+            objective="sft", objective_config={}, dataset=DatasetSnapshot(episode_ids=(), hash="sha256:0",
+                                                                         n_traces=0, n_rejected=0, traces_hash="x"),
+            memory=MemorySnapshotInfo(entry_ids=(), hash="sha256:0"), metrics={}, gate=gate,
+            parent=None, created_at="2026-01-01T00:00:00+00:00")
+        register_adapter(root.adapters, source, manifest)
