@@ -42,6 +42,8 @@ T = TypeVar("T")
 EPISODE_HEADER = "X-Procmem-Episode-Id"
 VERSION_HEADER = "X-Procmem-Adapter-Version"
 _EPISODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_DISCONNECT_POLL_S = 0.25
+"""While a stream waits for the model, how often it checks whether the client is still there."""
 _FIX_KEY = "send 'Authorization: Bearer <key>'; create a key with `procmem keys create`"
 
 
@@ -297,7 +299,12 @@ class Gateway:
             yield _sse(completion_chunk(completion_id=cid, created=created, model=model,
                                         delta={"role": "assistant", "content": ""}))
             while True:
-                kind, value = await queue.get()
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), _DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await base.request.is_disconnected():
+                        break
+                    continue
                 if kind == "end":
                     break
                 if kind == "error":

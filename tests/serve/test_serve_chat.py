@@ -156,3 +156,16 @@ def test_feedback_for_an_unknown_episode_is_404(server: Server) -> None:
     assert response.status_code == 404 and response.json()["error"]["code"] == "episode_not_found"
     bad = httpx.post(f"{server.url}/episodes/nope/feedback", json={"comment": "no verdict"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_a_client_that_disconnects_mid_stream_leaves_an_incomplete_episode(server: Server) -> None:
+    body = {"model": "procmem", "messages": [{"role": "user", "content": "Tell a long story."}], "stream": True,
+            "max_tokens": 400, "stop": ["<<never said>>"]}
+    with httpx.stream("POST", f"{server.url}/chat/completions", json=body, timeout=120,
+                      headers={"X-Procmem-Episode-Id": "cut-1", "X-Procmem-Memory": "off"}) as response:
+        assert response.headers["x-procmem-episode-id"] == "cut-1"
+        first = next(response.iter_lines())  # the role chunk, sent before the model's first token
+    assert first.startswith("data: ")
+    episode = wait_for(lambda: (r := httpx.get(f"{server.url}/episodes/cut-1", timeout=10)).status_code == 200
+                       and r.json(), timeout=120)
+    assert episode["status"] == "incomplete" and episode["finish_reason"] == "incomplete"
