@@ -72,12 +72,13 @@ class Gateway:
 
     def app(self) -> Starlette:
         routes = [
-            Route("/v1/chat/completions", self._wrap(self.chat), methods=["POST"]),
-            Route("/v1/models", self._wrap(self.models), methods=["GET"]),
-            Route("/v1/episodes/{episode_id}", self._wrap(self.episode), methods=["GET"]),
-            Route("/v1/episodes/{episode_id}/feedback", self._wrap(self.feedback), methods=["POST"]),
-            Route("/healthz", self._wrap(self.healthz), methods=["GET"]),
-            Route("/metrics", self._wrap(self.prometheus), methods=["GET"]),
+            Route(path, self._wrap(path, handler), methods=[method]) for path, handler, method in (
+                ("/v1/chat/completions", self.chat, "POST"),
+                ("/v1/models", self.models, "GET"),
+                ("/v1/episodes/{episode_id}", self.episode, "GET"),
+                ("/v1/episodes/{episode_id}/feedback", self.feedback, "POST"),
+                ("/healthz", self.healthz, "GET"),
+                ("/metrics", self.prometheus, "GET"))
         ]
         return Starlette(routes=routes, lifespan=self._lifespan)
 
@@ -97,7 +98,7 @@ class Gateway:
         self.memories.close()
         self.log.close()
 
-    def _wrap(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def _wrap(self, path: str, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             try:
                 response: Response = await handler(request)
@@ -106,8 +107,7 @@ class Gateway:
             except ProcmemError as err:
                 response = JSONResponse(ApiError(502, redact(str(err)), fix="", code="backend_error",
                                                  kind="server_error").body(), status_code=502)
-            self.metrics.request(request.url.path if request.url.path.count("/") < 4 else "/v1/episodes",
-                                 response.status_code)
+            self.metrics.request(path, response.status_code)
             return response
 
         return endpoint
@@ -183,6 +183,9 @@ class Gateway:
         episode_id = self._episode_id(request)
         headers = {EPISODE_HEADER: episode_id, VERSION_HEADER: backend.adapter_version or "base"}
         stored = await self._run(self.log.get, tenant, episode_id)
+        if stored is not None and stored.status != "complete":
+            raise ApiError(409, f"episode {episode_id} was cut off ({stored.status}) and stays recorded as such",
+                           param=EPISODE_HEADER, code="episode_incomplete", fix="retry with a new episode id")
         if stored is not None:  # a retry of a finished call: the same answer, recorded once
             return self._replay(stored, req, {**headers, VERSION_HEADER: stored.adapter_version or "base",
                                               "X-Procmem-Replayed": "true"})

@@ -84,6 +84,8 @@ class ModelHost:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.swaps = 0
+        self._failed: tuple[str | None] | None = None
+        """The version whose load failed last (a 1-tuple: None is the base model)."""
 
     @property
     def current(self) -> ChatBackend:
@@ -111,9 +113,14 @@ class ModelHost:
     def refresh(self) -> bool:
         """Swap to the promoted version if it changed; True when it did."""
         wanted = _wanted_version(self.config, self.home)
-        if wanted == self._current.adapter_version:
+        if wanted == self._current.adapter_version or (wanted,) == self._failed:
             return False
-        new = load_backend(self.config, self.home, wanted)
+        try:
+            new = load_backend(self.config, self.home, wanted)
+        except Exception:
+            self._failed = (wanted,)  # not retried every tick: only when the pointer moves again
+            raise
+        self._failed = None
         old, self._current = self._current, new
         self.swaps += 1
         _log.warning("serving adapter %s (was %s)", wanted or "base", old.adapter_version or "base")
