@@ -27,8 +27,9 @@ class ServeConfig(Config):
                             description="max_tokens when a request sets neither max_tokens nor max_completion_tokens.")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
     max_batch: int = Field(default=16, ge=1, le=256, description="Most prompts the local model decodes in one batch.")
-    max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0,
-                               description="How long the first queued request waits for others to batch with.")
+    max_wait_ms: float = Field(default=50.0, ge=0.0, le=1000.0,
+                               description="How long the first queued request waits for others to batch with "
+                               "(concurrent clients arrive spread over tens of ms; a batch runs for seconds).")
     watch_s: float = Field(default=1.0, gt=0.0, le=3600.0,
                            description="How often the promoted-adapter pointer is checked (adapter = promoted).")
     workers: int = Field(default=64, ge=1, le=1024,

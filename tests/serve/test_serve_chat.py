@@ -169,3 +169,20 @@ def test_a_client_that_disconnects_mid_stream_leaves_an_incomplete_episode(serve
     episode = wait_for(lambda: (r := httpx.get(f"{server.url}/episodes/cut-1", timeout=10)).status_code == 200
                        and r.json(), timeout=120)
     assert episode["status"] == "incomplete" and episode["finish_reason"] == "incomplete"
+
+
+def test_feedback_sent_while_the_call_is_answered_is_attached_when_it_is_written(server: Server) -> None:
+    body = {"model": "procmem", "messages": [{"role": "user", "content": "Count to three."}], "stream": True,
+            "max_tokens": 40}
+    with httpx.stream("POST", f"{server.url}/chat/completions", json=body, timeout=120,
+                      headers={"X-Procmem-Episode-Id": "early-1", "X-Procmem-Memory": "off"}) as response:
+        lines = response.iter_lines()
+        next(lines)  # the role chunk: the call is in flight, its episode not written yet
+        early = httpx.post(f"{server.url}/episodes/early-1/feedback", timeout=10,
+                           json={"id": "early-fb", "passed": True, "comment": "nice"})
+        rest = list(lines)
+    assert early.status_code == 200 and early.json()["attached"] is False
+    assert [line for line in rest if line][-1] == "data: [DONE]"
+    episode = _episode(server, "early-1")
+    assert episode["status"] == "complete" and episode["verified"] is True
+    assert [f["id"] for f in episode["feedback"]] == ["early-fb"]
