@@ -16,12 +16,12 @@ __all__: list[str] = []
 @app.command()
 def serve(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help=MODEL_HELP + " [default: local:default]")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP + " (default: local:default)")] = None,
     adapter: Annotated[str | None, typer.Option(
-        help="promoted (follow the registry, hot swap) | vN (pin) | none. [default: promoted]")] = None,
+        help="promoted (follow the registry, hot swap) | vN (pin) | none (default: promoted).")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind; beyond loopback needs API keys. "
-                                             "[default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port. [default: 8000]")] = None,
+                                             "(default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: 8000).")] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Never add procedural memory.")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="A serve.toml (ServeConfig); flags win.")] = None,
 ) -> None:

@@ -66,7 +66,12 @@ class Gateway:
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="procmem-serve")
         self._inflight: set[tuple[str, str]] = set()
         self._inflight_lock = threading.Lock()
-        self.auth_required = bool(self.keys.keys()) or config.host not in LOOPBACK_HOSTS
+        self._exposed = config.host not in LOOPBACK_HOSTS
+
+    @property
+    def auth_required(self) -> bool:
+        """Keys are required once any key exists (created even while serving), and always beyond loopback."""
+        return self._exposed or bool(self.keys.keys())
 
     # --- the app --------------------------------------------------------------------------------
 

@@ -138,17 +138,18 @@ def _key(home: Path, name: str, scopes: str, tenant: str) -> str:
 def test_keys_scopes_revocation_and_tenants(tmp_path: Path) -> None:
     home = tmp_path / "home"
     Home(home).ensure()
-    alice = _key(home, "alice", "chat,feedback", "a")
-    bob = _key(home, "bob", "chat,feedback", "b")
-    chat_only = _key(home, "bot", "chat", "a")
-    stored = (home / "serve" / "keys.json").read_text()
-    assert alice not in stored and bob not in stored  # only hashes
     with Server(home) as server:
         def post(key: str | None, path: str = "/chat/completions", body: dict | None = None) -> httpx.Response:  # type: ignore[type-arg]
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             return httpx.post(f"{server.url}{path}", headers={**headers, "X-Procmem-Memory": "off"}, timeout=60,
                               json=body or {"model": "procmem", "messages": _ASK, "max_tokens": 2})
 
+        assert post(None).status_code == 200  # no key exists yet: loopback is open
+        alice = _key(home, "alice", "chat,feedback", "a")  # created while serving: enforced from the next request
+        bob = _key(home, "bob", "chat,feedback", "b")
+        chat_only = _key(home, "bot", "chat", "a")
+        stored = (home / "serve" / "keys.json").read_text()
+        assert alice not in stored and bob not in stored  # only hashes
         assert post(None).json()["error"]["code"] == "missing_api_key"
         assert post("sk-procmem-not-a-key").status_code == 401
         ok = post(alice)
