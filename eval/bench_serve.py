@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="procmem-bench-serve-") as scratch:
         home = Home(Path(scratch) / "home").ensure()
         port = _free_port()
-        config = ServeConfig(model=args.model, adapter="none", port=port, max_tokens=args.tokens)
+        config = ServeConfig(model=args.model, adapter="none", port=port, max_tokens=args.tokens,
+                             **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {}))
+        results["max_wait_ms"] = config.max_wait_ms
         gateway = Gateway(config, home)
         server = uvicorn.Server(uvicorn.Config(gateway.app(), host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -105,6 +107,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=16, help="max_tokens of every call.")
     parser.add_argument("--n", type=int, default=8, help="Sequential calls per latency row.")
     parser.add_argument("--calls", type=int, default=2, help="Calls per client in the throughput rows.")
+    parser.add_argument("--max-wait-ms", type=float, default=None,
+                        help="The batch window (ServeConfig.max_wait_ms; default: serve's default).")
     return parser.parse_args(argv)
 
 
@@ -176,7 +180,8 @@ def _load_avg() -> float | None:
 
 def _print(results: dict[str, Any]) -> None:
     lat = results["latency_ms"]
-    print(f"model {results['model']}, {results['tokens']} new tokens per call, load avg "
+    print(f"model {results['model']}, {results['tokens']} new tokens per call, batch window "
+          f"{results['max_wait_ms']} ms, load avg "
           f"{results['load_avg_start']} -> {results['load_avg_end']}")
     for name, row in lat.items():
         print(f"  latency {name:18s} p50 {row['p50']:9.2f} ms   p95 {row['p95']:9.2f} ms")
