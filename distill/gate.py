@@ -16,15 +16,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
-from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
+from procmem.agent.scoring import score_tasks
+from procmem.core import GenerationConfig, Task
 from procmem.core.prompts import ANSWER_STOP
 from procmem.distill.config import GateConfig
-from procmem.llm import LLM, generate_for_tasks
-from procmem.verifiers import build_verifier
+from procmem.llm import LLM
 
 __all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
-
-_BATCH = 16
 
 
 class SuiteScores(BaseModel):
@@ -81,18 +79,9 @@ def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
     """Answer every task memory-free and greedily; verify each answer."""
     generation = GenerationConfig(max_tokens=config.max_tokens, temperature=0.0, top_p=1.0, stop=(ANSWER_STOP,),
                                   seed=config.seed)
-    scores: dict[str, SuiteScores] = {}
-    for suite, tasks in suites.items():
-        passed: list[bool] = []
-        for start in range(0, len(tasks), _BATCH):
-            chunk = tasks[start:start + _BATCH]
-            outputs = generate_for_tasks(llm, [(t, render_prompt(t.prompt)) for t in chunk], generation)
-            for task, out in zip(chunk, outputs, strict=True):
-                passed.append(build_verifier(task).verify(extract_answer(out.text, task.answer_format)).passed)
-            if on_progress is not None:
-                on_progress(len(chunk))
-        scores[suite] = SuiteScores(suite=suite, task_ids=tuple(t.id for t in tasks), passed=tuple(passed))
-    return scores
+    scored = score_tasks(llm, suites, generation, on_progress=on_progress)
+    return {suite: SuiteScores(suite=suite, task_ids=tuple(i.task_id for i in items),
+                               passed=tuple(i.passed for i in items)) for suite, items in scored.items()}
 
 
 def compare(baseline: Mapping[str, SuiteScores], candidate: Mapping[str, SuiteScores], *,

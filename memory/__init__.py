@@ -10,8 +10,9 @@ The agent's view::
 
 Layers: :mod:`.base` (protocols) ← :mod:`.embedding`, :mod:`.chroma_store`, :mod:`.numpy_store` (stores by
 level) ← :mod:`.experiences` (level 1) ← :mod:`.entries`, :mod:`.problems`, :mod:`.reflection`,
-:mod:`.consolidation`, :mod:`.hygiene` (levels 2-3) ← :mod:`.retrieval` (the seam and THE renderer) ←
-:mod:`.procedural` (all of it together).
+:mod:`.consolidation` (levels 2-3) ← :mod:`.hygiene` (the rules, and writes and eviction that apply them) ←
+:mod:`.retrieval` (the seam, every retriever and THE renderer), :mod:`.learning` (reflection and
+consolidation jobs), :mod:`.transfer` (export/import) ← :mod:`.procedural` (the facade over all of it).
 """
 
 from __future__ import annotations
@@ -41,25 +42,16 @@ from procmem.memory.entries import (
     Kind,
     Status,
     entry_id,
-    normalize_question,
-    policy_version,
-    problem_key,
 )
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
+from procmem.memory.hygiene import PruneReport
+from procmem.memory.learning import ReflectionReport
 from procmem.memory.numpy_store import InMemoryStore
-from procmem.memory.problems import Problem, group_problems
-from procmem.memory.procedural import (
-    AfterEpisode,
-    ProceduralMemory,
-    ProceduralRetriever,
-    PruneReport,
-    ReflectionReport,
-    parse_since,
-)
+from procmem.memory.problems import Grouping, Problem, group_problems
+from procmem.memory.procedural import AfterEpisode, ProceduralMemory
 from procmem.memory.reflection import (
     ParsedItem,
     ParsedReflection,
-    ReflectionLLM,
     parse_reflection,
     pattern_prompt,
     reflection_primer,
@@ -72,6 +64,7 @@ from procmem.memory.retrieval import (
     ExperienceRetriever,
     MemoryContext,
     NoMemory,
+    ProceduralRetriever,
     Retrieval,
     Retriever,
     WorkedExample,
@@ -96,6 +89,7 @@ __all__ = [
     "EntryLevel",
     "ExperienceMemory",
     "ExperienceRetriever",
+    "Grouping",
     "HashingEmbedder",
     "HygieneConfig",
     "InMemoryStore",
@@ -115,7 +109,6 @@ __all__ = [
     "ProceduralRetriever",
     "PruneReport",
     "ReflectionConfig",
-    "ReflectionLLM",
     "ReflectionReport",
     "Retrieval",
     "RetrievalConfig",
@@ -130,13 +123,9 @@ __all__ = [
     "fit_context",
     "fit_memory",
     "group_problems",
-    "normalize_question",
     "open_memory",
     "parse_reflection",
-    "parse_since",
     "pattern_prompt",
-    "policy_version",
-    "problem_key",
     "reflection_primer",
     "reflection_prompt",
     "render_memory",

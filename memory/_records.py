@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from procmem.memory.base import LEVELS, Embedder, Level, MemoryRecord, Scalar
+from procmem.memory.base import LEVELS, Embedder, Level, MemoryRecord, MetadataChange, Scalar
 
 RESERVED_PREFIX = "_procmem"
 """Metadata keys starting with this are the stores' own (e.g. the payload JSON)."""
@@ -66,6 +66,11 @@ def last_per_id(records: Sequence[MemoryRecord]) -> list[int]:
     """Indices of the records to write when an id repeats at one level in one batch: the last one wins."""
     last = {(record.level, record.id): i for i, record in enumerate(records)}
     return sorted(last.values())
+
+
+def set_metadata(values: Mapping[str, Scalar]) -> MetadataChange:
+    """A :data:`~procmem.memory.base.MetadataChange` that sets the same ``values`` on every record."""
+    return lambda _record: values
 
 
 def unique(ids: Sequence[str]) -> list[str]:

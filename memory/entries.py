@@ -12,26 +12,26 @@ a ``problem:<key>`` flag per problem; the lists (sources, problems, merge proven
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, cast, get_args
+from typing import Any, Literal, cast, get_args
 
-from procmem.core import Episode, utc_now
+from procmem.core import utc_now
+from procmem.core.keys import normalize_question
 from procmem.memory.base import MemoryRecord, Scalar
 
 __all__ = [
     "ENTRY_LEVELS",
+    "INSIGHT",
     "KINDS",
+    "PATTERN",
     "Entry",
     "EntryLevel",
     "Kind",
     "Status",
     "entry_id",
-    "normalize_question",
-    "policy_version",
+    "entry_or_none",
     "problem_flag",
-    "problem_key",
 ]
 
 Kind = Literal["strategy", "lesson", "pattern"]
@@ -39,34 +39,11 @@ Status = Literal["active", "retired"]
 EntryLevel = Literal["insight", "pattern"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 ENTRY_LEVELS: tuple[EntryLevel, ...] = get_args(EntryLevel)
+INSIGHT: EntryLevel = "insight"
+PATTERN: EntryLevel = "pattern"
 
 MAX_PROBLEM_FLAGS = 64
 """Problems flagged in an entry's metadata; an insight backed by more problems is surely a pattern too."""
-_SPACE_AROUND_PUNCT = re.compile(r"\s*([^\w\s])\s*")
-
-
-class _Versioned(Protocol):
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def adapter_version(self) -> str | None: ...
-
-
-def policy_version(model: _Versioned | Episode) -> str:
-    """``model_id@adapter`` (``@base`` without an adapter): the version of a policy, an LLM or an episode."""
-    return f"{model.model_id}@{model.adapter_version or 'base'}"
-
-
-def normalize_question(text: str) -> str:
-    """The form two prompts share when they are the same question: lower case, single spaces, no spaces
-    around punctuation."""
-    return _SPACE_AROUND_PUNCT.sub(r"\1", " ".join(text.lower().split()))
-
-
-def problem_key(prompt: str) -> str:
-    """A short stable id of the problem a prompt poses."""
-    return "p" + hashlib.sha1(normalize_question(prompt).encode()).hexdigest()[:15]
 
 
 def problem_flag(key: str) -> str:
@@ -213,6 +190,14 @@ class Entry:
             uses=self.uses + other.uses,
             stale_failures=0 if revalidated else self.stale_failures + other.stale_failures,
         )
+
+
+def entry_or_none(record: MemoryRecord) -> Entry | None:
+    """A stored insight or pattern; a record that is not a valid entry (e.g. written by hand) is None."""
+    try:
+        return Entry.from_record(record)
+    except ValueError:
+        return None
 
 
 def _strings(values: Any) -> tuple[str, ...]:

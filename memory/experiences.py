@@ -8,7 +8,7 @@ Rules for what may become a worked example (enforced by :meth:`ExperienceMemory.
    any prompt; otherwise a held-out answer could leak into another task's prompt, or into a train
    prompt that distillation then bakes into the adapter.
 3. **Never the task itself.** Episodes of the same task id, or of a task with the same question
-   (:func:`~procmem.memory.entries.normalize_question`: case, whitespace and punctuation spacing), are
+   (:func:`~procmem.core.keys.normalize_question`: case, whitespace and punctuation spacing), are
    skipped: the model must not copy a past answer to the very same problem
    (easy task suites repeat questions under new ids).
 4. **One example per task**, nearest first: repeated solves of one task do not crowd out the others.
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy.typing as npt
 
 from procmem.core import Episode, Task
+from procmem.core.keys import normalize_question, problem_key
 from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
-from procmem.memory.entries import normalize_question, problem_key
 
 __all__ = ["EXPERIENCE", "ExperienceMemory"]
 
@@ -34,7 +34,7 @@ class ExperienceMemory:
     """Episodes stored at the ``experience`` level of a :class:`MemoryStore`.
 
     Each episode is one record: text = the task prompt (what similarity search compares), metadata =
-    task_id, problem (:func:`~procmem.memory.entries.problem_key`), suite, split, passed, model_id,
+    task_id, problem (:func:`~procmem.core.keys.problem_key`), suite, split, passed, model_id,
     adapter_version ("" for none), attempts, created_at, payload = ``episode.to_dict()``.
     """
 

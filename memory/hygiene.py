@@ -1,19 +1,50 @@
-"""Memory hygiene rules as small pure functions: trust, retirement, eviction order, counter updates.
+"""Memory hygiene: the rules as small pure functions (trust, retirement, eviction order, counter updates),
+and their application to a store (deduplicated writes, use counting, retirement, eviction to the caps).
 
-The README section "Procedural memory" explains them; :class:`~procmem.memory.procedural.ProceduralMemory`
-applies them.
+The README section "Procedural memory" explains the rules; :class:`~procmem.memory.procedural.ProceduralMemory`
+calls the functions that apply them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
-from procmem.memory.base import MemoryRecord, Scalar
+from procmem.core import Episode, utc_now
+from procmem.core.keys import policy_version
+from procmem.memory._records import set_metadata
+from procmem.memory.base import LEVELS, Level, MemoryRecord, Scalar, VectorMemoryStore
 from procmem.memory.config import HygieneConfig
-from procmem.memory.entries import Entry
+from procmem.memory.embedding import embed_array
+from procmem.memory.entries import ENTRY_LEVELS, Entry, entry_or_none
+from procmem.memory.experiences import EXPERIENCE
 
-__all__ = ["counted_use", "entry_eviction_key", "experience_eviction_key", "should_retire", "trust"]
+__all__ = [
+    "PruneReport",
+    "count_use",
+    "counted_use",
+    "enforce_cap",
+    "entry_eviction_key",
+    "experience_eviction_key",
+    "prune",
+    "should_retire",
+    "trust",
+    "write_entry",
+]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    retired: dict[str, int] = field(default_factory=dict)
+    evicted: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the rules -------------------------------------------------------------------------------------------
 
 
 def trust(entry: Entry, policy: str | None, config: HygieneConfig) -> float:
@@ -63,3 +94,84 @@ def experience_eviction_key(record: MemoryRecord) -> tuple[Any, ...]:
     are the worked examples and the distillation data, so they go last."""
     meta: Mapping[str, Any] = record.metadata
     return (bool(meta.get("passed", False)), str(meta.get("created_at", "")), record.id)
+
+
+# --- applied to a store ----------------------------------------------------------------------------------
+
+
+def write_entry(store: VectorMemoryStore, entry: Entry, config: HygieneConfig) -> Literal["added", "merged"]:
+    """Write an insight or pattern, deduplicated: when an entry of the same kind and split is at least
+    ``dedup_similarity`` similar, ``entry`` is merged into it (its text and id stay, provenance is
+    united, counters are added up) instead of being added."""
+    vector = embed_array(store.embedder, [entry.text])
+    with store.exclusive():  # a counter update between the read and the write would be lost
+        # Only active entries absorb a newcomer: a retired one must not come back through a merge.
+        hits = store.query_vector(entry.level, vector[0], k=1,
+                                  where={"kind": entry.kind, "split": entry.split, "status": "active"})
+        if hits and hits[0].similarity >= config.dedup_similarity:
+            existing = entry_or_none(hits[0].record)
+            if existing is not None:
+                store.upsert([existing.merged_with(entry).to_record()])
+                return "merged"
+        store.upsert_vectors([entry.to_record()], vector)
+    return "added"
+
+
+def count_use(store: VectorMemoryStore, episode: Episode, config: HygieneConfig
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Count ``episode`` against every insight and pattern it used (:func:`counted_use`); returns the ids
+    counted and, among them, those it retired."""
+    policy, now = policy_version(episode), utc_now()
+    retired: set[str] = set()
+
+    def change(record: MemoryRecord) -> dict[str, Scalar] | None:
+        entry = entry_or_none(record)
+        if entry is None:
+            return None
+        new = counted_use(entry, passed=episode.passed, policy=policy, now=now, config=config)
+        if entry.active and new["status"] == "retired":
+            retired.add(entry.id)
+        return new
+
+    counted = [r.id for level in ENTRY_LEVELS for r in store.update(level, episode.memory_ids, change)]
+    return tuple(counted), tuple(i for i in counted if i in retired)
+
+
+def prune(store: VectorMemoryStore, config: HygieneConfig, *, policy: str | None = None,
+          dry_run: bool = False) -> PruneReport:
+    """Apply the retirement rule to every active entry (settings may have changed), then evict down
+    to the size caps. ``policy`` makes stale entries go before validated ones at equal utility."""
+    retired: dict[str, int] = {}
+    evicted: dict[str, int] = {}
+    for level in ENTRY_LEVELS:
+        doomed = [e.id for r in store.scan(level, where={"status": "active"})
+                  if (e := entry_or_none(r)) is not None
+                  and should_retire(e.helpful, e.harmful, e.uses, e.stale_failures, config)]
+        retired[level] = len(doomed)
+        if doomed and not dry_run:
+            store.update(level, doomed, set_metadata({"status": "retired", "updated_at": utc_now()}))
+    for any_level in LEVELS:
+        evicted[any_level] = enforce_cap(store, any_level, config, policy=policy, dry_run=dry_run)
+    return PruneReport(retired, evicted, dry_run)
+
+
+def enforce_cap(store: VectorMemoryStore, level: Level, config: HygieneConfig, *, policy: str | None,
+                dry_run: bool = False) -> int:
+    """Evict the records of ``level`` beyond its cap, in eviction order; returns how many (would) go."""
+    cap = {"experience": config.max_experiences, "insight": config.max_insights,
+           "pattern": config.max_patterns}[level]
+    excess = store.count(level) - cap
+    if excess <= 0:
+        return 0
+    records = list(store.scan(level))
+    if level == EXPERIENCE:
+        victims = sorted(records, key=experience_eviction_key)[:excess]
+    else:  # records that are not valid entries go first
+        keyed = [(entry_or_none(r), r) for r in records]
+        invalid = sorted((r for e, r in keyed if e is None), key=lambda r: r.id)
+        valid = sorted(((e, r) for e, r in keyed if e is not None),
+                       key=lambda pair: entry_eviction_key(pair[0], policy, config))
+        victims = [*invalid, *(r for _, r in valid)][:excess]
+    if not dry_run:
+        store.delete(level, [r.id for r in victims])
+    return len(victims)

@@ -1,23 +1,41 @@
-"""Level 1 grouped: the episodes of one problem, with the verifier outcomes they hold."""
+"""Level 1 grouped: the episodes of one problem, with the verifier outcomes they hold.
+
+The public API for every package that groups episodes (reflection here; distill's training problems can
+build on it too): :func:`group_problems` (by question, or ``by="task"``) and :class:`Problem`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-from procmem.core import Episode
-from procmem.memory.entries import policy_version, problem_key
+from procmem.core import Attempt, Episode, Task
+from procmem.core.keys import policy_version, problem_key
 
-__all__ = ["Problem", "group_problems"]
+__all__ = ["Grouping", "Problem", "group_problems"]
+
+Grouping = Literal["question", "task"]
+"""How :func:`group_problems` groups: ``question`` (the same normalised prompt, or the same suite and task
+id) or ``task`` (the same suite and task id only)."""
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Every recorded episode of one question (same task id or same normalised prompt), oldest first."""
+    """Every recorded episode of one problem, oldest first (see :func:`group_problems`).
+
+    ``key`` names the problem: :func:`~procmem.core.keys.problem_key` of its question when grouped by
+    question, ``<suite>/<task id>`` when grouped by task.
+    """
 
     key: str
     episodes: tuple[Episode, ...]
+
+    @property
+    def task(self) -> Task:
+        """The task as its newest episode saw it."""
+        return self.episodes[-1].task
 
     @property
     def prompt(self) -> str:
@@ -45,6 +63,16 @@ class Problem:
         return any(not a.verdict.passed for e in self.episodes for a in e.attempts)
 
     @property
+    def passed(self) -> bool:
+        """Whether some episode passed (its final attempt was verified)."""
+        return any(e.passed for e in self.episodes)
+
+    @property
+    def failed_attempts(self) -> tuple[Attempt, ...]:
+        """Every attempt the verifier failed, oldest first."""
+        return tuple(a for e in self.episodes for a in e.attempts if not a.verdict.passed)
+
+    @property
     def judged(self) -> bool:
         """Whether a verifier judged at least one attempt: only such problems produce insights."""
         return any(e.attempts for e in self.episodes)
@@ -64,12 +92,18 @@ class Problem:
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def group_problems(episodes: Iterable[Episode]) -> list[Problem]:
-    """Group episodes into problems: the same normalised prompt, or the same (suite, task id).
+def group_problems(episodes: Iterable[Episode], *, by: Grouping = "question") -> list[Problem]:
+    """Group episodes into problems: by ``question``, the same normalised prompt or the same (suite, task
+    id); by ``task``, the same (suite, task id) only.
 
     Deterministic: problems come ordered by their oldest episode, episodes oldest first.
     """
     ordered = sorted(episodes, key=lambda e: (e.finished_at, e.id))
+    if by == "task":
+        tasks: dict[str, list[Episode]] = {}
+        for episode in ordered:
+            tasks.setdefault(f"{episode.task.suite}/{episode.task.id}", []).append(episode)
+        return [Problem(key, tuple(members)) for key, members in tasks.items()]
     parent: dict[str, str] = {}
 
     def find(key: str) -> str:

@@ -7,8 +7,7 @@ anything that is not a usable piece of advice (too short or long, mostly symbols
 of the prompt's placeholders, a strategy for a problem that never passed, a lesson for one that never
 failed). A reflection with no valid item is *unparseable*: it is counted and nothing is stored.
 
-memory/ knows no model: the reflector is any object with the :class:`ReflectionLLM` shape (every
-``procmem.llm`` backend has it).
+memory/ knows no model: the reflector is any :class:`procmem.core.llm.LLM` (every ``procmem.llm`` backend).
 """
 
 from __future__ import annotations
@@ -17,17 +16,16 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from procmem.core import GenerationConfig
-from procmem.memory.entries import Kind, normalize_question
+from procmem.core.keys import normalize_question
+from procmem.memory.entries import Kind
 from procmem.memory.problems import Problem
 
 __all__ = [
     "REFLECTION_FORMAT",
     "ParsedItem",
     "ParsedReflection",
-    "ReflectionLLM",
     "parse_reflection",
     "pattern_prompt",
     "reflection_generation",
@@ -96,29 +94,6 @@ _LABELS: dict[str, Kind] = {
     "dont": "lesson", "do not": "lesson", "pitfall": "lesson", "error": "lesson", "fix": "lesson",
     "pattern": "pattern", "patterns": "pattern", "general rule": "pattern",
 }
-
-
-class _GenerationLike(Protocol):
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def prompt_tokens(self) -> int: ...
-
-    @property
-    def completion_tokens(self) -> int: ...
-
-
-class ReflectionLLM(Protocol):
-    """What reflection needs from a model: the shape of ``procmem.llm.LLM``."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def adapter_version(self) -> str | None: ...
-
-    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> Sequence[_GenerationLike]: ...
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,29 @@ A rendered memory block looks like this (sections that are empty are left out)::
 
     Question: <the most similar solved problem, last>
     Answer: <its verified answer>
+
+The retrievers: :class:`ProceduralRetriever` (all three levels, scored by similarity times
+:func:`~procmem.memory.hygiene.trust`), :class:`ExperienceRetriever` (worked examples only) and
+:class:`NoMemory`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from procmem.core import Episode, Task, render_completion, render_prompt
-from procmem.memory.entries import Entry, Kind
-from procmem.memory.experiences import ExperienceMemory
+from procmem.core.keys import problem_key
+from procmem.memory.base import Scalar, VectorMemoryStore
+from procmem.memory.config import MemoryConfig
+from procmem.memory.embedding import embed_array
+from procmem.memory.entries import INSIGHT, PATTERN, Entry, Kind, entry_or_none, problem_flag
+from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
+from procmem.memory.hygiene import trust
 
 __all__ = [
     "ADVICE_HEADER",
@@ -36,6 +48,7 @@ __all__ = [
     "ExperienceRetriever",
     "MemoryContext",
     "NoMemory",
+    "ProceduralRetriever",
     "Retrieval",
     "Retriever",
     "WorkedExample",
@@ -194,8 +207,70 @@ class ExperienceRetriever:
         if k <= 0:
             return Retrieval()
         examples = tuple(WorkedExample.from_episode(e) for e in self.memory.similar_successes(task, k))
-        fitted = fit_context(MemoryContext(examples=examples), max_entries=k, max_chars=self.max_chars)
-        return Retrieval(entry_ids=fitted.entry_ids, text=render_memory(fitted, max_chars=self.max_chars))
+        return _retrieval(MemoryContext(examples=examples), max_entries=k, max_chars=self.max_chars)
+
+
+class ProceduralRetriever:
+    """The agent's retriever over all three levels: insights of the nearest problems, patterns, and up to
+    ``k`` worked examples, fitted to the character budget and rendered by the one :func:`render_memory`.
+
+    ``policy`` (``policy_version(llm)``) is the version now solving, whose validated entries are trusted
+    fully (co-evolution). Only train-split entries, only active ones; a test-split task never sees anything
+    from its own problem.
+    """
+
+    def __init__(self, store: VectorMemoryStore, config: MemoryConfig | None = None, *, policy: str | None = None,
+                 max_chars: int | None = None) -> None:
+        self.store = store
+        self.config = config or MemoryConfig()
+        self.policy = policy
+        self.max_chars = self.config.retrieval.max_chars if max_chars is None else max_chars
+
+    def retrieve(self, task: Task, k: int) -> Retrieval:
+        if k <= 0:
+            return Retrieval()
+        return _retrieval(self.context(task, k), max_entries=None, max_chars=self.max_chars)
+
+    def context(self, task: Task, k: int) -> MemoryContext:
+        """Everything memory holds for ``task`` (before the budget): up to ``k`` worked examples, insights
+        of the nearest solved problems, and patterns, each section best first."""
+        vector = embed_array(self.store.embedder, [task.prompt])[0]
+        successes = ExperienceMemory(self.store).similar_successes(task, k, vector=vector)
+        examples = tuple(WorkedExample.from_episode(e) for e in successes)
+        return MemoryContext(examples, self._insights(task, vector), self._patterns(vector))
+
+    def _insights(self, task: Task, vector: npt.NDArray[np.float32]) -> tuple[Advice, ...]:
+        cfg = self.config.retrieval
+        if cfg.insights <= 0:
+            return ()
+        own = problem_key(task.prompt)
+        near: dict[str, float] = {}
+        hits = self.store.query_vector(EXPERIENCE, vector, k=4 * cfg.nearest_problems + 8, where={"split": "train"})
+        for hit in hits:
+            key = str(hit.record.metadata.get("problem") or problem_key(hit.record.text))
+            if hit.similarity < cfg.min_problem_similarity or len(near) >= cfg.nearest_problems:
+                break
+            if not (task.split == "test" and key == own):
+                near.setdefault(key, hit.similarity)
+        scored: list[tuple[float, Entry]] = []
+        for key, similarity in near.items():
+            where: dict[str, Scalar] = {problem_flag(key): True, "status": "active", "split": "train"}
+            for record in self.store.scan(INSIGHT, where=where):
+                entry = entry_or_none(record)
+                if entry is None or (task.split == "test" and own in entry.problem_ids):
+                    continue  # merged across the task's own problem: reflected on its own attempts
+                scored.append((similarity * trust(entry, self.policy, self.config.hygiene), entry))
+        return _top_advice(scored, cfg.insights)
+
+    def _patterns(self, vector: npt.NDArray[np.float32]) -> tuple[Advice, ...]:
+        cfg = self.config.retrieval
+        if cfg.patterns <= 0:
+            return ()
+        where: dict[str, Scalar] = {"status": "active", "split": "train"}
+        hits = self.store.query_vector(PATTERN, vector, k=4 * cfg.patterns, where=where)
+        scored = [(h.similarity * trust(e, self.policy, self.config.hygiene), e) for h in hits
+                  if h.similarity >= cfg.min_pattern_similarity and (e := entry_or_none(h.record)) is not None]
+        return _top_advice(scored, cfg.patterns)
 
 
 class NoMemory:
@@ -203,3 +278,19 @@ class NoMemory:
 
     def retrieve(self, task: Task, k: int) -> Retrieval:
         return Retrieval()
+
+
+def _retrieval(context: MemoryContext, *, max_entries: int | None, max_chars: int) -> Retrieval:
+    """What a retriever returns for ``context``: the part that fits the budget, rendered."""
+    fitted = fit_context(context, max_entries=max_entries, max_chars=max_chars)
+    return Retrieval(entry_ids=fitted.entry_ids, text=render_memory(fitted, max_chars=max_chars))
+
+
+def _top_advice(scored: Iterable[tuple[float, Entry]], n: int) -> tuple[Advice, ...]:
+    """The ``n`` best-scored entries as advice, each entry once (at its best score); the id breaks ties."""
+    best: dict[str, tuple[float, Entry]] = {}
+    for score, entry in scored:
+        if entry.id not in best or score > best[entry.id][0]:
+            best[entry.id] = (score, entry)
+    ranked = sorted(best.values(), key=lambda pair: (-pair[0], pair[1].id))
+    return tuple(Advice.from_entry(entry) for _, entry in ranked[:n])

@@ -7,12 +7,20 @@ procmem never imports this module to run it: :mod:`procmem.verifiers.sandbox` pa
 Two processes run from this source:
 
 * the **supervisor** (trusted; pid 1 of the sandbox's pid namespace when there is one). It reads its
-  configuration from stdin before any untrusted code exists, hardens the sandbox (private ``/tmp``,
-  hidden paths, read-only filesystem), starts the worker, drops its own privileges, runs the task's
-  tests and reports the outcome on a pipe (``result_fd``) that only it holds;
+  configuration (a :class:`procmem.verifiers.sandbox.Message`) from stdin before any untrusted code
+  exists, hardens its own view (private ``/tmp``, read-only filesystem; without a minimal root also
+  hidden paths), starts the worker, drops its own privileges, runs the task's tests and reports the
+  outcome on a pipe (``result_fd``) that only it holds;
 * the **worker** (untrusted): a fresh ``exec`` of the interpreter that runs the candidate program and
-  answers call requests. It never sees the tests, the expected values or the result pipe, has no
-  capabilities, and (as root) runs under a fresh unprivileged uid.
+  answers call requests. Given a minimal root (:func:`enter_root`), it gets a mount namespace of its
+  own whose ``/`` is a fresh read-only tmpfs holding only the interpreter, its standard library, the
+  shared libraries they load, a private ``/tmp``, its own ``/proc`` and ``/dev/null``, ``/dev/zero``,
+  ``/dev/urandom``; the host's filesystem is detached from it. It never sees the tests, the expected
+  values or the result pipe, has no capabilities, and (as root) runs under a fresh unprivileged uid.
+
+The same source also answers ``probe`` (run once per process by the host, outside any root): which
+directories and shared libraries the interpreter needs, found by importing every extension module of
+its standard library and listing what the dynamic loader loaded.
 
 The tests run in the supervisor: calling the entry point there sends the arguments to the worker and
 gets back a plain value (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
@@ -26,11 +34,17 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import signal
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs each sandboxed process ~5 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .sandbox import Box, Job, JobTest, Message, RootPlan  # (mypy cannot follow procmem.verifiers here)
 
 _MARK = "procmem-sandbox-child"
 _MAX_LINE = 8 << 20  # the biggest message either side accepts, in bytes
@@ -207,7 +221,8 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         return None if s is None else s.encode()
 
     lib = _libc()
-    _check(lib.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+    what = f"mount {source or fstype} on {target}" if source or fstype else f"remount {target}"
+    _check(lib.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), what)
 
 
 def _unescape(path: str) -> str:
@@ -256,9 +271,8 @@ def remount_readonly(skip: list) -> list:
     return failures
 
 
-def private_tmp(size_mb: int) -> None:
-    mount("tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
-          f"size={size_mb}m,nr_inodes={1024 + 64 * size_mb},mode=1777")
+def private_tmp(size_mb: int, at: str = "/tmp") -> None:
+    mount("tmpfs", at, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,nr_inodes={1024 + 64 * size_mb},mode=1777")
 
 
 def hide(paths: list) -> list:
@@ -272,6 +286,99 @@ def hide(paths: list) -> list:
             except OSError:
                 pass
     return hidden
+
+
+# The minimal root, built the way bubblewrap and nsjail build theirs: a fresh tmpfs, read-only bind mounts
+# of what the interpreter needs at the same paths (and the symlinks on the way to them), then pivot_root
+# into it and detach the old root, so that no path leads back to the host's files.
+
+_CLONE_NEWNS, _MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x20000, 1 << 14, 1 << 18, 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "ppc64": 203,
+               "s390x": 217, "i686": 217, "i386": 217, "armv7l": 218, "armv8l": 218}
+_ST_FLAGS = {os.ST_NOSUID: _MS_NOSUID, os.ST_NODEV: _MS_NODEV, os.ST_NOEXEC: _MS_NOEXEC, os.ST_NOATIME: _MS_NOATIME,
+             os.ST_NODIRATIME: _MS_NODIRATIME, os.ST_RELATIME: _MS_RELATIME}
+DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
+_PROC_OPTIONS = ("subset=pid,hidepid=invisible", "hidepid=invisible", "hidepid=2", "")
+
+
+def enter_root(root: RootPlan, tmp_mb: int) -> None:
+    """Move this process into a new mount namespace whose root is the minimal tree of ``root``."""
+    import ctypes
+
+    lib = _libc()
+    number = _PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(0, f"pivot_root: unknown syscall number on {os.uname().machine}")
+    _check(lib.unshare(ctypes.c_int(_CLONE_NEWNS)), "unshare(CLONE_NEWNS)")
+    mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing done below propagates to the supervisor's view
+    new = "/tmp"  # any directory serves as the mount point: the host's mounts vanish with the pivot
+    mount("tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=8192,mode=0755")
+    for link, target in root["links"]:
+        os.makedirs(new + os.path.dirname(link), 0o755, exist_ok=True)
+        os.symlink(target, new + link)
+    for path in root["binds"]:
+        bind_readonly(path, new + path)
+    os.mkdir(new + "/dev", 0o755)
+    for device in DEVICES:
+        _mount_point(new + device, directory=False)
+        mount(device, new + device, None, _MS_BIND)  # a device node is writable on a read-only mount too
+    os.mkdir(new + "/proc", 0o555)
+    mount_proc(new + "/proc")
+    os.mkdir(new + "/tmp", 0o755)
+    private_tmp(tmp_mb, new + "/tmp")
+    os.chdir(new)
+    _check(lib.syscall(ctypes.c_long(number), b".", b"."), "pivot_root")  # the old root now lies on top of "/"
+    _check(lib.umount2(b".", ctypes.c_int(_MNT_DETACH)), "umount2(old root)")
+    os.chdir("/")
+    mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    os.chdir("/tmp")
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind ``source`` at ``target`` (made as an empty file or directory), read-only."""
+    _mount_point(target, directory=os.path.isdir(source))
+    mount(source, target, None, _MS_BIND)
+    flags = os.statvfs(target).f_flag
+    if not flags & os.ST_RDONLY:  # the supervisor's view is read-only already, so its binds are too
+        locked = sum(ms for st, ms in _ST_FLAGS.items() if flags & st)  # a user namespace may not clear these
+        mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | locked)
+
+
+def _mount_point(path: str, *, directory: bool) -> None:
+    if directory:
+        os.makedirs(path, 0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+
+
+def mount_proc(target: str) -> None:
+    """A proc file system of this pid namespace: only its processes, others' hidden where the kernel can."""
+    for options in _PROC_OPTIONS:
+        try:
+            mount("proc", target, "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options or None)
+            return
+        except OSError:
+            if not options:
+                raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths in feedback: a candidate's exception text may quote paths, but only ones inside the sandbox's tree.
+
+_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"`,;:()\[\]{}<>|=*?]*")
+HIDDEN_PATH = "<hidden path>"
+
+
+def in_tree(path: str, tree: list) -> bool:
+    """Whether ``path`` is one of ``tree``'s paths, under one, or a directory on the way to one."""
+    path = "/" + os.path.normpath(path).lstrip("/")
+    return any(_under(path, [root]) or _under(root, [path]) for root in tree)
+
+
+def scrub_paths(text: str, tree: list) -> str:
+    """``text`` with every absolute path outside ``tree`` replaced (see :func:`in_tree`)."""
+    return _PATH.sub(lambda m: m.group(0) if in_tree(m.group(0), tree) else HIDDEN_PATH, text)
 
 
 def drop_capabilities() -> bool:
@@ -378,7 +485,8 @@ def work(req_fd: int, resp_fd: int) -> None:
     with contextlib.suppress(Exception):
         prctl(_PR_SET_DUMPABLE, 0)
     # Still trusted: no candidate code has run yet, so the supervisor can believe this report.
-    send(resp_fd, {"boot": True, "capabilities": "none" if _no_capabilities() else "some"})
+    send(resp_fd, {"boot": True, "capabilities": "none" if _no_capabilities() else "some",
+                   "root": sorted(os.listdir("/"))})
     reader = LineReader(req_fd)
     hello = reader.read() or {}
     program, error = _compile(str(hello.get("code", "")))
@@ -444,11 +552,15 @@ class CandidateError(Exception):
 
 
 class Worker:
-    def __init__(self, pid: int, req_fd: int, resp_fd: int) -> None:
-        self.pid, self.req_fd = pid, req_fd
+    def __init__(self, pid: int, req_fd: int, resp_fd: int, tree: list) -> None:
+        self.pid, self.req_fd, self.tree = pid, req_fd, tree
         self.reader = LineReader(resp_fd)
         self.status: int | None = None
         self.calls: list = []  # (call text, value text) of the current test
+
+    def scrub(self, text: object) -> str:
+        """The candidate's text with paths outside the sandbox's tree left out."""
+        return scrub_paths(text if type(text) is str else short(text, 1000), self.tree)
 
     def ask(self, msg: dict) -> dict:
         try:
@@ -482,8 +594,9 @@ class Worker:
                 return "the program closed its connection to the tests"
         return describe_status(self.status)
 
-    def boot(self) -> str | None:
-        """None when the worker started without privileges; else why it cannot run the program."""
+    def boot(self, root: RootPlan | None) -> str | None:
+        """None when the worker started without privileges (in ``root``, if given); else why it cannot run
+        the program."""
         try:
             report = self.reader.read()
         except (OverflowError, ValueError, OSError):
@@ -491,8 +604,13 @@ class Worker:
         if report is None:
             self.describe_exit()
             return f"the sandbox could not start the program (its process ended with status {self.status})"
+        if report.get("error"):
+            self.describe_exit()
+            return f"the sandbox could not start the program: {short(report['error'], 300)}"
         if report.get("capabilities") != "none":
             return "the sandbox could not drop the program's privileges"
+        if root is not None and report.get("root") != sorted(root["top"]):
+            return f"the program's root is not the one built for it: {short(report.get('root'), 300)}"
         return None
 
 
@@ -534,11 +652,11 @@ class Proxy:
                 self.worker.calls.append((text, "returned " + show(value)))
                 return value
         if "bad" in reply:
-            bad = CandidateError(f"{text} {short(reply['bad'], 300)}")
+            bad = CandidateError(f"{text} {short(self.worker.scrub(reply['bad']), 300)}")
             bad.feedback = str(bad)  # type: ignore[attr-defined]
             raise bad
         raised = reply.get("raise") or ["Exception", ""]
-        kind, message = short(raised[0], 60), short(raised[1]) if len(raised) > 1 else ""
+        kind, message = short(raised[0], 60), short(self.worker.scrub(raised[1])) if len(raised) > 1 else ""
         outcome = f"raised {kind}: {message}" if message else "raised " + kind
         self.worker.calls.append((text, outcome))
         raise candidate_exception(kind, message, f"{text} {outcome}")
@@ -587,7 +705,7 @@ def failure_message(err: BaseException, worker: Worker) -> str:
     return message + ("; {} {}".format(*last) if last else "")
 
 
-def run_test(index: int, test: dict, space: dict, worker: Worker, entry: str) -> tuple:
+def run_test(index: int, test: JobTest, space: dict, worker: Worker, entry: str) -> tuple:
     """(passed, message) of one test: an assert snippet (``code``) or an input/output pair."""
     worker.calls = []
     try:
@@ -609,7 +727,7 @@ def _expire(_signum: int, _frame: object) -> None:
     os._exit(124)
 
 
-def supervise(cfg: dict) -> None:
+def supervise(cfg: Message) -> None:
     box = cfg["sandbox"]
     # A backstop for an orphaned sandbox (the host process died): the host kills the run long before.
     # As a pid namespace's init, the supervisor only gets signals it handles, hence the handler.
@@ -623,17 +741,30 @@ def supervise(cfg: dict) -> None:
     worker = start_worker(box)
     setup.update(drop_own_privileges(box))
     set_limits(box["supervisor_limits"])
-    broken = worker.boot()
+    broken = worker.boot(box["root"])
     setup["worker"] = broken or "started"
+    setup["root"] = "minimal" if box["root"] is not None and broken is None else "host"
     send(result_fd, {"ev": "hello", "nonce": box["nonce"], "setup": setup})
-    judge(cfg, worker, result_fd, box["nonce"], broken)
+    judge(cfg["job"], worker, result_fd, box["nonce"], broken)
 
 
-def harden(box: dict) -> dict:
+def harden(box: Box) -> dict:
+    """The supervisor's own view: a private /tmp and a read-only filesystem (in a mount namespace).
+
+    Without a minimal root for the worker, which would share this view, paths in ``box["hide"]`` are
+    covered first."""
     setup: dict = {"mount": "host"}
-    if box.get("mountns"):
-        private_tmp(int(box["tmp_mb"]))
-        hidden = hide([p for p in box.get("hide", []) if not (_under("/tmp", [p]) or _under(p, ["/tmp"]))])
+    if box["hostname"]:
+        name = box["hostname"].encode()
+        try:
+            _check(_libc().sethostname(name, len(name)), "sethostname")
+            setup["hostname"] = box["hostname"]
+        except OSError:  # the host's name shows; everything else still holds
+            setup["hostname"] = "host's"
+    if box["mountns"]:
+        private_tmp(box["tmp_mb"])
+        hide_list = box["hide"] if box["root"] is None else []
+        hidden = hide([p for p in hide_list if not (_under("/tmp", [p]) or _under(p, ["/tmp"]))])
         failures = remount_readonly(["/tmp", *hidden])
         setup.update(mount="private", tmp="private tmpfs", hidden=len(hidden), readonly_failures=failures)
         os.chdir("/tmp")
@@ -645,7 +776,7 @@ def harden(box: dict) -> dict:
     return setup
 
 
-def start_worker(box: dict) -> Worker:
+def start_worker(box: Box) -> Worker:
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
     pid = os.fork()
@@ -654,32 +785,35 @@ def start_worker(box: dict) -> Worker:
             close_fds_except({req_r, resp_w})
             os.set_inheritable(req_r, True)
             os.set_inheritable(resp_w, True)
+            if box["root"] is not None:
+                enter_root(box["root"], box["tmp_mb"])
             set_limits(box["worker_limits"])
-            if box.get("uids"):
+            if box["uids"]:
                 drop_bounding_set()
-                drop_uid(int(box["uids"][1]))  # also clears every capability
-            elif box.get("drop_caps"):
+                drop_uid(box["uids"][1])  # also clears every capability
+            elif box["drop_caps"]:
                 drop_capabilities()
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
             prctl(_PR_SET_NO_NEW_PRIVS, 1)
             python = box["python"]
             argv = [python, "-I", "-S", "-B", "-c", box["src"], "worker", str(req_r), str(resp_w), box["run_id"]]
             os.execve(python, argv, box["env"])
-        except BaseException:
-            pass
+        except BaseException as err:
+            with contextlib.suppress(BaseException):
+                send(resp_w, {"boot": False, "error": f"{type(err).__name__}: {err}"})
         os._exit(127)
     os.close(req_r)
     os.close(resp_w)
-    return Worker(pid, req_w, resp_r)
+    return Worker(pid, req_w, resp_r, box["tree"])
 
 
-def drop_own_privileges(box: dict) -> dict:
+def drop_own_privileges(box: Box) -> dict:
     facts: dict = {}
-    if box.get("uids"):
+    if box["uids"]:
         drop_bounding_set()
-        drop_uid(int(box["uids"][0]))
+        drop_uid(box["uids"][0])
         facts["uid"] = "dropped"
-    elif box.get("drop_caps"):
+    elif box["drop_caps"]:
         facts["uid"] = "same"
     facts["capabilities"] = "none" if drop_capabilities() else "some kept"
     with contextlib.suppress(OSError):
@@ -687,25 +821,26 @@ def drop_own_privileges(box: dict) -> dict:
     return facts
 
 
-def judge(cfg: dict, worker: Worker, result_fd: int, nonce: str, broken: str | None) -> None:
-    entry = str(cfg["entry_point"])
-    tests = cfg["tests"]
+def judge(job: Job, worker: Worker, result_fd: int, nonce: str, broken: str | None) -> None:
+    entry = str(job["entry_point"])
+    tests = job["tests"]
     passed, gone = 0, broken
     try:
-        ready = {} if broken else worker.ask({"code": cfg["code"], "names": [entry]})
+        ready = {} if broken else worker.ask({"code": job["code"], "names": [entry]})
     except WorkerGone as err:
         ready = {"ready": False, "error": str(err)}
     if gone is not None:
         pass
     elif not ready.get("ready"):
-        gone = "the program failed while loading: {}".format(short(ready.get("error") or "no reason given", 300))
+        gone = "the program failed while loading: {}".format(
+            short(worker.scrub(ready.get("error") or "no reason given"), 300))
     elif ready.get("missing"):
         gone = f"the program does not define a function named {entry}"
     send(result_fd, {"ev": "loaded", "ok": gone is None, "error": gone})
     space = {"__builtins__": builtins, "__name__": "__tests__", entry: Proxy(entry, worker)}
-    if gone is None and cfg.get("setup"):
+    if gone is None and job["setup"]:
         try:
-            exec(compile(cfg["setup"], "<setup>", "exec"), space)
+            exec(compile(job["setup"], "<setup>", "exec"), space)
         except BaseException as err:
             gone = f"the task's test setup failed: {type(err).__name__}: {short(str(err))}"
     for index, test in enumerate(tests):
@@ -723,9 +858,53 @@ def judge(cfg: dict, worker: Worker, result_fd: int, nonce: str, broken: str | N
     send(result_fd, {"ev": "done", "nonce": nonce, "passed": passed, "total": len(tests)})
 
 
+def probe() -> dict:
+    """What this interpreter needs (run by the host, outside any root, with the worker's flags).
+
+    ``path``: its import directories that exist; ``modules``: the extension modules in them that import;
+    ``loaded``: the shared objects the dynamic loader loaded for them, named as it found them (through
+    symlinks); ``mapped``: the real paths of every file mapped into memory.
+    """
+    import ctypes
+
+    dirs = [p for p in sys.path if os.path.isdir(p)]
+    modules = []
+    for name in sorted({n.partition(".")[0] for d in dirs for n in os.listdir(d) if n.endswith(".so")}):
+        try:
+            __import__(name)
+            modules.append(name)
+        except BaseException:
+            continue
+
+    class Info(ctypes.Structure):
+        _fields_ = [("addr", ctypes.c_size_t), ("name", ctypes.c_char_p)]
+
+    loaded: list = []
+
+    def seen(info: Any, _size: int, _data: object) -> int:
+        loaded.append(os.fsdecode(info.contents.name or b""))
+        return 0
+
+    callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Info), ctypes.c_size_t, ctypes.c_void_p)(seen)
+    with contextlib.suppress(Exception):  # without it, the loader's names are missing: the host's check fails
+        _libc().dl_iterate_phdr(callback, None)
+    mapped = set()
+    with contextlib.suppress(OSError), open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.rstrip("\n").split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and not fields[5].endswith(" (deleted)"):
+                mapped.add(fields[5])
+    return {"path": dirs, "modules": modules, "loaded": sorted({p for p in loaded if p.startswith("/")}),
+            "mapped": sorted(mapped)}
+
+
 def main(argv: list) -> None:
     if argv and argv[0] == "worker":
         work(int(argv[1]), int(argv[2]))
+        os._exit(0)
+    if argv and argv[0] == "probe":
+        sys.stdout.write("\n" + json.dumps(probe()) + "\n")  # on a line of its own, whatever a module printed
+        sys.stdout.flush()
         os._exit(0)
     cfg = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     try:

@@ -47,7 +47,7 @@ from typing import Any
 
 from procmem.core import ProcmemError, Task, Verdict
 from procmem.verifiers.base import register_verifier
-from procmem.verifiers.sandbox import SandboxLimits, SandboxRun, run_sandboxed
+from procmem.verifiers.sandbox import IsolationSupport, Job, JobTest, SandboxLimits, SandboxRun, run_sandboxed
 
 __all__ = ["CodeSpec", "CodeVerifier", "extract_code"]
 
@@ -62,7 +62,7 @@ class CodeSpec:
     """A code task's tests and limits, checked when the verifier is built."""
 
     entry_point: str
-    tests: tuple[Mapping[str, Any], ...]
+    tests: tuple[JobTest, ...]
     test_texts: tuple[str, ...]
     setup: str = ""
     stub: str = ""
@@ -99,13 +99,13 @@ def _text(meta: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _asserts(raw: Any, where: str) -> tuple[list[Mapping[str, Any]], list[str]]:
+def _asserts(raw: Any, where: str) -> tuple[list[JobTest], list[str]]:
     if not isinstance(raw, list) or not all(isinstance(t, str) and t.strip() for t in raw):
         raise ProcmemError("metadata.tests must be a list of code strings", where=where,
                            fix='write tests like ["assert f(1) == 2", ...]')
     for i, text in enumerate(raw):
         _compiles(text, f"metadata.tests[{i}]", where)
-    return [{"code": t} for t in raw], list(raw)
+    return [JobTest(code=t) for t in raw], list(raw)
 
 
 def _compiles(text: str, name: str, where: str) -> None:
@@ -115,13 +115,13 @@ def _compiles(text: str, name: str, where: str) -> None:
         raise ProcmemError(f"{name} is not valid Python: {err}", where=where, fix="fix the test code") from err
 
 
-def _io_pairs(raw: Any, entry: str, where: str) -> tuple[list[Mapping[str, Any]], list[str]]:
+def _io_pairs(raw: Any, entry: str, where: str) -> tuple[list[JobTest], list[str]]:
     if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], list)
                                             for p in raw):
         raise ProcmemError("metadata.io must be a list of [arguments, expected] pairs", where=where,
                            fix="write pairs like [[[1, 2], 3], ...], the arguments as a list")
     texts = [f"{entry}({', '.join(map(repr, args))}) == {expected!r}" for args, expected in raw]
-    return [{"args": args, "expected": expected} for args, expected in raw], texts
+    return [JobTest(args=args, expected=expected) for args, expected in raw], texts
 
 
 def _limits(meta: Mapping[str, Any], where: str) -> SandboxLimits:
@@ -170,10 +170,12 @@ def _as_body(text: str) -> str:
 class CodeVerifier:
     """Runs an answer's program against a :class:`CodeSpec` in the sandbox."""
 
-    def __init__(self, spec: CodeSpec, *, mode: str | None = None, hide: Sequence[str] | None = None,
-                 tmp_root: str | None = None) -> None:
+    def __init__(self, spec: CodeSpec, *, mode: str | None = None, support: IsolationSupport | None = None,
+                 hide: Sequence[str] | None = None, tmp_root: str | None = None) -> None:
+        """``mode`` picks the sandbox policy (see :func:`~procmem.verifiers.sandbox.isolation_support`),
+        or ``support`` gives the isolation itself; ``hide`` and ``tmp_root`` go to the sandbox."""
         self.spec = spec
-        self._mode, self._hide, self._tmp_root = mode, hide, tmp_root
+        self._mode, self._support, self._hide, self._tmp_root = mode, support, hide, tmp_root
 
     def verify(self, answer: str) -> Verdict:
         return self.run(answer)[0]
@@ -188,9 +190,10 @@ class CodeVerifier:
                          total), None
         if len(code) > MAX_PROGRAM_CHARS:
             return _fail(f"the program is longer than {MAX_PROGRAM_CHARS} characters", total), None
-        payload = {"code": code, "entry_point": spec.entry_point, "tests": list(spec.tests), "setup": spec.setup}
+        job = Job(code=code, entry_point=spec.entry_point, tests=list(spec.tests), setup=spec.setup)
         try:
-            run = run_sandboxed(payload, spec.limits, mode=self._mode, hide=self._hide, tmp_root=self._tmp_root)
+            run = run_sandboxed(job, spec.limits, mode=self._mode, support=self._support, hide=self._hide,
+                                tmp_root=self._tmp_root)
         except OSError as err:
             return _fail(f"the sandbox could not start: {err}", total, sandbox_error=str(err)), None
         return self._judge(run), run
@@ -224,7 +227,7 @@ class CodeVerifier:
         if failed:
             first = failed[0]
             return f"{len(failed)} of {total} tests failed; {self._label(first)}: {results[first].get('msg', '')}"
-        tail = " ".join(run.stderr.strip().splitlines()[-1:])[-200:]
+        tail = run.scrub(" ".join(run.stderr.strip().splitlines()[-1:])[-200:])
         return f"the sandbox ended without reporting results (exit code {run.returncode})" + (
             f": {tail}" if tail else "")
 

@@ -6,15 +6,23 @@ The host side of the code verifier's sandbox. One run:
 2. starts ``unshare`` (util-linux) with new network, pid and mount namespaces (plus a user namespace
    when not root) and, inside it, the trusted supervisor from :mod:`procmem.verifiers._sandbox_child`
    under ``python -I -S -B`` with a scrubbed environment (PATH, LANG, HOME/TMPDIR and a run marker only)
-   in a new session. The configuration travels on stdin, never in argv or the environment;
-3. the supervisor mounts a private size-capped tmpfs on ``/tmp`` (the working directory), hides
-   procmem's own sources and data (``PROCMEM_HOME``, the home and current directories) and ``/run``
-   (host daemons' sockets) under empty tmpfs mounts, remounts everything else read-only, and starts the
-   untrusted worker with rlimits (CPU time, address space, file size, processes, open files, no core
-   files) and without privileges: as root the worker and the supervisor each get a fresh unused uid,
-   otherwise no capabilities, and ``no_new_privs`` either way. The worker reports that it holds no
-   capability before it is given the program; the supervisor then reports ``hello`` and the program's
-   time limit starts. An alarm ends an orphaned sandbox (host process gone) shortly after the limit;
+   in a new session. The configuration (a :class:`Message`) travels on stdin, never in argv or the
+   environment;
+3. the supervisor mounts a private size-capped tmpfs on ``/tmp``, remounts everything else read-only
+   and starts the untrusted worker. The worker enters a minimal root of its own (:class:`RootPlan`): a
+   new mount namespace whose ``/`` is a fresh read-only tmpfs holding read-only bind mounts of the
+   interpreter, its standard library and the shared libraries they load (each at its host path, with
+   the symlinks that lead there), a private size-capped ``/tmp`` (its working directory), its own
+   ``/proc`` (only the sandbox's processes) and ``/dev/null``, ``/dev/zero`` and ``/dev/urandom``,
+   entered with ``pivot_root``; the host's filesystem is detached from it. Where no minimal root can be
+   built, the worker shares the supervisor's view instead, with procmem's own sources and data
+   (``PROCMEM_HOME``, the home and current directories) and ``/run`` (host daemons' sockets) covered by
+   empty tmpfs mounts. The worker runs with rlimits (CPU time, address space, file size, processes,
+   open files, no core files) and without privileges: as root the worker and the supervisor each get a
+   fresh unused uid, otherwise no capabilities, and ``no_new_privs`` either way. The worker reports
+   that it holds no capability (and what its ``/`` holds) before it is given the program; the
+   supervisor then reports ``hello`` and the program's time limit starts. An alarm ends an orphaned
+   sandbox (host process gone) shortly after the limit;
 4. the host reads stdout and stderr with a cap (more than ``max_output_bytes`` ends the run) and the
    result pipe until the supervisor reports ``done`` or the wall-clock timeout hits, then kills the
    whole process group (before reaping its leader, so the group id cannot be reused), waits until no
@@ -22,13 +30,15 @@ The host side of the code verifier's sandbox. One run:
    removes the temp directory.
 
 The pass/fail decision is made from the supervisor's events only (a per-run nonce marks its ``hello``
-and ``done``); nothing the program prints or exits with counts.
+and ``done``); nothing the program prints or exits with counts. The candidate's exception texts reach
+the feedback with every absolute path outside the sandbox's tree replaced.
 
 Isolation levels (:func:`isolation_support`):
 
-* ``strong``: network, pid and mount namespaces, read-only filesystem, unprivileged worker;
-* ``partial``: some namespaces (e.g. only the network one), or root without an interpreter that an
-  unprivileged uid can run;
+* ``strong``: network, pid and mount namespaces, the minimal root, unprivileged worker;
+* ``partial``: some namespaces (e.g. only the network one), a mount namespace where the minimal root
+  cannot be built (the worker then sees the host's filesystem read-only, minus the hidden paths), or
+  root without an interpreter that an unprivileged uid can run;
 * ``weak``: no namespaces at all (``unshare`` missing or denied, e.g. user namespaces disabled).
   Processes, rlimits, the scrubbed environment and the temp directory still apply, but the program can
   reach the network and write wherever its uid may. The verdict says so.
@@ -55,16 +65,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from procmem.core import Home, ProcmemError
+from procmem.verifiers._sandbox_child import DEVICES, scrub_paths
 
 __all__ = [
     "ISOLATION_ENV",
     "MARKER_ENV",
+    "Box",
     "IsolationSupport",
+    "Job",
+    "JobTest",
+    "Message",
+    "RootPlan",
     "SandboxLimits",
     "SandboxRun",
     "default_hidden_paths",
@@ -83,9 +99,70 @@ _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _STARTUP_S = 10.0  # most time for the sandbox to start; the program's time limit counts from then
 _DRAIN_S = 1.0  # how long to wait for the sandbox to exit after it reported done
 _MAX_RESULT_BYTES = 4 << 20
+_HOSTNAME = "sandbox"  # the host's name is not the program's business
+_SELF_CHECK_S = 20.0  # time limit of the run that checks the minimal root once per process
 _SYSTEM_DIRS = frozenset(["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media",
                           "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
                           "/var"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The configuration message the supervisor reads on stdin (JSON), as both sides see it.
+
+
+class JobTest(TypedDict, total=False):
+    """One test: an assert snippet (``code``), or positional ``args`` and the ``expected`` value."""
+
+    code: str
+    args: list[Any]
+    expected: Any
+
+
+class Job(TypedDict):
+    """What the tests need: the candidate program, its entry point, the tests and their setup code."""
+
+    code: str
+    entry_point: str
+    tests: list[JobTest]
+    setup: str
+
+
+class RootPlan(TypedDict):
+    """The worker's minimal root: host paths bound read-only at the same paths, and symlinks."""
+
+    binds: list[str]  # real files and directories (the interpreter, its import directories, libraries)
+    links: list[list[str]]  # [path, target]: the symlinks on the way to them, recreated as they are
+    top: list[str]  # the entries of its "/", sorted (the worker reports what it sees; they must match)
+
+
+class Box(TypedDict):
+    """How the supervisor builds the sandbox and starts the worker."""
+
+    result_fd: int  # the pipe for the supervisor's events (the worker never holds it)
+    nonce: str  # marks the supervisor's hello and done events
+    run_id: str  # in every sandboxed process's argv and environment (MARKER_ENV), to find leftovers
+    mountns: bool  # whether the supervisor has a mount namespace of its own
+    uids: list[int] | None  # [supervisor, worker]: fresh uids to drop to (as root), else None
+    drop_caps: bool  # without fresh uids: drop every capability instead
+    tmp_mb: int  # size of the private /tmp
+    workdir: str  # the host temp directory (the working directory without a mount namespace)
+    python: str  # the interpreter that runs the worker
+    env: dict[str, str]  # the worker's whole environment
+    src: str  # this module's source, run by the worker with ``-c``
+    worker_limits: dict[str, list[int]]  # rlimit name (RLIMIT_...) -> [soft, hard]
+    supervisor_limits: dict[str, list[int]]
+    hide: list[str]  # directories covered by an empty tmpfs when there is no minimal root
+    root: RootPlan | None  # the worker's minimal root, or None to share the supervisor's view
+    tree: list[str]  # the paths the worker can see (see _sandbox_child.in_tree); others are scrubbed
+    hostname: str | None  # set in the sandbox's own UTS namespace (None: there is none)
+    deadline_s: float  # the supervisor's own alarm: it exits after this long whatever happens
+
+
+class Message(TypedDict):
+    """The whole message: the job and the box."""
+
+    job: Job
+    sandbox: Box
 
 
 @dataclass(frozen=True)
@@ -117,13 +194,29 @@ class IsolationSupport:
     python: str
     drop_uid: bool
     notes: tuple[str, ...] = ()
+    root: RootPlan | None = None
+    """The worker's minimal root; None: it sees the supervisor's view (the host's files, read-only)."""
+    tree: tuple[str, ...] = ("/tmp", "/proc", *DEVICES)
+    """The paths the worker can see, as far as feedback may quote them."""
 
     def describe(self) -> str:
         parts = [f"namespaces: {','.join(self.namespaces) or 'none'}"]
+        if self.root is not None:
+            parts.append(f"minimal root ({len(self.root['binds'])} read-only binds)")
+        elif "mount" in self.namespaces:
+            parts.append("host filesystem, read-only")
         if os.geteuid() == 0:
             parts.append("fresh uid" if self.drop_uid else "uid 0 without capabilities")
         parts.extend(self.notes)
         return "; ".join(parts)
+
+    def without_root(self) -> IsolationSupport:
+        """The same isolation with the worker on the host's read-only filesystem instead of a minimal root
+        (the level before minimal roots existed: ``partial``, or weaker; for comparisons)."""
+        if self.root is None:
+            return self
+        return replace(self, root=None, level="partial" if self.level == "strong" else self.level,
+                       notes=(*self.notes, "no minimal root (asked for)"))
 
 
 @dataclass
@@ -140,6 +233,11 @@ class SandboxRun:
     isolation: dict[str, Any] = field(default_factory=dict)
     leftovers_killed: int = 0
     run_id: str = ""
+    tree: tuple[str, ...] = ()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every absolute path the program could not see replaced."""
+        return scrub_paths(text, list(self.tree))
 
     @property
     def done(self) -> dict[str, Any] | None:
@@ -191,26 +289,122 @@ def _probe(*, force_weak: bool) -> IsolationSupport:
     root = os.geteuid() == 0
     notes: list[str] = []
     python, drop_uid = _pick_python(root, notes)
+    weak = IsolationSupport("weak", (), (), python, drop_uid)
     if force_weak:
-        return IsolationSupport("weak", (), (), python, drop_uid, (f"forced by {ISOLATION_ENV}=weak",))
+        return replace(weak, notes=(f"forced by {ISOLATION_ENV}=weak",))
     unshare = shutil.which("unshare") or ("/usr/bin/unshare" if os.path.exists("/usr/bin/unshare") else None)
     if unshare is None:
         notes.append("no `unshare` command (util-linux): no network, pid or mount isolation")
-        return IsolationSupport("weak", (), (), python, drop_uid, tuple(notes))
+        return replace(weak, notes=tuple(notes))
     user = [] if root else ["--map-root-user"]
     full = ["--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
-    tries = [(user + full, ("net", "pid", "mount")), ([*user, "--net"], ("net",))]
+    tries = [([*user, *full, "--uts", "--ipc"], ("net", "pid", "mount", "uts", "ipc")),
+             (user + full, ("net", "pid", "mount")), ([*user, "--net"], ("net",))]
     for flags, names in tries:
-        error = _try_run([unshare, *flags, "--", python, "-I", "-S", "-B", "-c", "print('ok')"])
-        if error is None:
-            namespaces = ("user", *names) if not root else names
-            strong = "mount" in names and (drop_uid or not root)
-            if "mount" not in names:
-                notes.append("no pid or mount namespace: processes and files are protected by rlimits and uid only")
-            return IsolationSupport("strong" if strong else "partial", (unshare, *flags), namespaces, python,
-                                    drop_uid, tuple(notes))
-        notes.append(f"`unshare {' '.join(flags)}` failed: {error}")
-    return IsolationSupport("weak", (), (), python, drop_uid, tuple(notes))
+        out, error = _capture([unshare, *flags, "--", python, "-I", "-S", "-B", "-c", _child_source(), "probe"])
+        found = _last_json(out)
+        if found is None:
+            notes.append(f"`unshare {' '.join(flags)}` failed: {error or 'no probe report'}")
+            continue
+        namespaces = ("user", *names) if not root else names
+        strong = "mount" in names and (drop_uid or not root)
+        if "mount" not in names:
+            notes.append("no pid or mount namespace: processes and files are protected by rlimits and uid only")
+        plan = _root_plan(python, found)
+        support = IsolationSupport("strong" if strong else "partial", (unshare, *flags), namespaces, python,
+                                   drop_uid, tuple(notes), tree=_tree(plan))
+        return _with_root(support, plan, found.get("modules", [])) if "mount" in names else support
+    return replace(weak, notes=tuple(notes))
+
+
+def _with_root(support: IsolationSupport, plan: RootPlan, modules: Sequence[str]) -> IsolationSupport:
+    """``support`` with the minimal root ``plan`` if a sandboxed run in it can import every extension
+    module the interpreter imports outside (tried again with the loader's cache, /etc/ld.so.cache, if
+    not); else ``support`` at ``partial`` level at most, saying why."""
+    plans = [plan]
+    cache = "/etc/ld.so.cache"
+    if os.path.isfile(cache) and cache not in plan["binds"]:
+        plans.append(_root_plan(support.python, {"mapped": [*plan["binds"], cache]}, links=plan["links"]))
+    code = (f"def check():\n    missing = []\n    for name in {list(modules)!r}:\n        try:\n"
+            "            __import__(name)\n        except BaseException:\n            missing.append(name)\n"
+            "    return missing\n")
+    job = Job(code=code, entry_point="check", tests=[{"args": [], "expected": []}], setup="")
+    reasons = []
+    for candidate in plans:
+        trial = replace(support, root=candidate, tree=_tree(candidate))
+        run = _run(trial, job, SandboxLimits(timeout_s=_SELF_CHECK_S), hide=[], tmp_root=None)
+        done = run.done
+        if done is not None and done.get("passed") == 1 and run.isolation.get("root") == "minimal":
+            return trial
+        reasons.append(_root_failure(run))
+    reason = reasons[0]  # why the plan itself failed (the retry with the loader's cache is a guess)
+    return replace(support, level="partial" if support.level == "strong" else support.level,
+                   notes=(*support.notes, f"no minimal root ({reason}): the program sees the host's files, "
+                                          "read-only, minus procmem's own"))
+
+
+def _root_failure(run: SandboxRun) -> str:
+    hello = next((e for e in run.events if e.get("ev") == "hello"), None)
+    worker = (hello or {}).get("setup", {}).get("worker")
+    if worker not in (None, "started"):
+        return str(worker)[:300]
+    result = next((e for e in run.events if e.get("ev") == "result"), None)
+    if result is not None:
+        return str(result.get("msg"))[:300]
+    tail = " ".join(run.stderr.strip().splitlines()[-1:])[-200:]
+    return f"the check run ended without results ({tail or 'no output'})"
+
+
+def _root_plan(python: str, found: Mapping[str, Any], links: Sequence[Sequence[str]] = ()) -> RootPlan:
+    """The minimal root for ``python`` from its probe (see ``_sandbox_child.probe``): every path it needs
+    bound at its real path, and the symlinks met on the way to each recreated as they are."""
+    met: dict[str, str] = {link: target for link, target in links}
+    reals: set[str] = set()
+    for path in [python, *found.get("path", []), *found.get("loaded", []), *found.get("mapped", [])]:
+        on_the_way: dict[str, str] = {}
+        real = _trace(path, on_the_way) if os.path.isabs(path) else "/"
+        if real not in _SYSTEM_DIRS and not _holds_any(("/proc", "/sys", "/dev"), real) and (
+                os.path.isfile(real) or os.path.isdir(real)):
+            reals.add(real)
+            met.update(on_the_way)
+    dirs = [r for r in reals if os.path.isdir(r)]
+    binds = sorted(r for r in reals if not any(r != d and _holds(d, [r]) for d in dirs))
+    kept = sorted([link, target] for link, target in met.items() if not any(_holds(d, [link]) for d in dirs))
+    top = {path.split("/")[1] for path in [*binds, *(link for link, _ in kept)]} | {"dev", "proc", "tmp"}
+    return RootPlan(binds=binds, links=kept, top=sorted(top))
+
+
+def _trace(path: str, links: dict[str, str]) -> str:
+    """The real path that ``path`` leads to; each symlink met on the way is added to ``links``."""
+    done, rest, hops = "/", [p for p in path.split("/") if p], 0
+    while rest:
+        part = rest.pop(0)
+        if part in (".", ".."):
+            done = os.path.dirname(done) if part == ".." else done
+            continue
+        here = os.path.join(done, part)
+        if not os.path.islink(here):
+            done = here
+            continue
+        hops += 1
+        if hops > 40:
+            raise ProcmemError(f"too many symlinks on the way to {path}", where="the sandbox's minimal root",
+                               fix="point the interpreter's paths at real files")
+        target = os.readlink(here)
+        links[here] = target
+        rest[:0] = [p for p in target.split("/") if p]
+        if target.startswith("/"):
+            done = "/"
+    return done
+
+
+def _holds_any(folders: Sequence[str], path: str) -> bool:
+    return any(_holds(folder, [path]) for folder in folders)
+
+
+def _tree(plan: RootPlan) -> tuple[str, ...]:
+    """What the worker in ``plan``'s root can see, as paths (for scrubbing feedback)."""
+    return (*plan["binds"], *(link for link, _ in plan["links"]), "/tmp", "/proc", *DEVICES)
 
 
 def _pick_python(root: bool, notes: list[str]) -> tuple[str, bool]:
@@ -227,24 +421,35 @@ def _pick_python(root: bool, notes: list[str]) -> tuple[str, bool]:
             continue
         seen.append(path)
         code = "import ctypes, json, resource, sys; assert sys.version_info >= (3, 10); print('ok')"
-        if _try_run([path, "-I", "-S", "-B", "-c", code], user=uid, group=uid, extra_groups=[]) is None:
+        out, _ = _capture([path, "-I", "-S", "-B", "-c", code], user=uid, group=uid, extra_groups=[])
+        if out is not None and out.strip() == "ok":
             return path, True
     notes.append("no Python interpreter that an unprivileged uid can run: the program runs as uid 0 "
                  "without capabilities")
     return own, False
 
 
-def _try_run(argv: list[str], **kwargs: Any) -> str | None:
-    """None if ``argv`` prints ok; else the reason."""
+def _capture(argv: list[str], **kwargs: Any) -> tuple[str | None, str | None]:
+    """(stdout, None) if ``argv`` succeeds; else (None, the reason)."""
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd="/",
                               env=_base_env("/", "probe"), check=False, **kwargs)
     except (OSError, subprocess.SubprocessError) as err:
-        return str(err)
-    if done.returncode == 0 and done.stdout.strip() == b"ok":
-        return None
+        return None, str(err)
+    if done.returncode == 0:
+        return done.stdout.decode(errors="replace"), None
     lines = done.stderr.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else f"exit code {done.returncode}"
+    return None, lines[-1] if lines else f"exit code {done.returncode}"
+
+
+def _last_json(out: str | None) -> dict[str, Any] | None:
+    """The JSON object on the last line of ``out``, if there is one."""
+    lines = (out or "").strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _fresh_uids() -> tuple[int, int]:
@@ -304,15 +509,24 @@ def _interpreter_dirs(python: str) -> list[str]:
 # One run
 
 
-def run_sandboxed(payload: Mapping[str, Any], limits: SandboxLimits, *, mode: str | None = None,
-                  hide: Sequence[str] | None = None, tmp_root: str | None = None) -> SandboxRun:
-    """Run the supervisor on ``payload`` (what the tests need) in a fresh sandbox; never raises on a
-    hostile program. ``hide`` defaults to :func:`default_hidden_paths`; ``tmp_root`` is where the temp
-    working directory is created (default: the system temp dir)."""
-    support = isolation_support(mode)
+def run_sandboxed(job: Job, limits: SandboxLimits, *, mode: str | None = None,
+                  support: IsolationSupport | None = None, hide: Sequence[str] | None = None,
+                  tmp_root: str | None = None) -> SandboxRun:
+    """Run the supervisor on ``job`` in a fresh sandbox; never raises on a hostile program.
+
+    ``support`` defaults to :func:`isolation_support` of ``mode``; ``hide`` (used without a minimal root)
+    to :func:`default_hidden_paths`; ``tmp_root`` is where the temp working directory is created
+    (default: the system temp dir)."""
+    return _run(support or isolation_support(mode), job, limits, hide=hide, tmp_root=tmp_root)
+
+
+def _run(support: IsolationSupport, job: Job, limits: SandboxLimits, *, hide: Sequence[str] | None,
+         tmp_root: str | None) -> SandboxRun:
     run_id, nonce = secrets.token_hex(8), secrets.token_hex(16)
     uids = _fresh_uids() if support.drop_uid else None
     workdir = tempfile.mkdtemp(prefix="procmem-sbx-", dir=tmp_root)
+    mountns = "mount" in support.namespaces
+    tree = support.tree if mountns else (workdir, support.python, *DEVICES)  # the host's /tmp and /proc are shared
     started = time.monotonic()
     proc: subprocess.Popen[bytes] | None = None
     run: SandboxRun | None = None
@@ -320,18 +534,21 @@ def run_sandboxed(payload: Mapping[str, Any], limits: SandboxLimits, *, mode: st
     try:
         if uids is not None:
             os.chown(workdir, uids[1], uids[1])
-        mountns = "mount" in support.namespaces
         source = _child_source()
         env = _base_env("/tmp" if mountns else workdir, run_id)
-        box = {
-            "result_fd": result_w, "nonce": nonce, "run_id": run_id, "mountns": mountns,
-            "uids": list(uids) if uids else None, "drop_caps": uids is None, "tmp_mb": limits.tmp_mb,
-            "workdir": workdir, "python": support.python, "env": env, "src": source,
-            "worker_limits": _worker_limits(limits), "supervisor_limits": _supervisor_limits(limits),
-            "hide": list(default_hidden_paths(support.python) if hide is None else hide),
-            "deadline_s": limits.timeout_s + _STARTUP_S + _DRAIN_S,
-        }
-        config = json.dumps({**payload, "sandbox": box}).encode()
+        root = support.root if mountns else None
+        if root is not None:
+            hidden: list[str] = []  # nothing of the host is in the worker's view
+        else:
+            hidden = list(default_hidden_paths(support.python) if hide is None else hide)
+        box = Box(result_fd=result_w, nonce=nonce, run_id=run_id, mountns=mountns,
+                  uids=list(uids) if uids else None, drop_caps=uids is None, tmp_mb=limits.tmp_mb,
+                  workdir=workdir, python=support.python, env=env, src=source,
+                  worker_limits=_worker_limits(limits), supervisor_limits=_supervisor_limits(limits),
+                  hide=hidden, root=root, tree=list(tree),
+                  hostname=_HOSTNAME if "uts" in support.namespaces else None,
+                  deadline_s=limits.timeout_s + _STARTUP_S + _DRAIN_S)
+        config = json.dumps(Message(job=job, sandbox=box)).encode()
         argv = [*support.unshare, "--"] if support.unshare else []
         argv += [support.python, "-I", "-S", "-B", "-c", source, "supervise", run_id]
         with tempfile.TemporaryFile() as config_file:
@@ -355,6 +572,7 @@ def run_sandboxed(payload: Mapping[str, Any], limits: SandboxLimits, *, mode: st
     run.returncode = returncode
     run.leftovers_killed = leftovers
     run.run_id = run_id
+    run.tree = tree
     run.elapsed_s = time.monotonic() - started
     run.isolation = _isolation_facts(support, run, uids is not None)
     return run
@@ -561,13 +779,22 @@ def _isolation_facts(support: IsolationSupport, run: SandboxRun, dropped_uid: bo
     setup = hello.get("setup", {}) if hello else {}
     level = support.level
     failures = setup.get("readonly_failures") or []
-    if level == "strong" and (failures or setup.get("capabilities") not in (None, "none")):
+    minimal = setup.get("root") == "minimal"
+    if level == "strong" and (failures or setup.get("capabilities") not in (None, "none") or not minimal):
         level = "partial"
+    if minimal and support.root is not None:
+        filesystem = (f"minimal root: {len(support.root['binds'])} read-only binds (the interpreter, its standard "
+                      f"library, the libraries they load); private /tmp; own /proc; {', '.join(DEVICES)}")
+    elif setup.get("mount") == "private":
+        filesystem = "host, read-only, private /tmp"
+    else:
+        filesystem = "host"
     facts: dict[str, Any] = {
         "isolation": level,
         "namespaces": ",".join(support.namespaces) or "none",
         "network": "none" if "net" in support.namespaces else "host",
-        "filesystem": ("read-only, private /tmp" if setup.get("mount") == "private" else "host"),
+        "filesystem": filesystem,
+        "root": "minimal" if minimal else "host",
         "user": "fresh uid" if dropped_uid else ("uid 0" if os.geteuid() == 0 else "same uid"),
     }
     if setup.get("capabilities"):

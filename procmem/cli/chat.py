@@ -20,7 +20,7 @@ from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, o
 from procmem.core import Attempt, Episode, GenerationConfig, ProcmemError, Task, Verdict, new_id, utc_now
 
 if TYPE_CHECKING:
-    from procmem.memory import ProceduralMemory
+    from procmem.agent import AgentSession
 
 __all__: list[str] = []
 
@@ -69,23 +69,18 @@ def chat(
 ) -> None:
     """Chat with the agent; attach a verifier with /verify SPEC, judge answers with /good, /bad, /correct."""
     _quiet_progress_bars()
-    from procmem.agent import AgentDeps, build_agent
-    from procmem.llm import load_llm
-    from procmem.memory import open_memory, policy_version
+    from procmem.agent import AgentSession, SessionConfig
 
     home = home_of(ctx)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
-    memory = open_memory(home.chroma)
-    deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
-                     retriever=memory.retriever(policy=policy_version(llm)), recorder=memory.recorder(),
-                     attempts=attempts, stream=True)
-    with open_checkpointer(home) as saver:
-        agent = build_agent(deps, checkpointer=saver)
+    settings = SessionConfig(model=model, attempts=attempts, generation=GenerationConfig(max_tokens=max_tokens))
+    with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
+            open_checkpointer(home) as saver:
+        agent = session.graph(checkpointer=saver, stream=True)
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}
         state = agent.get_state(config).values
         out_console.print(f"procmem chat on {model}, thread '{thread}' ({len(state.get('turns', []))} verified turns "
                           "so far). /help for help.", highlight=False, soft_wrap=True)
-        _Repl(agent, config, memory, llm, _seed(state), history).run()
+        _Repl(agent, config, session, _seed(state), history).run()
 
 
 def _seed(state: dict[str, Any]) -> list[tuple[str, str]]:
@@ -100,12 +95,11 @@ def _seed(state: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 class _Repl:
-    def __init__(self, agent: Any, config: Any, memory: ProceduralMemory, llm: Any,
-                 earlier: list[tuple[str, str]], history: int) -> None:
+    def __init__(self, agent: Any, config: Any, session: AgentSession, earlier: list[tuple[str, str]],
+                 history: int) -> None:
         self.agent = agent
         self.config = config
-        self.memory = memory
-        self.llm = llm
+        self.session = session
         self.turns = list(earlier)
         self.history = history
         self.last: _Turn | None = None
@@ -167,7 +161,7 @@ class _Repl:
         answer = str(values.get("answer", ""))
         episode = values.get("episode")
         recorded = Episode.from_dict(episode) if episode and episode.get("id") == start["episode_id"] else None
-        self.last = _Turn(line, Task.from_dict(values["task"]), answer, tuple(values.get("memory_ids", [])),
+        self.last = _Turn(line, values["task"], answer, tuple(values.get("memory_ids", [])),
                           start["episode_id"], start["started_at"], recorded)
         self.turns.append((line, answer))
 
@@ -176,8 +170,8 @@ class _Repl:
         if turn is None:
             out_console.print("nothing to judge yet: ask something first", highlight=False, markup=False)
             return
-        episode = _judged_episode(turn, self.llm, passed=passed, correction=correction)
-        self.memory.after_episode(episode)
+        episode = _judged_episode(turn, self.session.llm, passed=passed, correction=correction)
+        self.session.record(episode)
         turn.judged = True
         if correction is not None:
             self.turns[-1] = (turn.line, correction)  # the next prompt sees the right answer
@@ -193,7 +187,7 @@ class _Repl:
             out_console.print("the last answer used no memory", highlight=False, markup=False)
             return
         for entry_id in self.last.memory_ids:
-            record = self.memory.find(entry_id)
+            record = self.session.memory.find(entry_id) if self.session.memory is not None else None
             text = " ".join(record.text.split())[:100] if record is not None else "(no longer in memory)"
             level = record.level if record is not None else "?"
             out_console.print(f"  {entry_id[:12]}  {level:10s} {text}", highlight=False, markup=False)

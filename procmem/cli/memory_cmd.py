@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -22,6 +24,7 @@ from procmem.cli.common import (
     print_json_line,
 )
 from procmem.core import Episode, ProcmemError
+from procmem.core.keys import policy_version
 from procmem.memory import (
     ENTRY_LEVELS,
     LEVELS,
@@ -30,11 +33,9 @@ from procmem.memory import (
     MemoryRecord,
     ProceduralMemory,
     open_memory,
-    parse_since,
-    policy_version,
 )
 
-__all__ = ["memory_app"]
+__all__ = ["memory_app", "parse_since"]
 
 memory_app = typer.Typer(help="Inspect and maintain procedural memory.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
@@ -43,6 +44,27 @@ ChromaUrl = Annotated[str | None, typer.Option("--chroma-url", help=CHROMA_URL_H
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line (the last line).")]
 LevelOpt = Annotated[str | None, typer.Option("--level", help=f"One level: {', '.join(LEVELS)}.")]
 _TEXT_WIDTH = 80
+_SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> str:
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age such as ``90m``, ``12h``,
+    ``7d``, ``2w``; returns the ISO time that episodes' ``finished_at`` is compared with."""
+    now = now or datetime.now(timezone.utc)
+    age = _SINCE.match(text)
+    if age:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[age.group(2)]
+        moment = now - timedelta(**{unit: int(age.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError as err:
+            raise ProcmemError(f"not a time: {text!r}", where="--since",
+                               fix="pass an ISO date/time (2026-01-31, 2026-01-31T12:00) or an age (90m, 12h, 7d)"
+                               ) from err
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _memory(ctx: typer.Context, chroma_url: str | None) -> ProceduralMemory:

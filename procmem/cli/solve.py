@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from procmem.agent import AgentDeps, SolveReport, solve_tasks
 from procmem.cli.app import app
 from procmem.cli.common import (
     ADAPTER_HELP,
@@ -25,9 +24,11 @@ from procmem.cli.common import (
     print_json_line,
 )
 from procmem.core import Home, SolveConfig, config_from_flags, load_config, new_id
-from procmem.llm import MicroBatcher, load_llm
-from procmem.memory import NoMemory, ReflectionReport, open_memory, policy_version
 from procmem.tasks import load_suite
+
+if TYPE_CHECKING:
+    from procmem.agent import SolveReport
+    from procmem.memory import ReflectionReport
 
 __all__ = ["DEMO_SUITE", "run_solve"]
 
@@ -40,26 +41,21 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     """Solve ``config.n`` tasks of ``config.suite``; returns the report, the memory counts afterwards and,
     with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
     its episode: at most one more LLM call per task)."""
+    from procmem.agent import AgentSession, SessionConfig
+
     tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
-    llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter))
-    memory = open_memory(home.chroma, url=chroma_url)
-    cost = ReflectionReport() if reflect else None
-    with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
-        deps = AgentDeps(
-            llm=batched,
-            generation=config.generation,
-            retriever=memory.retriever(policy=policy_version(llm)) if config.use_memory else NoMemory(),
-            recorder=memory.recorder(reflector=batched if reflect else None, cost=cost),
-            attempts=config.attempts,
-            memory_k=config.memory_k,
-        )
+    settings = SessionConfig(reflect=reflect, **config.model_dump(include=set(SessionConfig.model_fields)))
+    adapter = adapter_for(home, config.model, config.adapter)
+    with AgentSession.open(settings, home, adapter=adapter, chroma_url=chroma_url) as session, \
+            open_checkpointer(home) as saver:
         with _progress(quiet) as progress:
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
-            report = solve_tasks(tasks, deps, concurrency=config.concurrency, checkpointer=saver,
-                                 run_id=run_id, on_done=lambda _: progress.advance(bar))
-    return report, {str(level): count for level, count in memory.stats().items()}, cost
+            report = session.solve(tasks, checkpointer=saver, run_id=run_id, on_done=lambda _: progress.advance(bar))
+        assert session.memory is not None
+        stats = {str(level): count for level, count in session.memory.stats().items()}
+    return report, stats, session.reflection
 
 
 def _progress(quiet: bool) -> Progress:

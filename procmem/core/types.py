@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from procmem.core.keys import policy_version
+
 __all__ = ["AnswerFormat", "Attempt", "Episode", "Split", "Task", "Verdict", "new_id", "utc_now"]
 
 Split = Literal["train", "test"]
@@ -144,7 +146,7 @@ class Episode:
 
     @property
     def policy_version(self) -> str:
-        return f"{self.model_id}@{self.adapter_version or 'base'}"
+        return policy_version(self)
 
     @property
     def completion_tokens(self) -> int:

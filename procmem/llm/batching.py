@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from procmem.core.config import GenerationConfig
-from procmem.llm.base import LLM, Generation
+from procmem.core.llm import LLM, Generation
 
 __all__ = ["MicroBatcher"]
 

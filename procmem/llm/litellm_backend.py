@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from procmem.core.config import GenerationConfig
 from procmem.core.errors import ProcmemError
+from procmem.core.llm import Generation
 from procmem.core.redact import redact
 from procmem.llm._stops import cut_at_stop, filter_stream
-from procmem.llm.base import Generation
 
 __all__ = ["API_BASE_ENV", "LiteLLM"]
 

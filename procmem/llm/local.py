@@ -31,8 +31,8 @@ from transformers.utils import logging as hf_logging
 
 from procmem.core.config import GenerationConfig
 from procmem.core.errors import ProcmemError
+from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream
-from procmem.llm.base import Generation
 
 __all__ = ["LocalLLM", "load_model_and_tokenizer"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from procmem.core import GenerationConfig, Task, generation_for
-from procmem.llm.base import LLM, Generation
+from procmem.core.llm import LLM, Generation
 
 __all__ = ["generate_for_tasks"]
 

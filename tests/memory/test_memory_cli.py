@@ -11,7 +11,8 @@ from memory_helpers import SUMS, ScriptedPolicy, episode
 from typer.testing import CliRunner
 
 from procmem.cli import app
-from procmem.core import Home
+from procmem.cli.memory_cmd import parse_since
+from procmem.core import Home, ProcmemError
 from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
 
 
@@ -139,3 +140,14 @@ def test_a_later_solve_retrieves_insights_and_patterns_and_counts_their_use(
     assert filled.stats()["insight"] == len(insight_ids), "noise from the tiny model is never stored"
     cost = _json(solved)["reflection"]
     assert cost["calls"] == 2 and cost["unparseable"] == 2 and cost["completion_tokens"] > 0
+
+
+def test_since_accepts_iso_times_and_ages() -> None:
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
+    assert parse_since("2026-03-01", now=now) == "2026-03-01T00:00:00.000+00:00"
+    assert parse_since("12h", now=now) == "2026-03-10T00:00:00.000+00:00"
+    assert parse_since("2d", now=now) == "2026-03-08T12:00:00.000+00:00"
+    with pytest.raises(ProcmemError, match="--since"):
+        parse_since("last tuesday")

@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 from memory_helpers import SUM_REFLECTION, SUMS, ScriptedPolicy, episode
 
-from procmem.core import ProcmemError
 from procmem.memory import (
     ProceduralMemory,
     group_problems,
     parse_reflection,
-    parse_since,
     reflection_prompt,
 )
 
@@ -132,17 +130,6 @@ def test_the_prompt_contrasts_attempts_with_feedback_and_never_shows_the_gold_an
                            "Advice:\nLESSON:"), "a problem with a failure primes a lesson"
     passed_first = group_problems([episode("s2", "What is 1 + 1?", ["2"])])[0]
     assert reflection_prompt(passed_first).endswith("Verdict: PASS\nAdvice:\nSTRATEGY:")
-
-
-def test_since_accepts_iso_times_and_ages() -> None:
-    from datetime import datetime, timezone
-
-    now = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("2026-03-01", now=now) == "2026-03-01T00:00:00.000+00:00"
-    assert parse_since("12h", now=now) == "2026-03-10T00:00:00.000+00:00"
-    assert parse_since("2d", now=now) == "2026-03-08T12:00:00.000+00:00"
-    with pytest.raises(ProcmemError, match="--since"):
-        parse_since("last tuesday")
 
 
 # --- the pipeline -------------------------------------------------------------------------------------

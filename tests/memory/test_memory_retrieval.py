@@ -7,6 +7,7 @@ import pytest
 from memory_helpers import entry, episode
 
 from procmem.core import Task
+from procmem.core.keys import problem_key
 from procmem.memory import (
     ADVICE_HEADER,
     Advice,
@@ -15,7 +16,6 @@ from procmem.memory import (
     Retriever,
     WorkedExample,
     fit_context,
-    problem_key,
     render_memory,
 )
 

@@ -94,3 +94,13 @@ def test_an_unreadable_file_is_one_clear_error(pmem: ProceduralMemory, tmp_path:
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ProcmemError, match="UTF-8"):
         pmem.import_jsonl(binary)
+
+
+def test_an_export_is_written_whole_or_not_at_all(pmem: ProceduralMemory, exported: Path, tmp_path: Path) -> None:
+    nested = tmp_path / "new" / "dir" / "memory.jsonl"
+    assert pmem.export_jsonl(nested) == sum(pmem.stats().values())
+    assert nested.read_bytes() == exported.read_bytes()
+    assert sorted(p.name for p in nested.parent.iterdir()) == ["memory.jsonl"], "no temp file is left behind"
+    with pytest.raises(ProcmemError, match="cannot write"):
+        pmem.export_jsonl(tmp_path)  # a directory: the old file, if any, stays as it was
+    assert exported.read_bytes() == nested.read_bytes()

@@ -45,7 +45,7 @@ def test_feedback_before_its_episode_is_kept_and_attached_once(tmp_path: Path) -
 
 def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Path) -> None:
     from procmem.distill import TraceConfig
-    from procmem.distill.traces import build_traces, problems_from_episodes
+    from procmem.distill.traces import build_traces, training_items
     from procmem.llm import LocalLLM
     from procmem.memory import NoMemory
 
@@ -54,7 +54,7 @@ def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Pat
     log.add_feedback("default", "e1", "fb", {"correction": "4", "source": "human"})
     episode = memory_episode(_call(), log.feedback("default", "e1"))
     assert episode is not None
-    problems = problems_from_episodes([episode])
+    problems = training_items([episode])
     build = build_traces(problems, LocalLLM(tiny_model_dir), NoMemory(), TraceConfig(k=1, max_tokens=2))
     kept = [t for t in build.kept if t.teacher == "correction"]
     assert len(kept) == 1

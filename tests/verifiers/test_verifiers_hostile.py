@@ -12,11 +12,14 @@ are skipped, with the reason, elsewhere).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Task, Verdict
+from procmem.verifiers._sandbox_child import HIDDEN_PATH
 from procmem.verifiers.code import CodeSpec, CodeVerifier
 from procmem.verifiers.sandbox import MARKER_ENV, SandboxRun, isolation_support
 
@@ -451,14 +455,14 @@ def solve():
 
 def test_daemonized_grandchild_does_not_survive(host: Host) -> None:
     code = """
-import os
+import os, sys
 
 def solve():
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
-            try:
-                os.execv('/bin/sleep', ['sleep', '__ESCAPE__'])
+            try:  # the interpreter: /bin/sleep is not in a minimal root
+                os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(__ESCAPE__)'])
             finally:
                 os._exit(1)
         os._exit(0)
@@ -484,6 +488,161 @@ def test_hostile_runs_do_not_disturb_parallel_honest_runs(host: Host) -> None:
         assert verdict.passed == (answer == honest), verdict
         assert run is not None and _leftovers(run.run_id) == []
     assert host.holder.poll() is None
+
+
+# --- the minimal root: what the program can see -----------------------------------------------------------
+
+REPORT = "REPORT "  # the line on which a program below prints what it found (its output reaches the test)
+HOST_ONLY = {"home", "root", "etc", "var", "run", "srv", "mnt", "media", "boot", "sys", "opt", "work", "bin", "sbin"}
+
+
+def _report(run: SandboxRun) -> dict:
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith(REPORT)]
+    assert lines, run.stdout[-500:] + run.stderr[-500:]
+    return json.loads(lines[-1][len(REPORT):])
+
+
+@needs_strong
+def test_walking_the_root_finds_only_the_interpreter_tree(host: Host) -> None:
+    """The program's `/` holds exactly the interpreter, its libraries, /dev's three devices, /proc and /tmp."""
+    root = isolation_support().root
+    assert root is not None
+    seen = [*root["binds"], *(link for link, _ in root["links"])]
+    code = f"""
+import json, os, stat
+
+def solve():
+    allowed = {seen!r}
+    outside, files, kinds = [], 0, {{}}
+    for folder, dirs, names in os.walk('/'):
+        if folder == '/proc':
+            dirs[:] = []
+            continue
+        for name in dirs + names:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            files += 1
+            inside = any(path == a or path.startswith(a + '/') or a.startswith(path + '/') for a in allowed)
+            if not inside and path not in ('/dev', '/proc', '/tmp', '/dev/null', '/dev/zero', '/dev/urandom'):
+                outside.append(path)
+            if folder == '/dev':
+                kinds[path] = 'char' if stat.S_ISCHR(mode) else 'other'
+    print('{REPORT}' + json.dumps({{'top': sorted(os.listdir('/')), 'outside': outside[:20], 'files': files,
+                                    'dev': kinds, 'tmp': os.listdir('/tmp'), 'cwd': os.getcwd()}}))
+    return files
+"""
+    verdict, run = _attack(host, code, timeout_s=20)
+    found = _report(run)
+    assert found["top"] == root["top"]  # the exact set of top-level entries
+    assert set(found["top"]) >= {"dev", "proc", "tmp"}
+    interpreter_top = Path(isolation_support().python).parts[1]
+    assert not (set(found["top"]) - {interpreter_top}) & HOST_ONLY, found["top"]
+    assert found["outside"] == []
+    assert found["files"] > 100  # the walk did see the standard library
+    assert found["dev"] == {"/dev/null": "char", "/dev/urandom": "char", "/dev/zero": "char"}
+    assert found["tmp"] == [] and found["cwd"] == "/tmp"
+    assert verdict.details["root"] == "minimal" and verdict.details["filesystem"].startswith("minimal root")
+
+
+@needs_strong
+def test_host_files_cannot_be_read(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/etc/passwd, /etc/hostname, the repository, PROCMEM_HOME and a file in the host's /home: none opens.
+    (Nor does the host's name show, where the sandbox has a UTS namespace.)"""
+    marker = "procmem-host-secret-" + secrets.token_hex(8)
+    home = host.root / "procmem-home"
+    (home / "memory").mkdir(parents=True)
+    (home / "memory" / "notes.txt").write_text(marker)
+    monkeypatch.setenv("PROCMEM_HOME", str(home))
+    targets = ["/etc/passwd", "/etc/hostname", str(REPO / "pyproject.toml"), str(REPO / "verifiers" / "code.py"),
+               str(home / "memory" / "notes.txt"), str(home)]
+    user_dir = None
+    if os.access("/home", os.W_OK):
+        user_dir = Path(tempfile.mkdtemp(prefix="procmem-test-user-", dir="/home"))
+        user_dir.chmod(0o755)
+        (user_dir / "secret.txt").write_text(marker)
+        (user_dir / "secret.txt").chmod(0o644)
+        targets += [str(user_dir / "secret.txt"), "/home"]
+    try:
+        readable = [t for t in targets if os.path.exists(t) and t != "/etc/hostname"]
+        assert len(readable) >= len(targets) - 1  # the host itself can read them (the test can fail)
+        code = f"""
+import json, os
+
+def solve():
+    opened, errors = [], set()
+    for path in {targets!r}:
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                with open(path) as f:
+                    f.read()
+            opened.append(path)
+        except OSError as e:
+            errors.add(e.strerror)
+    print('{REPORT}' + json.dumps({{'opened': opened, 'errors': sorted(errors), 'hostname': os.uname().nodename}}))
+    return len(opened)
+"""
+        verdict, run = _attack(host, code)
+        found = _report(run)
+        hostname = "sandbox" if "uts" in isolation_support().namespaces else socket.gethostname()
+        assert found == {"opened": [], "errors": ["No such file or directory"], "hostname": hostname}
+        _assert_reason(verdict, "solve() returned 0")
+        assert marker not in run.stdout + run.stderr + verdict.feedback
+    finally:
+        if user_dir is not None:
+            shutil.rmtree(user_dir)
+
+
+@needs_strong
+def test_proc_shows_only_the_sandboxs_own_processes(host: Host) -> None:
+    code = f"""
+import json, os
+
+def solve():
+    mine = open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2].decode()  # the run id
+    pids = [p for p in os.listdir('/proc') if p.isdigit()]
+    foreign = []
+    for pid in pids:
+        try:
+            cmdline = open('/proc/%s/cmdline' % pid, 'rb').read().split(b'\\0')
+        except OSError as e:
+            foreign.append('%s: %s' % (pid, e.strerror))
+            continue
+        if mine.encode() not in cmdline:
+            foreign.append(repr(cmdline[:3]))
+    escapes = []
+    for path in ('/proc/1/root/etc', '/proc/1/cwd', '/proc/1/environ', '/proc/%s/root/etc' % os.getppid()):
+        try:
+            os.listdir(path) if not path.endswith('environ') else open(path).read()
+            escapes.append(path)
+        except OSError:
+            pass
+    print('{REPORT}' + json.dumps({{'pids': len(pids), 'foreign': foreign, 'escapes': escapes, 'mine': mine}}))
+    return len(pids)
+"""
+    _, run = _attack(host, code)
+    found = _report(run)
+    assert found["mine"] == run.run_id
+    assert found["foreign"] == [] and found["escapes"] == []
+    assert 1 <= found["pids"] <= 2  # the worker, and the supervisor where it runs under the same uid
+
+
+def test_feedback_never_quotes_a_path_outside_the_sandbox(host: Host) -> None:
+    """The candidate's exception text keeps paths inside the sandbox's tree (its /tmp) and loses others."""
+    code = """
+def solve():
+    try:
+        open('/home/alice/notes.txt').read()
+    except OSError as e:
+        raise OSError(str(e) + ' and /tmp/mine.txt and __REPO__/verifiers')
+"""
+    verdict, _ = _attack(host, code)
+    private_tmp = "mount" in isolation_support().namespaces  # else /tmp is the host's
+    mine = "/tmp/mine.txt" if private_tmp else HIDDEN_PATH
+    _assert_reason(verdict, f"raised OSError: [Errno 2] No such file or directory: '{HIDDEN_PATH}' and {mine} "
+                            f"and {HIDDEN_PATH}")
+    assert "/home/alice" not in verdict.feedback and str(REPO) not in verdict.feedback
 
 
 def test_host_is_checked_by_these_helpers(host: Host) -> None:

@@ -1,4 +1,5 @@
-"""The LLM seam: every backend turns rendered prompts into completions."""
+"""The LLM seam: every backend (procmem.llm) turns rendered prompts into completions; memory, agent and distill
+call it through this protocol."""
 
 from __future__ import annotations
 
