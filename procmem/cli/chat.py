@@ -239,8 +239,8 @@ def _run_turn(agent: Any, config: Any, task: Task, start: Any) -> None:
         if mode == "custom":
             out_console.print(chunk["token"], end="", highlight=False, markup=False)
         elif "verify" in chunk:
-            verdict = chunk["verify"]["attempts"][-1]["verdict"]
-            mark = "[green]PASS[/]" if verdict["passed"] else f"[red]FAIL[/] {escape(verdict['feedback'])}"
+            verdict = chunk["verify"]["attempts"][-1].verdict
+            mark = "[green]PASS[/]" if verdict.passed else f"[red]FAIL[/] {escape(verdict.feedback)}"
             out_console.print(f"\n  {mark}", highlight=False)
         elif "generate" in chunk and not task.verifier:
             out_console.print()
