@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from procmem.core import GenerationConfig, Home, ProcmemError, Task, extract_answer
-from procmem.memory import NoMemory, ProceduralMemory, Retrieval, open_memory, policy_version
+from procmem.core.keys import policy_version
+from procmem.memory import NoMemory, ProceduralMemory, Retrieval, open_memory
 from procmem.serve.backends import ChatBackend, LiteLLMChatBackend, PromptBackend
 from procmem.serve.calllog import CallLog
 from procmem.serve.config import ServeConfig
