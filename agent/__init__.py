@@ -3,6 +3,7 @@
 agent/ orchestrates; it never trains (that is distill/).
 """
 
+from procmem.agent.config import SolveConfig
 from procmem.agent.graph import AgentDeps, AgentState, build_agent, episode_from_state, initial_state
 from procmem.agent.runner import SolveReport, solve_tasks, thread_id
 from procmem.agent.scoring import BATCH, ItemScore, score_tasks
@@ -16,6 +17,7 @@ __all__ = [
     "ItemScore",
     "Reply",
     "SessionConfig",
+    "SolveConfig",
     "SolveReport",
     "build_agent",
     "episode_from_state",

@@ -5,6 +5,17 @@ train (sft / self-distill / mixed) -> gate (memory-free, held-out) -> register `
 distill trains and never serves.
 """
 
+from procmem.core.registry import (
+    AdapterManifest,
+    PromotionState,
+    list_adapters,
+    promote,
+    promotion_state,
+    read_manifest,
+    register_adapter,
+    resolve_adapter,
+    rollback,
+)
 from procmem.distill.config import (
     DistillConfig,
     GateConfig,
@@ -23,17 +34,6 @@ from procmem.distill.objectives import (
     SftObjective,
     completion_logits,
     make_objective,
-)
-from procmem.distill.registry import (
-    AdapterManifest,
-    PromotionState,
-    list_adapters,
-    promote,
-    promotion_state,
-    read_manifest,
-    register_adapter,
-    resolve_adapter,
-    rollback,
 )
 from procmem.distill.run import DistillBusy, DistillDeps, DistillResult, default_deps, distill_lock, run_distillation
 from procmem.distill.scheduler import parse_interval, run_every

@@ -8,17 +8,16 @@ from pathlib import Path
 
 from procmem.core import Episode, Home, utc_now
 from procmem.core.fileio import hash_strings
-from procmem.distill.config import DistillConfig
-from procmem.distill.gate import GateReport
-from procmem.distill.registry import (
+from procmem.core.registry import (
     AdapterManifest,
     BaseModelInfo,
     DatasetSnapshot,
-    MemorySnapshotInfo,
+    GateReport,
     base_model_hash,
     list_adapters,
     register_adapter,
 )
+from procmem.distill.config import DistillConfig
 from procmem.distill.storage import distill_dir
 from procmem.distill.traces import TraceBuild
 from procmem.distill.train import TrainResult
@@ -38,7 +37,7 @@ def build_manifest(train: TrainResult, build: TraceBuild, episodes: Sequence[Epi
         dataset=DatasetSnapshot(episode_ids=tuple(sorted(e.id for e in episodes)), hash=_episodes_hash(episodes),
                                 n_traces=len(build.kept), n_rejected=len(build.rejected),
                                 traces_hash=hash_strings(sorted(f"{t.prompt}\x00{t.completion}" for t in build.kept))),
-        memory=MemorySnapshotInfo(entry_ids=build.memory.entry_ids, hash=build.memory.hash),
+        memory=build.memory,
         metrics={k: v for k, v in train.to_dict().items() if k != "adapter_dir"}, gate=report, parent=parent,
         created_at=utc_now(), forced=forced,
     )

@@ -26,15 +26,15 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from procmem.core import Episode, Home, ProcmemError, Split, Task, utc_now
 from procmem.core.fileio import read_json, read_jsonl, write_json
 from procmem.core.keys import normalize_question, policy_version
+from procmem.core.progress import progress_bar
+from procmem.core.registry import GateReport, gate_table, promote, promotion_state, resolve_adapter
 from procmem.distill.config import DistillConfig
-from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
+from procmem.distill.gate import SuiteScores, compare, evaluate
 from procmem.distill.manifest import register_candidate, registered_version
-from procmem.distill.registry import promote, promotion_state, resolve_adapter
 from procmem.distill.storage import (
     finish_run,
     new_episode_count,
@@ -262,7 +262,7 @@ def build_run_traces(episodes: Sequence[Episode], teacher: LLM, retriever: Retri
                      console: Console | None = None, quiet: bool = False) -> TraceBuild:
     """Problems from ``episodes`` (failed first), then teacher candidates kept by the verifier."""
     problems = training_items(episodes, config.traces)
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         bar = progress.add_task(f"teacher traces (k={config.traces.k})", total=len(problems))
         return build_traces(problems, teacher, retriever, config.traces,
                             on_progress=lambda n: progress.advance(bar, n))
@@ -297,7 +297,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
     total = sum(len(t) for t in suites.values())
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         for label, adapter, version in (("baseline", baseline_dir, baseline_version),
                                         ("candidate", adapter_dir, "candidate")):
             bar = progress.add_task(f"gate: {label} ({version or 'base'})", total=total)
@@ -335,11 +335,6 @@ def _load_gate(run: Path) -> GateReport | None:
     return GateReport.model_validate(read_json(path)) if path.exists() else None
 
 
-def _progress(console: Console | None, quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console or Console(stderr=True), disable=quiet)
-
-
 # ----------------------------------------------------------------------------------------- real deps
 
 
@@ -348,6 +343,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     from procmem.llm import load_llm
     from procmem.memory import open_memory
     from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier
 
     memory = open_memory(home.chroma, url=chroma_url)
     model_dir = _model_dir(config.model, home)
@@ -356,7 +352,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
         return load_llm(config.model, models_dir=home.models, adapter=adapter)
 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
-        return load_suite(suite, split=split, n=n)
+        return load_suite(suite, split=split, n=n, check=build_verifier)
 
     return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.retriever(policy=policy),
                        llm_factory=llm_factory, model_dir=model_dir, load_tasks=load_tasks)

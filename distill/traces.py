@@ -33,6 +33,7 @@ from procmem.core import (
 from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
 from procmem.core.keys import policy_version
 from procmem.core.prompts import ANSWER_STOP
+from procmem.core.registry import MemorySnapshot
 from procmem.distill.config import TraceConfig
 from procmem.llm import LLM, generate_for_tasks
 from procmem.memory import Retriever, group_problems
@@ -42,7 +43,6 @@ __all__ = [
     "HIDDEN_ANSWER",
     "Example",
     "ExportFormat",
-    "MemorySnapshot",
     "TeacherContext",
     "Trace",
     "TraceBuild",
@@ -137,21 +137,13 @@ class Trace(Example):
 
 
 @dataclass(frozen=True)
-class MemorySnapshot:
-    """The memory entries that conditioned a run's traces, and a hash of what the teacher read."""
-
-    entry_ids: tuple[str, ...]
-    hash: str
-
-
-@dataclass(frozen=True)
 class TraceBuild:
     """The result of :func:`build_traces`: kept traces, rejected candidates and one context per problem."""
 
     kept: tuple[Trace, ...]
     rejected: tuple[Trace, ...]
     contexts: tuple[TeacherContext, ...]
-    memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot((), hash_strings([])))
+    memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot(entry_ids=(), hash=hash_strings([])))
 
 
 def training_items(episodes: Iterable[Episode], config: TraceConfig | None = None) -> list[TrainingItem]:
@@ -288,7 +280,7 @@ def _memory_snapshot(contexts: Sequence[TeacherContext]) -> MemorySnapshot:
     ids = sorted({entry for ctx in contexts for entry in ctx.memory_ids})
     # The hash covers what the teacher actually read, so an edited entry under the same id changes it.
     texts = sorted(ctx.teacher_prompt for ctx in contexts)
-    return MemorySnapshot(tuple(ids), hash_strings([*ids, *texts]))
+    return MemorySnapshot(entry_ids=tuple(ids), hash=hash_strings([*ids, *texts]))
 
 
 def save_trace_build(build: TraceBuild, directory: Path) -> None:

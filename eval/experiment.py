@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from procmem.agent import BATCH, AgentSession, SessionConfig, score_tasks
 from procmem.core import Episode, GenerationConfig, ProcmemError, Task
 from procmem.core.fileio import read_json, write_json
 from procmem.core.keys import policy_version
+from procmem.core.progress import progress_bar
 from procmem.distill import (
     TraceBuild,
     build_traces,
@@ -49,6 +50,7 @@ from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
 from procmem.llm import LLM, load_llm, local_model_dir
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
+from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Suites", "finished_scores", "load_held_out", "load_suites",
            "run_experiment"]
@@ -91,15 +93,16 @@ class Suites:
 def load_suites(config: EvalConfig) -> Suites:
     """The experiment's items: train, held-out test and general-holdout tasks, the same on every run."""
     test, holdout = load_held_out(config)
-    return Suites(train={s: load_suite(s, split="train", n=config.n_train) for s in config.train_suites},
+    return Suites(train={s: load_suite(s, split="train", n=config.n_train, check=build_verifier)
+                         for s in config.train_suites},
                   test=test, holdout=holdout)
 
 
 def load_held_out(config: EvalConfig) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
     """The items every arm answers: each train suite's test split, and the general-holdout suites."""
-    test = {s: load_suite(s, split="test", n=config.n_test) for s in config.train_suites}
-    holdout = {s: load_suite(s, split="test", n=config.n_holdout) for s in config.holdout_suites} \
-        if config.n_holdout else {}
+    test = {s: load_suite(s, split="test", n=config.n_test, check=build_verifier) for s in config.train_suites}
+    holdout = {s: load_suite(s, split="test", n=config.n_holdout, check=build_verifier)
+               for s in config.holdout_suites} if config.n_holdout else {}
     return test, holdout
 
 
@@ -146,7 +149,7 @@ class Experiment:
         self._check_out_dir()
         suites = load_suites(self.config)
         scores: list[ArmScores] = []
-        with self._make_progress() as progress:
+        with progress_bar(self.console, quiet=self.quiet) as progress:
             self._progress = progress
             overall = progress.add_task("experiment (seed x round)", total=len(chosen) * self.config.rounds)
             for seed in chosen:
@@ -375,10 +378,6 @@ class Experiment:
             raise ProcmemError("this output directory holds an experiment with a different config",
                                where=str(self.out), fix="use a new --out directory, or the same config to resume")
         write_json(saved, current)
-
-    def _make_progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=self.console, disable=self.quiet)
 
     def _bar(self, label: str, total: int) -> _Bar:
         return _Bar(self._progress, label, total)
