@@ -76,6 +76,9 @@ class TrainingItem:
     """0: never solved, 1: solved after a failed attempt, 2: solved at once (the generation order)."""
     failed_answers: tuple[str, ...] = ()
     """The student's failed answers: kept only to scrub them from everything the teacher reads."""
+    corrections: tuple[str, ...] = ()
+    """Verified answers a person gave (passing attempts marked ``details.correction``, e.g. sent to
+    ``procmem serve`` as feedback): each becomes a trace itself when the task's verifier passes it."""
 
 
 _C = TypeVar("_C", bound="TeacherContext")
@@ -167,9 +170,12 @@ def _item(episodes: list[Episode], max_feedback: int) -> TrainingItem:
             feedback.append(text)
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
+    corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts
+                                      if a.verdict.passed and a.verdict.details.get("correction")))
     return TrainingItem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
-                   feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
-                   failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)))
+                        feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
+                        failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)),
+                        corrections=corrections)
 
 
 _QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
@@ -226,6 +232,9 @@ def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retr
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
             good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
+            if problem.corrections:  # a person's verified answer trains the student as it is
+                fixed, _ = _judge(problem, ctx, problem.corrections, len(problem.corrections), "correction")
+                good = [*fixed, *(t for t in good if t.answer not in {f.answer for f in fixed})]
             kept.extend(good)
             rejected.extend(bad)
         if on_progress is not None:
