@@ -48,7 +48,7 @@ def check_tenant(name: str) -> str:
 
 def load_backend(config: ServeConfig, home: Home, version: str | None) -> ChatBackend:
     """The backend for ``config.model`` with adapter ``version`` (None: the base model)."""
-    from procmem.distill import resolve_adapter
+    from procmem.core.registry import resolve_adapter
     from procmem.llm import MicroBatcher, load_llm
 
     if config.model.startswith("litellm:"):
@@ -65,7 +65,7 @@ def load_backend(config: ServeConfig, home: Home, version: str | None) -> ChatBa
 
 
 def _wanted_version(config: ServeConfig, home: Home) -> str | None:
-    from procmem.distill import promotion_state
+    from procmem.core.registry import promotion_state
 
     if config.adapter == "none" or (config.model.startswith("litellm:") and not config.model.startswith(
             "litellm:hosted_vllm/")):

@@ -78,6 +78,7 @@ def test_help_is_light() -> None:
     (("memory", "ls"), "EPISODE"),
     (("memory", "show", "EPISODE"), "EPISODE"),
     (("adapters", "ls"), '"adapters": []'),
+    (("keys", "ls"), "[]"),
 ])
 def test_reading_memory_and_adapters_is_light(home_with_an_episode: tuple[Path, str], command: tuple[str, ...],
                                               shows: str) -> None:
