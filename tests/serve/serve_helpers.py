@@ -90,8 +90,14 @@ def register_adapters(home: Path, versions: int) -> None:
     from transformers import AutoModelForCausalLM
 
     from procmem.core import Home
-    from procmem.distill import GateReport, register_adapter
-    from procmem.distill.registry import AdapterManifest, BaseModelInfo, DatasetSnapshot, MemorySnapshotInfo
+    from procmem.core.registry import (
+        AdapterManifest,
+        BaseModelInfo,
+        DatasetSnapshot,
+        GateReport,
+        MemorySnapshot,
+        register_adapter,
+    )
     from procmem.llm import ensure_tiny_model
 
     root = Home(home).ensure()
@@ -107,6 +113,6 @@ def register_adapters(home: Path, versions: int) -> None:
             version="v0", run_id=f"r{number}", base_model=BaseModelInfo(id="local:tiny", name="tiny", hash="sha256:0"),
             objective="sft", objective_config={}, dataset=DatasetSnapshot(episode_ids=(), hash="sha256:0",
                                                                          n_traces=0, n_rejected=0, traces_hash="x"),
-            memory=MemorySnapshotInfo(entry_ids=(), hash="sha256:0"), metrics={}, gate=gate,
+            memory=MemorySnapshot(entry_ids=(), hash="sha256:0"), metrics={}, gate=gate,
             parent=None, created_at="2026-01-01T00:00:00+00:00")
         register_adapter(root.adapters, source, manifest)
