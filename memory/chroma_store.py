@@ -9,7 +9,9 @@ Two ways to reach Chroma:
   and every write stamps a new generation token; a process that finds a token it did not write reopens
   its client first. Within one process all stores on the same directory share one client.
 - :meth:`ChromaStore.remote` talks to a Chroma server (``chroma run --path DIR --port P``), which
-  serialises writers itself; use it when many processes share one memory.
+  serialises single writes itself; use it when many processes (on any number of hosts) share one memory.
+  A read-modify-write (:meth:`ChromaStore.update`: counters, status; :meth:`ChromaStore.exclusive`: merge on
+  write) holds a lease lock kept on the server itself (:class:`_ServerLock`), so that no update is lost.
 
 Never Chroma's default embedding function (it downloads a model): collections are created with
 ``embedding_function=None`` and every vector comes from this store's :class:`Embedder`.
@@ -21,7 +23,10 @@ import contextlib
 import functools
 import json
 import os
+import random
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +65,10 @@ _LOCK_FILE = "procmem.lock"
 _GENERATION_FILE = "procmem.generation"
 _OWN_FILES = {_LOCK_FILE, _GENERATION_FILE, f"{_LOCK_FILE}.tmp", f"{_GENERATION_FILE}.tmp"}
 _LOCK_TIMEOUT_S = 300.0
+_LOCKS_COLLECTION = "procmem_locks"
+_LOCK_ID = "memory"
+_LEASE_S = 60.0
+"""How long a server lock holder may keep the lock; a holder that died (kill -9) blocks the others this long."""
 _WRITE_CHUNK = 1000
 _SCAN_PAGE = 1000
 _OVERFETCH_CAP = 256
@@ -105,6 +114,13 @@ class _Connection:
     def session(self, *, write: bool) -> Iterator[None]:
         with self.lock:
             self.client()
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """A section no other writer of this memory enters (reentrant): this process's threads and, for the
+        embedded store, other processes (the file lock); the remote connection adds the server lock."""
+        with self.session(write=True):
             yield
 
     def client(self) -> Any:
@@ -213,6 +229,8 @@ class _RemoteConnection(_Connection):
         except ValueError as err:
             raise ProcmemError(f"bad port: {err}", where=url, fix="pass --chroma-url http://HOST:PORT") from err
         self._host, self._port, self._ssl = parsed.hostname, port, parsed.scheme == "https"
+        self._server_lock_depth = 0
+        self._locks_collection: Any = None
         self.fix = (f"start a server with `chroma run --path DIR --port {port}` or fix --chroma-url; "
                     "without --chroma-url procmem uses its embedded store")
 
@@ -229,6 +247,76 @@ class _RemoteConnection(_Connection):
         import httpx
 
         return (*super()._errors(), httpx.HTTPError, OSError, ValueError)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self.lock:
+            token = uuid.uuid4().hex  # the same token on a retry: acquiring twice is harmless
+            if self._server_lock_depth == 0:
+                self.run(True, lambda: _ServerLock(self._locks()).acquire(token))
+            self._server_lock_depth += 1
+            try:
+                yield
+            finally:
+                self._server_lock_depth -= 1
+                if self._server_lock_depth == 0:
+                    self.run(True, lambda: _ServerLock(self._locks()).release(token))
+
+    def _locks(self) -> Any:
+        if self._locks_collection is None:
+            self._locks_collection = self.client().get_or_create_collection(_LOCKS_COLLECTION,
+                                                                            embedding_function=None)
+        return self._locks_collection
+
+    def reset(self) -> None:
+        self._locks_collection = None
+        super().reset()
+
+
+class _ServerLock:
+    """A lease lock on the Chroma server, shared by every process on every host that uses the memory.
+
+    Chroma has no compare-and-set, but ``add`` of an id that exists is a no-op and the server applies
+    writes in one order: every contender adds the record ``memory`` to the ``procmem_locks`` collection with
+    its own random token, reads it back, and holds the lock if the token is its own. Release deletes the
+    record only while it still carries the holder's token (a conditional delete). A holder that dies
+    leaves the lock until its lease (:data:`_LEASE_S`, on the holder's clock: keep the hosts' clocks in
+    sync) runs out; the next contender then deletes it. Sections are short (one read-modify-write).
+    """
+
+    def __init__(self, collection: Any) -> None:
+        self._col = collection
+
+    def acquire(self, token: str) -> None:
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+        pause = 0.002
+        while True:
+            self._col.add(ids=[_LOCK_ID], embeddings=[[1.0]], documents=[owner],
+                          metadatas=[{"token": token, "expires": time.time() + _LEASE_S}])
+            held = self._col.get(ids=[_LOCK_ID], include=["metadatas", "documents"])
+            if held["ids"]:
+                meta = held["metadatas"][0] or {}
+                if meta.get("token") == token:
+                    return
+                if float(meta.get("expires", 0.0)) < time.time():  # its holder died: break the lease
+                    self._release(str(meta.get("token", "")))
+                    continue
+            else:
+                continue  # released between our add and our read: try again at once
+            if time.monotonic() > deadline:
+                raise ProcmemError(f"the memory's server lock is held by {held['documents'][0]} for over "
+                                   f"{_LOCK_TIMEOUT_S:.0f} s", where=f"collection {_LOCKS_COLLECTION}",
+                                   fix="wait for that process, or delete the record 'memory' of that collection "
+                                       "if it is gone")
+            time.sleep(pause * (1 + random.random()))
+            pause = min(pause * 2, 0.05)
+
+    def release(self, token: str) -> None:
+        self._release(token)
+
+    def _release(self, token: str) -> None:
+        self._col.delete(ids=[_LOCK_ID], where={"token": {"$eq": token}})
 
 
 _EMBEDDED: dict[Path, _EmbeddedConnection] = {}
@@ -360,7 +448,8 @@ class ChromaStore:
                     for r, c in zip(records, changes, strict=True)]
 
         try:
-            return self._write_returning(level, read_change_write)
+            with self.exclusive():  # no other writer's update lands between the read and the write
+                return self._write_returning(level, read_change_write)
         except _BadChange as err:
             raise err.args[0] from None
 
@@ -471,10 +560,11 @@ class ChromaStore:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold this store's session (thread lock, and the inter-process file lock when embedded) across
-        several operations; the operations inside reenter it."""
+        """Hold this memory's write lock across several operations (reentrant): the thread lock, plus the
+        inter-process file lock when embedded, or the server's lease lock (:class:`_ServerLock`) when remote.
+        Every :meth:`update` takes it too, so a read-modify-write inside loses no concurrent update."""
         self._check_open()
-        with self._conn.session(write=True):
+        with self._conn.exclusive():
             yield
 
     def _check_open(self) -> None:
