@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["latency"].append(_latency(Path(scratch) / f"chroma-{size}", size, args))
             print(json.dumps(results["latency"][-1]), flush=True)
         if not args.skip_writes:
-            results["writes"] = _writes(Path(scratch), args.episodes)
+            results["writes"] = _writes(Path(scratch), args.episodes, args.retrieval_episodes)
     results["load_avg_end"] = _load_avg()
     _print_table(results)
     print(json.dumps(results, sort_keys=True))
@@ -80,6 +80,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=256, help="Episodes for the write-throughput runs.")
     parser.add_argument("--vectors", choices=("random", "prompts"), default="random",
                         help="Random unit vectors (no ties), or hashed synthetic prompts (lexical, many ties).")
+    parser.add_argument("--retrieval-episodes", type=int, default=0,
+                        help="Grow the memory to this many episodes (MiniLM, in batches) before timing the agent's "
+                             "whole retrieval; 0: time it on the 2 x --episodes written.")
     parser.add_argument("--skip-writes", action="store_true", help="Measure retrieval latency and recall only.")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
@@ -170,7 +173,7 @@ def _time_queries(run: Any, queries: npt.NDArray[np.float32]) -> tuple[list[floa
     return times, answers
 
 
-def _writes(scratch: Path, n: int) -> dict[str, Any]:
+def _writes(scratch: Path, n: int, retrieval_episodes: int = 0) -> dict[str, Any]:
     from procmem.core import Attempt, Episode, Task, Verdict
     from procmem.memory import ChromaStore, ExperienceMemory, ProceduralMemory, default_embedder
 
@@ -191,6 +194,13 @@ def _writes(scratch: Path, n: int) -> dict[str, Any]:
         for episode in episodes[n:]:
             memory.after_episode(episode)
         out["minilm_after_episode_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+        more = retrieval_episodes - 2 * n
+        if more > 0:
+            extra = [Episode(task=Task(id=f"x{i}", prompt=p, verifier="exact:1", suite="bench"),
+                             attempts=(Attempt("1", Verdict(i % 2 == 0, float(i % 2 == 0), "")),), model_id="bench")
+                     for i, p in enumerate(_prompts(more, seed=9))]
+            for lo in range(0, more, 256):
+                memory.record_many(extra[lo:lo + 256])
         out.update(_retrieval(memory, _prompts(64, seed=8)))
     from procmem.memory import HashingEmbedder
 
