@@ -1,11 +1,12 @@
 """Benchmark procedural memory on a Chroma server under concurrent writers.
 
-Starts a real ``chroma run`` on a free loopback port, then for each writer count (default 1, 4, 8) starts
-that many processes that record episodes with :meth:`ProceduralMemory.after_episode` (record, counter updates on
-two shared entries under the server lock, cap), while this process times retrieval queries
-(:meth:`ChromaStore.query_vector`, k=5, unfiltered) against the same server. Prints episodes recorded per
-second (all writers together, from the first writer's start to the last one's end, imports excluded) and the
-p50/p95 query latency while they write. Vectors come from :class:`~procmem.memory.HashingEmbedder`.
+Starts a real ``chroma run`` on a free loopback port, then for each writer count (default 1, 4, 8) starts that
+many processes that record episodes with :meth:`ProceduralMemory.after_episode` (record, counter updates on two
+shared entries under the server lock, cap), while this process times retrieval queries
+(:meth:`ChromaStore.query_vector`, k=5, unfiltered; one every ``--query-pause`` s) against the same server.
+Prints episodes recorded per second (all writers together, from the first writer's start to the last one's end,
+imports excluded) and the p50/p95 query latency while they write. Vectors come from
+:class:`~procmem.memory.HashingEmbedder`.
 
     .venv/bin/python eval/bench_memory_server.py [--writers 1,4,8] [--episodes 20]
 """
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writers", default="1,4,8", help="Writer process counts, comma-separated.")
     parser.add_argument("--episodes", type=int, default=20, help="Episodes per writer process.")
+    parser.add_argument("--query-pause", type=float, default=0.02, help="Seconds between two timed queries.")
     args = parser.parse_args(argv)
     from procmem.memory import ChromaStore, Entry, HashingEmbedder, ProceduralMemory
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 start = time.perf_counter()
                 store.query_vector("experience", queries[len(times) % len(queries)], k=5)
                 times.append(time.perf_counter() - start)
+                time.sleep(args.query_pause)  # a reader, not a flood: the writers need the server too
             spans = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
             wall = max(s["end"] for s in spans) - min(s["start"] for s in spans)
             run = {"writers": count, "episodes": count * args.episodes,
