@@ -514,6 +514,8 @@ class ChromaStore:
             return [MemoryRecord(r.id, level, r.text, {**r.metadata, **c}, r.payload)
                     for r, c in zip(records, changes, strict=True)]
 
+        if not self._read(level, lambda col: col.get(ids=ids, include=[])["ids"]):
+            return []  # none here (e.g. an insight id asked of the pattern level): no lock to take
         try:
             with self.exclusive():  # no other writer's update lands between the read and the write
                 return self._write_returning(level, read_change_write)
