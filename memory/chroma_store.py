@@ -17,7 +17,7 @@ Search: HNSW with parameters tuned for recall (:data:`HNSW`; recall@5 >= 0.95 at
 ``eval/bench_memory.py``). A level of the embedded store small enough (:data:`EXACT_MAX`) is mirrored
 in process memory (:class:`~procmem.memory.numpy_store.InMemoryStore`) and searched exactly there: faster
 than Chroma below that size, and exact. The mirror follows this process's writes and is dropped when
-another process writes (the generation token changes).
+another process writes (the generation token changes); while other processes keep writing, none is rebuilt.
 
 Never Chroma's default embedding function (it downloads a model): collections are created with
 ``embedding_function=None`` and every vector comes from this store's :class:`Embedder`.
@@ -88,6 +88,9 @@ gave recall@5 0.73 at 100k entries. ``ef_search`` is also raised on collections 
 
 EXACT_MAX = 5_000
 """Levels of the embedded store with at most this many entries are searched exactly in process memory."""
+
+_QUIET_SESSIONS = 16
+"""A mirror is (re)built only after this many sessions in a row without another process's write."""
 
 
 class _BadChange(Exception):
@@ -205,10 +208,13 @@ class _EmbeddedConnection(_Connection):
         self._file_lock = FileLock(str(path / _LOCK_FILE), timeout=_LOCK_TIMEOUT_S, thread_local=False)
         self._generation: str | None = None
         self._mirrors: dict[Level, InMemoryStore | None] = {}
+        self._quiet = _QUIET_SESSIONS  # sessions in a row without another process's write
 
     def mirror(self, level: Level, col: Any, embedder: Embedder, load: Callable[[Any, InMemoryStore], None]
                ) -> InMemoryStore | None:
         if level not in self._mirrors:
+            if self._quiet < _QUIET_SESSIONS:  # other processes write now: a mirror would be reloaded each time
+                return None
             mirror: InMemoryStore | None = None
             if col.count() <= EXACT_MAX:
                 mirror = InMemoryStore(embedder)
@@ -247,6 +253,9 @@ class _EmbeddedConnection(_Connection):
                 if current != self._generation:  # another process wrote: our client is stale
                     self.reset()
                     self._generation = current
+                    self._quiet = 0
+                else:
+                    self._quiet += 1
                 self.client()
                 try:
                     yield
