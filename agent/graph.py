@@ -3,17 +3,22 @@
     retrieve ──> generate ──> verify ──(failed, attempts left)──> generate
                                  └────(passed or out of attempts)──> record
 
-State holds plain JSON (task, memory, attempts) so LangGraph checkpoints it as is; a thread can be
-resumed mid-task from its last checkpoint.
+The state holds typed values (the :class:`Task`, its :class:`Attempt` s with their verdicts), which
+LangGraph checkpoints as dataclasses, so a thread can be resumed mid-task from its last checkpoint. A
+task enters once, redacted (:func:`initial_state`); the finished episode leaves once, as JSON
+(:func:`episode_from_state`).
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, TypedDict
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Checkpointer
@@ -24,6 +29,7 @@ from procmem.core import (
     GenerationConfig,
     PriorAttempt,
     Task,
+    Verdict,
     extract_answer,
     generation_for,
     new_id,
@@ -32,7 +38,7 @@ from procmem.core import (
     utc_now,
 )
 from procmem.llm import LLM
-from procmem.memory import NoMemory, Retriever
+from procmem.memory import NoMemory, Retrieval, Retriever
 from procmem.verifiers import build_verifier
 
 __all__ = ["AgentDeps", "AgentState", "build_agent", "episode_from_state", "initial_state"]
@@ -53,17 +59,23 @@ class AgentDeps:
     stream: bool = False
     """Emit answer text as it is generated (``stream_mode="custom"``), for ``procmem chat``."""
 
+    def retrieve(self, task: Task) -> Retrieval:
+        """The memory that goes in ``task``'s prompt (``memory_k`` entries; none when it is 0)."""
+        return self.retriever.retrieve(task, self.memory_k) if self.memory_k else NoMemory().retrieve(task, 0)
+
 
 class AgentState(TypedDict, total=False):
-    task: dict[str, Any]
+    task: Task
+    """Redacted on the way in (:func:`initial_state`)."""
     episode_id: str
     memory_ids: list[str]
     memory_text: str
     answer: str
     tokens: tuple[int, int]
-    attempts: list[dict[str, Any]]
+    attempts: list[Attempt]
     started_at: str
     episode: dict[str, Any]
+    """The finished episode, as JSON (what :func:`episode_from_state` reads)."""
     turns: Annotated[list[dict[str, Any]], operator.add]
     """Finished episodes of this thread, one per task (chat threads accumulate them)."""
 
@@ -78,7 +90,8 @@ def initial_state(task: Task) -> AgentState:
     """The state a thread starts from. The task is redacted on the way in: checkpoints, episodes and the
     prompts sent to a (possibly remote) model never carry an API key or token that was pasted into it."""
     # The episode id is fixed up front so that a resumed thread re-records the same episode (an upsert).
-    return {"task": redact_obj(task.to_dict()), "episode_id": new_id(), "attempts": [], "started_at": utc_now()}
+    return {"task": Task.from_dict(redact_obj(task.to_dict())), "episode_id": new_id(), "attempts": [],
+            "started_at": utc_now()}
 
 
 def episode_from_state(state: AgentState) -> Episode:
@@ -97,13 +110,26 @@ def build_agent(deps: AgentDeps, *, checkpointer: Checkpointer = None) -> Any:
     graph.add_conditional_edges("generate", _has_verifier, {True: "verify", False: END})
     graph.add_conditional_edges("verify", _route(deps), {"retry": "generate", "done": "record"})
     graph.add_edge("record", END)
-    return graph.compile(checkpointer=checkpointer)
+    return graph.compile(checkpointer=_accepting_state_types(checkpointer))
+
+
+_STATE_TYPES = (Task, Attempt, Verdict)
+"""The dataclasses a checkpoint of :class:`AgentState` holds."""
+
+
+def _accepting_state_types(checkpointer: Checkpointer) -> Checkpointer:
+    """``checkpointer`` allowed to read back the state's dataclasses (and only those beside LangGraph's own safe
+    types), instead of loading any class a checkpoint names with a warning per type."""
+    if not isinstance(checkpointer, BaseCheckpointSaver) or not isinstance(checkpointer.serde, JsonPlusSerializer):
+        return checkpointer
+    clone = copy.copy(checkpointer)
+    clone.serde = JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in _STATE_TYPES])
+    return clone
 
 
 def _retrieve(deps: AgentDeps) -> _Node:
     def retrieve(state: AgentState) -> AgentState:
-        task = Task.from_dict(state["task"])
-        found = deps.retriever.retrieve(task, deps.memory_k) if deps.memory_k else NoMemory().retrieve(task, 0)
+        found = deps.retrieve(state["task"])
         return {"memory_ids": list(found.entry_ids), "memory_text": found.text}
 
     return retrieve
@@ -111,8 +137,8 @@ def _retrieve(deps: AgentDeps) -> _Node:
 
 def _generate(deps: AgentDeps) -> _Node:
     def generate(state: AgentState) -> AgentState:
-        task = Task.from_dict(state["task"])
-        prior = [PriorAttempt(feedback=a["verdict"]["feedback"], answer=a["answer"]) for a in state["attempts"]]
+        task = state["task"]
+        prior = [PriorAttempt(feedback=a.verdict.feedback, answer=a.answer) for a in state["attempts"]]
         prompt = render_prompt(task.prompt, memory=state.get("memory_text", ""), prior=prior)
         generation = generation_for(task, deps.generation)
         if deps.stream:
@@ -136,43 +162,40 @@ def _generate_streaming(deps: AgentDeps, prompt: str, generation: GenerationConf
 
 def _has_verifier(state: AgentState) -> bool:
     """A task without a verifier spec (a chat question) is answered, not judged or recorded."""
-    return bool(state["task"]["verifier"])
+    return bool(state["task"].verifier)
 
 
 def _verify(state: AgentState) -> AgentState:
-    task = Task.from_dict(state["task"])
-    verdict = build_verifier(task).verify(state["answer"])
+    verdict = build_verifier(state["task"]).verify(state["answer"])
     prompt_tokens, completion_tokens = state.get("tokens", (0, 0))
+    # Answers and feedback are reused as prompts and stored: API keys and tokens must never get in.
     attempt = Attempt(state["answer"], verdict, prompt_tokens, completion_tokens)
-    return {"attempts": [*state["attempts"], attempt.to_dict()]}
+    attempt = Attempt.from_dict(redact_obj(attempt.to_dict()))
+    return {"attempts": [*state["attempts"], attempt]}
 
 
 def _route(deps: AgentDeps) -> Callable[[AgentState], str]:
     def route(state: AgentState) -> str:
         last = state["attempts"][-1]
-        return "done" if last["verdict"]["passed"] or len(state["attempts"]) >= deps.attempts else "retry"
+        return "done" if last.verdict.passed or len(state["attempts"]) >= deps.attempts else "retry"
 
     return route
 
 
 def _record(deps: AgentDeps) -> _Node:
     def record(state: AgentState) -> AgentState:
-        episode = _redacted(Episode(
-            task=Task.from_dict(state["task"]),
-            attempts=tuple(Attempt.from_dict(a) for a in state["attempts"]),
+        episode = Episode(  # its task and attempts were redacted on their way into the state
+            task=state["task"],
+            attempts=tuple(state["attempts"]),
             model_id=deps.llm.model_id,
             adapter_version=deps.llm.adapter_version,
             memory_ids=tuple(state.get("memory_ids", [])),
             id=state["episode_id"],
             started_at=state["started_at"],
-        ))
+        )
         if deps.recorder is not None:
             deps.recorder(episode)
         return {"episode": episode.to_dict(), "turns": [episode.to_dict()]}
 
     return record
 
-
-def _redacted(episode: Episode) -> Episode:
-    """Episodes are stored and reused as prompts: API keys and tokens must never get in."""
-    return Episode.from_dict(redact_obj(episode.to_dict()))

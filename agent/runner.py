@@ -103,9 +103,10 @@ def _finished_episode(agent: Any, run_id: str, task: Task) -> Episode | None:
 
 
 def _input_for(agent: Any, run_id: str, task: Task, checkpointer: Checkpointer) -> Any:
-    """A fresh start, or None to resume a thread that stopped mid-task."""
+    """A fresh start, or None to resume a thread that stopped mid-task (a thread checkpointed before the state
+    was typed holds its task as a dict: it starts afresh)."""
     if checkpointer is not None:
         snapshot = agent.get_state({"configurable": {"thread_id": thread_id(run_id, task)}})
-        if snapshot.next:
+        if snapshot.next and isinstance(snapshot.values.get("task"), Task):
             return None
     return initial_state(task)

@@ -5,6 +5,17 @@ train (sft / self-distill / mixed) -> gate (memory-free, held-out) -> register `
 distill trains and never serves.
 """
 
+from procmem.core.registry import (
+    AdapterManifest,
+    PromotionState,
+    list_adapters,
+    promote,
+    promotion_state,
+    read_manifest,
+    register_adapter,
+    resolve_adapter,
+    rollback,
+)
 from procmem.distill.config import (
     DistillConfig,
     GateConfig,
@@ -16,7 +27,6 @@ from procmem.distill.config import (
 )
 from procmem.distill.gate import GateReport, SuiteResult, compare, evaluate, gate_table
 from procmem.distill.objectives import (
-    Example,
     MixedObjective,
     Objective,
     ObjectiveLoss,
@@ -25,38 +35,21 @@ from procmem.distill.objectives import (
     completion_logits,
     make_objective,
 )
-from procmem.distill.registry import (
-    AdapterManifest,
-    PromotionState,
-    list_adapters,
-    promote,
-    promotion_state,
-    read_manifest,
-    register_adapter,
-    resolve_adapter,
-    rollback,
-)
-from procmem.distill.run import (
-    DistillBusy,
-    DistillDeps,
-    DistillResult,
-    default_deps,
-    distill_lock,
-    latest_run_dir,
-    parse_interval,
-    run_distillation,
-    run_every,
-)
+from procmem.distill.run import DistillBusy, DistillDeps, DistillResult, default_deps, distill_lock, run_distillation
+from procmem.distill.scheduler import parse_interval, run_every
+from procmem.distill.storage import RunStage, RunState, latest_run_dir
 from procmem.distill.traces import (
-    Problem,
+    Example,
     TeacherContext,
     Trace,
     TraceBuild,
+    TrainingItem,
     build_traces,
     export_traces,
     load_trace_build,
-    problems_from_episodes,
     save_trace_build,
+    success_traces,
+    training_items,
 )
 from procmem.distill.train import TrainResult, load_trainable_model, train_adapter
 
@@ -74,8 +67,9 @@ __all__ = [
     "MixedSettings",
     "Objective",
     "ObjectiveLoss",
-    "Problem",
     "PromotionState",
+    "RunStage",
+    "RunState",
     "SelfDistillObjective",
     "SelfDistillSettings",
     "SftObjective",
@@ -86,6 +80,7 @@ __all__ = [
     "TraceConfig",
     "TrainResult",
     "TrainSettings",
+    "TrainingItem",
     "build_traces",
     "compare",
     "completion_logits",
@@ -100,7 +95,6 @@ __all__ = [
     "load_trainable_model",
     "make_objective",
     "parse_interval",
-    "problems_from_episodes",
     "promote",
     "promotion_state",
     "read_manifest",
@@ -110,5 +104,7 @@ __all__ = [
     "run_distillation",
     "run_every",
     "save_trace_build",
+    "success_traces",
     "train_adapter",
+    "training_items",
 ]

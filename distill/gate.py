@@ -6,25 +6,25 @@ the same seed and each task's own decoding settings (``generation_for``); answer
 when its test accuracy (pooled over the test suites) rises by at least ``min_improvement`` and its
 accuracy on the general-ability holdout (suites never trained on) falls by at most
 ``max_holdout_drop``.
+
+The decision's records (:class:`GateReport`, :class:`SuiteResult`) and its table live with the adapter
+registry (:mod:`procmem.core.registry`), whose manifests store them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from rich.table import Table
+from pydantic import BaseModel, ConfigDict
 
-from procmem.core import GenerationConfig, Task, extract_answer, render_prompt
+from procmem.agent.scoring import score_tasks
+from procmem.core import GenerationConfig, Task
 from procmem.core.prompts import ANSWER_STOP
+from procmem.core.registry import GateReport, SuiteResult, gate_table
 from procmem.distill.config import GateConfig
-from procmem.llm import LLM, generate_for_tasks
-from procmem.verifiers import build_verifier
+from procmem.llm import LLM
 
 __all__ = ["GateReport", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table"]
-
-_BATCH = 16
 
 
 class SuiteScores(BaseModel):
@@ -41,58 +41,14 @@ class SuiteScores(BaseModel):
         return sum(self.passed) / len(self.passed) if self.passed else 0.0
 
 
-class SuiteResult(BaseModel):
-    """One row of the gate table."""
-
-    model_config = ConfigDict(frozen=True)
-
-    suite: str = Field(description="Suite spec.")
-    kind: Literal["test", "holdout"] = Field(description="Held-out test split, or general-ability holdout.")
-    n: int = Field(description="Items evaluated.")
-    baseline: float = Field(description="Baseline accuracy.")
-    candidate: float = Field(description="Candidate accuracy.")
-
-    @property
-    def delta(self) -> float:
-        return self.candidate - self.baseline
-
-
-class GateReport(BaseModel):
-    """The gate's comparison and decision (recorded in the adapter manifest)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    baseline: str = Field(description="What the candidate was compared with: a version, or 'base'.")
-    rows: tuple[SuiteResult, ...] = Field(description="Per-suite accuracies.")
-    test_baseline: float = Field(description="Baseline accuracy pooled over the test items.")
-    test_candidate: float = Field(description="Candidate accuracy pooled over the test items.")
-    holdout_baseline: float | None = Field(description="Baseline accuracy pooled over the holdout (None: none).")
-    holdout_candidate: float | None = Field(description="Candidate accuracy pooled over the holdout.")
-    min_improvement: float = Field(description="Required test accuracy gain.")
-    max_holdout_drop: float = Field(description="Largest allowed holdout accuracy loss.")
-    improved: bool = Field(description="Test accuracy rose by at least min_improvement.")
-    holdout_ok: bool = Field(description="Holdout accuracy fell by no more than max_holdout_drop.")
-    passed: bool = Field(description="improved and holdout_ok.")
-    excluded: int = Field(default=0, description="Held-out items skipped because their question was trained on.")
-
-
 def evaluate(llm: LLM, suites: Mapping[str, Sequence[Task]], config: GateConfig,
              on_progress: Callable[[int], None] | None = None) -> dict[str, SuiteScores]:
     """Answer every task memory-free and greedily; verify each answer."""
     generation = GenerationConfig(max_tokens=config.max_tokens, temperature=0.0, top_p=1.0, stop=(ANSWER_STOP,),
                                   seed=config.seed)
-    scores: dict[str, SuiteScores] = {}
-    for suite, tasks in suites.items():
-        passed: list[bool] = []
-        for start in range(0, len(tasks), _BATCH):
-            chunk = tasks[start:start + _BATCH]
-            outputs = generate_for_tasks(llm, [(t, render_prompt(t.prompt)) for t in chunk], generation)
-            for task, out in zip(chunk, outputs, strict=True):
-                passed.append(build_verifier(task).verify(extract_answer(out.text, task.answer_format)).passed)
-            if on_progress is not None:
-                on_progress(len(chunk))
-        scores[suite] = SuiteScores(suite=suite, task_ids=tuple(t.id for t in tasks), passed=tuple(passed))
-    return scores
+    scored = score_tasks(llm, suites, generation, on_progress=on_progress)
+    return {suite: SuiteScores(suite=suite, task_ids=tuple(i.task_id for i in items),
+                               passed=tuple(i.passed for i in items)) for suite, items in scored.items()}
 
 
 def compare(baseline: Mapping[str, SuiteScores], candidate: Mapping[str, SuiteScores], *,
@@ -124,25 +80,3 @@ def compare(baseline: Mapping[str, SuiteScores], candidate: Mapping[str, SuiteSc
 def _pooled(scores: Mapping[str, SuiteScores], suites: Sequence[str]) -> float | None:
     items = [p for suite in suites for p in scores[suite].passed]
     return sum(items) / len(items) if items else None
-
-
-def gate_table(report: GateReport, candidate_name: str = "candidate") -> Table:
-    """The comparison as a rich table."""
-    verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
-    table = Table(title=f"promotion gate: {candidate_name} vs {report.baseline}: {verdict}")
-    for column, justify in (("suite", "left"), ("kind", "left"), ("n", "right"), (report.baseline, "right"),
-                            (candidate_name, "right"), ("delta", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for row in report.rows:
-        table.add_row(row.suite, row.kind, str(row.n), f"{row.baseline:.1%}", f"{row.candidate:.1%}",
-                      f"{row.delta:+.1%}")
-    table.add_row("all test", "test", "", f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
-                  f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})",
-                  end_section=True)
-    if report.excluded:
-        table.caption = f"{report.excluded} held-out items skipped: their question was trained on"
-    if report.holdout_baseline is not None and report.holdout_candidate is not None:
-        drop = report.holdout_candidate - report.holdout_baseline
-        table.add_row("all holdout", "holdout", "", f"{report.holdout_baseline:.1%}",
-                      f"{report.holdout_candidate:.1%}", f"{drop:+.1%} (allow >= {-report.max_holdout_drop:+.1%})")
-    return table

@@ -40,7 +40,7 @@ from torch import nn
 from procmem.core import ProcmemError
 from procmem.core.prompts import ANSWER_STOP
 from procmem.distill.config import DistillConfig, MixedSettings, ObjectiveName, SelfDistillSettings
-from procmem.distill.traces import TraceBuild
+from procmem.distill.traces import Example, TraceBuild
 
 __all__ = [
     "Example",
@@ -52,21 +52,6 @@ __all__ = [
     "completion_logits",
     "make_objective",
 ]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training unit. With a ``completion`` it is an SFT trace; without, a self-distill problem."""
-
-    task_id: str
-    prompt: str
-    """Memory-free student prompt."""
-    teacher_prompt: str
-    completion: str | None = None
-    stop: tuple[str, ...] = (ANSWER_STOP,)
-    """Self-distill: where a sampled answer ends (the task's stop strings)."""
-    max_tokens: int | None = None
-    """Self-distill: the task's own answer length limit (None: ``max_new_tokens``)."""
 
 
 @dataclass(frozen=True)
@@ -202,8 +187,7 @@ class SftObjective:
         self._enc = _Encoder(tokenizer, max_len)
 
     def examples(self, build: TraceBuild) -> list[Example]:
-        return [Example(t.task_id, t.prompt, t.teacher_prompt, t.completion) for t in build.kept
-                if t.status == "kept"]
+        return [t.example(t.completion) for t in build.kept if t.status == "kept"]
 
     def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
         items = [e for e in batch if e.completion is not None]
@@ -241,8 +225,7 @@ class SelfDistillObjective:
         self._ema: dict[str, torch.Tensor] = {}
 
     def examples(self, build: TraceBuild) -> list[Example]:
-        return [Example(c.task_id, c.prompt, c.teacher_prompt, stop=c.stop, max_tokens=c.max_tokens)
-                for c in build.contexts]
+        return [c.example() for c in build.contexts]
 
     def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
         if not batch:

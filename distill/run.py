@@ -10,17 +10,14 @@ stage, and training from its last checkpoint. A run with different settings aban
 afresh.
 
 The watermark (``<home>/distill/watermark.json``) holds the episode ids of the last successful run;
-a run starts only when at least ``min_new_episodes`` episodes arrived since. :func:`run_every` is the
-long-running scheduler (``--every 6h``): a failed tick is logged and retried at the next one.
+a run starts only when at least ``min_new_episodes`` episodes arrived since. Run directories, their typed
+``run.json`` and the watermark live in :mod:`.storage`; the adapter manifest in :mod:`.manifest`; the
+long-running scheduler (``--every 6h``) in :mod:`.scheduler`.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import os
-import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -29,28 +26,25 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from procmem.core import Episode, Home, ProcmemError, Split, Task, new_id, redact, utc_now
-from procmem.core.fileio import hash_strings, read_json, read_jsonl, write_json, write_jsonl
+from procmem.core import Episode, Home, ProcmemError, Split, Task, utc_now
+from procmem.core.fileio import read_json, read_jsonl, write_json
 from procmem.core.keys import normalize_question, policy_version
+from procmem.core.progress import progress_bar
+from procmem.core.registry import GateReport, gate_table, promote, promotion_state, resolve_adapter
 from procmem.distill.config import DistillConfig
-from procmem.distill.gate import GateReport, SuiteScores, compare, evaluate, gate_table
-from procmem.distill.registry import (
-    AdapterManifest,
-    BaseModelInfo,
-    DatasetSnapshot,
-    MemorySnapshotInfo,
-    base_model_hash,
-    list_adapters,
-    promote,
-    promotion_state,
-    resolve_adapter,
+from procmem.distill.gate import SuiteScores, compare, evaluate
+from procmem.distill.manifest import register_candidate, registered_version
+from procmem.distill.storage import (
+    finish_run,
+    new_episode_count,
+    new_run,
+    read_state,
+    unfinished_run,
+    update_state,
 )
-from procmem.distill.registry import register_adapter as _register
-from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, problems_from_episodes, save_trace_build
-from procmem.distill.train import ObjectiveFactory, TrainResult, train_adapter
+from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, save_trace_build, training_items
+from procmem.distill.train import ObjectiveFactory, train_adapter
 from procmem.llm import LLM
 from procmem.memory import Retriever
 
@@ -63,23 +57,15 @@ __all__ = [
     "build_run_traces",
     "collect_episodes",
     "default_deps",
-    "distill_dir",
     "distill_lock",
     "gate_candidate",
-    "latest_run_dir",
-    "parse_interval",
-    "register_candidate",
     "run_distillation",
-    "run_every",
 ]
 
 LLMFactory = Callable[[Path | None, str | None], LLM]
 """Loads the base model with an adapter directory (None: none) labelled with a version (or None)."""
 TaskLoader = Callable[[str, Split, int], list[Task]]
 """``(suite spec, split, n) -> tasks`` (default: ``procmem.tasks.load_suite``)."""
-
-Stage = Literal["collected", "traced", "trained", "gated", "registered", "done", "abandoned"]
-
 
 class DistillBusy(ProcmemError):
     """Another distillation job holds the lock."""
@@ -124,10 +110,6 @@ class DistillResult:
         return data
 
 
-def distill_dir(home: Home) -> Path:
-    return home.root / "distill"
-
-
 def distill_lock(home: Home) -> FileLock:
     """The lock that keeps two distillation jobs from running at once."""
     home.locks.mkdir(parents=True, exist_ok=True)
@@ -164,33 +146,33 @@ def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | C
 
 def _run_locked(config: DistillConfig, home: Home, deps: DistillDeps, force: bool, console: Console,
                 quiet: bool) -> DistillResult:
-    run = _unfinished_run(home, config)
+    run = unfinished_run(home, config)
     resumed = run is not None
     if run is None:
         episodes = collect_episodes(deps.episodes())
-        new = _new_episode_count(home, episodes)
+        new = new_episode_count(home, episodes)
         if new < config.min_new_episodes:
             return DistillResult(status="skipped", reason=f"{new} new episodes since the last run "
                                  f"(min_new_episodes={config.min_new_episodes})", new_episodes=new,
                                  episodes=len(episodes))
-        run = _new_run(home, config, episodes, new)
+        run = new_run(home, config, episodes, new)
         console.print(f"distill run {run.name}: {len(episodes)} train episodes, {new} new")
     else:
-        console.print(f"resuming distill run {run.name} at stage {_meta(run)['stage']}")
+        console.print(f"resuming distill run {run.name} at stage {read_state(run).stage}")
     try:
         return _advance(run, config, home, deps, force, resumed, console, quiet)
     except BaseException as err:
-        _update(run, error=f"{type(err).__name__}: {err}", failed_at=utc_now())
+        update_state(run, error=f"{type(err).__name__}: {err}", failed_at=utc_now())
         raise
 
 
 def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, force: bool, resumed: bool,
              console: Console, quiet: bool) -> DistillResult:
-    meta = _meta(run)
+    state = read_state(run)
     episodes = [Episode.from_dict(row) for row in read_jsonl(run / "episodes.jsonl")]
     parent_version = _parent_version(home, config)
     parent_dir = resolve_adapter(home, parent_version) if parent_version else None
-    base = DistillResult(status="skipped", run_id=run.name, resumed=resumed, new_episodes=meta["new_episodes"],
+    base = DistillResult(status="skipped", run_id=run.name, resumed=resumed, new_episodes=state.new_episodes,
                          episodes=len(episodes))
 
     build = load_trace_build(run / "traces")
@@ -201,10 +183,10 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
         del teacher
         _release(deps.model_dir)
         save_trace_build(build, run / "traces")
-        _update(run, stage="traced")
+        update_state(run, stage="traced")
     counts = {"problems": len(build.contexts), "traces": len(build.kept), "rejected_traces": len(build.rejected)}
     if config.objective != "self-distill" and len(build.kept) < config.min_traces:
-        _finish(home, run, episodes)
+        finish_run(home, run, episodes)
         return _replace(base, reason=f"{len(build.kept)} verified traces (min_traces={config.min_traces})",
                         **counts)
 
@@ -212,26 +194,27 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
                           objective_factory=deps.objective_factory,
                           console=console, quiet=quiet)
     _release(deps.model_dir)
-    _update(run, stage="trained")
+    update_state(run, stage="trained")
 
     report = _load_gate(run)
     if report is None:
         report = gate_candidate(train.adapter_dir, config, home, deps, episodes, console=console, quiet=quiet)
         write_json(run / "gate.json", report.model_dump(mode="json"))
-        _update(run, stage="gated")
+        update_state(run, stage="gated")
     console.print(gate_table(report))
 
     forced = force and not report.passed
-    manifest = _registered(home, run.name) or register_candidate(
-        train, build, episodes, report, config, home, deps, run_id=run.name, parent=parent_version, forced=forced)
-    _update(run, stage="registered", version=manifest.version)
+    manifest = registered_version(home, run.name) or register_candidate(
+        train, build, episodes, report, config, home, deps.model_dir, run_id=run.name, parent=parent_version,
+        forced=forced)
+    update_state(run, stage="registered", version=manifest.version)
     promoted = report.passed or force
     if promoted:
         promote(home.adapters, manifest.version, force=force, reason="forced" if forced else "gate")
         console.print(f"[green]promoted {manifest.version}[/]" + (" (forced past a failed gate)" if forced else ""))
     else:
         console.print(f"[yellow]{manifest.version} registered but not promoted: the gate failed[/]")
-    _finish(home, run, episodes)
+    finish_run(home, run, episodes)
     return _replace(base, status="promoted" if promoted else "rejected", version=manifest.version,
                     promoted=promoted, forced=forced, train=train.to_dict(), gate=report,
                     reason="" if report.passed else _gate_reason(report), **counts)
@@ -278,12 +261,11 @@ def collect_episodes(episodes: Iterable[Episode]) -> list[Episode]:
 def build_run_traces(episodes: Sequence[Episode], teacher: LLM, retriever: Retriever, config: DistillConfig, *,
                      console: Console | None = None, quiet: bool = False) -> TraceBuild:
     """Problems from ``episodes`` (failed first), then teacher candidates kept by the verifier."""
-    trace = config.traces
-    problems = problems_from_episodes(episodes, max_feedback=trace.max_feedback,
-                                      include_successes=trace.include_successes, limit=trace.max_problems)
-    with _progress(console, quiet) as progress:
-        bar = progress.add_task(f"teacher traces (k={trace.k})", total=len(problems))
-        return build_traces(problems, teacher, retriever, trace, on_progress=lambda n: progress.advance(bar, n))
+    problems = training_items(episodes, config.traces)
+    with progress_bar(console, quiet=quiet) as progress:
+        bar = progress.add_task(f"teacher traces (k={config.traces.k})", total=len(problems))
+        return build_traces(problems, teacher, retriever, config.traces,
+                            on_progress=lambda n: progress.advance(bar, n))
 
 
 def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: DistillDeps,
@@ -315,7 +297,7 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
     baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
     total = sum(len(t) for t in suites.values())
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         for label, adapter, version in (("baseline", baseline_dir, baseline_version),
                                         ("candidate", adapter_dir, "candidate")):
             bar = progress.add_task(f"gate: {label} ({version or 'base'})", total=total)
@@ -339,34 +321,6 @@ def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:
     return tasks
 
 
-def register_candidate(train: TrainResult, build: TraceBuild, episodes: Sequence[Episode], report: GateReport | None,
-                       config: DistillConfig, home: Home, deps: DistillDeps, *, run_id: str, parent: str | None,
-                       forced: bool) -> AdapterManifest:
-    """Register the trained adapter as the next ``vN`` with its full manifest."""
-    manifest = AdapterManifest(
-        version="v0", run_id=run_id,
-        base_model=BaseModelInfo(id=config.model, name=deps.model_dir.name,
-                                 hash=base_model_hash(deps.model_dir, distill_dir(home) / "base_hashes.json")),
-        objective=config.objective, objective_config=config.model_dump(mode="json"),
-        dataset=DatasetSnapshot(episode_ids=tuple(sorted(e.id for e in episodes)), hash=_episodes_hash(episodes),
-                                n_traces=len(build.kept), n_rejected=len(build.rejected),
-                                traces_hash=hash_strings(sorted(f"{t.prompt}\x00{t.completion}" for t in build.kept))),
-        memory=MemorySnapshotInfo(entry_ids=build.memory.entry_ids, hash=build.memory.hash),
-        metrics={k: v for k, v in train.to_dict().items() if k != "adapter_dir"}, gate=report, parent=parent,
-        created_at=utc_now(), forced=forced,
-    )
-    return _register(home.adapters, train.adapter_dir, manifest)
-
-
-def _registered(home: Home, run_id: str) -> AdapterManifest | None:
-    """The version this run already registered (a crash between registering and recording it)."""
-    return next((m for m in list_adapters(home.adapters) if m.run_id == run_id), None)
-
-
-def _episodes_hash(episodes: Sequence[Episode]) -> str:
-    return hash_strings(json.dumps(e.to_dict(), sort_keys=True) for e in sorted(episodes, key=lambda e: e.id))
-
-
 def _parent_version(home: Home, config: DistillConfig) -> str | None:
     if config.parent == "none":
         return None
@@ -381,157 +335,6 @@ def _load_gate(run: Path) -> GateReport | None:
     return GateReport.model_validate(read_json(path)) if path.exists() else None
 
 
-# ------------------------------------------------------------------------------ run dirs and watermark
-
-
-def _runs(home: Home) -> Path:
-    return distill_dir(home) / "runs"
-
-
-def latest_run_dir(home: Home, *, with_traces: bool = False) -> Path | None:
-    """The most recent run directory (optionally: the most recent one whose traces are built)."""
-    runs = sorted(_runs(home).glob("*/run.json"), key=lambda p: (_meta(p.parent)["created_at"], p.parent.name))
-    for path in reversed(runs):
-        if not with_traces or (path.parent / "traces" / "traces.jsonl").exists():
-            return path.parent
-    return None
-
-
-def _meta(run: Path) -> dict[str, Any]:
-    data = read_json(run / "run.json")
-    assert isinstance(data, dict)
-    return data
-
-
-def _update(run: Path, **changes: Any) -> None:
-    write_json(run / "run.json", {**_meta(run), **changes, "updated_at": utc_now()})
-
-
-def _unfinished_run(home: Home, config: DistillConfig) -> Path | None:
-    """The newest run not yet done; abandoned if it was started with other settings."""
-    for path in sorted(_runs(home).glob("*/run.json"), key=lambda p: _meta(p.parent)["created_at"], reverse=True):
-        meta = _meta(path.parent)
-        if meta["stage"] in ("done", "abandoned"):
-            continue
-        if meta["config"] == config.model_dump(mode="json"):
-            return path.parent
-        _update(path.parent, stage="abandoned")
-    return None
-
-
-def _new_run(home: Home, config: DistillConfig, episodes: Sequence[Episode], new: int) -> Path:
-    run = _runs(home) / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{new_id()[:6]}"
-    run.mkdir(parents=True)
-    write_jsonl(run / "episodes.jsonl", (e.to_dict() for e in episodes))
-    write_json(run / "run.json", {"id": run.name, "stage": "collected", "created_at": utc_now(),
-                                  "config": config.model_dump(mode="json"), "new_episodes": new,
-                                  "episodes": len(episodes)})
-    return run
-
-
-def _watermark_path(home: Home) -> Path:
-    return distill_dir(home) / "watermark.json"
-
-
-def _new_episode_count(home: Home, episodes: Sequence[Episode]) -> int:
-    path = _watermark_path(home)
-    seen = set(read_json(path)["episode_ids"]) if path.exists() else set()
-    return sum(e.id not in seen for e in episodes)
-
-
-def _finish(home: Home, run: Path, episodes: Sequence[Episode]) -> None:
-    """Advance the watermark to this run's episodes, then mark the run done."""
-    write_json(_watermark_path(home), {"episode_ids": sorted(e.id for e in episodes), "run_id": run.name,
-                                       "updated_at": utc_now()})
-    _update(run, stage="done", error=None)
-
-
-def _progress(console: Console | None, quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console or Console(stderr=True), disable=quiet)
-
-
-# ------------------------------------------------------------------------------------------ scheduling
-
-
-_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_interval(text: str) -> float:
-    """``'6h'``, ``'30m'``, ``'90s'``, ``'1d'`` or plain seconds -> seconds."""
-    match = _INTERVAL.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ProcmemError(f"not an interval: {text!r}", where="--every", fix="use e.g. 6h, 30m, 90s or 1d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _log_tick(home: Home, **entry: Any) -> None:
-    """Append one line to ``<home>/distill/log.jsonl`` (the scheduler's record of every tick)."""
-    path = distill_dir(home) / "log.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = redact(json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str))  # errors may quote keys
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def run_every(config: DistillConfig, home: Home, interval_s: float, *,
-              deps_factory: Callable[[], DistillDeps] | None = None, max_ticks: int | None = None,
-              force: bool = False, sleep: Callable[[float], None] = time.sleep, console: Console | None = None,
-              quiet: bool = False, on_result: Callable[[DistillResult], None] | None = None) -> list[DistillResult]:
-    """Run :func:`run_distillation` every ``interval_s`` seconds (forever unless ``max_ticks``).
-
-    Only one scheduler per home (a second one exits with :class:`DistillBusy`). Each tick builds its
-    dependencies afresh (``deps_factory``, default :func:`default_deps`), so it sees new episodes. A
-    tick that is skipped (too few new episodes), finds another job running, or fails is logged to
-    ``<home>/distill/log.jsonl``; a failed run is retried (resumed) at the next tick.
-    """
-    console = console or Console(stderr=True, quiet=quiet)
-    home.ensure()
-    scheduler = FileLock(str(home.locks / "distill-scheduler.lock"))
-    try:
-        scheduler.acquire(timeout=0)
-    except Timeout:
-        raise DistillBusy("another `procmem distill --every` scheduler is running for this home",
-                          where=str(home.locks / "distill-scheduler.lock"), fix="stop it first") from None
-    results: list[DistillResult] = []
-    try:
-        tick = 0
-        while max_ticks is None or tick < max_ticks:
-            started = time.monotonic()
-            result = _tick(config, home, deps_factory or (lambda: default_deps(config, home)), force, console, quiet)
-            if result is not None:
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-            tick += 1
-            if max_ticks is not None and tick >= max_ticks:
-                break
-            sleep(max(0.0, interval_s - (time.monotonic() - started)))
-    finally:
-        scheduler.release()
-    return results
-
-
-def _tick(config: DistillConfig, home: Home, deps_factory: Callable[[], DistillDeps], force: bool,
-          console: Console, quiet: bool) -> DistillResult | None:
-    try:
-        result = run_distillation(config, home, deps=deps_factory, force=force, console=console, quiet=quiet)
-    except DistillBusy as err:
-        console.print(f"[yellow]tick skipped: {escape(redact(str(err)))}[/]")
-        _log_tick(home, event="busy", message=str(err))
-        return None
-    except Exception as err:  # a failed run must not stop the scheduler; it is retried next tick
-        console.print(f"[red]distill run failed: {type(err).__name__}: {escape(redact(str(err)))} "
-                      "(retried at the next tick)[/]")
-        _log_tick(home, event="failed", error=f"{type(err).__name__}: {err}")
-        return None
-    _log_tick(home, event=result.status, result=result.to_dict())
-    return result
-
-
 # ----------------------------------------------------------------------------------------- real deps
 
 
@@ -540,6 +343,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     from procmem.llm import load_llm
     from procmem.memory import open_memory
     from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier
 
     memory = open_memory(home.chroma, url=chroma_url)
     model_dir = _model_dir(config.model, home)
@@ -548,7 +352,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
         return load_llm(config.model, models_dir=home.models, adapter=adapter)
 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
-        return load_suite(suite, split=split, n=n)
+        return load_suite(suite, split=split, n=n, check=build_verifier)
 
     return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.retriever(policy=policy),
                        llm_factory=llm_factory, model_dir=model_dir, load_tasks=load_tasks)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from procmem.core import (
     AnswerFormat,
@@ -33,26 +33,28 @@ from procmem.core import (
 from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
 from procmem.core.keys import policy_version
 from procmem.core.prompts import ANSWER_STOP
+from procmem.core.registry import MemorySnapshot
 from procmem.distill.config import TraceConfig
 from procmem.llm import LLM, generate_for_tasks
-from procmem.memory import Retriever
+from procmem.memory import Retriever, group_problems
 from procmem.verifiers import build_verifier
 
 __all__ = [
     "HIDDEN_ANSWER",
+    "Example",
     "ExportFormat",
-    "MemorySnapshot",
-    "Problem",
     "TeacherContext",
     "Trace",
     "TraceBuild",
+    "TrainingItem",
     "build_traces",
     "export_traces",
     "hide_answer",
     "load_trace_build",
-    "problems_from_episodes",
     "save_trace_build",
+    "success_traces",
     "teacher_prompt",
+    "training_items",
 ]
 
 ExportFormat = Literal["openai", "trl"]
@@ -63,8 +65,9 @@ _CHUNK = 8
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One training task and what its episodes taught: the feedback of its failed attempts."""
+class TrainingItem:
+    """A problem (memory's grouping, :func:`~procmem.memory.group_problems`: the episodes of one question)
+    as distillation uses it: its newest task and what its episodes taught, the feedback of failed attempts."""
 
     task: Task
     episode_ids: tuple[str, ...]
@@ -73,19 +76,28 @@ class Problem:
     """0: never solved, 1: solved after a failed attempt, 2: solved at once (the generation order)."""
     failed_answers: tuple[str, ...] = ()
     """The student's failed answers: kept only to scrub them from everything the teacher reads."""
+    corrections: tuple[str, ...] = ()
+    """Verified answers a person gave (passing attempts marked ``details.correction``, e.g. sent to
+    ``procmem serve`` as feedback): each becomes a trace itself when the task's verifier passes it."""
 
 
-@dataclass(frozen=True)
+_C = TypeVar("_C", bound="TeacherContext")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherContext:
-    """A problem as the teacher sees it (with memory) and as the student sees it (without)."""
+    """A problem as the teacher sees it (with memory) and as the student sees it (without).
+
+    :class:`Example` (a training unit) and :class:`Trace` (a teacher candidate) extend it.
+    """
 
     task_id: str
-    suite: str
+    suite: str = ""
     prompt: str
     """Memory-free student prompt, exactly as at inference."""
     teacher_prompt: str
-    memory_ids: tuple[str, ...]
-    episode_ids: tuple[str, ...]
+    memory_ids: tuple[str, ...] = ()
+    episode_ids: tuple[str, ...] = ()
     answer_format: AnswerFormat = "line"
     stop: tuple[str, ...] = (ANSWER_STOP,)
     """Where the task's answers end (its generation stop strings)."""
@@ -93,41 +105,35 @@ class TeacherContext:
     """The task's own answer length limit, if it sets one (code tasks do)."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TeacherContext:
-        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"]),
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        return cls(**{**data, "memory_ids": tuple(data.get("memory_ids", ())),
+                      "episode_ids": tuple(data.get("episode_ids", ())),
                       "stop": tuple(data.get("stop", (ANSWER_STOP,)))})
 
+    def example(self, completion: str | None = None) -> Example:
+        """This context as a training unit: an SFT example with a ``completion``, a self-distill one without."""
+        return Example(**{f.name: getattr(self, f.name) for f in fields(TeacherContext)}, completion=completion)
 
-@dataclass(frozen=True)
-class Trace:
+
+@dataclass(frozen=True, kw_only=True)
+class Example(TeacherContext):
+    """One training unit. With a ``completion`` it is an SFT trace; without, a self-distill problem."""
+
+    completion: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trace(Example):
     """One teacher candidate and its verdict; kept ones are student examples ``prompt -> completion``."""
 
-    task_id: str
-    suite: str
-    prompt: str
     completion: str
     answer: str
-    teacher_prompt: str
-    memory_ids: tuple[str, ...]
-    episode_ids: tuple[str, ...]
     sample: int
     score: float
     status: TraceStatus
     feedback: str = ""
     teacher: str = ""
     """Policy that wrote it: ``model_id@adapter``."""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Trace:
-        return cls(**{**data, "memory_ids": tuple(data["memory_ids"]), "episode_ids": tuple(data["episode_ids"])})
-
-
-@dataclass(frozen=True)
-class MemorySnapshot:
-    """The memory entries that conditioned a run's traces, and a hash of what the teacher read."""
-
-    entry_ids: tuple[str, ...]
-    hash: str
 
 
 @dataclass(frozen=True)
@@ -137,28 +143,25 @@ class TraceBuild:
     kept: tuple[Trace, ...]
     rejected: tuple[Trace, ...]
     contexts: tuple[TeacherContext, ...]
-    memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot((), hash_strings([])))
+    memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot(entry_ids=(), hash=hash_strings([])))
 
 
-def problems_from_episodes(episodes: Iterable[Episode], *, max_feedback: int = 2,
-                           include_successes: bool = True, limit: int | None = None) -> list[Problem]:
-    """Group train-split episodes by task, in generation order (failed problems first).
+def training_items(episodes: Iterable[Episode], config: TraceConfig | None = None) -> list[TrainingItem]:
+    """The problems of the train-split episodes, in generation order (failed problems first), at most
+    ``config.max_problems``.
 
     Test-split episodes are ignored: the gate evaluates on them.
     """
-    by_task: dict[str, list[Episode]] = {}
-    for episode in episodes:
-        if episode.task.split == "train":
-            by_task.setdefault(episode.task.id, []).append(episode)
-    problems = [_problem(group, max_feedback) for group in by_task.values()]
-    if not include_successes:
-        problems = [p for p in problems if p.rank < 2]
-    problems.sort(key=lambda p: (p.rank, p.task.id))
-    return problems[:limit] if limit is not None else problems
+    config = config or TraceConfig()
+    problems = group_problems(e for e in episodes if e.task.split == "train")
+    items = [_item(list(problem.episodes), config.max_feedback) for problem in problems]
+    if not config.include_successes:
+        items = [p for p in items if p.rank < 2]
+    items.sort(key=lambda p: (p.rank, p.task.id))
+    return items[:config.max_problems]
 
 
-def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
-    episodes = sorted(episodes, key=lambda e: (e.finished_at, e.id))
+def _item(episodes: list[Episode], max_feedback: int) -> TrainingItem:
     failed_attempts = [a for e in episodes for a in e.attempts if not a.verdict.passed]
     feedback: list[str] = []
     for attempt in reversed(failed_attempts):  # the latest feedback first, without repeats
@@ -167,9 +170,12 @@ def _problem(episodes: list[Episode], max_feedback: int) -> Problem:
             feedback.append(text)
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
-    return Problem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
-                   feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
-                   failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)))
+    corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts
+                                      if a.verdict.passed and a.verdict.details.get("correction")))
+    return TrainingItem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
+                        feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
+                        failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)),
+                        corrections=corrections)
 
 
 _QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
@@ -201,7 +207,7 @@ def hide_answer(feedback: str, answer: str) -> str:
     return text
 
 
-def teacher_prompt(problem: Problem, memory_text: str) -> str:
+def teacher_prompt(problem: TrainingItem, memory_text: str) -> str:
     """The teacher's prompt: memory and verifier feedback, but never the failed answers, not even where an
     insight reflected on this very problem quotes one."""
     for answer in problem.failed_answers:
@@ -210,7 +216,7 @@ def teacher_prompt(problem: Problem, memory_text: str) -> str:
     return render_prompt(problem.task.prompt, memory=memory_text, prior=prior)
 
 
-def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever, config: TraceConfig, *,
+def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retriever, config: TraceConfig, *,
                  on_progress: Callable[[int], None] | None = None) -> TraceBuild:
     """Sample ``config.k`` teacher candidates per problem and keep the ones the verifier passes."""
     contexts = [_context(problem, retriever, config.memory_k) for problem in problems]
@@ -226,6 +232,9 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
             good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
+            if problem.corrections:  # a person's verified answer trains the student as it is
+                fixed, _ = _judge(problem, ctx, problem.corrections, len(problem.corrections), "correction")
+                good = [*fixed, *(t for t in good if t.answer not in {f.answer for f in fixed})]
             kept.extend(good)
             rejected.extend(bad)
         if on_progress is not None:
@@ -233,7 +242,7 @@ def build_traces(problems: Sequence[Problem], teacher: LLM, retriever: Retriever
     return TraceBuild(tuple(kept), tuple(rejected), tuple(contexts), _memory_snapshot(contexts))
 
 
-def _context(problem: Problem, retriever: Retriever, k: int) -> TeacherContext:
+def _context(problem: TrainingItem, retriever: Retriever, k: int) -> TeacherContext:
     found = retriever.retrieve(problem.task, k) if k > 0 else None
     memory_text = found.text if found is not None else ""
     decoding = generation_for(problem.task, GenerationConfig(stop=(ANSWER_STOP,)))
@@ -248,7 +257,7 @@ def _context(problem: Problem, retriever: Retriever, k: int) -> TeacherContext:
     )
 
 
-def _judge(problem: Problem, ctx: TeacherContext, texts: Sequence[str], keep: int,
+def _judge(problem: TrainingItem, ctx: TeacherContext, texts: Sequence[str], keep: int,
            policy: str) -> tuple[list[Trace], list[Trace]]:
     verifier = build_verifier(problem.task)
     kept: list[Trace] = []
@@ -261,11 +270,8 @@ def _judge(problem: Problem, ctx: TeacherContext, texts: Sequence[str], keep: in
         if verdict.passed:
             status = "duplicate" if answer in seen or len(kept) >= keep else "kept"
             seen.add(answer)
-        trace = Trace(task_id=ctx.task_id, suite=ctx.suite, prompt=ctx.prompt,
-                      completion=render_completion(answer, ctx.answer_format),
-                      answer=answer, teacher_prompt=ctx.teacher_prompt, memory_ids=ctx.memory_ids,
-                      episode_ids=ctx.episode_ids, sample=sample, score=verdict.score, status=status,
-                      feedback=verdict.feedback, teacher=policy)
+        trace = Trace(**asdict(ctx), completion=render_completion(answer, ctx.answer_format), answer=answer,
+                      sample=sample, score=verdict.score, status=status, feedback=verdict.feedback, teacher=policy)
         (kept if status == "kept" else rejected).append(trace)
     return kept, rejected
 
@@ -274,7 +280,7 @@ def _memory_snapshot(contexts: Sequence[TeacherContext]) -> MemorySnapshot:
     ids = sorted({entry for ctx in contexts for entry in ctx.memory_ids})
     # The hash covers what the teacher actually read, so an edited entry under the same id changes it.
     texts = sorted(ctx.teacher_prompt for ctx in contexts)
-    return MemorySnapshot(tuple(ids), hash_strings([*ids, *texts]))
+    return MemorySnapshot(entry_ids=tuple(ids), hash=hash_strings([*ids, *texts]))
 
 
 def save_trace_build(build: TraceBuild, directory: Path) -> None:
@@ -292,6 +298,25 @@ def load_trace_build(directory: Path) -> TraceBuild | None:
     rejected = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _REJECTED))
     contexts = tuple(TeacherContext.from_dict(row) for row in read_jsonl(directory / _CONTEXTS))
     return TraceBuild(kept, rejected, contexts, _memory_snapshot(contexts))
+
+
+def success_traces(episodes: Iterable[Episode], keep_per_problem: int) -> TraceBuild:
+    """RFT's data: the distinct verified answers of the agent's own episodes (at most ``keep_per_problem`` per
+    task, the same cap the teacher's traces have), as memory-free examples."""
+    kept: list[Trace] = []
+    seen: set[tuple[str, str]] = set()
+    for episode in sorted(episodes, key=lambda e: (e.task.id, e.id)):
+        per_task = sum(task_id == episode.task.id for task_id, _ in seen)
+        if not episode.passed or (episode.task.id, episode.attempts[-1].answer) in seen or per_task >= keep_per_problem:
+            continue
+        answer = episode.attempts[-1].answer
+        seen.add((episode.task.id, answer))
+        prompt = render_prompt(episode.task.prompt)
+        kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt, teacher_prompt=prompt,
+                          episode_ids=(episode.id,), answer_format=episode.task.answer_format,
+                          completion=render_completion(answer, episode.task.answer_format), answer=answer, sample=0,
+                          score=1.0, status="kept", teacher=episode.policy_version))
+    return TraceBuild(tuple(kept), (), ())
 
 
 def export_traces(traces: Iterable[Trace], fmt: ExportFormat) -> list[dict[str, Any]]:

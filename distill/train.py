@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from procmem.core import ProcmemError
 from procmem.core.fileio import atomic_write_text, hash_strings, read_json, write_json
+from procmem.core.progress import progress_bar
 from procmem.distill.config import DistillConfig
 from procmem.distill.objectives import Example, Objective, make_objective
 from procmem.distill.traces import TraceBuild
@@ -134,7 +134,7 @@ def train_adapter(build: TraceBuild, config: DistillConfig, *, model_dir: Path, 
     losses = state.losses or []
     model.train()
     started = time.perf_counter()
-    with _progress_bar(console, quiet) as progress:
+    with progress_bar(console, quiet=quiet, fields=("loss {task.fields[loss]:.4f}",)) as progress:
         bar = progress.add_task(f"training {objective.name}", total=total, completed=state.step, loss=float("nan"))
         for step in range(state.step, total):
             torch.manual_seed(_step_seed(settings.seed, step))
@@ -199,12 +199,6 @@ def _fingerprint(config: DistillConfig, examples: Sequence[Example], parent: Pat
                            "mixed": config.mixed.model_dump(mode="json")}, sort_keys=True)
     data = [json.dumps(asdict(e), sort_keys=True) for e in examples]
     return hash_strings([settings, str(parent), *data])
-
-
-def _progress_bar(console: Console | None, quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                    console=console or Console(stderr=True), disable=quiet)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints

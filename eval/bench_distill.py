@@ -121,8 +121,8 @@ def make_examples(n: int, seed: int = 0) -> list[Example]:
 
     name, config = _DATASET
     data = reasoning_gym.create_dataset(name, seed=seed, size=n, **config)
-    return [Example(f"{name}-{i}", render_prompt(item["question"]), "", render_completion(str(item["answer"])))
-            for i, item in enumerate(data)]
+    return [Example(task_id=f"{name}-{i}", prompt=render_prompt(item["question"]), teacher_prompt="",
+                    completion=render_completion(str(item["answer"]))) for i, item in enumerate(data)]
 
 
 def gemm_gflops(seconds: float = 2.0) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -9,11 +10,47 @@ from pydantic import Field, model_validator
 from procmem.core.config import Config
 from procmem.distill.config import DistillConfig
 
-__all__ = ["ARMS", "TRAINED_ARMS", "Arm", "EvalConfig"]
+__all__ = ["ARMS", "ARM_SPECS", "TRAINED_ARMS", "Arm", "ArmSpec", "EvalConfig", "TeacherMemory", "TrainsOn"]
 
 Arm = Literal["base", "base+memory", "rft", "pmd", "pmd-frozen", "placebo"]
-ARMS: tuple[Arm, ...] = ("base", "base+memory", "rft", "pmd", "pmd-frozen", "placebo")
-TRAINED_ARMS: tuple[Arm, ...] = ("rft", "pmd", "pmd-frozen", "placebo")
+TrainsOn = Literal["nothing", "successes", "corrections"]
+TeacherMemory = Literal["live", "frozen", "placebo"]
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one arm of the experiment does each round."""
+
+    name: Arm
+    trains_on: TrainsOn = "nothing"
+    """``successes``: SFT on the agent's own verified answers (RFT); ``corrections``: the memory-conditioned
+    teacher's verified corrections, with ``distill.objective``; ``nothing``: the base model is evaluated."""
+    teacher_memory: TeacherMemory = "live"
+    """Corrections only: the memory the teacher reads (as it stands now, as it stood after round 1, or the
+    memory of an unrelated problem)."""
+    memory_at_test: bool = False
+    """Retrieved memory goes in the test prompts (and the general-ability holdout is not scored)."""
+    round_1_same_as: Arm | None = None
+    """In round 1 this arm is the named one (memory frozen after round 1 is round 1's memory)."""
+    same_every_round: bool = False
+    """Untrained and greedy: one run serves every seed and round."""
+
+    @property
+    def trains(self) -> bool:
+        return self.trains_on != "nothing"
+
+
+ARM_SPECS: dict[Arm, ArmSpec] = {spec.name: spec for spec in (
+    ArmSpec("base", same_every_round=True),
+    ArmSpec("base+memory", memory_at_test=True),
+    ArmSpec("rft", trains_on="successes"),
+    ArmSpec("pmd", trains_on="corrections"),
+    ArmSpec("pmd-frozen", trains_on="corrections", teacher_memory="frozen", round_1_same_as="pmd"),
+    ArmSpec("placebo", trains_on="corrections", teacher_memory="placebo"),
+)}
+"""Every arm, in report order (see the README's *Evidence*)."""
+ARMS: tuple[Arm, ...] = tuple(ARM_SPECS)
+TRAINED_ARMS: tuple[Arm, ...] = tuple(name for name, spec in ARM_SPECS.items() if spec.trains)
 """Arms that train an adapter each round; the others only evaluate the base model."""
 
 

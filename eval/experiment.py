@@ -30,16 +30,24 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
-from procmem.agent import AgentDeps, solve_tasks
-from procmem.core import GenerationConfig, ProcmemError, Task, extract_answer, render_prompt
+from procmem.agent import BATCH, AgentSession, SessionConfig, score_tasks
+from procmem.core import Episode, GenerationConfig, ProcmemError, Task
 from procmem.core.fileio import read_json, write_json
 from procmem.core.keys import policy_version
-from procmem.distill import TraceBuild, build_traces, problems_from_episodes, save_trace_build, train_adapter
-from procmem.distill.traces import Trace
-from procmem.eval.config import TRAINED_ARMS, Arm, EvalConfig
-from procmem.llm import LLM, LocalLLM, MicroBatcher, generate_for_tasks, local_model_dir
+from procmem.core.progress import progress_bar
+from procmem.distill import (
+    TraceBuild,
+    build_traces,
+    load_trace_build,
+    save_trace_build,
+    success_traces,
+    train_adapter,
+    training_items,
+)
+from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
+from procmem.llm import LLM, load_llm, local_model_dir
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
@@ -47,7 +55,6 @@ from procmem.verifiers import build_verifier
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Suites", "finished_scores", "load_held_out", "load_suites",
            "run_experiment"]
 
-_BATCH = 16
 _CONFIG_FILE = "config.json"
 
 
@@ -86,15 +93,16 @@ class Suites:
 def load_suites(config: EvalConfig) -> Suites:
     """The experiment's items: train, held-out test and general-holdout tasks, the same on every run."""
     test, holdout = load_held_out(config)
-    return Suites(train={s: load_suite(s, split="train", n=config.n_train) for s in config.train_suites},
+    return Suites(train={s: load_suite(s, split="train", n=config.n_train, check=build_verifier)
+                         for s in config.train_suites},
                   test=test, holdout=holdout)
 
 
 def load_held_out(config: EvalConfig) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
     """The items every arm answers: each train suite's test split, and the general-holdout suites."""
-    test = {s: load_suite(s, split="test", n=config.n_test) for s in config.train_suites}
-    holdout = {s: load_suite(s, split="test", n=config.n_holdout) for s in config.holdout_suites} \
-        if config.n_holdout else {}
+    test = {s: load_suite(s, split="test", n=config.n_test, check=build_verifier) for s in config.train_suites}
+    holdout = {s: load_suite(s, split="test", n=config.n_holdout, check=build_verifier)
+               for s in config.holdout_suites} if config.n_holdout else {}
     return test, holdout
 
 
@@ -141,7 +149,7 @@ class Experiment:
         self._check_out_dir()
         suites = load_suites(self.config)
         scores: list[ArmScores] = []
-        with self._make_progress() as progress:
+        with progress_bar(self.console, quiet=self.quiet) as progress:
             self._progress = progress
             overall = progress.add_task("experiment (seed x round)", total=len(chosen) * self.config.rounds)
             for seed in chosen:
@@ -167,23 +175,24 @@ class Experiment:
             memory.close()
 
     def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-             episodes: Sequence[Any]) -> ArmScores:
+             episodes: Sequence[Episode]) -> ArmScores:
         cached = self._stage(seed, round_, arm) / "scores.json"
         if cached.exists():
             return ArmScores.from_dict(read_json(cached))
-        if arm == "pmd-frozen" and round_ == 1:  # memory "frozen after round 1" is round 1's memory
-            return self._alias("pmd", arm, seed, round_, suites, memory, episodes)
+        spec = ARM_SPECS[arm]
+        if spec.round_1_same_as is not None and round_ == 1:
+            return self._alias(spec.round_1_same_as, arm, seed, round_, suites, memory, episodes)
         first = self._stage(self.config.seeds[0], 1, arm) / "scores.json"
-        if arm == "base" and first.exists():  # greedy and untrained: one run serves every seed and round
+        if spec.same_every_round and first.exists():
             return self._alias_of(self.config.seeds[0], 1, arm, seed, round_)
         started = time.perf_counter()
         adapter, examples = (None, 0)
-        if arm in TRAINED_ARMS:
-            adapter, examples = self._train(arm, seed, round_, suites, memory, episodes)
+        if spec.trains:
+            adapter, examples = self._train(spec, seed, round_, suites, memory, episodes)
         llm = self._llm(adapter)
-        retriever = memory.retriever(policy=policy_version(llm)) if arm == "base+memory" else None
+        retriever = memory.retriever(policy=policy_version(llm)) if spec.memory_at_test else None
         test, tokens_test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
-        holdout, tokens_holdout = ({}, 0) if arm == "base+memory" else self._score(
+        holdout, tokens_holdout = ({}, 0) if spec.memory_at_test else self._score(
             llm, suites.holdout, None, f"{arm} r{round_} s{seed}: holdout")
         result = ArmScores(arm, round_, seed, test, holdout, tokens_test + tokens_holdout,
                            time.perf_counter() - started, examples)
@@ -191,7 +200,7 @@ class Experiment:
         return result
 
     def _alias(self, source: Arm, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-               episodes: Sequence[Any]) -> ArmScores:
+               episodes: Sequence[Episode]) -> ArmScores:
         original = self._arm(source, seed, round_, suites, memory, episodes)
         return self._save_copy(original, arm, seed, round_)
 
@@ -207,7 +216,7 @@ class Experiment:
 
     # -- collection ---------------------------------------------------------------------------------
 
-    def _collect(self, seed: int, round_: int, suites: Suites, memory: ProceduralMemory) -> list[Any]:
+    def _collect(self, seed: int, round_: int, suites: Suites, memory: ProceduralMemory) -> list[Episode]:
         """The agent with memory solves the train split; round r runs with round r-1's PMD adapter."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -215,17 +224,14 @@ class Experiment:
         tasks = [task for group in suites.train.values() for task in group]
         policy = self._adapter("pmd", seed, round_ - 1)
         if not summary.exists():
-            deps_llm = self._llm(policy)
-            generation = self._generation()
-            with MicroBatcher(deps_llm, max_batch=self.config.concurrency) as batched, \
-                    SqliteSaver.from_conn_string(str(self._seed_dir(seed) / "threads.sqlite")) as saver:
-                deps = AgentDeps(llm=batched, generation=generation,
-                                 retriever=memory.retriever(policy=policy_version(deps_llm)),
-                                 recorder=memory.recorder(), attempts=self.config.attempts,
-                                 memory_k=self.config.memory_k)
-                with self._bar(f"collect r{round_} s{seed}", len(tasks)) as advance:
-                    report = solve_tasks(tasks, deps, concurrency=self.config.concurrency, checkpointer=saver,
-                                         run_id=f"seed{seed}-round{round_}", on_done=lambda _: advance(1))
+            settings = SessionConfig(model=self.config.model, attempts=self.config.attempts,
+                                     memory_k=self.config.memory_k, concurrency=self.config.concurrency,
+                                     generation=self._generation())
+            with AgentSession(self._llm(policy), settings, memory=memory) as session, \
+                    SqliteSaver.from_conn_string(str(self._seed_dir(seed) / "threads.sqlite")) as saver, \
+                    self._bar(f"collect r{round_} s{seed}", len(tasks)) as advance:
+                report = session.solve(tasks, checkpointer=saver, run_id=f"seed{seed}-round{round_}",
+                                       on_done=lambda _: advance(1))
             write_json(summary, {"n": report.n, "passed": report.passed, "accuracy": report.accuracy,
                                  "mean_attempts": report.mean_attempts, "tokens": report.completion_tokens,
                                  "wall_time_s": report.wall_time_s, "policy": str(policy) if policy else "base"})
@@ -257,14 +263,14 @@ class Experiment:
 
     # -- training -----------------------------------------------------------------------------------
 
-    def _train(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-               episodes: Sequence[Any]) -> tuple[Path | None, int]:
-        stage = self._stage(seed, round_, arm)
-        parent = self._adapter(arm, seed, round_ - 1)
-        build = self._traces(arm, seed, round_, suites, memory, episodes, parent)
-        objective = "sft" if arm == "rft" else self.config.distill.objective
+    def _train(self, spec: ArmSpec, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
+               episodes: Sequence[Episode]) -> tuple[Path | None, int]:
+        stage = self._stage(seed, round_, spec.name)
+        parent = self._adapter(spec.name, seed, round_ - 1)
+        build = self._traces(spec, seed, round_, suites, memory, episodes, parent)
+        objective = "sft" if spec.trains_on == "successes" else self.config.distill.objective
         if objective == "sft" and not build.kept:
-            self.console.print(f"[yellow]{arm} round {round_} seed {seed}: no verified trace to train on; "
+            self.console.print(f"[yellow]{spec.name} round {round_} seed {seed}: no verified trace to train on; "
                                "the arm keeps its previous adapter[/]")
             return parent, 0
         distill = self.config.distill.model_copy(update={
@@ -275,34 +281,32 @@ class Experiment:
                                console=self.console, quiet=self.quiet)
         return result.adapter_dir, result.examples
 
-    def _traces(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-                episodes: Sequence[Any], parent: Path | None) -> TraceBuild:
-        from procmem.distill import load_trace_build
-
-        directory = self._stage(seed, round_, arm) / "traces"
+    def _traces(self, spec: ArmSpec, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
+                episodes: Sequence[Episode], parent: Path | None) -> TraceBuild:
+        directory = self._stage(seed, round_, spec.name) / "traces"
         saved = load_trace_build(directory)
         if saved is not None:
             return saved
-        if arm == "rft":
-            build = _successes_as_traces(episodes, self.config.distill.traces.keep_per_problem)
+        traces = self.config.distill.traces
+        if spec.trains_on == "successes":
+            build = success_traces(episodes, traces.keep_per_problem)
         else:
-            traces = self.config.distill.traces.model_copy(update={"seed": self.config.distill.traces.seed + seed})
-            problems = problems_from_episodes(episodes, max_feedback=traces.max_feedback,
-                                              include_successes=traces.include_successes, limit=traces.max_problems)
+            traces = traces.model_copy(update={"seed": traces.seed + seed})
+            problems = training_items(episodes, traces)
             teacher = self._llm(parent)
             with contextlib.ExitStack() as opened, \
-                    self._bar(f"{arm} traces r{round_} s{seed}", len(problems)) as advance:
-                retriever = self._teacher_retriever(arm, seed, suites, memory, policy_version(teacher), opened)
+                    self._bar(f"{spec.name} traces r{round_} s{seed}", len(problems)) as advance:
+                retriever = self._teacher_retriever(spec, seed, suites, memory, policy_version(teacher), opened)
                 build = build_traces(problems, teacher, retriever, traces, on_progress=advance)
         save_trace_build(build, directory)
         return build
 
-    def _teacher_retriever(self, arm: Arm, seed: int, suites: Suites, memory: ProceduralMemory,
+    def _teacher_retriever(self, spec: ArmSpec, seed: int, suites: Suites, memory: ProceduralMemory,
                            policy: str, opened: contextlib.ExitStack) -> Retriever:
         live = memory.retriever(policy=policy)
-        if arm == "placebo":
+        if spec.teacher_memory == "placebo":
             return PlaceboRetriever(live, [t for group in suites.train.values() for t in group], seed)
-        if arm == "pmd-frozen":
+        if spec.teacher_memory == "frozen":
             frozen = opened.enter_context(contextlib.closing(
                 open_memory(self._seed_dir(seed) / "memory-frozen", embedder=self._embedder_instance())))
             return frozen.retriever(policy=policy)
@@ -312,29 +316,13 @@ class Experiment:
 
     def _score(self, llm: LLM, suites: dict[str, list[Task]], retriever: Retriever | None,
                label: str) -> tuple[dict[str, list[bool]], int]:
-        """pass@1, greedy, one batch of prompts at a time; memory in the prompt only with a retriever."""
-        generation = self._generation()
-        results: dict[str, list[bool]] = {}
-        tokens = 0
+        """pass@1, greedy; memory in the prompt only with a retriever."""
         total = sum(len(tasks) for tasks in suites.values())
         with self._bar(label, total) as advance:
-            for suite, tasks in suites.items():
-                passed: list[bool] = []
-                for start in range(0, len(tasks), _BATCH):
-                    chunk = tasks[start:start + _BATCH]
-                    requests = [(task, self._prompt(task, retriever)) for task in chunk]
-                    outputs = generate_for_tasks(llm, requests, generation)
-                    for task, out in zip(chunk, outputs, strict=True):
-                        answer = extract_answer(out.text, task.answer_format)
-                        passed.append(build_verifier(task).verify(answer).passed)
-                        tokens += out.completion_tokens
-                    advance(len(chunk))
-                results[suite] = passed
-        return results, tokens
-
-    def _prompt(self, task: Task, retriever: Retriever | None) -> str:
-        memory = retriever.retrieve(task, self.config.memory_k).text if retriever and self.config.memory_k else ""
-        return render_prompt(task.prompt, memory=memory)
+            scored = score_tasks(llm, suites, self._generation(), retriever=retriever,
+                                 memory_k=self.config.memory_k, on_progress=advance)
+        tokens = sum(item.completion_tokens for items in scored.values() for item in items)
+        return {suite: [item.passed for item in items] for suite, items in scored.items()}, tokens
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -350,14 +338,16 @@ class Experiment:
         """The base model, with ``adapter`` labelled by where it was trained (``seed0/round1/pmd``), so that
         episodes and memory trust tell the rounds' policies apart."""
         version = "/".join(adapter.relative_to(self.out).parts[:3]) if adapter is not None else None
-        return LocalLLM(self._base_dir(), adapter=adapter, adapter_version=version, max_batch_size=_BATCH)
+        return load_llm(self.config.model, models_dir=self.out / "models", adapter=adapter, adapter_version=version,
+                        max_batch_size=BATCH)
 
     def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
         """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms)."""
-        if round_ < 1 or arm not in TRAINED_ARMS:
+        spec = ARM_SPECS[arm]
+        if round_ < 1 or not spec.trains:
             return None
-        if arm == "pmd-frozen" and round_ == 1:
-            arm = "pmd"
+        if spec.round_1_same_as is not None and round_ == 1:
+            arm = spec.round_1_same_as
         adapter = self._stage(seed, round_, arm) / "train" / "adapter"
         return adapter if (adapter / "adapter_config.json").exists() else None
 
@@ -389,10 +379,6 @@ class Experiment:
                                where=str(self.out), fix="use a new --out directory, or the same config to resume")
         write_json(saved, current)
 
-    def _make_progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=self.console, disable=self.quiet)
-
     def _bar(self, label: str, total: int) -> _Bar:
         return _Bar(self._progress, label, total)
 
@@ -416,27 +402,6 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.remove_task(self._task)
-
-
-def _successes_as_traces(episodes: Sequence[Any], keep_per_problem: int) -> TraceBuild:
-    """RFT's data: the distinct verified answers of the agent's own episodes (at most ``keep_per_problem``
-    per task, the same cap PMD's traces have), as memory-free examples."""
-    from procmem.core import render_completion
-
-    kept: list[Trace] = []
-    seen: set[tuple[str, str]] = set()
-    for episode in sorted(episodes, key=lambda e: (e.task.id, e.id)):
-        per_task = sum(task_id == episode.task.id for task_id, _ in seen)
-        if not episode.passed or (episode.task.id, episode.attempts[-1].answer) in seen or per_task >= keep_per_problem:
-            continue
-        answer = episode.attempts[-1].answer
-        seen.add((episode.task.id, answer))
-        prompt = render_prompt(episode.task.prompt)
-        completion = render_completion(answer, episode.task.answer_format)
-        kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt, completion=completion,
-                          answer=answer, teacher_prompt=prompt, memory_ids=(), episode_ids=(episode.id,), sample=0,
-                          score=1.0, status="kept", feedback="", teacher=episode.policy_version))
-    return TraceBuild(tuple(kept), (), ())
 
 
 def run_experiment(config: EvalConfig, out: Path, *, seeds: Sequence[int] | None = None,

@@ -13,109 +13,28 @@ config), checks that it is the same question, and scores with ``dataset.score_an
 - a pass is a score of exactly 1.0; partial credit is kept as the score but fails;
 - a scorer that raises on junk (``prime_factorization`` does) counts as 0.
 
-Datasets in :data:`REFUSED_DATASETS` have broken scoring and are refused with a clear error.
+Datasets in :data:`procmem.tasks.rg.REFUSED_DATASETS` have broken scoring and are refused with a clear
+error. Building datasets and entries is the task suite's job (:mod:`procmem.tasks.rg`); this module scores.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import hashlib
-import json
 import math
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from procmem.core import ProcmemError, Task, Verdict
+from procmem.core.errors import one_line
+from procmem.tasks.rg import question_sha, rg_dataset, rg_entry
 from procmem.verifiers._feedback import describe_form, fail, form_mismatch, malformed_spec, show
 from procmem.verifiers.base import register_verifier
 
-__all__ = [
-    "REFUSED_DATASETS",
-    "RGVerifier",
-    "check_dataset",
-    "config_fields",
-    "question_sha",
-    "rg_dataset",
-    "rg_entry",
-]
-
-REFUSED_DATASETS: dict[str, str] = {
-    "game_of_life_halting": "its scorer gives any non-empty answer a full score",
-    "family_relationships": "its in-law relationship labels are wrong",
-    "composite": "it mixes other datasets and needs a nested config; use those datasets directly",
-}
-"""reasoning-gym datasets procmem will not build or score, and why."""
+__all__ = ["RGVerifier"]
 
 _SYNTAX = "rg:<dataset> on a task built by an rg: suite (procmem solve --suite 'rg:<dataset>?key=value')"
-_lock = threading.RLock()
-
-
-def question_sha(question: str) -> str:
-    """The stable fingerprint of a question (task ids and rebuild checks use it)."""
-    return hashlib.sha256(question.encode("utf-8")).hexdigest()
-
-
-def check_dataset(name: str, *, where: str) -> None:
-    """Raise a ProcmemError unless ``name`` is a reasoning-gym dataset procmem can use."""
-    if name in REFUSED_DATASETS:
-        raise ProcmemError(f"reasoning-gym dataset {name!r} is refused: {REFUSED_DATASETS[name]}", where=where,
-                           fix="pick another dataset")
-    names = _dataset_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known datasets include {', '.join(names[:8])} ..."
-        raise ProcmemError(f"unknown reasoning-gym dataset {name!r}", where=where, fix=hint)
-
-
-def config_fields(name: str) -> dict[str, Any]:
-    """The dataset's config fields (other than seed and size) and their defaults."""
-    import dataclasses
-
-    from reasoning_gym.factory import DATASETS
-
-    config_cls = DATASETS[name][1]
-    fields: dict[str, Any] = {}
-    for field in dataclasses.fields(config_cls):
-        if field.name in ("seed", "size"):
-            continue
-        if field.default is not dataclasses.MISSING:
-            fields[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            fields[field.name] = field.default_factory()
-        else:
-            fields[field.name] = None
-    return fields
-
-
-def rg_dataset(name: str, config: Mapping[str, Any], seed: int, size: int, *, where: str) -> Any:
-    """The reasoning-gym dataset (cached); a config the dataset rejects is a ProcmemError."""
-    check_dataset(name, where=where)
-    try:
-        return _cached_dataset(name, json.dumps(dict(config), sort_keys=True), seed, size)
-    except ProcmemError:
-        raise
-    except Exception as err:  # reasoning-gym validates configs with assert and raises TypeError on bad keys
-        raise ProcmemError(f"reasoning-gym rejected the config of {name!r}: {_one_line(err)}", where=where,
-                           fix="change the key=value options (see the dataset's config class)") from None
-
-
-@lru_cache(maxsize=64)
-def _cached_dataset(name: str, config_json: str, seed: int, size: int) -> Any:
-    import reasoning_gym
-
-    with _lock:
-        return reasoning_gym.create_dataset(name, seed=seed, size=size, **json.loads(config_json))
-
-
-def rg_entry(dataset: Any, index: int) -> dict[str, Any]:
-    """Entry ``index`` of ``dataset`` (datasets are not all safe to index from several threads)."""
-    with _lock:
-        entry: dict[str, Any] = dataset[index]
-    return entry
 
 
 @lru_cache(maxsize=4096)
@@ -123,17 +42,6 @@ def _cached_entry(dataset: Any, index: int) -> Mapping[str, Any]:
     """Entries are rebuilt once per process: some datasets take a second per item, and the agent rebuilds
     the verifier on every attempt. The scorer gets a copy (see :meth:`RGVerifier.verify`)."""
     return rg_entry(dataset, index)
-
-
-def _dataset_names() -> list[str]:
-    from reasoning_gym.factory import DATASETS
-
-    return sorted(DATASETS)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:200]
 
 
 @dataclass(frozen=True)
@@ -190,7 +98,7 @@ def _build(argument: str, task: Task) -> RGVerifier:
         dataset_name, config = str(meta["dataset"]), dict(meta["config"])
         seed, size, index, sha = int(meta["seed"]), int(meta["size"]), int(meta["index"]), str(meta["question_sha"])
     except (KeyError, TypeError, ValueError) as err:
-        raise malformed_spec(task, f"metadata['rg'] is incomplete ({_one_line(err)})", _SYNTAX) from None
+        raise malformed_spec(task, f"metadata['rg'] is incomplete ({one_line(err)})", _SYNTAX) from None
     if dataset_name != name:
         raise malformed_spec(task, f"the spec names {name!r} but the metadata is from {dataset_name!r}", _SYNTAX)
     dataset = rg_dataset(name, config, seed, size, where=f"task {task.id}")

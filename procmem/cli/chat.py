@@ -1,27 +1,60 @@
-"""``procmem chat``: an interactive REPL over the agent, with threads persisted in SQLite."""
+"""``procmem chat``: an interactive REPL over the agent, with threads persisted in SQLite.
+
+Earlier turns of the thread are in the prompt (the conversation format of ``procmem serve``, see
+:mod:`procmem.serve.prompting`). ``/good``, ``/bad`` and ``/correct TEXT`` judge the last answer the way feedback
+to ``procmem serve`` does: the turn becomes a verified episode in memory (a correction is a verified passing
+answer that distillation trains on). ``/memory`` shows the memory entries the last answer used.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
 from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
-from procmem.core import GenerationConfig, ProcmemError, Task, new_id
-from procmem.core.keys import policy_version
-from procmem.llm import load_llm
-from procmem.memory import open_memory
-from procmem.verifiers import build_verifier
+from procmem.core import Attempt, Episode, GenerationConfig, ProcmemError, Task, Verdict, new_id, utc_now
+
+if TYPE_CHECKING:
+    from procmem.agent import AgentSession
 
 __all__: list[str] = []
 
 _HELP = """Type a task and press Enter. Commands:
-  /verify SPEC   judge the next task with SPEC (e.g. /verify exact:42, /verify numeric:3.5)
-  /help          this text
-  /quit          leave (Ctrl-D and Ctrl-C work too)"""
+  /verify SPEC    judge the next task with SPEC (e.g. /verify exact:42, /verify numeric:3.5)
+  /good, /bad     the last answer was right / wrong (recorded in memory as a verified episode)
+  /correct TEXT   the right answer to the last task (a verified answer that distillation trains on)
+  /memory         the memory entries the last answer used
+  /help           this text
+  /quit           leave (Ctrl-D and Ctrl-C work too)"""
+
+
+def _quiet_progress_bars() -> None:
+    """Library progress bars (model loading, embedding) must not draw over the chat."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@dataclass
+class _Turn:
+    """The last answered turn: what ``/good``, ``/bad``, ``/correct`` and ``/memory`` act on."""
+
+    line: str
+    task: Task
+    answer: str
+    memory_ids: tuple[str, ...]
+    episode_id: str
+    started_at: str
+    recorded: Episode | None
+    """The agent's own episode when a verifier judged the turn."""
+    judged: bool = False
 
 
 @app.command()
@@ -32,48 +65,166 @@ def chat(
     thread: Annotated[str, typer.Option(help="Conversation thread to start or resume.")] = "default",
     attempts: Annotated[int, typer.Option(help="Most attempts when a verifier is attached.")] = 2,
     max_tokens: Annotated[int, typer.Option(help="Most new tokens per answer.")] = 64,
+    history: Annotated[int, typer.Option(help="Earlier turns of the thread put in the prompt.")] = 4,
 ) -> None:
-    """Chat with the agent; attach a verifier to a task with /verify SPEC."""
+    """Chat with the agent; attach a verifier with /verify SPEC, judge answers with /good, /bad, /correct."""
+    _quiet_progress_bars()
+    from procmem.agent import AgentSession, SessionConfig
+
     home = home_of(ctx)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
-    memory = open_memory(home.chroma)
-    deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
-                     retriever=memory.retriever(policy=policy_version(llm)), recorder=memory.recorder(),
-                     attempts=attempts, stream=True)
-    with open_checkpointer(home) as saver:
-        agent = build_agent(deps, checkpointer=saver)
+    settings = SessionConfig(model=model, attempts=attempts, generation=GenerationConfig(max_tokens=max_tokens))
+    with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
+            open_checkpointer(home) as saver:
+        agent = session.graph(checkpointer=saver, stream=True)
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}
-        earlier = len(agent.get_state(config).values.get("turns", []))
-        out_console.print(f"procmem chat on {model}, thread '{thread}' ({earlier} verified turns so far). "
-                          "/help for help.", highlight=False, soft_wrap=True)
-        _repl(agent, config)
+        state = agent.get_state(config).values
+        out_console.print(f"procmem chat on {model}, thread '{thread}' ({len(state.get('turns', []))} verified turns "
+                          "so far). /help for help.", highlight=False, soft_wrap=True)
+        _Repl(agent, config, session, _seed(state), history).run()
 
 
-def _repl(agent: Any, config: Any) -> None:
-    spec = ""
-    while True:
-        try:
-            line = out_console.input("[bold cyan]> [/]").strip()
-        except (EOFError, KeyboardInterrupt):
-            out_console.print()
-            return
-        if not line:
-            continue
-        if line in ("/quit", "/exit"):
-            return
-        if line == "/help":
-            out_console.print(_HELP, highlight=False)
-        elif line.startswith("/verify"):
-            spec = _attach_verifier(line.removeprefix("/verify").strip())
-        else:
+def _seed(state: dict[str, Any]) -> list[tuple[str, str]]:
+    """Earlier (question, answer) turns of a resumed thread: its verified episodes."""
+    turns = []
+    for data in state.get("turns", []):
+        episode = Episode.from_dict(data)
+        if episode.attempts:
+            turns.append((str(episode.task.metadata.get("chat_line") or episode.task.prompt),
+                          episode.attempts[-1].answer))
+    return turns
+
+
+class _Repl:
+    def __init__(self, agent: Any, config: Any, session: AgentSession, earlier: list[tuple[str, str]],
+                 history: int) -> None:
+        self.agent = agent
+        self.config = config
+        self.session = session
+        self.turns = list(earlier)
+        self.history = history
+        self.last: _Turn | None = None
+        self.spec = ""
+
+    def run(self) -> None:
+        while True:
             try:
-                _run_turn(agent, config, Task(id=f"chat-{new_id()[:8]}", prompt=line, verifier=spec, suite="chat"))
+                line = out_console.input("[bold cyan]> [/]").strip()
+            except (EOFError, KeyboardInterrupt):
+                out_console.print()
+                return
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                return
+            try:
+                self._handle(line)
             except KeyboardInterrupt:
                 out_console.print("\n[yellow]interrupted[/]")
-            spec = ""
+            except ProcmemError as err:
+                out_console.print(f"[red]{escape(str(err))}[/]", highlight=False)
+
+    def _handle(self, line: str) -> None:
+        if line == "/help":
+            out_console.print(_HELP, highlight=False, markup=False)
+        elif line.startswith("/verify"):
+            self.spec = _attach_verifier(line.removeprefix("/verify").strip())
+        elif line in ("/good", "/bad"):
+            self._judge(passed=line == "/good", correction=None)
+        elif line.startswith("/correct"):
+            text = line.removeprefix("/correct").strip()
+            if not text:
+                out_console.print("usage: /correct THE RIGHT ANSWER", highlight=False, markup=False)
+                return
+            self._judge(passed=False, correction=text)
+        elif line == "/memory":
+            self._show_memory()
+        elif line.startswith("/"):
+            out_console.print(f"unknown command {line.split()[0]} (/help lists them)", highlight=False, markup=False)
+        else:
+            self._ask(line)
+
+    def _ask(self, line: str) -> None:
+        from procmem.agent import initial_state
+        from procmem.serve.prompting import chat_question
+        from procmem.serve.protocol import ChatMessage
+
+        messages = []
+        for question, answer in self.turns[-self.history:] if self.history > 0 else []:
+            messages += [ChatMessage(role="user", content=question), ChatMessage(role="assistant", content=answer)]
+        messages.append(ChatMessage(role="user", content=line))
+        task = Task(id=f"chat-{new_id()[:8]}", prompt=chat_question(messages), verifier=self.spec, suite="chat",
+                    metadata={"chat_line": line})
+        self.spec = ""
+        start = initial_state(task)
+        _run_turn(self.agent, self.config, task, start)
+        values = self.agent.get_state(self.config).values
+        answer = str(values.get("answer", ""))
+        episode = values.get("episode")
+        recorded = Episode.from_dict(episode) if episode and episode.get("id") == start["episode_id"] else None
+        self.last = _Turn(line, values["task"], answer, tuple(values.get("memory_ids", [])),
+                          start["episode_id"], start["started_at"], recorded)
+        self.turns.append((line, answer))
+
+    def _judge(self, *, passed: bool, correction: str | None) -> None:
+        turn = self.last
+        if turn is None:
+            out_console.print("nothing to judge yet: ask something first", highlight=False, markup=False)
+            return
+        episode = _judged_episode(turn, self.session.llm, passed=passed, correction=correction)
+        self.session.record(episode)
+        turn.judged = True
+        if correction is not None:
+            self.turns[-1] = (turn.line, correction)  # the next prompt sees the right answer
+        what = "corrected" if correction is not None else ("good" if passed else "bad")
+        out_console.print(f"recorded: the last answer is {what} (episode {episode.id[:8]})", highlight=False,
+                          markup=False)
+
+    def _show_memory(self) -> None:
+        if self.last is None:
+            out_console.print("no answer yet", highlight=False, markup=False)
+            return
+        if not self.last.memory_ids:
+            out_console.print("the last answer used no memory", highlight=False, markup=False)
+            return
+        for entry_id in self.last.memory_ids:
+            record = self.session.memory.find(entry_id) if self.session.memory is not None else None
+            text = " ".join(record.text.split())[:100] if record is not None else "(no longer in memory)"
+            level = record.level if record is not None else "?"
+            out_console.print(f"  {entry_id[:12]}  {level:10s} {text}", highlight=False, markup=False)
+
+
+def _judged_episode(turn: _Turn, llm: Any, *, passed: bool, correction: str | None) -> Episode:
+    """The turn as a verified episode: the agent's own (if a verifier judged it) or the answer judged by the
+    user, plus a correction as a passing attempt marked ``details.correction`` (as serve records it)."""
+    from procmem.serve.episodes import NO_KNOWN_ANSWER
+
+    if turn.recorded is not None:
+        attempts = list(turn.recorded.attempts)
+        task = turn.recorded.task
+    else:
+        verdict = Verdict(passed=passed, score=float(passed), feedback="" if passed else "the user said it is wrong",
+                          details={"source": "user"})
+        attempts = [Attempt(turn.answer, verdict)]
+        task = turn.task
+    verifier = task.verifier
+    if correction is not None:
+        if not turn.recorded:
+            attempts[0] = Attempt(turn.answer, Verdict(passed=False, score=0.0, feedback="corrected by the user",
+                                                       details={"source": "user"}))
+        attempts.append(Attempt(correction, Verdict(passed=True, score=1.0, details={"correction": True,
+                                                                                    "source": "user"})))
+        verifier = verifier or f"exact:{correction}"
+    elif not verifier:
+        verifier = f"exact:{turn.answer}" if passed else NO_KNOWN_ANSWER
+    return Episode(task=Task(id=task.id, prompt=task.prompt, verifier=verifier, suite=task.suite, split="train",
+                             metadata=dict(task.metadata)), attempts=tuple(attempts), model_id=llm.model_id,
+                   adapter_version=llm.adapter_version, memory_ids=turn.memory_ids, id=turn.episode_id,
+                   started_at=turn.started_at, finished_at=utc_now())
 
 
 def _attach_verifier(spec: str) -> str:
+    from procmem.verifiers import build_verifier
+
     try:
         build_verifier(Task(id="check", prompt="", verifier=spec))
     except ProcmemError as err:
@@ -83,13 +234,13 @@ def _attach_verifier(spec: str) -> str:
     return spec
 
 
-def _run_turn(agent: Any, config: Any, task: Task) -> None:
-    for mode, chunk in agent.stream(initial_state(task), config, stream_mode=["custom", "updates"]):
+def _run_turn(agent: Any, config: Any, task: Task, start: Any) -> None:
+    for mode, chunk in agent.stream(start, config, stream_mode=["custom", "updates"]):
         if mode == "custom":
             out_console.print(chunk["token"], end="", highlight=False, markup=False)
         elif "verify" in chunk:
-            verdict = chunk["verify"]["attempts"][-1]["verdict"]
-            mark = "[green]PASS[/]" if verdict["passed"] else f"[red]FAIL[/] {escape(verdict['feedback'])}"
+            verdict = chunk["verify"]["attempts"][-1].verdict
+            mark = "[green]PASS[/]" if verdict.passed else f"[red]FAIL[/] {escape(verdict.feedback)}"
             out_console.print(f"\n  {mark}", highlight=False)
         elif "generate" in chunk and not task.verifier:
             out_console.print()

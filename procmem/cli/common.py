@@ -65,7 +65,7 @@ ADAPTER_HELP = "none | promoted (default: the current promoted version, if any) 
 def adapter_for(home: Home, model: str, adapter: str) -> Path | None:
     """The adapter directory to load for ``--adapter`` (None: the bare model). Remote models take none:
     the default ``promoted`` then quietly means the bare model, an explicit version is an error."""
-    from procmem.distill import resolve_adapter
+    from procmem.core.registry import resolve_adapter
 
     if not model.startswith("local:"):
         if adapter not in ("none", "promoted"):

@@ -1,6 +1,7 @@
 """``procmem distill ...`` (build traces, train, gate, register) and ``procmem adapters ...`` (the registry).
 
-procmem.distill (torch, peft) is imported inside the commands, so ``procmem --help`` stays fast.
+procmem.distill (torch, peft) is imported inside the commands that train, so ``procmem --help`` stays fast;
+the ``adapters`` commands read the torch-free registry (:mod:`procmem.core.registry`).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def adapters_ls(
     json_out: Annotated[bool, typer.Option("--json", help="Print every manifest as one JSON line.")] = False,
 ) -> None:
     """List the registered adapter versions; * marks the promoted one."""
-    from procmem.distill import list_adapters, promotion_state
+    from procmem.core.registry import list_adapters, promotion_state
 
     directory = _adapters_dir(ctx)
     manifests = list_adapters(directory)
@@ -177,7 +178,7 @@ def adapters_show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as one JSON line.")] = False,
 ) -> None:
     """Show one version's manifest and its gate table."""
-    from procmem.distill import gate_table, promotion_state, read_manifest
+    from procmem.core.registry import gate_table, promotion_state, read_manifest
 
     directory = _adapters_dir(ctx)
     if version == "promoted":
@@ -204,7 +205,7 @@ def adapters_promote(
     json_out: Annotated[bool, typer.Option("--json", help="Print the new pointer as one JSON line.")] = False,
 ) -> None:
     """Make VERSION the adapter the agent uses by default (an atomic pointer switch)."""
-    from procmem.distill import promote
+    from procmem.core.registry import promote
 
     state = promote(_adapters_dir(ctx), version, force=force)
     _pointer_report(state.model_dump(mode="json"), json_out)
@@ -216,7 +217,7 @@ def adapters_rollback(
     json_out: Annotated[bool, typer.Option("--json", help="Print the new pointer as one JSON line.")] = False,
 ) -> None:
     """Point back to the previously promoted version (or to the base model)."""
-    from procmem.distill import rollback
+    from procmem.core.registry import rollback
 
     state = rollback(_adapters_dir(ctx))
     _pointer_report(state.model_dump(mode="json"), json_out)

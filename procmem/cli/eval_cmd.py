@@ -13,8 +13,7 @@ from rich.table import Table
 
 from procmem.cli.app import app
 from procmem.cli.common import err_console, out_console, print_json_line
-from procmem.core import ProcmemError, load_config, utc_now
-from procmem.eval import EvalConfig, finished_scores, run_experiment, write_report
+from procmem.core import ProcmemError, utc_now
 
 __all__ = ["eval_command"]
 
@@ -29,6 +28,9 @@ def eval_command(
     report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: report what is finished.")] = False,
 ) -> None:
     """Compare the memory-free student with base, base+memory, RFT and controls on held-out tasks."""
+    from procmem.core import load_config
+    from procmem.eval import EvalConfig, finished_scores, run_experiment, write_report
+
     cfg = load_config(EvalConfig, config)
     out.mkdir(parents=True, exist_ok=True)
     if not report_only:

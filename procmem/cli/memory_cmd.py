@@ -1,4 +1,8 @@
-"""``procmem memory ...``: inspect and maintain the procedural memory (experiences, insights, patterns)."""
+"""``procmem memory ...``: inspect and maintain the procedural memory (experiences, insights, patterns).
+
+procmem.memory (numpy, Chroma) is imported inside the commands, and no command that only reads memory
+loads the embedding model (it loads on the first text to embed), so ``stats``, ``ls`` and ``show`` start fast.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,9 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from procmem.cli.app import app
@@ -23,26 +26,24 @@ from procmem.cli.common import (
     out_console,
     print_json_line,
 )
-from procmem.core import Episode, ProcmemError
+from procmem.core import ProcmemError
 from procmem.core.keys import policy_version
-from procmem.memory import (
-    ENTRY_LEVELS,
-    LEVELS,
-    Entry,
-    Level,
-    MemoryRecord,
-    ProceduralMemory,
-    open_memory,
-)
+from procmem.core.progress import progress_bar
 
-__all__ = ["memory_app", "parse_since"]
+if TYPE_CHECKING:
+    from procmem.memory import Level, MemoryRecord, ProceduralMemory
+
+__all__ = ["LEVEL_NAMES", "memory_app", "parse_since"]
 
 memory_app = typer.Typer(help="Inspect and maintain procedural memory.", no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
+LEVEL_NAMES = ("experience", "insight", "pattern")
+"""procmem.memory's ``LEVELS``, spelled here for the help text so that ``--help`` does not import memory
+(a test checks that the two agree)."""
 ChromaUrl = Annotated[str | None, typer.Option("--chroma-url", help=CHROMA_URL_HELP)]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line (the last line).")]
-LevelOpt = Annotated[str | None, typer.Option("--level", help=f"One level: {', '.join(LEVELS)}.")]
+LevelOpt = Annotated[str | None, typer.Option("--level", help=f"One level: {', '.join(LEVEL_NAMES)}.")]
 _TEXT_WIDTH = 80
 _SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 
@@ -68,15 +69,19 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
 
 
 def _memory(ctx: typer.Context, chroma_url: str | None) -> ProceduralMemory:
+    from procmem.memory import open_memory
+
     return open_memory(home_of(ctx).chroma, url=chroma_url)
 
 
 def _level(value: str | None) -> Level | None:
+    from procmem.memory import LEVELS
+
     if value is None:
         return None
     if value not in LEVELS:
         raise ProcmemError(f"unknown level {value!r}", where="--level", fix=f"use one of {', '.join(LEVELS)}")
-    return cast(Level, value)
+    return cast("Level", value)
 
 
 def _short(text: str, width: int = _TEXT_WIDTH) -> str:
@@ -92,6 +97,8 @@ def _record_dict(record: MemoryRecord) -> dict[str, Any]:
 @memory_app.command()
 def stats(ctx: typer.Context, chroma_url: ChromaUrl = None, json_out: JsonOut = False) -> None:
     """Count the entries at each level, and active vs retired insights and patterns."""
+    from procmem.memory import ENTRY_LEVELS, LEVELS
+
     counts = _memory(ctx, chroma_url).status_counts()
     if json_out:
         print_json_line(counts)
@@ -117,6 +124,8 @@ def list_entries(
     json_out: JsonOut = False,
 ) -> None:
     """List memory records, newest first (all levels unless --level)."""
+    from procmem.memory import ENTRY_LEVELS, LEVELS
+
     if status is not None and status not in ("active", "retired"):
         raise ProcmemError(f"unknown status {status!r}", where="--status", fix="use active or retired")
     chosen = _level(level)
@@ -166,6 +175,9 @@ def show(
 
 
 def _show_dict(record: MemoryRecord) -> dict[str, Any]:
+    from procmem.core import Episode
+    from procmem.memory import Entry
+
     if record.level == "experience":
         episode = Episode.from_dict(record.payload)
         return {"level": record.level, "passed": episode.passed, "policy_version": policy_version(episode),
@@ -186,6 +198,8 @@ def search(
     json_out: JsonOut = False,
 ) -> None:
     """Search memory by similarity (all levels unless --level)."""
+    from procmem.memory import LEVELS
+
     chosen = _level(level)
     memory = _memory(ctx, chroma_url)
     hits = [(lvl, sim, rec) for lvl in ((chosen,) if chosen else LEVELS)
@@ -217,15 +231,16 @@ def reflect(
     json_out: JsonOut = False,
 ) -> None:
     """(Re)build insights by self-reflection on judged problems, then consolidate patterns. Idempotent."""
+    from procmem.llm import load_llm
+    from procmem.memory import open_memory
+
     cutoff = parse_since(since) if since else None
     home = home_of(ctx)
     memory = open_memory(home.chroma, url=chroma_url)
-    from procmem.llm import load_llm
 
     err_console.print(f"loading model {model} ...", highlight=False)
     llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with progress_bar(err_console) as progress:
         bar = progress.add_task("reflecting", total=None)
         report = memory.reflect(llm, since=cutoff, max_calls=max_calls, consolidate=patterns,
                                 progress=lambda done, total: progress.update(bar, completed=done, total=total))
@@ -253,6 +268,8 @@ def prune(
     json_out: JsonOut = False,
 ) -> None:
     """Retire entries whose harm outweighs their help, and evict down to the size caps."""
+    from procmem.memory import LEVELS
+
     report = _memory(ctx, chroma_url).prune(policy=policy, dry_run=dry_run)
     if json_out:
         print_json_line(report.to_dict())
@@ -274,6 +291,8 @@ def export_memory(
     json_out: JsonOut = False,
 ) -> None:
     """Write memory records to a JSONL file (import reads it back exactly)."""
+    from procmem.memory import LEVELS
+
     chosen = _level(level)
     n = _memory(ctx, chroma_url).export_jsonl(file, levels=(chosen,) if chosen else LEVELS)
     if json_out:

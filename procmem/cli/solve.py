@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from procmem.agent import AgentDeps, SolveReport, solve_tasks
 from procmem.cli.app import app
 from procmem.cli.common import (
     ADAPTER_HELP,
@@ -24,11 +22,13 @@ from procmem.cli.common import (
     out_console,
     print_json_line,
 )
-from procmem.core import Home, SolveConfig, config_from_flags, load_config, new_id
-from procmem.core.keys import policy_version
-from procmem.llm import MicroBatcher, load_llm
-from procmem.memory import NoMemory, ReflectionReport, open_memory
-from procmem.tasks import load_suite
+from procmem.core import Split, new_id
+from procmem.core.progress import progress_bar
+
+if TYPE_CHECKING:
+    from procmem.agent import SolveConfig, SolveReport
+    from procmem.core import Home
+    from procmem.memory import ReflectionReport
 
 __all__ = ["DEMO_SUITE", "run_solve"]
 
@@ -41,31 +41,23 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     """Solve ``config.n`` tasks of ``config.suite``; returns the report, the memory counts afterwards and,
     with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
     its episode: at most one more LLM call per task)."""
-    tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
+    from procmem.agent import AgentSession, SessionConfig
+    from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier
+
+    tasks = load_suite(config.suite, split=cast(Split, config.split), n=config.n, check=build_verifier)
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
-    llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter))
-    memory = open_memory(home.chroma, url=chroma_url)
-    cost = ReflectionReport() if reflect else None
-    with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
-        deps = AgentDeps(
-            llm=batched,
-            generation=config.generation,
-            retriever=memory.retriever(policy=policy_version(llm)) if config.use_memory else NoMemory(),
-            recorder=memory.recorder(reflector=batched if reflect else None, cost=cost),
-            attempts=config.attempts,
-            memory_k=config.memory_k,
-        )
-        with _progress(quiet) as progress:
+    settings = SessionConfig(reflect=reflect, **config.model_dump(include=set(SessionConfig.model_fields)))
+    adapter = adapter_for(home, config.model, config.adapter)
+    with AgentSession.open(settings, home, adapter=adapter, chroma_url=chroma_url) as session, \
+            open_checkpointer(home) as saver:
+        with progress_bar(err_console, quiet=quiet) as progress:
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
-            report = solve_tasks(tasks, deps, concurrency=config.concurrency, checkpointer=saver,
-                                 run_id=run_id, on_done=lambda _: progress.advance(bar))
-    return report, {str(level): count for level, count in memory.stats().items()}, cost
-
-
-def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, disable=quiet, transient=False)
+            report = session.solve(tasks, checkpointer=saver, run_id=run_id, on_done=lambda _: progress.advance(bar))
+        assert session.memory is not None
+        stats = {str(level): count for level, count in session.memory.stats().items()}
+    return report, stats, session.reflection
 
 
 def _report_table(config: SolveConfig, report: SolveReport) -> Table:
@@ -126,6 +118,9 @@ def solve(
 
 
 def _solve_config(path: str | None, flags: Mapping[str, object]) -> SolveConfig:
+    from procmem.agent.config import SolveConfig
+    from procmem.core import config_from_flags, load_config
+
     if path is not None:
         return load_config(SolveConfig, path, **flags)
     if flags["suite"] is None:
@@ -143,6 +138,8 @@ def demo(
     model: Annotated[str, typer.Option(help="The model to run.")] = "local:default",
 ) -> None:
     """The quickstart: solve easy sums on the bundled model, record them, show the memory."""
+    from procmem.agent.config import SolveConfig
+
     home = home_of(ctx)
     cfg = SolveConfig(suite=DEMO_SUITE, n=n, attempts=2, model=model)
     out_console.print(f"[bold]procmem demo[/]: {n} tasks of {DEMO_SUITE} on {model}; home {home.root}")

@@ -11,8 +11,6 @@ from rich.markup import escape
 from procmem.cli.app import app
 from procmem.cli.common import out_console, print_json_line
 from procmem.core import ProcmemError
-from procmem.tasks import load_suite
-from procmem.verifiers import build_verifier
 
 __all__: list[str] = []
 
@@ -24,7 +22,10 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Print the verdict as one JSON line.")] = False,
 ) -> None:
     """Verify ANSWER against the task in TASK and print the verdict."""
-    tasks = load_suite(str(task), split=None)  # the one task, whatever its split
+    from procmem.tasks import load_suite
+    from procmem.verifiers import build_verifier
+
+    tasks = load_suite(str(task), split=None, check=build_verifier)  # the one task, whatever its split
     if len(tasks) != 1:
         raise ProcmemError(f"holds {len(tasks)} tasks, expected exactly one", where=str(task),
                            fix="put the one task to verify on a line of its own file")

@@ -1,6 +1,9 @@
 """Typed job configs, loadable from TOML with located errors.
 
-Every field carries a help string (``Field(description=...)``), which the CLI and README reuse.
+Every field carries a help string (``Field(description=...)``), which the CLI and README reuse. The
+configs shared by several jobs live here; each job's own config lives with its job (``SolveConfig`` in
+:mod:`procmem.agent.config`, ``DistillConfig`` in :mod:`procmem.distill.config`, ``EvalConfig`` in
+:mod:`procmem.eval.config`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "GenerationConfig", "SolveConfig", "config_from_flags", "generation_for", "load_config"]
+__all__ = ["Config", "GenerationConfig", "config_from_flags", "generation_for", "load_config"]
 
 C = TypeVar("C", bound="Config")
 
@@ -52,24 +55,6 @@ def generation_for(task: Task, base: GenerationConfig) -> GenerationConfig:
     except (ValidationError, TypeError) as err:
         raise ProcmemError(f"invalid metadata.generation: {err}", where=f"task {task.id}",
                            fix="use GenerationConfig keys: max_tokens, temperature, top_p, stop, seed") from err
-
-
-class SolveConfig(Config):
-    """``procmem solve``: run the agent over a task suite and record every episode."""
-
-    suite: str = Field(description="Task suite: 'rg:<dataset>?key=value&...' or a path to a JSONL task file.")
-    n: int = Field(default=10, ge=1, description="How many tasks to take from the suite.")
-    split: str = Field(default="train", pattern="^(train|test)$", description="Which split: train or test.")
-    attempts: int = Field(default=2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
-    model: str = Field(default="local:default",
-                       description="'local:default', 'local:tiny', 'local:/path/to/hf_dir' or 'litellm:<model>'.")
-    adapter: str = Field(default="promoted", description="LoRA adapter of a local model: 'none', 'promoted' (the "
-                         "registry's current version; the base model if none), 'vN' or an adapter directory.")
-    use_memory: bool = Field(default=True, description="Retrieve procedural memory before answering.")
-    memory_k: int = Field(default=3, ge=0, le=32, description="How many memory entries to put in the prompt.")
-    concurrency: int = Field(default=8, ge=1, le=256,
-                             description="Tasks solved at once; the local backend batches them.")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
 
 
 def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:

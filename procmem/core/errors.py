@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ProcmemError"]
+__all__ = ["ProcmemError", "one_line"]
 
 
 class ProcmemError(Exception):
@@ -20,3 +20,10 @@ class ProcmemError(Exception):
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message
         return f"{text} ({self.fix})" if self.fix else text
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """``err``'s message on one line (whitespace collapsed, at most ``limit`` characters), or its type name
+    when it has none: for quoting a library's exception inside a ProcmemError."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:limit]

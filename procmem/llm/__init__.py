@@ -59,8 +59,9 @@ def __getattr__(name: str) -> Any:
 
 
 def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None,
-             max_batch_size: int = 16) -> LLM:
-    """The LLM named by ``spec`` (see the module docstring); ``adapter`` is a LoRA directory or None.
+             adapter_version: str | None = None, max_batch_size: int = 16) -> LLM:
+    """The LLM named by ``spec`` (see the module docstring); ``adapter`` is a LoRA directory or None, labelled
+    ``adapter_version`` in episodes (default: the directory's name).
 
     Bad specs, missing directories and missing API keys raise :class:`~procmem.core.ProcmemError`.
     """
@@ -70,7 +71,8 @@ def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os
         from procmem.llm.local import LocalLLM
 
         path, model_id = _local_dir(spec, rest, Path(models_dir))
-        return LocalLLM(path, adapter=adapter, model_id=model_id, max_batch_size=max_batch_size)
+        return LocalLLM(path, adapter=adapter, adapter_version=adapter_version, model_id=model_id,
+                        max_batch_size=max_batch_size)
     if kind == "litellm" and rest:
         if adapter is not None:
             raise ProcmemError(f"{spec}: a LoRA adapter can only be applied to a local model", where="--adapter",

@@ -5,7 +5,7 @@
 ``load_suite("my_tasks.jsonl")`` loads a JSONL task file. See :mod:`procmem.tasks.suites`.
 """
 
-from procmem.tasks.jsonl import load_jsonl
+from procmem.tasks.jsonl import TaskCheck, load_jsonl
 from procmem.tasks.rg import TEST_SEED, TRAIN_SEED, load_rg, parse_rg_spec
 from procmem.tasks.suites import DATA_DIR, builtin_path, builtin_suites, load_suite
 
@@ -13,6 +13,7 @@ __all__ = [
     "DATA_DIR",
     "TEST_SEED",
     "TRAIN_SEED",
+    "TaskCheck",
     "builtin_path",
     "builtin_suites",
     "load_jsonl",

@@ -6,8 +6,9 @@ Each non-blank line is a JSON object::
      "split": "train", "metadata": {"topic": "addition"}}
 
 - ``id``, ``prompt`` and ``verifier`` are required non-empty strings; ids are unique in the file.
-- ``verifier`` is a verifier spec (see :mod:`procmem.verifiers`); it is checked when the file loads,
-  so a bad spec fails before any solving.
+- ``verifier`` is a verifier spec (see :mod:`procmem.verifiers`); given ``check=build_verifier``, it is
+  checked when the file loads, so a bad spec fails before any solving, located as ``file:line``. (The
+  verifiers sit above the task suites, so the check is passed in rather than imported.)
 - ``split`` (``train`` or ``test``) is optional, but either every line has one or none does. A file
   without splits is one unsplit pool: its tasks are returned for whichever split is asked.
 - ``metadata`` is an optional object for the verifier (it is never shown to the model).
@@ -18,20 +19,26 @@ Any problem is a ProcmemError located as ``file:line``, saying what is wrong and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from procmem.core import ProcmemError, Split, Task
-from procmem.verifiers import build_verifier
 
-__all__ = ["FIELDS", "load_jsonl"]
+__all__ = ["FIELDS", "TaskCheck", "load_jsonl"]
+
+TaskCheck = Callable[[Task], object]
+"""Checks one loaded task and raises a ProcmemError on a bad one, e.g. ``procmem.verifiers.build_verifier``
+(is the task's verifier spec valid?)."""
 
 FIELDS = ("id", "prompt", "verifier", "split", "metadata")
 _EXAMPLE = '{"id": "q1", "prompt": "What is 2 + 3?", "verifier": "numeric:5"}'
 
 
-def load_jsonl(path: Path, *, suite: str, split: Split | None = "train", n: int | None = None) -> list[Task]:
-    """The tasks of ``split`` in file order (all of them for ``split=None``), at most ``n``."""
+def load_jsonl(path: Path, *, suite: str, split: Split | None = "train", n: int | None = None,
+               check: TaskCheck | None = None) -> list[Task]:
+    """The tasks of ``split`` in file order (all of them for ``split=None``), at most ``n``; ``check`` is run
+    on every task as it loads (its ProcmemError is located at the task's line)."""
     lines = _read(path)
     parsed: list[tuple[int, Task, bool]] = []
     first_line: dict[str, int] = {}
@@ -44,7 +51,8 @@ def load_jsonl(path: Path, *, suite: str, split: Split | None = "train", n: int 
             raise ProcmemError(f"duplicate id {task.id!r} (first used on line {first_line[task.id]})", where=where,
                                fix="give every task a unique id")
         first_line[task.id] = number
-        _check_verifier(task, where)
+        if check is not None:
+            _check(task, where, check)
         parsed.append((number, task, has_split))
     if not parsed:
         raise ProcmemError("the file holds no tasks", where=str(path), fix=f"write one task per line, e.g. {_EXAMPLE}")
@@ -109,9 +117,9 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _check_verifier(task: Task, where: str) -> None:
+def _check(task: Task, where: str, check: TaskCheck) -> None:
     try:
-        build_verifier(task)
+        check(task)
     except ProcmemError as err:
         raise ProcmemError(err.message, where=where, fix=err.fix) from None
 

@@ -21,24 +21,45 @@ lines (grids, boards) fail with an error.
 
 Each task has the id ``rg:<dataset>:<first 12 hex digits of the question's SHA-256>``, the question as
 its prompt (never the answer), the verifier ``rg:<dataset>`` and ``metadata["rg"]`` holding what the
-verifier needs to rebuild and rescore the entry (see :mod:`procmem.verifiers.rg`).
+verifier needs to rebuild and rescore the entry (see :mod:`procmem.verifiers.rg`, which rebuilds it with
+:func:`rg_dataset` and :func:`rg_entry` from here).
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
 import logging
 import math
 import sys
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
 from procmem.core import ProcmemError, Split, Task
-from procmem.verifiers.rg import check_dataset, config_fields, question_sha, rg_dataset, rg_entry
+from procmem.core.errors import one_line
+from procmem.core.progress import progress_bar
 
-__all__ = ["DEFAULT_N", "PATIENCE", "TEST_SEED", "TRAIN_SEED", "in_split", "load_rg", "parse_rg_spec"]
+__all__ = [
+    "DEFAULT_N",
+    "PATIENCE",
+    "REFUSED_DATASETS",
+    "TEST_SEED",
+    "TRAIN_SEED",
+    "check_dataset",
+    "config_fields",
+    "in_split",
+    "load_rg",
+    "parse_rg_spec",
+    "question_sha",
+    "rg_dataset",
+    "rg_entry",
+]
 
 TRAIN_SEED = 0
 TEST_SEED = 1_000_000
@@ -52,6 +73,84 @@ _GIVE_UP_AFTER = 25
 """Unusable candidates in a row, before any usable one, after which the dataset is refused."""
 
 log = logging.getLogger(__name__)
+_lock = threading.RLock()
+
+REFUSED_DATASETS: dict[str, str] = {
+    "game_of_life_halting": "its scorer gives any non-empty answer a full score",
+    "family_relationships": "its in-law relationship labels are wrong",
+    "composite": "it mixes other datasets and needs a nested config; use those datasets directly",
+}
+"""reasoning-gym datasets procmem will not build or score, and why."""
+
+
+def question_sha(question: str) -> str:
+    """The stable fingerprint of a question (task ids and rebuild checks use it)."""
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()
+
+
+def check_dataset(name: str, *, where: str) -> None:
+    """Raise a ProcmemError unless ``name`` is a reasoning-gym dataset procmem can use."""
+    if name in REFUSED_DATASETS:
+        raise ProcmemError(f"reasoning-gym dataset {name!r} is refused: {REFUSED_DATASETS[name]}", where=where,
+                           fix="pick another dataset")
+    names = _dataset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known datasets include {', '.join(names[:8])} ..."
+        raise ProcmemError(f"unknown reasoning-gym dataset {name!r}", where=where, fix=hint)
+
+
+def config_fields(name: str) -> dict[str, Any]:
+    """The dataset's config fields (other than seed and size) and their defaults."""
+    import dataclasses
+
+    from reasoning_gym.factory import DATASETS
+
+    config_cls = DATASETS[name][1]
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(config_cls):
+        if field.name in ("seed", "size"):
+            continue
+        if field.default is not dataclasses.MISSING:
+            fields[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            fields[field.name] = field.default_factory()
+        else:
+            fields[field.name] = None
+    return fields
+
+
+def rg_dataset(name: str, config: Mapping[str, Any], seed: int, size: int, *, where: str) -> Any:
+    """The reasoning-gym dataset (cached); a config the dataset rejects is a ProcmemError."""
+    check_dataset(name, where=where)
+    try:
+        return _cached_dataset(name, json.dumps(dict(config), sort_keys=True), seed, size)
+    except ProcmemError:
+        raise
+    except Exception as err:  # reasoning-gym validates configs with assert and raises TypeError on bad keys
+        raise ProcmemError(f"reasoning-gym rejected the config of {name!r}: {one_line(err)}", where=where,
+                           fix="change the key=value options (see the dataset's config class)") from None
+
+
+@lru_cache(maxsize=64)
+def _cached_dataset(name: str, config_json: str, seed: int, size: int) -> Any:
+    import reasoning_gym
+
+    with _lock:
+        return reasoning_gym.create_dataset(name, seed=seed, size=size, **json.loads(config_json))
+
+
+def rg_entry(dataset: Any, index: int) -> dict[str, Any]:
+    """Entry ``index`` of ``dataset`` (datasets are not all safe to index from several threads)."""
+    with _lock:
+        entry: dict[str, Any] = dataset[index]
+    return entry
+
+
+def _dataset_names() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
 
 
 def parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -223,8 +322,6 @@ def _task(spec: str, name: str, config: dict[str, Any], split: Split, *, seed: i
 @contextmanager
 def _progress(description: str, total: int) -> Iterator[Any]:
     """A transient progress bar on an interactive stderr (slow datasets take seconds per item)."""
-    from rich.progress import Progress
-
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+    with progress_bar(quiet=not sys.stderr.isatty(), transient=True) as progress:
         bar = progress.add_task(description, total=total)
         yield lambda: progress.advance(bar)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from procmem.core import ProcmemError, Split, Task
-from procmem.tasks.jsonl import load_jsonl
+from procmem.tasks.jsonl import TaskCheck, load_jsonl
 from procmem.tasks.rg import load_rg
 
 __all__ = ["DATA_DIR", "builtin_path", "builtin_suites", "load_suite"]
@@ -36,11 +36,14 @@ def builtin_path(name: str) -> Path:
     return path
 
 
-def load_suite(spec: str, *, split: Split | None = "train", n: int | None = None) -> list[Task]:
+def load_suite(spec: str, *, split: Split | None = "train", n: int | None = None,
+               check: TaskCheck | None = None) -> list[Task]:
     """The tasks of suite ``spec`` in ``split``, at most ``n`` (rg suites default to 100).
 
     ``split=None`` means every task of a JSONL file whatever its split (``procmem verify`` uses it);
-    rg suites always need a split. Bad specs, files and options raise a ProcmemError.
+    rg suites always need a split. Bad specs, files and options raise a ProcmemError. ``check`` (e.g.
+    ``check=build_verifier``) vets every task of a JSONL suite as it loads, located at its line; rg suites
+    build their own valid verifier specs.
     """
     spec = spec.strip()
     if split not in ("train", "test", None):
@@ -52,10 +55,11 @@ def load_suite(spec: str, *, split: Split | None = "train", n: int | None = None
             raise ProcmemError("rg suites need a split", where=spec, fix="pass split='train' or split='test'")
         return load_rg(spec, split=split, n=n)
     if spec.startswith("builtin:"):
-        return load_jsonl(builtin_path(spec.removeprefix("builtin:").strip()), suite=spec, split=split, n=n)
+        return load_jsonl(builtin_path(spec.removeprefix("builtin:").strip()), suite=spec, split=split, n=n,
+                          check=check)
     path = Path(spec).expanduser()
     if path.is_file():
-        return load_jsonl(path, suite=spec, split=split, n=n)
+        return load_jsonl(path, suite=spec, split=split, n=n, check=check)
     problem = "is a directory" if path.is_dir() else "is neither a suite spec nor an existing file"
     raise ProcmemError(f"{problem}", where=spec or "--suite",
                        fix="use rg:<dataset>?key=value&..., builtin:<name> "

@@ -61,3 +61,38 @@ def test_ctrl_c_at_the_prompt_leaves_chat_cleanly(tmp_path: Path, tiny_model_dir
         chat.kill()
     assert chat.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_chat_feedback_commands_record_verified_turns_and_earlier_turns_reach_the_prompt(
+    runner: CliRunner, home: Home, tiny_model_dir: Path
+) -> None:
+    script = "What is 2 + 2?\n/correct 4\nAnd 3 + 3?\n/good\n/memory\nWhat about 5 + 5?\n/bad\n/quit\n"
+    result = _chat(runner, home, tiny_model_dir, script)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("recorded: the last answer is") == 3
+    episodes = {e.task.metadata["chat_line"]: e for e in open_memory(home.chroma).episodes()}
+    corrected, good, bad = episodes["What is 2 + 2?"], episodes["And 3 + 3?"], episodes["What about 5 + 5?"]
+    assert corrected.passed and corrected.attempts[-1].answer == "4"
+    assert corrected.attempts[-1].verdict.details["correction"] is True and corrected.task.verifier == "exact:4"
+    assert good.passed and not bad.passed
+    # the earlier turns are in the prompt: the corrected answer, not the model's
+    assert good.task.prompt.startswith("What is 2 + 2?\nAnswer: 4\nQuestion: And 3 + 3?")
+    assert "Question: And 3 + 3?" in bad.task.prompt
+
+
+def test_chat_memory_command_and_feedback_before_any_answer(runner: CliRunner, home: Home,
+                                                            tiny_model_dir: Path) -> None:
+    result = _chat(runner, home, tiny_model_dir, "/good\n/memory\nhello\n/memory\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "nothing to judge yet" in result.stdout and "no answer yet" in result.stdout
+    assert "the last answer used no memory" in result.stdout
+
+
+def test_no_progress_bar_reaches_the_chat_screen(tmp_path: Path) -> None:
+    env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
+    env.pop("TQDM_DISABLE", None)
+    result = subprocess.run([PROCMEM, "chat", "--model", "local:tiny", "--max-tokens", "2"], input="hi\n/quit\n",
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for bar in ("it/s]", "%|"):
+        assert bar not in result.stdout and bar not in result.stderr

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from procmem.core import Home, ProcmemError, SolveConfig, load_config
+from procmem.agent.config import SolveConfig
+from procmem.core import Home, ProcmemError, load_config
 
 
 def test_config_loads_from_toml_and_overrides_win(tmp_path: Path) -> None:

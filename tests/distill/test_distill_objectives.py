@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,11 +14,12 @@ from procmem.distill.objectives import MixedObjective, SelfDistillObjective, Sft
 STUDENT = "Question: What is 2 + 3?\nAnswer:"
 TEACHER = "Question: What is 1 + 1?\nAnswer: 2\n\nQuestion: What is 2 + 3?\nAnswer:"
 TRACES = [
-    Example("a", STUDENT, TEACHER, " 5\n"),
-    Example("b", "Question: Spell cat backwards.\nAnswer:", "Question: Spell dog backwards.\nAnswer: god\n\n"
-            "Question: Spell cat backwards.\nAnswer:", " tac\n"),
+    Example(task_id="a", prompt=STUDENT, teacher_prompt=TEACHER, completion=" 5\n"),
+    Example(task_id="b", prompt="Question: Spell cat backwards.\nAnswer:",
+            teacher_prompt="Question: Spell dog backwards.\nAnswer: god\n\nQuestion: Spell cat backwards.\nAnswer:",
+            completion=" tac\n"),
 ]
-PROBLEMS = [Example(e.task_id, e.prompt, e.teacher_prompt) for e in TRACES]
+PROBLEMS = [replace(e, completion=None) for e in TRACES]
 
 
 def _config(base: DistillConfig, **self_distill: Any) -> DistillConfig:
@@ -73,7 +75,7 @@ def test_sft_trains_on_completion_tokens_only(lora_model: tuple[Any, Any]) -> No
     n_all = sum(len(tokenizer(e.prompt)["input_ids"]) for e in TRACES) + n_completion
     assert out.processed_tokens == n_all
     # A longer prompt changes what the model reads, not how many tokens the loss covers.
-    longer = [Example(e.task_id, "Context.\n" + e.prompt, e.teacher_prompt, e.completion) for e in TRACES]
+    longer = [replace(e, prompt="Context.\n" + e.prompt) for e in TRACES]
     assert sft.loss(model, longer).tokens == n_completion
 
 
@@ -106,7 +108,7 @@ def test_self_distill_is_zero_when_the_teacher_sees_what_the_student_sees(
     """A fresh adapter is the identity, so the student equals the frozen base (and the EMA teacher)."""
     model, tokenizer = lora_model
     objective = SelfDistillObjective(tokenizer, 128, _config(tiny_config, teacher=teacher).self_distill)
-    same = [Example(e.task_id, e.prompt, e.prompt) for e in PROBLEMS]
+    same = [replace(e, teacher_prompt=e.prompt) for e in PROBLEMS]
     rollouts = [tokenizer(" 5\n", add_special_tokens=False)["input_ids"]] * 2
     assert float(objective.rollout_loss(model, same, rollouts).loss) == pytest.approx(0.0, abs=1e-5)
     assert float(objective.rollout_loss(model, PROBLEMS, rollouts).loss) > 1e-4
@@ -126,7 +128,7 @@ def test_self_distill_teacher_gets_no_gradient_and_the_base_stays_frozen(
         if not param.requires_grad:
             assert torch.equal(param, frozen[name]), name
     # The teacher (adapter disabled) still equals the untouched base: distance to itself is zero.
-    same = [Example(e.task_id, e.prompt, e.prompt) for e in PROBLEMS]
+    same = [replace(e, teacher_prompt=e.prompt) for e in PROBLEMS]
     with model.disable_adapter():
         assert float(objective.rollout_loss(model, same, rollouts).loss) == pytest.approx(0.0, abs=1e-5)
 
@@ -179,7 +181,7 @@ def test_mixed_is_the_weighted_sum(lora_model: tuple[Any, Any], tiny_config: Dis
 def test_an_over_long_prompt_loses_its_head_with_a_warning(lora_model: tuple[Any, Any]) -> None:
     model, tokenizer = lora_model
     sft = SftObjective(tokenizer, max_len=24)
-    long = [Example("a", "x" * 100 + STUDENT, TEACHER, " 5\n")]
+    long = [Example(task_id="a", prompt="x" * 100 + STUDENT, teacher_prompt=TEACHER, completion=" 5\n")]
     with pytest.warns(UserWarning, match="lost its head"):
         out = sft.loss(model, long)
     assert out.processed_tokens == 24 and out.tokens == 3

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Attempt, Episode, Home, Split, Task
+from procmem.core.registry import base_model_hash
 from procmem.distill import (
     DistillBusy,
     DistillConfig,
@@ -22,7 +23,6 @@ from procmem.distill import (
     run_distillation,
     run_every,
 )
-from procmem.distill.registry import base_model_hash
 from procmem.llm import LLM, LocalLLM
 from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
 from procmem.tasks import load_suite

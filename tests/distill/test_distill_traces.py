@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, render_completion, render_prompt
-from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, problems_from_episodes
+from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, training_items
 from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
 from procmem.llm import Generation, LocalLLM
 from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
@@ -76,15 +76,23 @@ def _episodes() -> list[Episode]:
 
 
 def test_problems_come_failed_first_without_test_items_and_without_the_failed_answers() -> None:
-    problems = problems_from_episodes(_episodes())
+    problems = training_items(_episodes())
     assert [p.task.id for p in problems] == ["never", "always"]
     assert [p.rank for p in problems] == [0, 2]
     never = problems[0]
     assert never.episode_ids == ("ep-never-2",)
     assert never.feedback and all(WRONG not in f and "also wrong" not in f for f in never.feedback)
     assert any(HIDDEN_ANSWER in f for f in never.feedback)
-    assert problems_from_episodes(_episodes(), include_successes=False)[0].task.id == "never"
-    assert len(problems_from_episodes(_episodes(), include_successes=False)) == 1
+    assert training_items(_episodes(), TraceConfig(include_successes=False))[0].task.id == "never"
+    assert len(training_items(_episodes(), TraceConfig(include_successes=False))) == 1
+
+
+def test_one_question_asked_under_two_task_ids_is_one_training_item() -> None:
+    """Distillation groups episodes into problems as memory does (same normalised prompt or same task id)."""
+    twin = Task(id="never-again", prompt="  what is 6 TIMES 7? ", verifier=NEVER.verifier, suite="s")
+    items = training_items([*_episodes(), _episode(twin, "41", when="2026-01-03T00:00:00")])
+    assert [p.task.id for p in items] == ["never-again", "always"]  # the newest task stands for its problem
+    assert items[0].episode_ids == ("ep-never-2", "ep-never-again-1")
 
 
 def test_traces_keep_verified_answers_drop_wrong_ones_and_keep_provenance(
@@ -93,7 +101,7 @@ def test_traces_keep_verified_answers_drop_wrong_ones_and_keep_provenance(
     spy = _Spy(teacher)
     retriever = ExperienceRetriever(memory)
     config = TraceConfig(k=3, temperature=0.8, max_tokens=6, memory_k=2, keep_per_problem=2)
-    build = build_traces(problems_from_episodes(_episodes()), spy, retriever, config)
+    build = build_traces(training_items(_episodes()), spy, retriever, config)
 
     # The teacher saw each problem k times, with memory and feedback, never the failed answer.
     assert len(spy.prompts) == 2 * 3
@@ -127,7 +135,7 @@ def test_traces_keep_verified_answers_drop_wrong_ones_and_keep_provenance(
 
 def test_memory_free_prompts_contain_no_memory_text(teacher: LocalLLM, memory: ExperienceMemory) -> None:
     retriever = ExperienceRetriever(memory)
-    build = build_traces(problems_from_episodes(_episodes()), teacher, retriever,
+    build = build_traces(training_items(_episodes()), teacher, retriever,
                          TraceConfig(k=2, max_tokens=4, memory_k=3))
     memory_questions = [e.task.prompt for e in _memory_episodes()]
     for ctx in build.contexts:
@@ -140,7 +148,7 @@ def test_memory_free_prompts_contain_no_memory_text(teacher: LocalLLM, memory: E
 
 
 def test_trace_builds_round_trip_and_export(teacher: LocalLLM, memory: ExperienceMemory, tmp_path: Path) -> None:
-    build = build_traces(problems_from_episodes(_episodes()), teacher, ExperienceRetriever(memory),
+    build = build_traces(training_items(_episodes()), teacher, ExperienceRetriever(memory),
                          TraceConfig(k=2, max_tokens=4, memory_k=1))
     assert load_trace_build(tmp_path) is None
     save_trace_build(build, tmp_path)
@@ -168,7 +176,7 @@ def test_hide_answer_removes_quoted_failed_answers() -> None:
 def test_the_teacher_prompt_scrubs_failed_answers_quoted_by_memory_too() -> None:
     from procmem.distill.traces import teacher_prompt
 
-    never = problems_from_episodes(_episodes())[0]
+    never = training_items(_episodes())[0]
     assert never.failed_answers == (WRONG, "also wrong")
     insight = f"LESSON: answering '{WRONG}' was wrong -> compute the product first."
     prompt = teacher_prompt(never, insight)
@@ -193,7 +201,7 @@ def test_code_tasks_keep_multi_line_answers_with_their_own_decoding(teacher: Loc
         return original(prompts, config)
 
     spy.generate = generate  # type: ignore[method-assign]
-    build = build_traces(problems_from_episodes([_episode(CODE, "print(1)"), _episode(ALWAYS, "red")]), spy,
+    build = build_traces(training_items([_episode(CODE, "print(1)"), _episode(ALWAYS, "red")]), spy,
                          NoMemory(), TraceConfig(k=2, max_tokens=4, memory_k=0))
     assert {(c.max_tokens, c.stop) for c in configs} == {(12, ("\n\n\n",)), (4, ("\n",))}
     code_ctx = next(c for c in build.contexts if c.task_id == "code")

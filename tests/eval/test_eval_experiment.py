@@ -165,3 +165,16 @@ def test_the_majority_answer_baseline_scores_the_most_common_gold_answer(tmp_pat
     config = _config(tmp_path, train_suites=(str(file),), n_test=4, n_holdout=0)
     baseline = majority_baselines(config)[str(file)]
     assert baseline == {"answer": "yes", "accuracy": 0.75, "n": 4}  # "Yes." is the same answer to exact:
+
+
+def test_every_arm_is_one_spec_in_the_table() -> None:
+    from typing import get_args
+
+    from procmem.eval import ARM_SPECS, TRAINED_ARMS, Arm
+
+    assert tuple(ARM_SPECS) == ARMS and set(ARMS) == set(get_args(Arm))
+    assert all(spec.name == name for name, spec in ARM_SPECS.items())
+    assert tuple(a for a in ARMS if ARM_SPECS[a].trains_on != "nothing") == TRAINED_ARMS
+    for spec in ARM_SPECS.values():  # an arm that is another in round 1 trains like it
+        if spec.round_1_same_as is not None:
+            assert ARM_SPECS[spec.round_1_same_as].trains_on == spec.trains_on

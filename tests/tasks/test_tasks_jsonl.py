@@ -65,7 +65,7 @@ def test_a_bad_line_is_located_and_says_how_to_fix_it(tmp_path: Path, case: str)
     line, problem = _bad_lines()[case]
     path = _write(tmp_path, GOOD, line)
     with pytest.raises(ProcmemError) as err:
-        load_suite(str(path))
+        load_suite(str(path), check=build_verifier)
     message = str(err.value)
     assert message.startswith(f"{path}:2: ") and problem in message, message
     assert err.value.fix and "\n" not in message
@@ -74,7 +74,7 @@ def test_a_bad_line_is_located_and_says_how_to_fix_it(tmp_path: Path, case: str)
 def test_unknown_verifier_kind_lists_the_known_kinds(tmp_path: Path) -> None:
     path = _write(tmp_path, {**GOOD, "verifier": "fuzzy:5"})
     with pytest.raises(ProcmemError, match=r"exact:\.\.\., math:\.\.\., numeric:\.\.\., regex:\.\.\., rg:\.\.\."):
-        load_suite(str(path))
+        load_suite(str(path), check=build_verifier)
 
 
 @pytest.mark.parametrize(("lines", "problem"), [

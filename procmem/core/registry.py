@@ -13,6 +13,10 @@ vLLM's ``--enable-lora``) plus its :class:`AdapterManifest`. A version appears a
 staging directory, then renamed) under a registry lock. Promotion and rollback rewrite
 ``promoted.json`` with ``os.replace``, so readers see the old or the new pointer, never a mix;
 ``history`` is the stack of earlier promoted versions that :func:`rollback` pops.
+
+The registry serves ``solve``, ``chat`` and ``adapters`` as much as ``distill``, so it lives in the core and
+imports neither torch nor anything above the core: the records of a manifest (including the promotion
+gate's :class:`GateReport`, which distill's gate fills in) are defined here, once.
 """
 
 from __future__ import annotations
@@ -26,23 +30,30 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from procmem.core import Home, ProcmemError, utc_now
+from procmem.core.errors import ProcmemError
 from procmem.core.fileio import read_json, write_json
-from procmem.distill.gate import GateReport
+from procmem.core.home import Home
+from procmem.core.types import utc_now
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = [
     "ADAPTER_FILES",
     "AdapterManifest",
     "BaseModelInfo",
     "DatasetSnapshot",
-    "MemorySnapshotInfo",
+    "GateReport",
+    "MemorySnapshot",
     "PromotionState",
+    "SuiteResult",
     "base_model_hash",
+    "gate_table",
     "list_adapters",
     "promote",
     "promotion_state",
@@ -79,11 +90,46 @@ class DatasetSnapshot(_Record):
     traces_hash: str = Field(description="Hash of the kept traces' (prompt, completion) pairs.")
 
 
-class MemorySnapshotInfo(_Record):
-    """The memory entries that conditioned the teacher."""
+class MemorySnapshot(_Record):
+    """The memory entries that conditioned the teacher of a run's traces, and a hash of what it read."""
 
     entry_ids: tuple[str, ...] = Field(description="Memory entry ids the retriever returned, sorted.")
     hash: str = Field(description="Hash of the entry ids and the teacher prompts they rendered into.")
+
+
+class SuiteResult(BaseModel):
+    """One row of the gate table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    suite: str = Field(description="Suite spec.")
+    kind: Literal["test", "holdout"] = Field(description="Held-out test split, or general-ability holdout.")
+    n: int = Field(description="Items evaluated.")
+    baseline: float = Field(description="Baseline accuracy.")
+    candidate: float = Field(description="Candidate accuracy.")
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.baseline
+
+
+class GateReport(BaseModel):
+    """The promotion gate's comparison and decision (recorded in the adapter manifest)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    baseline: str = Field(description="What the candidate was compared with: a version, or 'base'.")
+    rows: tuple[SuiteResult, ...] = Field(description="Per-suite accuracies.")
+    test_baseline: float = Field(description="Baseline accuracy pooled over the test items.")
+    test_candidate: float = Field(description="Candidate accuracy pooled over the test items.")
+    holdout_baseline: float | None = Field(description="Baseline accuracy pooled over the holdout (None: none).")
+    holdout_candidate: float | None = Field(description="Candidate accuracy pooled over the holdout.")
+    min_improvement: float = Field(description="Required test accuracy gain.")
+    max_holdout_drop: float = Field(description="Largest allowed holdout accuracy loss.")
+    improved: bool = Field(description="Test accuracy rose by at least min_improvement.")
+    holdout_ok: bool = Field(description="Holdout accuracy fell by no more than max_holdout_drop.")
+    passed: bool = Field(description="improved and holdout_ok.")
+    excluded: int = Field(default=0, description="Held-out items skipped because their question was trained on.")
 
 
 class AdapterManifest(_Record):
@@ -95,7 +141,7 @@ class AdapterManifest(_Record):
     objective: str = Field(description="Training objective: sft, self-distill or mixed.")
     objective_config: dict[str, Any] = Field(description="The full DistillConfig the run used.")
     dataset: DatasetSnapshot = Field(description="Training data snapshot.")
-    memory: MemorySnapshotInfo = Field(description="Memory snapshot.")
+    memory: MemorySnapshot = Field(description="Memory snapshot.")
     metrics: dict[str, Any] = Field(description="Training figures (steps, losses, tokens, time).")
     gate: GateReport | None = Field(description="Promotion gate comparison (None: not evaluated).")
     parent: str | None = Field(description="The adapter version training started from / the teacher used.")
@@ -257,6 +303,30 @@ def _gate_summary(manifest: AdapterManifest) -> str:
     if gate is None:
         return "not evaluated"
     return f"test {gate.test_baseline:.1%} -> {gate.test_candidate:.1%} vs {gate.baseline}"
+
+
+def gate_table(report: GateReport, candidate_name: str = "candidate") -> Table:
+    """The gate's comparison as a rich table."""
+    from rich.table import Table
+
+    verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+    table = Table(title=f"promotion gate: {candidate_name} vs {report.baseline}: {verdict}")
+    for column, justify in (("suite", "left"), ("kind", "left"), ("n", "right"), (report.baseline, "right"),
+                            (candidate_name, "right"), ("delta", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(row.suite, row.kind, str(row.n), f"{row.baseline:.1%}", f"{row.candidate:.1%}",
+                      f"{row.delta:+.1%}")
+    table.add_row("all test", "test", "", f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
+                  f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})",
+                  end_section=True)
+    if report.excluded:
+        table.caption = f"{report.excluded} held-out items skipped: their question was trained on"
+    if report.holdout_baseline is not None and report.holdout_candidate is not None:
+        drop = report.holdout_candidate - report.holdout_baseline
+        table.add_row("all holdout", "holdout", "", f"{report.holdout_baseline:.1%}",
+                      f"{report.holdout_candidate:.1%}", f"{drop:+.1%} (allow >= {-report.max_holdout_drop:+.1%})")
+    return table
 
 
 def rollback(adapters_dir: Path) -> PromotionState:

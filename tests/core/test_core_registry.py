@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,13 @@ from typing import Any
 import pytest
 
 from procmem.core import Home, ProcmemError
-from procmem.distill import (
+from procmem.core.registry import (
     AdapterManifest,
+    BaseModelInfo,
+    DatasetSnapshot,
     GateReport,
+    MemorySnapshot,
+    base_model_hash,
     list_adapters,
     promote,
     promotion_state,
@@ -21,7 +27,6 @@ from procmem.distill import (
     resolve_adapter,
     rollback,
 )
-from procmem.distill.registry import BaseModelInfo, DatasetSnapshot, MemorySnapshotInfo, base_model_hash
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +54,7 @@ def _manifest(run_id: str = "r1", *, gate: GateReport | None = None, parent: str
         objective="sft", objective_config={"objective": "sft", "train": {"lr": 0.01}},
         dataset=DatasetSnapshot(episode_ids=("e1", "e2"), hash="sha256:cd", n_traces=3, n_rejected=5,
                                 traces_hash="sha256:ef"),
-        memory=MemorySnapshotInfo(entry_ids=("m1",), hash="sha256:01"), metrics={"steps": 4, "final_loss": 1.5},
+        memory=MemorySnapshot(entry_ids=("m1",), hash="sha256:01"), metrics={"steps": 4, "final_loss": 1.5},
         gate=gate if gate is not None else _gate(True), parent=parent, created_at="2026-01-01T00:00:00+00:00",
     )
 
@@ -177,3 +182,11 @@ def test_base_model_hash_is_stable_and_cached(tiny_model_dir: Path, tmp_path: Pa
     assert first in json.loads(cache.read_text()).values()
     with pytest.raises(ProcmemError, match="no weight files"):
         base_model_hash(tmp_path)
+
+
+def test_the_registry_imports_no_model_library() -> None:
+    """solve, chat and the adapters commands resolve adapters without paying for torch."""
+    code = ("import sys, procmem.core.registry; "
+            "print([m for m in ('torch', 'transformers', 'peft', 'procmem.distill') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,81 @@
+"""From the call log to memory and to distillation: what is verified, feedback order, corrections."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from procmem.core import GenerationConfig
+from procmem.serve.calllog import CallLog, CallRecord
+from procmem.serve.episodes import NO_KNOWN_ANSWER, memory_episode
+from procmem.serve.prompting import chat_question, memory_allowed, with_memory
+from procmem.serve.protocol import ChatMessage
+
+
+def _call(episode_id: str = "e1", **changes: object) -> CallRecord:
+    call = CallRecord(id=episode_id, tenant="default", status="complete", model_id="tiny", adapter_version="v1",
+                      messages=[{"role": "user", "content": "What is 2 + 2?"}], prompt="Question: What is 2 + 2?\n"
+                      "Answer:", response=" 5", finish_reason="stop", usage={"prompt_tokens": 9,
+                      "completion_tokens": 2, "total_tokens": 11}, latency_ms=3.0, started_at="2026-01-01T00:00:00",
+                      finished_at="2026-01-01T00:00:01", session_id="s")
+    return replace(call, **changes)  # type: ignore[arg-type]
+
+
+def test_unverified_or_incomplete_calls_never_become_memory(tmp_path: Path) -> None:
+    log = CallLog(tmp_path / "calls.sqlite")
+    log.record(_call())
+    assert memory_episode(_call(), log.feedback("default", "e1")) is None
+    log.add_feedback("default", "e1", "f", {"passed": False})
+    assert memory_episode(_call(status="incomplete"), log.feedback("default", "e1")) is None
+    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    assert episode is not None and not episode.passed and episode.task.verifier == NO_KNOWN_ANSWER
+
+
+def test_feedback_before_its_episode_is_kept_and_attached_once(tmp_path: Path) -> None:
+    log = CallLog(tmp_path / "calls.sqlite")
+    assert log.add_feedback("default", "e1", "fb", {"correction": "4", "source": "human"})
+    assert not log.add_feedback("default", "e1", "fb", {"correction": "5"})  # same id: nothing changes
+    assert log.record(_call()) and not log.record(_call())
+    assert log.pending() == [("default", "e1", 1)]
+    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    assert episode is not None and episode.passed and episode.adapter_version == "v1"
+    assert [a.answer for a in episode.attempts] == ["5", "4"]
+    assert episode.attempts[1].verdict.details["correction"] is True and episode.task.verifier == "exact:4"
+
+
+def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from procmem.distill import TraceConfig
+    from procmem.distill.traces import build_traces, training_items
+    from procmem.llm import LocalLLM
+    from procmem.memory import NoMemory
+
+    log = CallLog(tmp_path / "calls.sqlite")
+    log.record(_call())
+    log.add_feedback("default", "e1", "fb", {"correction": "4", "source": "human"})
+    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    assert episode is not None
+    problems = training_items([episode])
+    build = build_traces(problems, LocalLLM(tiny_model_dir), NoMemory(), TraceConfig(k=1, max_tokens=2))
+    kept = [t for t in build.kept if t.teacher == "correction"]
+    assert len(kept) == 1
+    assert kept[0].prompt == "Question: What is 2 + 2?\nAnswer:" and kept[0].completion == " 4\n"
+
+
+def test_memory_goes_in_the_system_message_only_after_a_user_turn() -> None:
+    user = ChatMessage(role="user", content="hi")
+    call = ChatMessage(role="assistant", content=None, tool_calls=[{"id": "c", "type": "function",
+                                                                   "function": {"name": "f", "arguments": "{}"}}])
+    tool = ChatMessage(role="tool", content="42", tool_call_id="c")
+    assert memory_allowed([user]) and not memory_allowed([user, call, tool]) and not memory_allowed([user, call])
+    sent = with_memory([ChatMessage(role="system", content="Be brief."), user], "Question: a\nAnswer: b")
+    assert len(sent) == 2 and sent[0]["content"].startswith("Be brief.\n\n<procmem-memory>\n")
+    assert sent[0]["content"].endswith("</procmem-memory>") and sent[1] == {"role": "user", "content": "hi"}
+    added = with_memory([user], "M")
+    assert added[0] == {"role": "system", "content": "<procmem-memory>\nM\n</procmem-memory>"}
+
+
+def test_a_conversation_becomes_the_agents_question_format() -> None:
+    messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="2+2?"),
+                ChatMessage(role="assistant", content="4"), ChatMessage(role="user", content="and 3+3?")]
+    assert chat_question(messages) == "Be brief.\n\n2+2?\nAnswer: 4\nQuestion: and 3+3?"
+    assert GenerationConfig().stop == ("\n",)
