@@ -2,23 +2,30 @@
 
 Measures, in one process (so the ratios compare like with like):
 
-- retrieval latency p50/p95 of :meth:`ChromaStore.query_vector` (embedded Chroma, HNSW, cosine; k=5)
+- retrieval latency p50/p95 of :meth:`ChromaStore.query_vector` (embedded Chroma, cosine; k=5)
   at 1k / 10k / 100k entries, unfiltered and with the worked-example filter
   (``split=train, passed=True``, which ~half the entries match), against exact numpy brute force
-  (one matrix-vector product + argpartition) over the very same vectors, as a ratio; plus Chroma's
-  recall@k against the exact answer;
+  (one matrix-vector product + argpartition) over the very same vectors, as a ratio; beside every
+  latency the store's raw recall@k against the exact answer (ties not counted: a hit counts only if it
+  is one of the exact top k ids). ``search`` says which path answered: ``exact`` (the in-process mirror
+  of a level up to ``EXACT_MAX`` entries) or ``hnsw``;
 - write throughput in episodes/s: :meth:`ExperienceMemory.record_many` in batches and
   :meth:`ProceduralMemory.after_episode` one at a time (record, counters, cap: what ``procmem solve``
   pays per episode), with the real MiniLM embedder, and store-only (precomputed vectors) for comparison;
 - the agent's whole retrieval (:meth:`ProceduralRetriever.retrieve`: embed the question with MiniLM,
   worked examples, insights of the nearest problems, patterns, budget, rendering) on that memory.
 
-Vectors come from :class:`~procmem.memory.HashingEmbedder` over synthetic reasoning-gym-like prompts
-(embedding 100k prompts with MiniLM would take minutes and measure the embedder, not the store). Query
+Vectors (``--vectors``): ``random`` unit vectors of dimension 384 (MiniLM's), the hard case for HNSW
+and free of ties; or ``prompts``: :class:`~procmem.memory.HashingEmbedder` over distinct synthetic
+reasoning-gym-like prompts (embedding 100k prompts with MiniLM would take minutes and measure the
+embedder, not the store). Lexical hashing of templated prompts makes many exact similarity ties (a tie
+at rank 5/6 in 59 of 200 queries at 30k entries), which caps raw recall whatever the index does; the
+``ties_counted`` column gives such a hit credit. Query
 latency excludes embedding the query (MiniLM: a few ms per prompt, cached when repeated). Target
 (issue 3): p95 < 10 ms at 100k entries.
 
     .venv/bin/python eval/bench_memory.py [--sizes 1000,10000,100000] [--queries 200] [--episodes 256]
+        [--vectors random|prompts] [--skip-writes]
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for size in args.sizes:
             results["latency"].append(_latency(Path(scratch) / f"chroma-{size}", size, args))
             print(json.dumps(results["latency"][-1]), flush=True)
-        results["writes"] = _writes(Path(scratch), args.episodes)
+        if not args.skip_writes:
+            results["writes"] = _writes(Path(scratch), args.episodes, args.retrieval_episodes)
     results["load_avg_end"] = _load_avg()
     _print_table(results)
     print(json.dumps(results, sort_keys=True))
@@ -70,6 +78,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=200, help="Queries per measurement.")
     parser.add_argument("--k", type=int, default=5, help="Neighbours per query.")
     parser.add_argument("--episodes", type=int, default=256, help="Episodes for the write-throughput runs.")
+    parser.add_argument("--vectors", choices=("random", "prompts"), default="random",
+                        help="Random unit vectors (no ties), or hashed synthetic prompts (lexical, many ties).")
+    parser.add_argument("--retrieval-episodes", type=int, default=0,
+                        help="Grow the memory to this many episodes (MiniLM, in batches) before timing the agent's "
+                             "whole retrieval; 0: time it on the 2 x --episodes written.")
+    parser.add_argument("--skip-writes", action="store_true", help="Measure retrieval latency and recall only.")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     return args
@@ -80,12 +94,26 @@ def _prompts(n: int, seed: int) -> list[str]:
     return [rng.choice(_TEMPLATES)(rng) for _ in range(n)]
 
 
+def _vectors(kind: str, n: int, seed: int, dim: int) -> npt.NDArray[np.float32]:
+    """``n`` distinct unit vectors: random, or hashed distinct prompts."""
+    if kind == "random":
+        vectors = np.random.default_rng(seed + 2**31).normal(size=(n, dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    from procmem.memory import HashingEmbedder
+
+    distinct = list(dict.fromkeys(_prompts(3 * n, seed=seed)))[:n]
+    if len(distinct) < n:
+        raise SystemExit(f"only {len(distinct)} distinct prompts for {n} entries: use --vectors random")
+    return HashingEmbedder().embed_array(distinct)
+
+
 def _latency(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
     from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord
+    from procmem.memory.chroma_store import EXACT_MAX, HNSW
 
     embedder = HashingEmbedder()
-    vectors = embedder.embed_array(_prompts(size, seed=size))
-    queries = embedder.embed_array(_prompts(args.queries, seed=-size))
+    vectors = _vectors(args.vectors, size, size, embedder.dim)
+    queries = _vectors(args.vectors, args.queries, -size - 1, embedder.dim)
     rng = random.Random(0)
     passed = [rng.random() < 0.5 for _ in range(size)]
     records = [MemoryRecord(id=f"e{i}", level="experience", text="", metadata={"split": "train", "passed": p})
@@ -103,7 +131,8 @@ def _latency(path: Path, size: int, args: argparse.Namespace) -> dict[str, Any]:
     mask = np.array(passed)
     numpy_ = _time_queries(lambda q: _brute(vectors, q, args.k, None), queries)
     numpy_f = _time_queries(lambda q: _brute(vectors, q, args.k, mask), queries)
-    row: dict[str, Any] = {"entries": size, "insert_s": round(insert_s, 2)}
+    row: dict[str, Any] = {"entries": size, "vectors": args.vectors, "insert_s": round(insert_s, 2),
+                           "search": "exact" if size <= EXACT_MAX else "hnsw", "hnsw": HNSW}
     for name, (chroma_t, exact_t) in {"unfiltered": (chroma, numpy_), "filtered": (chroma_f, numpy_f)}.items():
         recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(chroma_t[1], exact_t[1], strict=True)])
         # Templated prompts tie a lot: a hit as similar as the exact k-th neighbour is as good as it.
@@ -144,7 +173,7 @@ def _time_queries(run: Any, queries: npt.NDArray[np.float32]) -> tuple[list[floa
     return times, answers
 
 
-def _writes(scratch: Path, n: int) -> dict[str, Any]:
+def _writes(scratch: Path, n: int, retrieval_episodes: int = 0) -> dict[str, Any]:
     from procmem.core import Attempt, Episode, Task, Verdict
     from procmem.memory import ChromaStore, ExperienceMemory, ProceduralMemory, default_embedder
 
@@ -165,6 +194,13 @@ def _writes(scratch: Path, n: int) -> dict[str, Any]:
         for episode in episodes[n:]:
             memory.after_episode(episode)
         out["minilm_after_episode_one_at_a_time_eps"] = round(n / (time.perf_counter() - start), 1)
+        more = retrieval_episodes - 2 * n
+        if more > 0:
+            extra = [Episode(task=Task(id=f"x{i}", prompt=p, verifier="exact:1", suite="bench"),
+                             attempts=(Attempt("1", Verdict(i % 2 == 0, float(i % 2 == 0), "")),), model_id="bench")
+                     for i, p in enumerate(_prompts(more, seed=9))]
+            for lo in range(0, more, 256):
+                memory.record_many(extra[lo:lo + 256])
         out.update(_retrieval(memory, _prompts(64, seed=8)))
     from procmem.memory import HashingEmbedder
 
@@ -209,18 +245,18 @@ def _print_table(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"retrieval latency, k={results['k']}, {results['queries']} queries (ms)")
-    for column in ("entries", "filter", "chroma p50", "chroma p95", "numpy p50", "numpy p95", "p95 ratio",
+    for column in ("entries", "search", "filter", "chroma p50", "chroma p95", "numpy p50", "numpy p95", "p95 ratio",
                    "recall@k", "recall (ties)"):
         table.add_column(column, justify="right")
     for row in results["latency"]:
         for name in ("unfiltered", "filtered"):
             r = row[name]
-            table.add_row(str(row["entries"]), name, str(r["chroma_p50_ms"]), str(r["chroma_p95_ms"]),
+            table.add_row(str(row["entries"]), row["search"], name, str(r["chroma_p50_ms"]), str(r["chroma_p95_ms"]),
                           str(r["numpy_p50_ms"]), str(r["numpy_p95_ms"]), str(r["p95_ratio_chroma_over_numpy"]),
                           str(r["chroma_recall_at_k"]), str(r["chroma_recall_at_k_ties_counted"]))
     console = Console(stderr=True)
     console.print(table)
-    console.print(f"writes: {results['writes']}", highlight=False)
+    console.print(f"writes: {results.get('writes', 'skipped')}", highlight=False)
 
 
 if __name__ == "__main__":

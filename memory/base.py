@@ -80,8 +80,9 @@ class MemoryStore(Protocol):
         """Read-modify-write the metadata of the existing records among ``ids`` (counters, status).
 
         ``change`` sees each current record and returns the keys to set; text, vector and payload stay.
-        Atomic per store for the embedded and in-memory stores (no other writer runs in between);
-        on a Chroma server the last writer of one record wins. Returns the records as they are now.
+        Atomic: no other writer of the memory runs in between (a thread lock in memory, a file lock across
+        processes for the embedded store, a lease lock on the server for a Chroma server). Returns the
+        records as they are now.
         """
         ...
 
@@ -117,8 +118,8 @@ class VectorMemoryStore(MemoryStore, Protocol):
 
     def exclusive(self) -> AbstractContextManager[None]:
         """A section in which no other writer of this store runs: a read-then-write inside it (a merge on
-        write) cannot lose a concurrent update. Reentrant. Across processes for the embedded store; within
-        this process only for a Chroma server."""
+        write) cannot lose a concurrent update. Reentrant. Across processes for the embedded store; across
+        processes and hosts for a Chroma server (a lease lock kept on the server)."""
         ...
 
     def close(self) -> None: ...

@@ -1,0 +1,55 @@
+"""Chroma's two search paths: the whole conformance suite again with the exact in-process mirror turned
+off (every query goes to Chroma's HNSW index), and the mirror's coherence with Chroma."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from memory_store_conformance import MemoryStoreConformance
+
+from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord
+from procmem.memory import chroma_store as chroma_module
+
+
+class TestChromaStoreThroughHnsw(MemoryStoreConformance):
+    @pytest.fixture
+    def store(self, embedder: HashingEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[ChromaStore]:
+        monkeypatch.setattr(chroma_module, "EXACT_MAX", 0)
+        with ChromaStore.embedded(tmp_path / "chroma", embedder) as s:
+            yield s
+
+
+def test_new_collections_get_the_tuned_hnsw_parameters(tmp_path: Path) -> None:
+    with ChromaStore.embedded(tmp_path / "chroma", HashingEmbedder()) as store:
+        store.upsert([MemoryRecord(id="a", level="experience", text="What is 3 + 4?")])
+        col = store._collection("experience")
+        hnsw = col.configuration["hnsw"]
+        assert {key: hnsw[key] for key in chroma_module.HNSW} == chroma_module.HNSW
+
+
+def test_the_exact_mirror_answers_like_hnsw_and_follows_writes(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = HashingEmbedder()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, embedder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [MemoryRecord(id=f"r{i}", level="experience", text=f"t{i}", metadata={"even": i % 2 == 0})
+               for i in range(60)]
+    with ChromaStore.embedded(tmp_path / "chroma", embedder) as store:
+        store.upsert_vectors(records, vectors)
+        exact = [h.record.id for h in store.query_vector("experience", vectors[7], k=5, where={"even": False})]
+        assert store._conn.mirrored("experience") is not None  # the small level is mirrored
+        store.update("experience", ["r7"], lambda r: {"even": True})  # followed by the mirror
+        store.delete("experience", ["r9"])
+        after = [h.record.id for h in store.query_vector("experience", vectors[7], k=5, where={"even": False})]
+        assert exact[0] == "r7" and "r7" not in after and "r9" not in after
+        monkeypatch.setattr(chroma_module, "EXACT_MAX", 0)
+        store._conn.forget("experience")
+        through_hnsw = [h.record.id for h in store.query_vector("experience", vectors[7], k=5,
+                                                                where={"even": False})]
+        assert store._conn.mirrored("experience") is None
+        assert through_hnsw == after
