@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from procmem.core import Home, ProcmemError, utc_now
 from procmem.core.fileio import read_json, write_json
 from procmem.distill.gate import GateReport
+from procmem.llm.gguf_io import write_gguf_lora
 
 __all__ = [
     "ADAPTER_FILES",
@@ -204,6 +205,7 @@ def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest
         try:
             for name in ADAPTER_FILES:
                 shutil.copy2(source / name, staging / name)
+            write_gguf_lora(staging)  # the same adapter for the llama.cpp engine (adapter-lora.gguf)
             write_json(staging / _MANIFEST, manifest.model_dump(mode="json"))
             os.replace(staging, adapters_dir / version)
         finally:

@@ -9,7 +9,15 @@ from rich.markup import escape
 
 from procmem.agent import AgentDeps, build_agent, initial_state
 from procmem.cli.app import app
-from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
+from procmem.cli.common import (
+    ADAPTER_HELP,
+    ENGINE_HELP,
+    MODEL_HELP,
+    adapter_for,
+    home_of,
+    open_checkpointer,
+    out_console,
+)
 from procmem.core import GenerationConfig, ProcmemError, Task, new_id
 from procmem.llm import load_llm
 from procmem.memory import open_memory, policy_version
@@ -27,6 +35,7 @@ _HELP = """Type a task and press Enter. Commands:
 def chat(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "local:default",
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
     adapter: Annotated[str, typer.Option(help=ADAPTER_HELP)] = "promoted",
     thread: Annotated[str, typer.Option(help="Conversation thread to start or resume.")] = "default",
     attempts: Annotated[int, typer.Option(help="Most attempts when a verifier is attached.")] = 2,
@@ -34,7 +43,7 @@ def chat(
 ) -> None:
     """Chat with the agent; attach a verifier to a task with /verify SPEC."""
     home = home_of(ctx)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
+    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter), engine=engine)
     memory = open_memory(home.chroma)
     deps = AgentDeps(llm=llm, generation=GenerationConfig(max_tokens=max_tokens),
                      retriever=memory.retriever(policy=policy_version(llm)), recorder=memory.recorder(),

@@ -15,6 +15,7 @@ from procmem.cli.app import app
 from procmem.cli.common import (
     ADAPTER_HELP,
     CHROMA_URL_HELP,
+    ENGINE_HELP,
     MODEL_HELP,
     SUITE_HELP,
     adapter_for,
@@ -35,7 +36,7 @@ DEMO_SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1"
 
 
 def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str | None = None,
-              quiet: bool = False, reflect: bool = False
+              quiet: bool = False, reflect: bool = False, engine: str = "auto"
               ) -> tuple[SolveReport, dict[str, int], ReflectionReport | None]:
     """Solve ``config.n`` tasks of ``config.suite``; returns the report, the memory counts afterwards and,
     with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
@@ -43,7 +44,8 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     tasks = load_suite(config.suite, split=config.split, n=config.n)  # type: ignore[arg-type]
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.model} ...", highlight=False)
-    llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter))
+    llm = load_llm(config.model, models_dir=home.models, adapter=adapter_for(home, config.model, config.adapter),
+                   engine=engine, max_batch_size=config.concurrency)
     memory = open_memory(home.chroma, url=chroma_url)
     cost = ReflectionReport() if reflect else None
     with MicroBatcher(llm, max_batch=config.concurrency) as batched, open_checkpointer(home) as saver:
@@ -96,6 +98,7 @@ def solve(
     split: Annotated[str | None, typer.Option(help="train or test (disjoint seeds).")] = None,
     attempts: Annotated[int | None, typer.Option(help="Most attempts per task; retries see verifier feedback.")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
     adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Answer without retrieving memory.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Tasks at once (the local model batches them).")] = None,
@@ -112,7 +115,8 @@ def solve(
     cfg = _solve_config(config, flags)
     home = home_of(ctx)
     run_id = resume or new_id()[:12]
-    report, stats, reflection = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect)
+    report, stats, reflection = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect,
+                                          engine=engine)
     console = err_console if json_out else out_console
     console.print(_report_table(cfg, report))
     if reflection is not None:
