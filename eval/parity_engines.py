@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     models_dir = bundled_models_dir(Path(args.models_dir))
     prompts = held_out_prompts(args.n)
-    config = GenerationConfig(temperature=0.0)
+    config = GenerationConfig(temperature=0.0, max_tokens=args.max_tokens)
     results: dict[str, Any] = {"n": len(prompts), "max_tokens": config.max_tokens, "stop": list(config.stop),
                                "tolerance": args.tolerance, "threads": torch.get_num_threads()}
     hf_dir = ensure_bundled_model(models_dir)
@@ -161,6 +161,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="held-out prompts (default 200)")
     parser.add_argument("--adapter", help="a PEFT LoRA directory for the adapter arm (default: train one here)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per prompt (default 48, the agent's)")
     parser.add_argument("--train-items", type=int, default=64, help="train items when training the adapter")
     parser.add_argument("--tolerance", type=float, default=0.1, help="log-probability tolerance (default 0.1)")
     parser.add_argument("--models-dir", default=str(Path.home() / ".procmem" / "models"),
