@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from procmem.core.config import Config, GenerationConfig
+from procmem.core.llm import Engine
 
 __all__ = ["SolveConfig"]
 
@@ -22,6 +23,8 @@ class SolveConfig(Config):
                          "registry's current version; the base model if none), 'vN' or an adapter directory.")
     use_memory: bool = Field(default=True, description="Retrieve procedural memory before answering.")
     memory_k: int = Field(default=3, ge=0, le=32, description="How many memory entries to put in the prompt.")
+    engine: Engine = Field(default="auto", description="How a local model runs: llamacpp (the GGUF on llama.cpp), "
+                           "transformers, or auto (llama.cpp for local:default when llama-cpp-python is installed).")
     concurrency: int = Field(default=8, ge=1, le=256,
                              description="Tasks solved at once; the local backend batches them.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")

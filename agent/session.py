@@ -29,6 +29,7 @@ from procmem.agent.runner import SolveReport, solve_tasks
 from procmem.core import Episode, GenerationConfig, Home, ProcmemError, Task, generation_for
 from procmem.core.config import Config
 from procmem.core.keys import policy_version
+from procmem.core.llm import Engine
 from procmem.llm import LLM, Generation, MicroBatcher
 from procmem.memory import NoMemory, ProceduralMemory, ReflectionReport, Retrieval
 
@@ -40,6 +41,8 @@ class SessionConfig(Config):
 
     model: str = Field(default="local:default", description="'local:default', 'local:tiny', "
                        "'local:/path/to/hf_dir' or 'litellm:<model>' (used by AgentSession.open).")
+    engine: Engine = Field(default="auto", description="How a local model runs: llamacpp, transformers, or auto "
+                           "(llama.cpp for local:default when llama-cpp-python is installed).")
     attempts: int = Field(default=2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
     use_memory: bool = Field(default=True, description="Retrieve procedural memory before answering.")
     memory_k: int = Field(default=3, ge=0, le=32, description="How many memory entries to put in the prompt.")
@@ -96,7 +99,8 @@ class AgentSession:
         from procmem.llm import load_llm
         from procmem.memory import open_memory
 
-        llm = load_llm(config.model, models_dir=home.models, adapter=adapter)
+        llm = load_llm(config.model, models_dir=home.models, adapter=adapter, engine=config.engine,
+                       max_batch_size=config.concurrency)
         opened = open_memory(home.chroma, url=chroma_url) if memory else None
         session = cls(llm, config, memory=opened)
         if opened is not None:

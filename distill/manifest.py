@@ -49,7 +49,9 @@ def register_candidate(train: TrainResult, build: TraceBuild, episodes: Sequence
     """Register the trained adapter as the next ``vN`` with its full manifest."""
     manifest = build_manifest(train, build, episodes, report, config, home, model_dir, run_id=run_id, parent=parent,
                               forced=forced)
-    return register_adapter(home.adapters, train.adapter_dir, manifest)
+    from procmem.llm.gguf_io import write_gguf_lora
+
+    return register_adapter(home.adapters, train.adapter_dir, manifest, derive=write_gguf_lora)
 
 
 def registered_version(home: Home, run_id: str) -> AdapterManifest | None:

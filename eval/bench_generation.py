@@ -1,19 +1,26 @@
-"""Benchmark the bundled model: generation throughput by batch size, and cold start.
+"""Benchmark the bundled model's generation: transformers against the llama.cpp engine, in one process.
 
-Measures, in one process (so the ratios compare like with like):
+Measures, one after the other (so the ratios compare like with like on the same machine state):
 
-- cold start: the first load, which converts the GGUF to a cached safetensors copy, against loading
-  that cached copy (in this process, and in a fresh Python process including its imports);
-- greedy tokens/s at batch 1 (one prompt at a time), batch 8 and batch 16 (left-padded batches), and
-  through :class:`~procmem.llm.MicroBatcher` with 16 threads each asking for one prompt (the agent's
-  path); each with its ratio to batch 1;
-- whether the batched completions equal the one-at-a-time ones (they should, for greedy decoding).
+- transformers (fp32): cold start (the first load converts the GGUF to a cached safetensors copy; then the
+  cached copy, in this process and in a fresh one), greedy tokens/s at batch 1 (one prompt at a time),
+  batch 16 (left-padded) and through :class:`~procmem.llm.MicroBatcher` with 16 threads;
+- the llama.cpp engine (the Q4_K_M GGUF file): load time (in this process and in a fresh one, imports
+  included), tokens/s on one sequence (one prompt at a time) and with 16 concurrent requests, each a
+  thread calling ``generate`` through the agent's path (``MicroBatcher``, which hands the calls to the
+  engine's continuous batching);
+- the ratios ``engine_single_x_hf_single`` and ``engine_concurrent16_x_hf_batch16``;
+- the compute limit: the measured fp32 GEMM rate per CPU-second x cores / (2 x parameters) tokens/s, and
+  the engine's share of it;
+- how many of 4 batched completions equal their one-at-a-time runs under greedy decoding, for both engines
+  (llama.cpp's quantised kernels accumulate one token's products in another order than a batch's, so a
+  near-tie can flip on the bundled model; on F32 weights the tests find them identical).
 
-Every row generates exactly ``--tokens`` new tokens (EOS is ignored, no stop strings), so tokens/s
-counts the same work at every batch size. Targets (issue 2): batched >= 6x batch 1; cached cold
-start <= 5 s.
+Every row generates exactly ``--tokens`` new tokens (EOS is ignored, no stop strings), so tokens/s counts
+the same work everywhere. Targets (issue 11): engine_single_x_hf_single >= 4, engine_concurrent16_x_hf_batch16
+>= 2; goal: half the compute limit.
 
-    .venv/bin/python eval/bench_generation.py [--tokens 32] [--models-dir DIR] [--threads N]
+    .venv/bin/python eval/bench_generation.py [--json] [--tokens 32] [--models-dir DIR] [--threads N]
 
 Without ``--models-dir`` the model is converted into a temporary directory (removed afterwards), so the
 cold conversion is really measured; ``$PROCMEM_MODELS_CACHE`` is ignored here.
@@ -41,7 +48,7 @@ PROMPTS = [
 ]
 _LOAD_SNIPPET = (
     "import time; t = time.perf_counter(); from procmem.llm import load_llm; "
-    "load_llm('local:default', models_dir={models_dir!r}); print(time.perf_counter() - t)"
+    "load_llm('local:default', models_dir={models_dir!r}, engine={engine!r}); print(time.perf_counter() - t)"
 )
 
 
@@ -54,12 +61,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="procmem-bench-") as scratch:
         models_dir = Path(args.models_dir) if args.models_dir else Path(scratch)
-        results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "load_avg_start": _load_avg()}
+        results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "tokens": args.tokens,
+                                   "load_avg_start": _load_avg()}
         llm = _cold_start(models_dir, results)
         _throughput(llm, args.tokens, results)
+        params = sum(p.numel() for p in llm.model.parameters())
+        del llm
+        engine = _engine_start(models_dir, results, args.threads)
+        _engine_throughput(engine, args.tokens, results)
+        engine.close()
+        _compute_limit(params, results)
         results["load_avg_end"] = _load_avg()
     _print(results)
-    print(json.dumps(results))
+    if args.json:
+        print(json.dumps(results))
     return results
 
 
@@ -67,7 +82,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     parser.add_argument("--models-dir", help="convert/cache here (default: a temporary directory)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of both engines (default: torch's choice; llama.cpp: the idle cores)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
 
 
@@ -85,11 +102,18 @@ def _cold_start(models_dir: Path, results: dict[str, Any]) -> Any:
     llm = LocalLLM(path, model_id="gemma-3-270m")
     results["cached_load_in_process_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _LOAD_SNIPPET.format(models_dir=str(models_dir))],
-                         capture_output=True, text=True, check=True, env={**os.environ})
-    results["cached_load_fresh_process_s"] = round(time.perf_counter() - start, 2)
-    results["cached_load_fresh_process_imports_and_load_s"] = round(float(out.stdout.strip().splitlines()[-1]), 2)
+    fresh, inner = _fresh_load(models_dir, "transformers")
+    results["cached_load_fresh_process_s"] = fresh
+    results["cached_load_fresh_process_imports_and_load_s"] = inner
     return llm
+
+
+def _fresh_load(models_dir: Path, engine: str) -> tuple[float, float]:
+    """Seconds to load the cached model in a fresh Python process: the whole process, and imports + load."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _LOAD_SNIPPET.format(models_dir=str(models_dir), engine=engine)],
+                         capture_output=True, text=True, check=True, env={**os.environ})
+    return round(time.perf_counter() - start, 2), round(float(out.stdout.strip().splitlines()[-1]), 2)
 
 
 def _throughput(llm: Any, tokens: int, results: dict[str, Any]) -> None:
@@ -99,26 +123,70 @@ def _throughput(llm: Any, tokens: int, results: dict[str, Any]) -> None:
     config = GenerationConfig(max_tokens=tokens, temperature=0.0, top_p=1.0, stop=(), seed=None)
     llm.generate(PROMPTS[:2], config.model_copy(update={"max_tokens": 2}), ignore_eos=True)  # warm-up
     singles, rate1 = _timed(lambda: [llm.generate([p], config, ignore_eos=True)[0] for p in PROMPTS[:4]])
-    results["batch1_tok_s"] = rate1
-    texts: dict[int, list[str]] = {}
-    for batch in (8, 16):
-        llm.max_batch_size = batch
-        generations, rate = _timed(lambda: llm.generate(PROMPTS, config, ignore_eos=True))
-        results[f"batch{batch}_tok_s"] = rate
-        results[f"batch{batch}_x_batch1"] = round(rate / rate1, 2)
-        texts[batch] = [g.text for g in generations]
-    results["batched_equals_unbatched"] = all(texts[b][:4] == [g.text for g in singles] for b in texts)
-    results["micro16_tok_s"] = rate = _micro(llm, config, MicroBatcher)
-    results["micro16_x_batch1"] = round(rate / rate1, 2)
+    results["hf_batch1_tok_s"] = rate1
+    llm.max_batch_size = 16
+    generations, rate = _timed(lambda: llm.generate(PROMPTS, config, ignore_eos=True))
+    results["hf_batch16_tok_s"] = rate
+    results["hf_batch16_x_batch1"] = round(rate / rate1, 2)
+    results["hf_batched_equal_of_4"] = _same(generations[:4], singles)
+    results["hf_micro16_tok_s"] = rate = _micro(llm, config, MicroBatcher)[1]
+    results["hf_micro16_x_batch1"] = round(rate / rate1, 2)
 
 
-def _micro(llm: Any, config: Any, batcher_cls: Any) -> float:
-    """16 threads, one prompt each, through a MicroBatcher (what ``procmem solve`` does)."""
+def _engine_start(models_dir: Path, results: dict[str, Any], threads: int) -> Any:
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.llm.bundled import BUNDLED_MODEL_ID, ensure_bundled_gguf
+
+    start = time.perf_counter()
+    path = ensure_bundled_gguf(models_dir)
+    results["engine_gguf_assemble_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    engine = LlamaCppLLM(path, model_id=BUNDLED_MODEL_ID, config=EngineConfig(n_seq_max=16, n_threads=threads))
+    results["engine_load_in_process_s"] = round(time.perf_counter() - start, 2)
+    results["engine_threads"] = engine.threads
+    fresh, inner = _fresh_load(models_dir, "llamacpp")
+    results["engine_load_fresh_process_s"] = fresh
+    results["engine_load_fresh_process_imports_and_load_s"] = inner
+    return engine
+
+
+def _engine_throughput(engine: Any, tokens: int, results: dict[str, Any]) -> None:
+    from procmem.core import GenerationConfig
+    from procmem.llm import MicroBatcher
+
+    config = GenerationConfig(max_tokens=tokens, temperature=0.0, top_p=1.0, stop=(), seed=None)
+    engine.generate(PROMPTS[:2], config.model_copy(update={"max_tokens": 2}), ignore_eos=True)  # warm-up
+    singles, rate1 = _timed(lambda: [engine.generate([p], config, ignore_eos=True)[0] for p in PROMPTS[:4]])
+    results["engine_single_tok_s"] = rate1
+    texts, rate = _micro(engine, config, MicroBatcher)
+    results["engine_concurrent16_tok_s"] = rate
+    results["engine_concurrent16_x_single"] = round(rate / rate1, 2)
+    results["engine_batched_equal_of_4"] = sum(a == b.text for a, b in zip(texts[:4], singles, strict=True))
+    results["engine_single_x_hf_single"] = round(rate1 / results["hf_batch1_tok_s"], 2)
+    results["engine_concurrent16_x_hf_batch16"] = round(rate / results["hf_batch16_tok_s"], 2)
+
+
+def _compute_limit(params: int, results: dict[str, Any]) -> None:
+    from procmem.eval.bench_distill import gemm_gflops
+
+    gflops = gemm_gflops()
+    results["gemm_gflops_per_core"] = round(gflops, 1)
+    results["cores"] = os.cpu_count()
+    results["params"] = params
+    limit = gflops * 1e9 * (os.cpu_count() or 1) / (2 * params)
+    results["compute_limit_tok_s"] = round(limit, 1)
+    results["engine_concurrent16_share_of_limit"] = round(results["engine_concurrent16_tok_s"] / limit, 3)
+
+
+def _micro(llm: Any, config: Any, batcher_cls: Any) -> tuple[list[str], float]:
+    """16 threads, one prompt each, through a MicroBatcher (what ``procmem solve`` does): texts, tokens/s."""
     counts = [0] * len(PROMPTS)
+    texts = [""] * len(PROMPTS)
     barrier = threading.Barrier(len(PROMPTS) + 1)
 
     class _NoEos:  # MicroBatcher calls generate(prompts, config); keep EOS ignored for equal work
         model_id, adapter_version = llm.model_id, None
+        continuous_batching = getattr(llm, "continuous_batching", False)
 
         def generate(self, prompts: Any, cfg: Any) -> Any:
             return llm.generate(prompts, cfg, ignore_eos=True)
@@ -130,7 +198,8 @@ def _micro(llm: Any, config: Any, batcher_cls: Any) -> float:
 
         def run(i: int) -> None:
             barrier.wait()
-            counts[i] = batched.generate([PROMPTS[i]], config)[0].completion_tokens
+            generation = batched.generate([PROMPTS[i]], config)[0]
+            counts[i], texts[i] = generation.completion_tokens, generation.text
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
         for t in threads:
@@ -140,7 +209,11 @@ def _micro(llm: Any, config: Any, batcher_cls: Any) -> float:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-    return round(sum(counts) / elapsed, 1)
+    return texts, round(sum(counts) / elapsed, 1)
+
+
+def _same(batched: list[Any], singles: list[Any]) -> int:
+    return sum(a.text == b.text for a, b in zip(batched, singles, strict=True))
 
 
 def _timed(work: Any) -> tuple[Any, float]:
@@ -161,7 +234,7 @@ def _print(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="bundled Gemma 3 270M: generation benchmark")
+    table = Table(title="bundled Gemma 3 270M: generation, transformers vs llama.cpp")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in results.items():

@@ -16,7 +16,15 @@ import typer
 from rich.markup import escape
 
 from procmem.cli.app import app
-from procmem.cli.common import ADAPTER_HELP, MODEL_HELP, adapter_for, home_of, open_checkpointer, out_console
+from procmem.cli.common import (
+    ADAPTER_HELP,
+    ENGINE_HELP,
+    MODEL_HELP,
+    adapter_for,
+    home_of,
+    open_checkpointer,
+    out_console,
+)
 from procmem.core import Attempt, Episode, GenerationConfig, ProcmemError, Task, Verdict, new_id, utc_now
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ class _Turn:
 def chat(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "local:default",
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
     adapter: Annotated[str, typer.Option(help=ADAPTER_HELP)] = "promoted",
     thread: Annotated[str, typer.Option(help="Conversation thread to start or resume.")] = "default",
     attempts: Annotated[int, typer.Option(help="Most attempts when a verifier is attached.")] = 2,
@@ -72,7 +81,8 @@ def chat(
     from procmem.agent import AgentSession, SessionConfig
 
     home = home_of(ctx)
-    settings = SessionConfig(model=model, attempts=attempts, generation=GenerationConfig(max_tokens=max_tokens))
+    settings = SessionConfig(model=model, engine=engine, attempts=attempts,
+                             generation=GenerationConfig(max_tokens=max_tokens))
     with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
             open_checkpointer(home) as saver:
         agent = session.graph(checkpointer=saver, stream=True)

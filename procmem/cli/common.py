@@ -17,6 +17,7 @@ from procmem.core import Home, ProcmemError
 __all__ = [
     "ADAPTER_HELP",
     "CHROMA_URL_HELP",
+    "ENGINE_HELP",
     "MODEL_HELP",
     "SUITE_HELP",
     "adapter_for",
@@ -27,7 +28,10 @@ __all__ = [
     "print_json_line",
 ]
 
-MODEL_HELP = "local:default | local:tiny | local:/path/to/hf_dir | litellm:<provider/model>."
+MODEL_HELP = ("local:default | local:tiny | local:/path/to/hf_dir | local:/path/to/model.gguf | "
+              "litellm:<provider/model>.")
+ENGINE_HELP = ("How a local model runs: llamacpp (the GGUF on llama.cpp), transformers, or auto "
+               "(llama.cpp for local:default when llama-cpp-python is installed).")
 SUITE_HELP = "Task suite: 'rg:<dataset>?key=value&...', 'builtin:<name>' or a JSONL task file."
 CHROMA_URL_HELP = "Use a Chroma server at http://host:port instead of the embedded database."
 

@@ -13,6 +13,7 @@ from procmem.cli.app import app
 from procmem.cli.common import (
     ADAPTER_HELP,
     CHROMA_URL_HELP,
+    ENGINE_HELP,
     MODEL_HELP,
     SUITE_HELP,
     adapter_for,
@@ -89,6 +90,7 @@ def solve(
     split: Annotated[str | None, typer.Option(help="train or test (disjoint seeds).")] = None,
     attempts: Annotated[int | None, typer.Option(help="Most attempts per task; retries see verifier feedback.")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    engine: Annotated[str | None, typer.Option(help=ENGINE_HELP)] = None,
     adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Answer without retrieving memory.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Tasks at once (the local model batches them).")] = None,
@@ -100,7 +102,8 @@ def solve(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line.")] = False,
 ) -> None:
     """Solve tasks from a suite with the agent; every episode is recorded to memory."""
-    flags = {"suite": suite, "n": n, "split": split, "attempts": attempts, "model": model, "adapter": adapter,
+    flags = {"suite": suite, "n": n, "split": split, "attempts": attempts, "model": model, "engine": engine,
+             "adapter": adapter,
              "concurrency": concurrency, "use_memory": False if no_memory else None}
     cfg = _solve_config(config, flags)
     home = home_of(ctx)

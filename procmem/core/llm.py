@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from procmem.core.config import GenerationConfig
 
-__all__ = ["LLM", "Generation"]
+__all__ = ["ENGINES", "LLM", "Engine", "Generation"]
+
+Engine = Literal["auto", "transformers", "llamacpp"]
+"""How a local model runs: on llama.cpp (its GGUF file), on transformers, or ``auto`` (llama.cpp for the
+bundled model when ``llama-cpp-python`` is installed, else transformers)."""
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 
 
 @dataclass(frozen=True)

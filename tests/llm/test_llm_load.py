@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from procmem.core import GenerationConfig, ProcmemError
-from procmem.llm import LiteLLM, LocalLLM, load_llm
-from procmem.llm.bundled import BUNDLED_DIR_NAME, MODELS_CACHE_ENV, bundled_models_dir, ensure_bundled_model
+from procmem.llm import LiteLLM, LlamaCppLLM, LocalLLM, llama_cpp_available, load_llm
+from procmem.llm.bundled import (
+    BUNDLED_DIR_NAME,
+    BUNDLED_GGUF_NAME,
+    MODELS_CACHE_ENV,
+    bundled_models_dir,
+    ensure_bundled_model,
+)
 
 GREEDY = GenerationConfig(max_tokens=8, stop=())
 
@@ -75,8 +81,21 @@ def test_the_shared_models_cache_wins_over_the_home(tmp_path: Path, monkeypatch:
     # A finished conversion in the cache is used as is (the tiny model stands in for the 1.1 GB copy).
     shutil.copytree(tiny_model_dir, cache / BUNDLED_DIR_NAME)
     assert ensure_bundled_model(tmp_path / "home-models") == cache / BUNDLED_DIR_NAME
-    llm = load_llm("local:default", models_dir=tmp_path / "home-models")
+    llm = load_llm("local:default", models_dir=tmp_path / "home-models", engine="transformers")
     assert isinstance(llm, LocalLLM) and llm.model_id == "gemma-3-270m"
+    assert not (tmp_path / "home-models").exists()
+
+
+@pytest.mark.skipif(not llama_cpp_available(), reason="needs llama-cpp-python")
+def test_local_default_runs_the_cached_gguf_on_llama_cpp_when_installed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_gguf: Path) -> None:
+    monkeypatch.setenv(MODELS_CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    shutil.copy(tiny_gguf, tmp_path / "cache" / BUNDLED_GGUF_NAME)  # the tiny model stands in for the 245 MB file
+    llm = load_llm("local:default", models_dir=tmp_path / "home-models")
+    assert isinstance(llm, LlamaCppLLM) and llm.model_id == "gemma-3-270m"
+    assert llm.generate(["hi"], GREEDY)[0].completion_tokens == GREEDY.max_tokens
+    llm.close()
     assert not (tmp_path / "home-models").exists()
 
 
@@ -90,13 +109,17 @@ def test_an_unwritable_models_dir_is_a_clear_error(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.bundled
-def test_the_bundled_gemma_converts_once_then_loads_and_generates(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("engine", ["transformers", "llamacpp"])
+def test_the_bundled_gemma_converts_once_then_loads_and_generates(tmp_path_factory: pytest.TempPathFactory,
+                                                                  engine: str) -> None:
     """Converts into $PROCMEM_MODELS_CACHE when set (reused across runs), else into a temp dir (~40 s)."""
+    if engine == "llamacpp" and not llama_cpp_available():
+        pytest.skip("needs llama-cpp-python")
     models_dir = tmp_path_factory.mktemp("models")
     path = ensure_bundled_model(models_dir)
     assert (path / "config.json").is_file() and path.name == BUNDLED_DIR_NAME
     assert (os.environ.get(MODELS_CACHE_ENV) is not None) or path.parent == models_dir
-    llm = load_llm("local:default", models_dir=models_dir)
+    llm = load_llm("local:default", models_dir=models_dir, engine=engine)
     assert llm.model_id == "gemma-3-270m"
     prompts = ["def reverse_string(s):\n    ", "Question: What is the capital of France?\nAnswer:"]
     code, capital = llm.generate(prompts, GenerationConfig(max_tokens=12))

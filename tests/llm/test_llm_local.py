@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from llm_conformance import GREEDY, PROMPTS, LLMConformance
 
 from procmem.core import GenerationConfig, ProcmemError
@@ -83,20 +82,6 @@ def test_the_models_own_generation_defaults_do_not_change_greedy_decoding(tiny_m
     HFGenerationConfig(do_sample=True, top_k=3, repetition_penalty=5.0, eos_token_id=1, pad_token_id=0,
                        bos_token_id=2).save_pretrained(copy)
     assert LocalLLM(copy).generate(PROMPTS, GREEDY) == LocalLLM(tiny_model_dir).generate(PROMPTS, GREEDY)
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter with non-zero weights, so that it changes the model's output."""
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = load_model_and_tokenizer(tiny_model_dir, trainable=True)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                  init_lora_weights=False))
-    directory = tmp_path_factory.mktemp("adapters") / "v1"
-    peft_model.save_pretrained(directory)
-    return directory
 
 
 def test_an_adapter_changes_the_output_and_names_the_version(tiny_model_dir: Path, adapter_dir: Path,

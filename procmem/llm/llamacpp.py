@@ -1,0 +1,638 @@
+"""A GGUF model on llama.cpp (``llama-cpp-python``) behind the :class:`~procmem.llm.LLM` seam, with continuous batching.
+
+One worker thread owns the llama.cpp context. Callers (the agent's thread pool, the gate, eval, a gateway)
+submit requests from any thread; between two decode steps the worker admits waiting requests into free
+sequence slots and retires finished ones, so sequences join and leave the batch independently. Every step
+is one ``llama_decode`` over all running sequences: one new token per generating sequence plus chunks of
+the prompts being read in.
+
+Each request has its own sampler (greedy, or temperature + top-p + a seeded draw), its own stop strings
+and token budget, so a batch's sequences do not influence one another: under greedy decoding each equals
+its solo run. An error in one request (a prompt longer than the context, a failing sampler) ends that
+request only.
+
+LoRA adapters are GGUF LoRA files (:mod:`procmem.llm.gguf_io` writes them from PEFT directories).
+:meth:`LlamaCppLLM.set_adapter` swaps the adapter at run time without reloading the base model: requests
+submitted afterwards use the new one, requests already running finish with theirs.
+
+``llama_cpp`` is imported only when an engine is built, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import importlib.util
+import logging
+import math
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import Field
+
+from procmem.core.config import Config, GenerationConfig
+from procmem.core.errors import ProcmemError
+from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
+from procmem.core.llm import Generation
+
+__all__ = ["EngineConfig", "LlamaCppLLM", "llama_cpp_available"]
+
+_INSTALL_FIX = 'install it: pip install "procmem[llamacpp]" (compiles llama.cpp once, ~12 min on 2 cores)'
+
+
+def llama_cpp_available() -> bool:
+    """Whether ``llama-cpp-python`` is installed (without importing it)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class EngineConfig(Config):
+    """How the llama.cpp engine sizes its batch and context."""
+
+    n_seq_max: int = Field(default=16, ge=1, le=256,
+                           description="Most sequences decoded together; more requests wait for a free slot.")
+    n_ctx_per_seq: int = Field(default=4096, ge=64, le=131072,
+                               description="Context (prompt + completion tokens) of each sequence.")
+    n_batch: int = Field(default=512, ge=16, le=8192,
+                         description="Most tokens in one decode step (prompts are read in chunks within it).")
+    n_threads: int = Field(default=0, ge=0, le=512,
+                           description="CPU threads; 0: the cores other processes leave idle (at least one).")
+
+
+@dataclass(eq=False)
+class _Adapter:
+    path: Path
+    version: str | None
+    handle: Any = None  # llama_adapter_lora_p, loaded by the worker
+
+
+@dataclass(eq=False)
+class _Request:
+    tokens: list[int]
+    config: GenerationConfig
+    adapter: _Adapter | None
+    ignore_eos: bool = False
+    pieces: queue.SimpleQueue[str | None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: Future[Generation] = field(default_factory=Future)
+    # state while it runs
+    seq_id: int = -1
+    fed: int = 0
+    sampler: Any = None
+    completion: list[int] = field(default_factory=list)
+    text: str = ""
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.tokens)
+
+
+@dataclass(eq=False)
+class _Job:
+    """Work for the worker thread between decode steps; ``idle`` jobs wait until no sequence runs."""
+
+    run: Callable[[], Any]
+    idle: bool
+    future: Future[Any] = field(default_factory=Future)
+
+
+class LlamaCppLLM:
+    """A GGUF model on llama.cpp implementing :class:`~procmem.llm.LLM`, batching concurrent calls itself.
+
+    Thread-safe: any number of threads may call :meth:`generate` and :meth:`stream` at once; their
+    sequences share decode steps. :class:`~procmem.llm.MicroBatcher` passes calls straight through
+    (``continuous_batching`` is True).
+    """
+
+    continuous_batching = True
+    """Concurrent calls are batched inside the engine; wrappers need not batch them."""
+
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike[str],
+        *,
+        model_id: str | None = None,
+        adapter: str | os.PathLike[str] | None = None,
+        adapter_version: str | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self._lib = _llama_cpp()
+        self._config = config or EngineConfig()
+        path = Path(gguf_path).expanduser()
+        if not path.is_file():
+            raise ProcmemError(f"no such GGUF model file {path}", where="--model",
+                               fix="pass a .gguf file, or local:default for the bundled model")
+        self._model_id = model_id or path.stem
+        self._model, self._ctx = self._load(path)
+        lib = self._lib
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
+        self._bos = lib.llama_vocab_bos(self._vocab)
+        self._memory = lib.llama_get_memory(self._ctx)
+        self._n_ctx_seq = lib.llama_n_ctx_seq(self._ctx)
+        self._eog = frozenset(t for t in (lib.llama_vocab_eos(self._vocab), lib.llama_vocab_eot(self._vocab)) if t >= 0)
+        self._batch = lib.llama_batch_init(self._config.n_batch, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._adapters: dict[Path, _Adapter] = {}
+        self._adapter_lock = threading.Lock()
+        self._adapter: _Adapter | None = None  # what new requests get
+        self._ctx_adapter: _Adapter | None = None  # what the context applies now (worker only)
+        self._cond = threading.Condition()
+        self._waiting: deque[_Request] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._slots: list[_Request | None] = [None] * self._config.n_seq_max
+        self._closing = False
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="procmem-llamacpp", daemon=True)
+        self._worker.start()
+        if adapter is not None:
+            self.set_adapter(adapter, version=adapter_version)
+
+    # ------------------------------------------------------------------------------------ LLM seam
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def adapter_version(self) -> str | None:
+        adapter = self._adapter
+        return adapter.version if adapter is not None else None
+
+    @property
+    def config(self) -> EngineConfig:
+        return self._config
+
+    @property
+    def threads(self) -> int:
+        """The CPU threads llama.cpp decodes with."""
+        return self._threads
+
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False
+    ) -> list[Generation]:
+        """Complete every prompt; one :class:`Generation` per prompt, in order. The prompts join the running
+        batch as slots free up. ``ignore_eos`` (benchmarks only) runs every row to ``max_tokens`` unless a
+        stop string ends it. If a prompt fails, the first error is raised once all are done."""
+        requests = [self._submit(self._encode(p), config, ignore_eos=ignore_eos) for p in prompts]
+        errors = [r.future.exception() for r in requests]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [r.future.result() for r in requests]
+
+    def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+        """Yield the completion of ``prompt`` in pieces as they are decoded; their concatenation equals
+        ``generate``'s text for greedy decoding. Closing the iterator early ends the sequence."""
+        pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        request = self._submit(self._encode(prompt), config, pieces=pieces)
+
+        def raw() -> Iterator[str]:
+            while (piece := pieces.get()) is not None:
+                yield piece
+
+        try:
+            yield from filter_stream(raw(), config.stop)
+        finally:
+            request.cancelled.set()
+            error = request.future.exception()
+        if error is not None:
+            raise error
+
+    # ------------------------------------------------------------------------------------ adapters
+
+    def set_adapter(self, adapter: str | os.PathLike[str] | None, *, version: str | None = None) -> None:
+        """Hot swap the LoRA adapter without reloading the base model (what a gateway calls on promotion).
+
+        ``adapter`` is a PEFT adapter directory (its GGUF LoRA file is written on first use) or a ``.gguf``
+        LoRA file; None returns to the base model. ``version`` names it (default: the directory's name).
+        Requests submitted after this returns use the new adapter; running ones finish with theirs.
+        Loaded adapters stay cached, so swapping back is immediate.
+        """
+        if adapter is None:
+            with self._cond:
+                self._adapter = None
+            return
+        given = Path(adapter).expanduser()
+        path = _gguf_lora_path(given).resolve()
+        name = version or (given.name if given.is_dir() else given.stem)
+        with self._adapter_lock:  # one load per file, even when two threads swap at once
+            loaded = self._adapters.get(path)
+            if loaded is None:
+                loaded = _Adapter(path=path, version=name)
+                self._call(lambda: self._load_adapter(loaded), idle=False)
+                self._adapters[path] = loaded
+        selected = loaded if loaded.version == name else _Adapter(path=path, version=name, handle=loaded.handle)
+        with self._cond:
+            self._adapter = selected
+
+    # ------------------------------------------------------------------------------------ extras
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids llama.cpp reads for ``text`` (with BOS if the model adds one)."""
+        return self._encode(text)
+
+    def token_logprobs(self, prompt_tokens: Sequence[int], completion_tokens: Sequence[int]) -> list[float]:
+        """Log-probability of each completion token given what precedes it (teacher forcing), under the
+        current adapter. Runs while no other sequence does (for parity checks, not for serving)."""
+        prompt, completion = list(prompt_tokens), list(completion_tokens)
+        if not prompt or len(prompt) + len(completion) > min(self._n_ctx_seq, self._config.n_batch):
+            raise ProcmemError(f"cannot score {len(prompt)} + {len(completion)} tokens", where="token_logprobs",
+                               fix=f"keep prompt + completion within {min(self._n_ctx_seq, self._config.n_batch)}")
+        return list(self._call(lambda: self._score(prompt, completion), idle=True))
+
+    def close(self) -> None:
+        """Finish the running and waiting requests, then free the model; later calls raise."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.join()
+        lib = self._lib
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        for adapter in self._adapters.values():
+            if adapter.handle is not None:
+                lib.llama_adapter_lora_free(adapter.handle)
+        lib.llama_model_free(self._model)
+        self._closed = True
+
+    def __enter__(self) -> LlamaCppLLM:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------ callers' side
+
+    def _load(self, path: Path) -> tuple[Any, Any]:
+        lib = self._lib
+        model_params = lib.llama_model_default_params()
+        model = lib.llama_model_load_from_file(str(path).encode(), model_params)
+        if not model:
+            raise ProcmemError(f"llama.cpp cannot load {path}", where="--model",
+                               fix="pass a GGUF model file that llama.cpp supports")
+        params = lib.llama_context_default_params()
+        threads = self._threads = self._config.n_threads or _idle_cores()
+        params.n_seq_max = self._config.n_seq_max
+        params.n_ctx = self._config.n_seq_max * self._config.n_ctx_per_seq
+        params.n_batch = params.n_ubatch = self._config.n_batch
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False  # each sequence its own KV stream: batching does not change its numbers
+        params.swa_full = False  # sliding-window layers keep only their window per sequence
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(model, params)
+        if not ctx:
+            lib.llama_model_free(model)
+            raise ProcmemError(f"llama.cpp cannot create a context for {path} ({params.n_ctx} tokens)",
+                               where="--model", fix="lower n_seq_max or n_ctx_per_seq")
+        return model, ctx
+
+    def _encode(self, prompt: str) -> list[int]:
+        data = prompt.encode("utf-8")
+        size = len(data) + 8
+        buffer = (ctypes.c_int32 * size)()
+        count = self._lib.llama_tokenize(self._vocab, data, len(data), buffer, size, True, True)
+        if count < 0:
+            size = -count
+            buffer = (ctypes.c_int32 * size)()
+            count = self._lib.llama_tokenize(self._vocab, data, len(data), buffer, size, True, True)
+        tokens = list(buffer[:count])
+        if tokens:
+            return tokens
+        if self._bos < 0:
+            raise ProcmemError("cannot complete an empty prompt with a model that has no BOS token",
+                               where=self._model_id, fix="pass a non-empty prompt")
+        return [self._bos]
+
+    def _submit(self, tokens: list[int], config: GenerationConfig, *, ignore_eos: bool = False,
+                pieces: queue.SimpleQueue[str | None] | None = None) -> _Request:
+        with self._cond:
+            if self._closing:
+                raise ProcmemError(f"the llama.cpp engine of {self._model_id} is closed", where=self._model_id,
+                                   fix="load the model again")
+            request = _Request(tokens=tokens, config=config, adapter=self._adapter, ignore_eos=ignore_eos,
+                               pieces=pieces)
+            self._waiting.append(request)
+            self._cond.notify_all()
+        return request
+
+    def _call(self, run: Callable[[], Any], *, idle: bool) -> Any:
+        job = _Job(run=run, idle=idle)
+        with self._cond:
+            if self._closing:
+                raise ProcmemError("the llama.cpp engine is closed", where=self._model_id, fix="load the model again")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job.future.result()
+
+    # ------------------------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._waiting or self._jobs or self._running() or self._closing):
+                    self._cond.wait()
+                if self._closing and not (self._waiting or self._jobs or self._running()):
+                    return
+                jobs = self._take_jobs()
+            for job in jobs:
+                self._run_job(job)
+            with self._cond:
+                self._admit()
+            if self._running():
+                self._step()
+
+    def _running(self) -> list[_Request]:
+        return [r for r in self._slots if r is not None]
+
+    def _take_jobs(self) -> list[_Job]:
+        idle = not self._running()
+        ready = [job for job in self._jobs if idle or not job.idle]
+        for job in ready:
+            self._jobs.remove(job)
+        return ready
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            job.future.set_result(job.run())
+        except BaseException as err:  # reaches the caller; the worker goes on
+            job.future.set_exception(err)
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots, oldest first. A request for another adapter than the one the
+        context applies waits until the running sequences are done, then the context switches."""
+        if any(job.idle for job in self._jobs):
+            return  # let an idle job run first
+        while self._waiting and None in self._slots:
+            request = self._waiting[0]
+            if request.cancelled.is_set():
+                self._waiting.popleft()
+                self._finish(request, "stop")
+                continue
+            if not _same_adapter(request.adapter, self._ctx_adapter):
+                if self._running():
+                    return
+                self._apply_adapter(request.adapter)
+            self._waiting.popleft()
+            error = self._check(request)
+            if error is not None:
+                request.future.set_exception(error)
+                _end_stream(request)
+                continue
+            request.seq_id = self._slots.index(None)
+            try:
+                request.sampler = self._sampler(request)
+            except Exception as err:
+                request.future.set_exception(err)
+                _end_stream(request)
+                continue
+            self._slots[request.seq_id] = request
+
+    def _check(self, request: _Request) -> ProcmemError | None:
+        if len(request.tokens) >= self._n_ctx_seq:
+            return ProcmemError(f"the prompt has {len(request.tokens)} tokens; {self._model_id} holds "
+                                f"{self._n_ctx_seq} per sequence", where="prompt",
+                                fix="shorten the prompt (fewer memory examples) or raise n_ctx_per_seq")
+        return None
+
+    def _step(self) -> None:
+        """One decode over every running sequence: a token for each generating one, prompt chunks for the rest."""
+        lib, batch = self._lib, self._batch
+        rows: list[tuple[_Request, int]] = []
+        n = 0
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        running = self._running()
+        for request in running:
+            if request.cancelled.is_set():
+                self._finish(request, "stop")
+            elif not request.prefilling:
+                rows.append((request, n))
+                add(request.completion[-1], len(request.tokens) + len(request.completion) - 1, request.seq_id, True)
+        for request in running:
+            if request.prefilling and request.seq_id >= 0 and n < self._config.n_batch:
+                chunk = request.tokens[request.fed:request.fed + self._config.n_batch - n]
+                for offset, token in enumerate(chunk):
+                    last = request.fed + offset == len(request.tokens) - 1
+                    if last:
+                        rows.append((request, n))
+                    add(token, request.fed + offset, request.seq_id, last)
+                request.fed += len(chunk)
+        if n == 0:
+            return
+        batch.n_tokens = n
+        code = lib.llama_decode(self._ctx, batch)
+        if code != 0:
+            error = ProcmemError(f"llama.cpp failed to decode a batch of {n} tokens (code {code})",
+                                 where=self._model_id, fix="retry; lower n_seq_max if it persists")
+            for request in {id(r): r for r, _ in rows}.values():
+                self._finish(request, "stop", error=error)
+            return
+        for request, index in rows:
+            try:
+                token = lib.llama_sampler_sample(request.sampler, self._ctx, index)
+                self._advance(request, token)
+            except Exception as err:  # this request only
+                self._finish(request, "stop", error=err)
+
+    def _advance(self, request: _Request, token: int) -> None:
+        request.completion.append(token)
+        config = request.config
+        if token in self._eog and not request.ignore_eos:
+            self._finish(request, "stop")
+            return
+        piece = request.decoder.decode(self._piece(token))
+        if piece:
+            request.text += piece
+            if request.pieces is not None:
+                request.pieces.put(piece)
+            if config.stop and find_stop(request.text[-(len(piece) + _longest(config.stop)):], config.stop) is not None:
+                self._finish(request, "stop")
+                return
+        if len(request.completion) >= config.max_tokens or \
+                len(request.tokens) + len(request.completion) >= self._n_ctx_seq:
+            self._finish(request, "length")
+
+    def _finish(self, request: _Request, reason: Literal["stop", "length"], *,
+                error: BaseException | None = None) -> None:
+        lib = self._lib
+        if request.seq_id >= 0 and self._slots[request.seq_id] is request:
+            lib.llama_memory_seq_rm(self._memory, request.seq_id, -1, -1)
+            self._slots[request.seq_id] = None
+        if request.sampler is not None:
+            lib.llama_sampler_free(request.sampler)
+            request.sampler = None
+        if not request.future.done():
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                tail = request.decoder.decode(b"", final=True)
+                if tail and request.pieces is not None:
+                    request.pieces.put(tail)
+                text, stopped = cut_at_stop(request.text + tail, request.config.stop)
+                request.future.set_result(Generation(
+                    text=text, prompt_tokens=len(request.tokens), completion_tokens=len(request.completion),
+                    finish_reason="stop" if stopped else reason))
+        _end_stream(request)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            size = self._lib.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = self._lib.llama_token_to_piece(self._vocab, token, buffer, -size, 0, False)
+            piece = self._pieces[token] = buffer.raw[:size]
+        return piece
+
+    def _sampler(self, request: _Request) -> Any:
+        lib, config = self._lib, request.config
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if request.ignore_eos and self._eog:
+            biases = (lib.llama_logit_bias * len(self._eog))(*[lib.llama_logit_bias(t, -math.inf) for t in self._eog])
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(self._n_vocab, len(biases), biases))
+        if config.temperature > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(config.temperature))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(config.top_p, 1))
+            seed = config.seed if config.seed is not None else lib.LLAMA_DEFAULT_SEED
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        else:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+
+    def _load_adapter(self, adapter: _Adapter) -> None:
+        handle = self._lib.llama_adapter_lora_init(self._model, str(adapter.path).encode())
+        if not handle:
+            raise ProcmemError(f"llama.cpp cannot load the LoRA adapter {adapter.path}", where="--adapter",
+                               fix="pass an adapter trained for this base model (procmem distill)")
+        adapter.handle = handle
+
+    def _apply_adapter(self, adapter: _Adapter | None) -> None:
+        lib = self._lib
+        if adapter is None:
+            lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            handles = (lib.llama_adapter_lora_p_ctypes * 1)(adapter.handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            lib.llama_set_adapters_lora(self._ctx, handles, 1, scales)
+        self._ctx_adapter = adapter
+
+    def _score(self, prompt: list[int], completion: list[int]) -> list[float]:
+        import numpy as np
+
+        if not _same_adapter(self._adapter, self._ctx_adapter):
+            self._apply_adapter(self._adapter)
+        lib, batch = self._lib, self._batch
+        tokens = prompt + completion
+        for pos, token in enumerate(tokens):
+            batch.token[pos] = token
+            batch.pos[pos] = pos
+            batch.n_seq_id[pos] = 1
+            batch.seq_id[pos][0] = 0
+            batch.logits[pos] = pos >= len(prompt) - 1
+        batch.n_tokens = len(tokens)
+        try:
+            code = lib.llama_decode(self._ctx, batch)
+            if code != 0:
+                raise ProcmemError(f"llama.cpp failed to decode (code {code})", where="token_logprobs",
+                                   fix="shorten the input")
+            scores = []
+            for i, token in enumerate(completion):
+                row = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, len(prompt) - 1 + i),
+                                            shape=(self._n_vocab,)).astype(np.float64)
+                top = row.max()
+                scores.append(float(row[token] - top - math.log(np.exp(row - top).sum())))
+            return scores
+        finally:
+            lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+
+
+def _idle_cores() -> int:
+    """Cores minus the 1-minute load average, at least one. llama.cpp's threads spin while they wait for each
+    other, so on cores that other processes keep busy they mostly wait: on a loaded 2-core machine one thread
+    decoded ~15x faster than two."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, cores - math.floor(busy)))
+
+
+def _same_adapter(a: _Adapter | None, b: _Adapter | None) -> bool:
+    """Whether two adapter selections apply the same weights (one file may be selected under two names)."""
+    if a is None or b is None:
+        return a is b
+    return a is b or a.path == b.path
+
+
+def _end_stream(request: _Request) -> None:
+    if request.pieces is not None:
+        request.pieces.put(None)
+
+
+def _longest(stops: Sequence[str]) -> int:
+    return max((len(s) for s in stops), default=0)
+
+
+def _gguf_lora_path(path: Path) -> Path:
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir():
+        from procmem.llm.gguf_io import ensure_gguf_lora
+
+        if not (path / "adapter_config.json").is_file():
+            raise ProcmemError(f"{path} is not a LoRA adapter directory (no adapter_config.json)", where="--adapter",
+                               fix="pass a LoRA adapter directory written by procmem distill, or a .gguf LoRA file")
+        return ensure_gguf_lora(path)
+    raise ProcmemError(f"no such LoRA adapter {path}", where="--adapter",
+                       fix="pass a LoRA adapter directory written by procmem distill, or a .gguf LoRA file")
+
+
+_LIB: Any = None
+_LIB_LOCK = threading.Lock()
+_LOG_CALLBACK: Any = None  # referenced here so that ctypes keeps it alive
+_GGML_LOG_ERROR = 4  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+
+
+def _llama_cpp() -> Any:
+    """The ``llama_cpp`` module, imported once, with llama.cpp's own log lines muted below errors."""
+    global _LIB, _LOG_CALLBACK
+    with _LIB_LOCK:
+        if _LIB is None:
+            try:
+                import llama_cpp
+            except ImportError as err:
+                raise ProcmemError("the llama.cpp engine needs llama-cpp-python, which is not installed",
+                                   where="--engine llamacpp", fix=_INSTALL_FIX) from err
+            log = logging.getLogger("procmem.llamacpp")
+
+            def _log(level: int, text: bytes, _: Any) -> None:
+                if level == _GGML_LOG_ERROR:
+                    log.error(text.decode("utf-8", "replace").rstrip())
+
+            _LOG_CALLBACK = llama_cpp.llama_log_callback(_log)
+            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _LIB = llama_cpp
+        return _LIB

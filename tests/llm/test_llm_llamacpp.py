@@ -1,0 +1,244 @@
+"""The llama.cpp engine on the tiny model (as an F32 GGUF): the conformance suite, continuous batching
+(each sequence equals its solo run; joining mid-batch, stop strings, errors and cancelled streams leave the
+others unharmed), sampling, adapters swapped at run time, parity with transformers, and load_llm wiring."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llm_conformance import GREEDY, PROMPTS, LLMConformance
+
+pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs llama-cpp-python (pip install procmem[llamacpp])")
+
+from procmem.core import GenerationConfig, ProcmemError
+from procmem.llm import EngineConfig, LlamaCppLLM, LocalLLM, MicroBatcher, load_llm
+from procmem.llm.gguf_io import GGUF_LORA_NAME, write_gguf_lora
+
+SLOTS = 4
+CONTEXT = 256
+MORE_PROMPTS = [*PROMPTS, "Question: What is 17 + 25?\nAnswer:", "def reverse_string(s):", "abc abc abc", "Zebra"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_gguf: Path) -> Iterator[LlamaCppLLM]:
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT,
+                                                                      n_threads=1)) as llm:
+        yield llm
+
+
+class TestLlamaCppConformance(LLMConformance):
+    @pytest.fixture
+    def llm(self, engine: LlamaCppLLM) -> LlamaCppLLM:
+        return engine
+
+
+def _solo(engine: LlamaCppLLM, prompt: str, config: GenerationConfig = GREEDY) -> Any:
+    return engine.generate([prompt], config)[0]
+
+
+def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run each call on its own thread, all released at once; results (or raised errors) in order."""
+    results: list[Any] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_each_sequence_of_a_batch_equals_its_solo_run(engine: LlamaCppLLM) -> None:
+    alone = [_solo(engine, p) for p in MORE_PROMPTS]
+    assert len(MORE_PROMPTS) > SLOTS, "more prompts than slots: later ones join as earlier ones leave"
+    assert engine.generate(MORE_PROMPTS, GREEDY) == alone
+    lengths = [GREEDY.model_copy(update={"max_tokens": 3 + 5 * i}) for i in range(len(MORE_PROMPTS))]
+    threaded = _concurrently([lambda p=p, c=c: engine.generate([p], c)[0] for p, c in zip(MORE_PROMPTS, lengths,
+                                                                                           strict=True)])
+    assert threaded == [_solo(engine, p, c) for p, c in zip(MORE_PROMPTS, lengths, strict=True)]
+
+
+def test_a_request_joining_mid_batch_leaves_the_running_one_unharmed(engine: LlamaCppLLM) -> None:
+    long_config = GREEDY.model_copy(update={"max_tokens": 48})
+    expected_long = _solo(engine, PROMPTS[2], long_config).text
+    expected_joiner = _solo(engine, PROMPTS[0])
+    stream = engine.stream(PROMPTS[2], long_config)
+    first = next(stream)  # the long sequence is decoding now
+    joiner = engine.generate([PROMPTS[0]], GREEDY)[0]  # joins, runs beside it, leaves first
+    rest = "".join(stream)
+    assert joiner == expected_joiner
+    assert first + rest == expected_long
+
+
+def test_a_stop_string_in_one_request_leaves_the_others_unharmed(engine: LlamaCppLLM) -> None:
+    full = _solo(engine, PROMPTS[0])
+    stop = next(c for c in full.text[2:] if c.isascii() and c.isprintable() and not c.isspace())
+    stopped = GREEDY.model_copy(update={"stop": (stop,)})
+    calls = [lambda: engine.generate([PROMPTS[0]], stopped)[0], *[lambda p=p: engine.generate([p], GREEDY)[0]
+                                                                   for p in PROMPTS[1:]]]
+    results = _concurrently(calls)
+    assert results[0].text == full.text[:full.text.find(stop)] and results[0].finish_reason == "stop"
+    assert results[1:] == [_solo(engine, p) for p in PROMPTS[1:]]
+
+
+def test_an_error_in_one_request_leaves_the_others_unharmed(engine: LlamaCppLLM) -> None:
+    too_long = "x" * (CONTEXT + 10)  # one token per byte: more than a sequence holds
+    calls = [lambda p=p: engine.generate([p], GREEDY)[0] for p in PROMPTS]
+    results = _concurrently([*calls[:2], lambda: engine.generate([too_long], GREEDY), *calls[2:]])
+    error = results.pop(2)
+    assert isinstance(error, ProcmemError) and "holds" in str(error) and "\n" not in str(error)
+    assert results == [_solo(engine, p) for p in PROMPTS]
+    with pytest.raises(ProcmemError):
+        engine.generate([PROMPTS[0], too_long], GREEDY)  # a call with a failing prompt raises
+    assert engine.generate(PROMPTS[:1], GREEDY) == [_solo(engine, PROMPTS[0])]
+
+
+def test_a_stream_closed_early_leaves_the_others_unharmed(engine: LlamaCppLLM) -> None:
+    expected = [_solo(engine, p) for p in PROMPTS]
+    stream = engine.stream(PROMPTS[2], GREEDY.model_copy(update={"max_tokens": 200}))
+    next(stream)
+    results = _concurrently([lambda p=p: engine.generate([p], GREEDY)[0] for p in PROMPTS])
+    stream.close()  # type: ignore[attr-defined]
+    assert results == expected
+
+
+def test_token_counts_count_prompt_bytes_and_new_tokens(engine: LlamaCppLLM) -> None:
+    for prompt, g in zip(PROMPTS, engine.generate(PROMPTS, GREEDY), strict=True):
+        assert g.prompt_tokens == len(prompt.encode())  # the tiny tokenizer is byte-level, without BOS
+        assert g.completion_tokens == GREEDY.max_tokens or g.finish_reason == "stop"
+    assert len(engine.tokenize("ab")) == 2
+
+
+def test_seeded_sampling_is_reproducible_batched_or_alone(engine: LlamaCppLLM) -> None:
+    sampled = GenerationConfig(max_tokens=24, temperature=1.0, stop=(), seed=7)
+    first = engine.generate(PROMPTS, sampled)
+    assert engine.generate(PROMPTS, sampled) == first
+    assert [_solo(engine, p, sampled) for p in PROMPTS] == first, "a seed fixes each sequence's draws"
+    other = engine.generate(PROMPTS, sampled.model_copy(update={"seed": 8}))
+    assert [g.text for g in other] != [g.text for g in first]
+    greedy = engine.generate(PROMPTS, GREEDY.model_copy(update={"max_tokens": 24}))
+    assert [g.text for g in first] != [g.text for g in greedy]
+    nucleus = sampled.model_copy(update={"top_p": 1e-6})
+    assert [g.text for g in engine.generate(PROMPTS, nucleus)] == [g.text for g in greedy]
+
+
+def test_ignore_eos_runs_every_row_to_max_tokens(engine: LlamaCppLLM) -> None:
+    config = GREEDY.model_copy(update={"max_tokens": 40})
+    assert all(g.completion_tokens == 40 for g in engine.generate(PROMPTS, config, ignore_eos=True))
+
+
+def test_greedy_text_and_logprobs_match_transformers(engine: LlamaCppLLM, local_tiny: LocalLLM) -> None:
+    assert [g.text for g in engine.generate(PROMPTS, GREEDY)] == [g.text for g in local_tiny.generate(PROMPTS, GREEDY)]
+    _assert_logprobs_close(engine, local_tiny, PROMPTS[0])
+
+
+def _assert_logprobs_close(engine: LlamaCppLLM, hf: LocalLLM, prompt: str, tolerance: float = 1e-3) -> None:
+    import torch
+
+    prompt_ids = engine.tokenize(prompt)
+    assert prompt_ids == hf.tokenizer(prompt)["input_ids"]
+    completion_ids = hf.tokenizer(_solo(engine, prompt).text)["input_ids"]
+    ours = engine.token_logprobs(prompt_ids, completion_ids)
+    with torch.inference_mode():
+        logits = hf.model(torch.tensor([prompt_ids + completion_ids])).logits[0].double()
+    theirs = torch.log_softmax(logits, -1)[len(prompt_ids) - 1:-1].gather(1, torch.tensor(completion_ids)[:, None])
+    assert max(abs(a - b) for a, b in zip(ours, theirs[:, 0].tolist(), strict=True)) < tolerance
+
+
+def test_an_adapter_swapped_at_run_time_changes_outputs_without_a_reload(
+        tiny_gguf: Path, tiny_model_dir: Path, adapter_dir: Path, local_tiny: LocalLLM) -> None:
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT,
+                                                                      n_threads=1)) as llm:
+        model = llm._model  # the base model's handle: a swap must keep it
+        base = llm.generate(PROMPTS, GREEDY)
+        assert llm.adapter_version is None
+        llm.set_adapter(adapter_dir)
+        assert llm.adapter_version == "v1" and (adapter_dir / GGUF_LORA_NAME).is_file()
+        adapted = llm.generate(PROMPTS, GREEDY)
+        assert [g.text for g in adapted] != [g.text for g in base]
+        hf_adapted = LocalLLM(tiny_model_dir, adapter=adapter_dir)
+        assert [g.text for g in adapted] == [g.text for g in hf_adapted.generate(PROMPTS, GREEDY)], \
+            "the GGUF LoRA computes what the PEFT adapter does"
+        _assert_logprobs_close(llm, hf_adapted, PROMPTS[0])
+        llm.set_adapter(None)
+        assert llm.generate(PROMPTS, GREEDY) == base and llm.adapter_version is None
+        assert llm._model is model
+
+
+def test_a_swap_lets_running_requests_finish_with_their_adapter(tiny_gguf: Path, adapter_dir: Path) -> None:
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT,
+                                                                      n_threads=1)) as llm:
+        long_config = GREEDY.model_copy(update={"max_tokens": 48})
+        llm.set_adapter(adapter_dir)
+        adapted_long = _solo(llm, PROMPTS[2], long_config).text
+        llm.set_adapter(None)
+        base_long, base_short = _solo(llm, PROMPTS[2], long_config).text, _solo(llm, PROMPTS[0])
+        stream = llm.stream(PROMPTS[2], long_config)
+        first = next(stream)
+        llm.set_adapter(adapter_dir)  # while the base-model sequence runs
+        after = _concurrently([lambda: _solo(llm, PROMPTS[2], long_config).text, lambda: "".join(stream)])
+        assert first + after[1] == base_long
+        assert after[0] == adapted_long
+        llm.set_adapter(None)
+        assert _solo(llm, PROMPTS[0]) == base_short
+
+
+def test_micro_batcher_passes_calls_straight_to_the_engine(engine: LlamaCppLLM) -> None:
+    with MicroBatcher(engine, max_batch=8, max_wait_s=5.0) as batched:
+        assert batched.generate(PROMPTS[:1], GREEDY) == [_solo(engine, PROMPTS[0])]  # no 5 s wait for company
+        assert batched._worker is None
+
+
+def test_load_llm_picks_the_engine(tmp_path: Path, tiny_gguf: Path) -> None:
+    llm = load_llm("local:tiny", models_dir=tmp_path, engine="llamacpp", max_batch_size=2)
+    assert isinstance(llm, LlamaCppLLM) and llm.model_id == "tiny" and llm.config.n_seq_max == 2
+    llm.close()
+    assert isinstance(load_llm("local:tiny", models_dir=tmp_path), LocalLLM), "auto keeps HF dirs on transformers"
+    gguf_llm = load_llm(f"local:{tiny_gguf}", models_dir=tmp_path)
+    assert isinstance(gguf_llm, LlamaCppLLM) and gguf_llm.model_id == "tiny"
+    gguf_llm.close()
+    with pytest.raises(ProcmemError, match="unknown engine") as err:
+        load_llm("local:tiny", models_dir=tmp_path, engine="vllm")
+    assert err.value.where == "--engine"
+    with pytest.raises(ProcmemError, match="does not read"):
+        load_llm(f"local:{tiny_gguf}", models_dir=tmp_path, engine="transformers")
+    with pytest.raises(ProcmemError, match=r"needs a \.gguf"):
+        load_llm(f"local:{tmp_path}", models_dir=tmp_path, engine="llamacpp")
+    with pytest.raises(ProcmemError, match="local models only"):
+        load_llm("litellm:openai/gpt-4o-mini", models_dir=tmp_path, engine="llamacpp")
+
+
+def test_bad_adapters_raise_one_line_errors(engine: LlamaCppLLM, tmp_path: Path) -> None:
+    with pytest.raises(ProcmemError, match="not a LoRA adapter directory"):
+        engine.set_adapter(tmp_path)
+    with pytest.raises(ProcmemError, match="no such LoRA adapter"):
+        engine.set_adapter(tmp_path / "missing.gguf")
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(ProcmemError, match="cannot load the LoRA adapter"):
+        engine.set_adapter(tmp_path / "broken.gguf")
+    assert engine.adapter_version is None and len(engine.generate(PROMPTS[:1], GREEDY)) == 1
+
+
+def test_write_gguf_lora_refuses_what_llama_cpp_cannot_apply(adapter_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    dora = tmp_path / "dora"
+    shutil.copytree(adapter_dir, dora, ignore=shutil.ignore_patterns("*.gguf"))
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ProcmemError, match="use_dora"):
+        write_gguf_lora(dora)
+    assert not (dora / GGUF_LORA_NAME).exists()
