@@ -40,8 +40,8 @@ from pydantic import Field
 
 from procmem.core.config import Config, GenerationConfig
 from procmem.core.errors import ProcmemError
-from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 from procmem.core.llm import Generation
+from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
 __all__ = ["EngineConfig", "LlamaCppLLM", "llama_cpp_available"]
 
