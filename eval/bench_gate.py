@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "rate": promoted / len(pairs) if pairs else 0.0}
         results[f"{label}_resampled"] = a_a_rate(rates, config, trials=args.trials, seed=args.seed)
     results["power"] = [{"gain": g, "churn": c, **{f"n={n}": round(power(n, g + c, c, GateConfig()), 3)
-                                                   for n in POWER_SIZES}} for g, c in POWER_CASES]
+                                                   for n in args.power_sizes}} for g, c in POWER_CASES]
     results["load_avg_end"] = _load_avg()
     print(json.dumps(results, indent=2))
     return results
@@ -132,6 +132,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=32, help="Most new tokens per answer.")
     parser.add_argument("--trials", type=int, default=2000, help="Resampled A/A decisions.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the resampled decisions.")
+    parser.add_argument("--power-sizes", type=lambda text: [int(n) for n in text.split(",") if n],
+                        default=list(POWER_SIZES), help="Pooled test items to compute the power at (comma list).")
     return parser.parse_args(argv)
 
 
