@@ -25,7 +25,7 @@ from procmem.distill.config import (
     TraceConfig,
     TrainSettings,
 )
-from procmem.distill.gate import GateReport, SuiteResult, compare, evaluate, gate_table
+from procmem.distill.gate import GateReport, PairedTest, SuiteResult, compare, evaluate, gate_table, mcnemar
 from procmem.distill.objectives import (
     MixedObjective,
     Objective,
@@ -67,6 +67,7 @@ __all__ = [
     "MixedSettings",
     "Objective",
     "ObjectiveLoss",
+    "PairedTest",
     "PromotionState",
     "RunStage",
     "RunState",
@@ -94,6 +95,7 @@ __all__ = [
     "load_trace_build",
     "load_trainable_model",
     "make_objective",
+    "mcnemar",
     "parse_interval",
     "promote",
     "promotion_state",

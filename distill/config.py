@@ -97,19 +97,28 @@ class MixedSettings(Config):
 
 
 class GateConfig(Config):
-    """The promotion gate: memory-free, greedy, same items and seed for candidate and baseline."""
+    """The promotion gate: memory-free, greedy, same items and seed for candidate and baseline; paired tests."""
 
     test_suites: tuple[str, ...] = Field(default=(), description="Suites whose test split is evaluated; empty: the "
                                                          "suites of the training episodes.")
-    n_test: int = Field(default=40, ge=1, description="Test items per suite.")
+    n_test: int = Field(default=100, ge=1, description="Test items per suite (see the power note in "
+                                                       "docs/concepts/distillation.md: 40 items cannot show a "
+                                                       "10-point gain at level 0.05).")
     holdout_suites: tuple[str, ...] = Field(default=
         ("rg:letter_counting?min_words=1&max_words=3", "rg:syllogism"),
         description="General-ability holdout: suites never trained on (ones seen in training are skipped).")
     n_holdout: int = Field(default=20, ge=0, description="Items per holdout suite (0 disables the holdout).")
     min_improvement: float = Field(default=0.01, ge=0.0, le=1.0,
-                                   description="Test accuracy must rise by at least this.")
+                                   description="Test accuracy must rise by at least this (besides being "
+                                               "significant at `level`).")
+    level: float = Field(default=0.05, gt=0.0, le=1.0,
+                         description="Significance level of the paired tests (McNemar's exact test, one-sided, "
+                                     "on the items where the two models disagree): promote only when the test "
+                                     "gain has p <= level; refuse when the holdout drop has p <= level. 1.0 "
+                                     "turns the tests off (the point estimates alone decide).")
     max_holdout_drop: float = Field(default=0.05, ge=0.0, le=1.0,
-                                    description="Holdout accuracy may fall by at most this.")
+                                    description="Holdout accuracy may fall by at most this (and not significantly "
+                                                "at `level`).")
     max_tokens: int = Field(default=32, ge=1, le=2048, description="Most new tokens per evaluated answer.")
     seed: int = Field(default=0, description="Generation seed (decoding is greedy).")
 

@@ -241,11 +241,17 @@ def _replace(result: DistillResult, **changes: Any) -> DistillResult:
 def _gate_reason(report: GateReport) -> str:
     reasons = []
     if not report.improved:
+        test = report.test_stats
         reasons.append(f"test accuracy {report.test_baseline:.1%} -> {report.test_candidate:.1%} "
-                       f"(needs +{report.min_improvement:.1%})")
+                       f"(needs +{report.min_improvement:.1%}"
+                       + (f" at p <= {report.level:g}; McNemar p={test.p_better:.3g}, {test.wins} won/"
+                          f"{test.losses} lost of {test.n})" if test is not None and report.level < 1.0 else ")"))
     if not report.holdout_ok:
+        hold = report.holdout_stats
         reasons.append(f"holdout accuracy {report.holdout_baseline:.1%} -> {report.holdout_candidate:.1%} "
-                       f"(may drop {report.max_holdout_drop:.1%})")
+                       f"(may drop {report.max_holdout_drop:.1%}, not significantly"
+                       + (f"; McNemar p={hold.p_worse:.3g}, {hold.losses} lost/{hold.wins} won of {hold.n})"
+                          if hold is not None and report.level < 1.0 else ")"))
     return "; ".join(reasons)
 
 

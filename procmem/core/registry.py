@@ -50,6 +50,7 @@ __all__ = [
     "DatasetSnapshot",
     "GateReport",
     "MemorySnapshot",
+    "PairedTest",
     "PromotionState",
     "SuiteResult",
     "base_model_hash",
@@ -113,6 +114,20 @@ class SuiteResult(BaseModel):
         return self.candidate - self.baseline
 
 
+class PairedTest(BaseModel):
+    """McNemar's exact one-sided test of "the candidate is better" on paired pass/fail items
+    (computed by :func:`procmem.distill.gate.mcnemar`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    test: Literal["mcnemar-exact-one-sided"] = Field(default="mcnemar-exact-one-sided", description="The test.")
+    n: int = Field(description="Paired items (both models answered each).")
+    wins: int = Field(description="Items only the candidate passes (the statistic).")
+    losses: int = Field(description="Items only the baseline passes.")
+    p_better: float = Field(description="P(X >= wins), X ~ Binomial(wins + losses, 1/2): p-value of a gain.")
+    p_worse: float = Field(description="P(X >= losses), same X: p-value of a drop.")
+
+
 class GateReport(BaseModel):
     """The promotion gate's comparison and decision (recorded in the adapter manifest)."""
 
@@ -130,6 +145,10 @@ class GateReport(BaseModel):
     holdout_ok: bool = Field(description="Holdout accuracy fell by no more than max_holdout_drop.")
     passed: bool = Field(description="improved and holdout_ok.")
     excluded: int = Field(default=0, description="Held-out items skipped because their question was trained on.")
+    level: float = Field(default=1.0, description="Significance level of the paired tests (1.0: none; reports "
+                                                  "written before the tests existed).")
+    test_stats: PairedTest | None = Field(default=None, description="Paired test on the pooled test items.")
+    holdout_stats: PairedTest | None = Field(default=None, description="Paired test on the pooled holdout items.")
 
 
 class AdapterManifest(_Record):
@@ -324,16 +343,28 @@ def gate_table(report: GateReport, candidate_name: str = "candidate") -> Table:
     for row in report.rows:
         table.add_row(row.suite, row.kind, str(row.n), f"{row.baseline:.1%}", f"{row.candidate:.1%}",
                       f"{row.delta:+.1%}")
-    table.add_row("all test", "test", "", f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
-                  f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})",
-                  end_section=True)
+    table.add_row("all test", "test", str(report.test_stats.n) if report.test_stats else "",
+                  f"{report.test_baseline:.1%}", f"{report.test_candidate:.1%}",
+                  f"{report.test_candidate - report.test_baseline:+.1%} (need >= {report.min_improvement:+.1%})"
+                  + _significance(report.test_stats, "better", report.level), end_section=True)
     if report.excluded:
         table.caption = f"{report.excluded} held-out items skipped: their question was trained on"
     if report.holdout_baseline is not None and report.holdout_candidate is not None:
         drop = report.holdout_candidate - report.holdout_baseline
-        table.add_row("all holdout", "holdout", "", f"{report.holdout_baseline:.1%}",
-                      f"{report.holdout_candidate:.1%}", f"{drop:+.1%} (allow >= {-report.max_holdout_drop:+.1%})")
+        table.add_row("all holdout", "holdout", str(report.holdout_stats.n) if report.holdout_stats else "",
+                      f"{report.holdout_baseline:.1%}", f"{report.holdout_candidate:.1%}",
+                      f"{drop:+.1%} (allow >= {-report.max_holdout_drop:+.1%})"
+                      + _significance(report.holdout_stats, "worse", report.level))
     return table
+
+
+def _significance(stats: PairedTest | None, side: Literal["better", "worse"], level: float) -> str:
+    """The paired test in words, for the table: discordant items and the one-sided p-value."""
+    if stats is None or level >= 1.0:
+        return ""
+    p = stats.p_better if side == "better" else stats.p_worse
+    need = "need p <= " if side == "better" else "refuse at p <= "
+    return f"; McNemar {stats.wins} won/{stats.losses} lost, p_{side}={p:.3f} ({need}{level:g})"
 
 
 def rollback(adapters_dir: Path) -> PromotionState:

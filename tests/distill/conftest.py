@@ -62,5 +62,5 @@ def run_config(tiny_config: DistillConfig) -> DistillConfig:
     return tiny_config.model_copy(update={
         "traces": tiny_config.traces.model_copy(update={"k": 2, "max_tokens": 4}),
         "gate": tiny_config.gate.model_copy(update={"n_test": 6, "n_holdout": 0, "min_improvement": 0.0,
-                                                    "max_tokens": 4}),
+                                                    "level": 1.0, "max_tokens": 4}),
     })

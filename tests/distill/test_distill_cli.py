@@ -30,6 +30,7 @@ batch_size = 4
 n_test = 6
 n_holdout = 0
 min_improvement = {min_improvement}
+level = 1.0
 max_tokens = 4
 """
 

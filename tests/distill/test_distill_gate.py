@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from procmem.core import GenerationConfig, Task
-from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table
+from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table, mcnemar
 from procmem.distill.gate import SuiteScores
 from procmem.llm import Generation, LocalLLM
 
@@ -27,6 +28,7 @@ def _decide(test: tuple[int, int], holdout: tuple[int, int] | None = None, n: in
         base["h"] = _scores("h", [i < holdout[0] for i in range(n)])
         cand["h"] = _scores("h", [i < holdout[1] for i in range(n)])
         holdouts = ["h"]
+    config = {"level": 1.0, **config}  # the point-estimate rule alone unless a test sets a level
     return compare(base, cand, test_suites=["t"], holdout_suites=holdouts, config=GateConfig.model_validate(config),
                    baseline_name="v1")
 
@@ -58,8 +60,8 @@ def test_gate_refuses_a_holdout_drop_beyond_the_tolerance() -> None:
 def test_gate_pools_test_suites_and_refuses_mismatched_items() -> None:
     base = {"a": _scores("a", [True, False]), "b": _scores("b", [False, False, False, False])}
     cand = {"a": _scores("a", [True, True]), "b": _scores("b", [False, False, False, False])}
-    report = compare(base, cand, test_suites=["a", "b"], holdout_suites=[], config=GateConfig(min_improvement=0.1),
-                     baseline_name="base")
+    report = compare(base, cand, test_suites=["a", "b"], holdout_suites=[],
+                     config=GateConfig(min_improvement=0.1, level=1.0), baseline_name="base")
     assert report.test_baseline == pytest.approx(1 / 6) and report.test_candidate == pytest.approx(2 / 6)
     assert report.passed and report.holdout_baseline is None
     other = {"a": SuiteScores(suite="a", task_ids=("x", "y"), passed=(True, True)), "b": cand["b"]}
@@ -72,6 +74,67 @@ def test_gate_table_shows_every_suite_and_the_verdict() -> None:
     console.print(gate_table(_decide((3, 6), (5, 4), min_improvement=0.1, max_holdout_drop=0.2), "v2"))
     text = console.export_text()
     assert "PASS" in text and "v2" in text and "v1" in text and "+30.0%" in text and "all holdout" in text
+
+
+def test_mcnemar_counts_discordant_items_and_gives_exact_one_sided_p_values() -> None:
+    stats = mcnemar([False, False, False, True, True, False], [True, True, False, True, False, True])
+    assert (stats.n, stats.wins, stats.losses) == (6, 3, 1)
+    assert stats.p_better == pytest.approx(5 / 16)  # P(X >= 3), X ~ Bin(4, 1/2) = (4 + 1) / 16
+    assert stats.p_worse == pytest.approx(15 / 16)
+    assert mcnemar([True], [True]).p_better == 1.0  # no disagreement: no evidence either way
+    assert mcnemar([False] * 5, [True] * 5).p_better == pytest.approx(1 / 32)
+    with pytest.raises(ValueError, match="equal lengths"):
+        mcnemar([True], [True, False])
+
+
+def test_gate_refuses_a_gain_that_is_not_significant_at_the_level() -> None:
+    # 4 more items of 40 right (+10 points), all of them wins: p = 1/16 > 0.05.
+    report = _decide((10, 14), n=40, level=0.05)
+    assert not report.passed and not report.improved
+    assert report.test_stats is not None and (report.test_stats.wins, report.test_stats.losses) == (4, 0)
+    assert report.test_stats.p_better == pytest.approx(1 / 16) and report.level == 0.05
+    # 5 wins and no losses: p = 1/32 <= 0.05.
+    assert _decide((10, 15), n=40, level=0.05).passed
+    # The same +5 net with churn (the candidate also loses items) is weaker evidence.
+    base = {"t": _scores("t", [i < 10 for i in range(40)])}
+    cand = {"t": _scores("t", [5 <= i < 20 for i in range(40)])}  # loses 0-4, wins 10-19: 10 won / 5 lost
+    churn = compare(base, cand, test_suites=["t"], holdout_suites=[], config=GateConfig(level=0.05),
+                    baseline_name="v1")
+    assert churn.test_stats is not None and (churn.test_stats.wins, churn.test_stats.losses) == (10, 5)
+    assert churn.test_stats.p_better > 0.05 and not churn.passed
+
+
+def test_gate_refuses_a_significant_holdout_drop_within_the_tolerance() -> None:
+    # The holdout falls by 6 of 200 (3 points, inside max_holdout_drop=0.05) but all 6 are losses: p = 1/64.
+    report = _decide((10, 40), (150, 144), n=200, level=0.05, max_holdout_drop=0.05)
+    assert report.improved and not report.holdout_ok and not report.passed
+    assert report.holdout_stats is not None and report.holdout_stats.p_worse == pytest.approx(1 / 64)
+    # Three losses are not significant (p = 1/8): the drop is tolerated.
+    assert _decide((10, 40), (150, 147), n=200, level=0.05, max_holdout_drop=0.05).passed
+
+
+def test_gate_table_shows_the_paired_test() -> None:
+    console = Console(record=True, width=250)
+    console.print(gate_table(_decide((10, 15), (5, 5), n=40, level=0.05), "v2"))
+    text = console.export_text()
+    assert "McNemar 5 won/0 lost" in text and "p_better=0.031" in text and "p_worse=1.000" in text
+
+
+def test_a_and_a_the_gate_promotes_noise_at_most_at_its_level() -> None:
+    """Two samples of the SAME policy (per-item pass rates drawn once) promote rarely with the paired test,
+    and often without it: the test can fail."""
+    rng = random.Random(7)
+    rates = [rng.choice([0.0, 0.0, 1.0, 0.2, 0.5, 0.8]) for _ in range(100)]
+
+    def run() -> dict[str, SuiteScores]:
+        return {"t": _scores("t", [rng.random() < r for r in rates])}
+
+    def promotions(config: GateConfig, trials: int = 400) -> float:
+        return sum(compare(run(), run(), test_suites=["t"], holdout_suites=[], config=config,
+                           baseline_name="v1").passed for _ in range(trials)) / trials
+
+    assert promotions(GateConfig()) <= 0.05
+    assert promotions(GateConfig(level=1.0)) >= 0.3  # the old rule: one more item right promotes
 
 
 class _Recorder:

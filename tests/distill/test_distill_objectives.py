@@ -127,10 +127,44 @@ def test_self_distill_teacher_gets_no_gradient_and_the_base_stays_frozen(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             assert torch.equal(param, frozen[name]), name
-    # The teacher (adapter disabled) still equals the untouched base: distance to itself is zero.
+    # The teacher is the untouched base, not the trained student: on the student's own context the two
+    # now differ, so the loss is no longer zero (it would be if the teacher ran with the adapter).
     same = [replace(e, teacher_prompt=e.prompt) for e in PROBLEMS]
-    with model.disable_adapter():
-        assert float(objective.rollout_loss(model, same, rollouts).loss) == pytest.approx(0.0, abs=1e-5)
+    assert float(objective.rollout_loss(model, same, rollouts).loss) > 1e-4
+
+
+def test_self_distill_loss_and_gradient_follow_the_teachers_context(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig
+) -> None:
+    """Teacher (base) and student (base + a non-trivial adapter) differ; changing only what the teacher
+    sees changes the loss and the student's gradient."""
+    model, tokenizer = lora_model
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    objective = SelfDistillObjective(tokenizer, 128, tiny_config.self_distill)
+    rollouts = [tokenizer(" 5\n", add_special_tokens=False)["input_ids"]] * 2
+    same = [replace(e, teacher_prompt=e.prompt) for e in PROBLEMS]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grad(problems: list[Example]) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = objective.rollout_loss(model, problems, rollouts).loss
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in trainable if p.grad is not None])
+        return float(loss.detach()), grad
+
+    loss_same, grad_same = loss_and_grad(same)
+    loss_ctx, grad_ctx = loss_and_grad(PROBLEMS)
+    assert loss_same > 1e-4 and loss_ctx > 1e-4  # the teacher is not the student, whatever its context
+    assert abs(loss_ctx - loss_same) > 1e-3 * max(loss_same, loss_ctx), (loss_same, loss_ctx)
+    assert grad_same.norm() > 0 and grad_ctx.norm() > 0
+    assert (grad_ctx - grad_same).norm() > 1e-3 * grad_same.norm()
+    # Deterministic: the same context gives the same loss and gradient again.
+    again, grad_again = loss_and_grad(same)
+    assert again == pytest.approx(loss_same, rel=1e-5)
+    torch.testing.assert_close(grad_again, grad_same)
 
 
 def test_ema_teacher_follows_the_adapter_slowly(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from procmem.distill import DistillConfig, TraceBuild, train_adapter
+from procmem.distill import DistillConfig, TeacherContext, TraceBuild, train_adapter
 from procmem.distill.objectives import make_objective
 from procmem.distill.traces import Trace
 
@@ -53,14 +53,17 @@ train_adapter(make_build(), config, model_dir=Path(sys.argv[2]), work_dir=Path(s
 
 
 def make_build(n: int = 12) -> TraceBuild:
-    """``n`` verified traces ``Question: i + i? -> 2i`` (a fixed, made-up training set)."""
-    traces = []
+    """``n`` verified traces ``Question: i + i? -> 2i`` (a fixed, made-up training set), and the ``n``
+    problems as a teacher with a worked example in its context sees them (for self-distillation)."""
+    traces, contexts = [], []
     for i in range(n):
         prompt = f"Question: What is {i} + {i}?\nAnswer:"
         traces.append(Trace(task_id=f"t{i}", suite="s", prompt=prompt, completion=f" {2 * i}\n", answer=str(2 * i),
                             teacher_prompt=prompt, memory_ids=(), episode_ids=(f"e{i}",), sample=0, score=1.0,
                             status="kept"))
-    return TraceBuild(kept=tuple(traces), rejected=(), contexts=())
+        contexts.append(TeacherContext(task_id=f"t{i}", suite="s", prompt=prompt,
+                                       teacher_prompt=f"Question: What is 1 + 1?\nAnswer: 2\n\n{prompt}"))
+    return TraceBuild(kept=tuple(traces), rejected=(), contexts=tuple(contexts))
 
 
 def _config(base: DistillConfig) -> DistillConfig:
@@ -102,11 +105,17 @@ def test_training_writes_a_peft_adapter_and_is_reproducible(
     assert again == first
 
 
+@pytest.mark.parametrize(("objective", "dropout"), [("sft", 0.0), ("sft", 0.1), ("self-distill", 0.1),
+                                                    ("mixed", 0.1)])
 def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
-    tiny_model_dir: Path, tiny_config: DistillConfig, tmp_path: Path
+    tiny_model_dir: Path, tiny_config: DistillConfig, tmp_path: Path, objective: str, dropout: float
 ) -> None:
-    config = _config(tiny_config)
+    """Killed mid-run, resumed: the same adapter as an uninterrupted run, also where training is random
+    (LoRA dropout, self-distillation's sampled rollouts)."""
+    config = _config(tiny_config).model_copy(update={
+        "objective": objective, "lora": tiny_config.lora.model_copy(update={"dropout": dropout})})
     reference = train_adapter(make_build(), config, model_dir=tiny_model_dir, work_dir=tmp_path / "ref", quiet=True)
+    total = reference.steps
 
     work = tmp_path / "killed"
     (tmp_path / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
@@ -124,11 +133,11 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     killed_at = _checkpoint_step(work)
-    assert 6 <= killed_at < 18 and not (work / "adapter").exists()
+    assert 6 <= killed_at < total and not (work / "adapter").exists()
 
     resumed = train_adapter(make_build(), config, model_dir=tiny_model_dir, work_dir=work, quiet=True)
     assert resumed.resumed_from == killed_at
-    assert resumed.steps == 18
+    assert resumed.steps == total
     expected = _adapter(tmp_path / "ref")
     for name, tensor in _adapter(work).items():  # the same adapter as a run that was never interrupted
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)

@@ -178,3 +178,50 @@ def test_every_arm_is_one_spec_in_the_table() -> None:
     for spec in ARM_SPECS.values():  # an arm that is another in round 1 trains like it
         if spec.round_1_same_as is not None:
             assert ARM_SPECS[spec.round_1_same_as].trains_on == spec.trains_on
+
+
+def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Path) -> None:
+    """Same problems, same student prompts; the teacher's memory differs by arm: placebo reads another
+    problem's memory (end to end, in the saved traces), pmd-frozen a store frozen after round 1 that
+    lacks round 2's episodes."""
+    import contextlib
+
+    from procmem.distill import load_trace_build
+    from procmem.eval import ARM_SPECS, Experiment
+    from procmem.eval.experiment import load_suites
+    from procmem.memory import ProceduralRetriever
+
+    config = _config(tmp_path, seeds=(0,), rounds=2, arms=("pmd", "pmd-frozen", "placebo"))
+    out = tmp_path / "out"
+    run_experiment(config, out, quiet=True)
+    builds = {}
+    for arm in config.arms:
+        build = load_trace_build(out / "seed0" / "round2" / arm / "traces")
+        assert build is not None and build.contexts, arm
+        builds[arm] = {c.task_id: c for c in build.contexts}
+    pmd, frozen, placebo = builds["pmd"], builds["pmd-frozen"], builds["placebo"]
+    assert pmd.keys() == frozen.keys() == placebo.keys()
+    for task_id, context in pmd.items():
+        assert context.memory_ids, task_id  # the live teacher reads memory at all
+        assert frozen[task_id].prompt == placebo[task_id].prompt == context.prompt  # the student sees the same
+        assert placebo[task_id].memory_ids and set(placebo[task_id].memory_ids) != set(context.memory_ids)
+        assert placebo[task_id].teacher_prompt != context.teacher_prompt
+
+    # The stores behind the teachers: pmd's live memory holds both rounds' episodes, pmd-frozen's only
+    # round 1's. (At this toy size both rounds solve the same three problems, and retrieval shows one worked
+    # example per problem, so the two teachers' prompts coincide: the frozen arm separates only when later
+    # rounds solve new problems or reflect new insights.)
+    experiment = Experiment(config, out, quiet=True)
+    memory = experiment._memory(0)
+    try:
+        with contextlib.ExitStack() as opened:
+            stores = {}
+            for arm in config.arms:
+                retriever = experiment._teacher_retriever(ARM_SPECS[arm], 0, load_suites(config), memory, "p",
+                                                          opened)
+                inner = getattr(retriever, "_inner", retriever)
+                assert isinstance(inner, ProceduralRetriever), arm
+                stores[arm] = inner.store.count("experience")
+    finally:
+        memory.close()
+    assert stores["pmd"] == stores["placebo"] > stores["pmd-frozen"] > 0, stores
