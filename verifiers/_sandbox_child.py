@@ -376,9 +376,15 @@ def in_tree(path: str, tree: list) -> bool:
     return any(_under(path, [root]) or _under(root, [path]) for root in tree)
 
 
-def scrub_paths(text: str, tree: list) -> str:
-    """``text`` with every absolute path outside ``tree`` replaced (see :func:`in_tree`)."""
-    return _PATH.sub(lambda m: m.group(0) if in_tree(m.group(0), tree) else HIDDEN_PATH, text)
+def scrub_paths(text: str, tree: list, secret: list = ()) -> str:  # type: ignore[assignment]
+    """``text`` with every absolute path outside ``tree`` (see :func:`in_tree`), or under one of ``secret``,
+    replaced. ``secret`` names host directories whose paths read like the sandbox's own (a checkout under
+    ``/tmp``, where the worker's private ``/tmp`` is in its tree)."""
+
+    def keep(path: str) -> bool:
+        return in_tree(path, tree) and not _under("/" + os.path.normpath(path).lstrip("/"), list(secret))
+
+    return _PATH.sub(lambda m: m.group(0) if keep(m.group(0)) else HIDDEN_PATH, text)
 
 
 def drop_capabilities() -> bool:
@@ -552,15 +558,15 @@ class CandidateError(Exception):
 
 
 class Worker:
-    def __init__(self, pid: int, req_fd: int, resp_fd: int, tree: list) -> None:
-        self.pid, self.req_fd, self.tree = pid, req_fd, tree
+    def __init__(self, pid: int, req_fd: int, resp_fd: int, tree: list, secret: list) -> None:
+        self.pid, self.req_fd, self.tree, self.secret = pid, req_fd, tree, secret
         self.reader = LineReader(resp_fd)
         self.status: int | None = None
         self.calls: list = []  # (call text, value text) of the current test
 
     def scrub(self, text: object) -> str:
         """The candidate's text with paths outside the sandbox's tree left out."""
-        return scrub_paths(text if type(text) is str else short(text, 1000), self.tree)
+        return scrub_paths(text if type(text) is str else short(text, 1000), self.tree, self.secret)
 
     def ask(self, msg: dict) -> dict:
         try:
@@ -804,7 +810,7 @@ def start_worker(box: Box) -> Worker:
         os._exit(127)
     os.close(req_r)
     os.close(resp_w)
-    return Worker(pid, req_w, resp_r, box["tree"])
+    return Worker(pid, req_w, resp_r, box["tree"], box["secret"])
 
 
 def drop_own_privileges(box: Box) -> dict:

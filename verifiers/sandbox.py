@@ -154,6 +154,7 @@ class Box(TypedDict):
     hide: list[str]  # directories covered by an empty tmpfs when there is no minimal root
     root: RootPlan | None  # the worker's minimal root, or None to share the supervisor's view
     tree: list[str]  # the paths the worker can see (see _sandbox_child.in_tree); others are scrubbed
+    secret: list[str]  # host directories under /tmp (a checkout there): scrubbed though /tmp is in the tree
     hostname: str | None  # set in the sandbox's own UTS namespace (None: there is none)
     deadline_s: float  # the supervisor's own alarm: it exits after this long whatever happens
 
@@ -234,10 +235,11 @@ class SandboxRun:
     leftovers_killed: int = 0
     run_id: str = ""
     tree: tuple[str, ...] = ()
+    secret: tuple[str, ...] = ()
 
     def scrub(self, text: str) -> str:
         """``text`` with every absolute path the program could not see replaced."""
-        return scrub_paths(text, list(self.tree))
+        return scrub_paths(text, list(self.tree), list(self.secret))
 
     @property
     def done(self) -> dict[str, Any] | None:
@@ -537,15 +539,14 @@ def _run(support: IsolationSupport, job: Job, limits: SandboxLimits, *, hide: Se
         source = _child_source()
         env = _base_env("/tmp" if mountns else workdir, run_id)
         root = support.root if mountns else None
-        if root is not None:
-            hidden: list[str] = []  # nothing of the host is in the worker's view
-        else:
-            hidden = list(default_hidden_paths(support.python) if hide is None else hide)
+        private = default_hidden_paths(support.python) if hide is None else list(hide)
+        hidden = [] if root is not None else private  # with a minimal root nothing of the host is in view
+        secret = [p for p in private if p.startswith("/tmp/")]
         box = Box(result_fd=result_w, nonce=nonce, run_id=run_id, mountns=mountns,
                   uids=list(uids) if uids else None, drop_caps=uids is None, tmp_mb=limits.tmp_mb,
                   workdir=workdir, python=support.python, env=env, src=source,
                   worker_limits=_worker_limits(limits), supervisor_limits=_supervisor_limits(limits),
-                  hide=hidden, root=root, tree=list(tree),
+                  hide=hidden, root=root, tree=list(tree), secret=secret,
                   hostname=_HOSTNAME if "uts" in support.namespaces else None,
                   deadline_s=limits.timeout_s + _STARTUP_S + _DRAIN_S)
         config = json.dumps(Message(job=job, sandbox=box)).encode()
@@ -573,6 +574,7 @@ def _run(support: IsolationSupport, job: Job, limits: SandboxLimits, *, hide: Se
     run.leftovers_killed = leftovers
     run.run_id = run_id
     run.tree = tree
+    run.secret = tuple(secret)
     run.elapsed_s = time.monotonic() - started
     run.isolation = _isolation_facts(support, run, uids is not None)
     return run

@@ -349,7 +349,9 @@ def test_recursion_bomb_fails(host: Host) -> None:
 def test_unbounded_recursion_with_raised_limit_fails(host: Host) -> None:
     code = "import sys\nsys.setrecursionlimit(10 ** 8)\n\ndef solve(n=0):\n    return solve(n + 1) + 1\n"
     verdict, _ = _attack(host, code)
-    _assert_reason(verdict, "killed by", "MemoryError", "RecursionError", "timed out")
+    # CPython ends a C-stack or memory exhaustion in one of these ways, depending on where it runs out
+    # (seen here: SystemError "error return without exception set"); each is a failed verdict, not a crash.
+    _assert_reason(verdict, "killed by", "MemoryError", "RecursionError", "SystemError", "timed out")
 
 
 @pytest.mark.parametrize(("code", "reason"), [
