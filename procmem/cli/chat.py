@@ -81,8 +81,10 @@ def chat(
     from procmem.agent import AgentSession, SessionConfig
 
     home = home_of(ctx)
-    settings = SessionConfig(model=model, engine=engine, attempts=attempts,
-                             generation=GenerationConfig(max_tokens=max_tokens))
+    from procmem.core import config_from_flags
+
+    settings = config_from_flags(SessionConfig, {"model": model, "engine": engine, "attempts": attempts,
+                                                 "generation": GenerationConfig(max_tokens=max_tokens)})
     with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
             open_checkpointer(home) as saver:
         agent = session.graph(checkpointer=saver, stream=True)
