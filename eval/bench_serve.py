@@ -16,7 +16,7 @@ In ONE process (so the ratios compare like with like), on the bundled model by d
 Targets (issue 10): added p50 latency <= max(5% of the direct call, 10 ms); throughput at 16 clients >= 0.8x the
 engine's batched throughput.
 
-    .venv/bin/python eval/bench_serve.py [--model local:default] [--tokens 16] [--n 8] [--calls 2]
+    .venv/bin/python eval/bench_serve.py [--model local:default] [--tokens 16] [--n 32] [--calls 2]
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="local:default", help="Model spec (local:tiny for a smoke run).")
     parser.add_argument("--tokens", type=int, default=16, help="max_tokens of every call.")
-    parser.add_argument("--n", type=int, default=8, help="Sequential calls per latency row.")
+    parser.add_argument("--n", type=int, default=32,
+                        help="Sequential calls per latency row (with 8, p50 moved by 20 ms between quiet runs).")
     parser.add_argument("--calls", type=int, default=2, help="Calls per client in the throughput rows.")
     parser.add_argument("--max-wait-ms", type=float, default=None,
                         help="The batch window (ServeConfig.max_wait_ms; default: serve's default).")
