@@ -14,17 +14,13 @@ imports excluded) and the p50/p95 query latency while they write. Vectors come f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +52,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--episodes", type=int, default=20, help="Episodes per writer process.")
     parser.add_argument("--query-pause", type=float, default=0.02, help="Seconds between two timed queries.")
     args = parser.parse_args(argv)
-    from procmem.memory import ChromaStore, Entry, HashingEmbedder, ProceduralMemory
+    from procmem.memory import ChromaStore, Entry, HashingEmbedder, ProceduralMemory, local_chroma_server
 
     results: dict[str, Any] = {"load_avg_start": round(os.getloadavg()[0], 2), "runs": []}
-    with (tempfile.TemporaryDirectory(prefix="procmem-bench-server-") as scratch, _server(Path(scratch)) as url,
-          ChromaStore.remote(url, HashingEmbedder()) as store):
+    with (tempfile.TemporaryDirectory(prefix="procmem-bench-server-") as scratch,
+          local_chroma_server(Path(scratch) / "data") as url, ChromaStore.remote(url, HashingEmbedder()) as store):
         memory = ProceduralMemory(store)
         shared = []
         for i, text in enumerate(["Add the ones digits first, then carry.", "Answer in digits only."]):
@@ -96,37 +92,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _ms(times: list[float], pct: int) -> float | None:
     return round(float(np.percentile(times, pct)) * 1000, 2) if times else None
-
-
-@contextlib.contextmanager
-def _server(scratch: Path) -> Iterator[str]:
-    """A ``chroma run`` on a free loopback port, stopped afterwards."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    exe = Path(sys.executable).parent / "chroma"
-    log = (scratch / "chroma.log").open("w")
-    server = subprocess.Popen([str(exe), "run", "--path", str(scratch / "data"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"chroma server did not start: see {scratch / 'chroma.log'}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 if __name__ == "__main__":

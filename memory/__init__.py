@@ -31,7 +31,7 @@ from procmem.memory.base import (
     ScoredRecord,
     VectorMemoryStore,
 )
-from procmem.memory.chroma_store import ChromaStore
+from procmem.memory.chroma_store import ChromaStore, local_chroma_server
 from procmem.memory.config import HygieneConfig, MemoryConfig, ReflectionConfig, RetrievalConfig
 from procmem.memory.embedding import MINILM_DIM, HashingEmbedder, MiniLMEmbedder, default_embedder
 from procmem.memory.entries import (
@@ -123,6 +123,7 @@ __all__ = [
     "fit_context",
     "fit_memory",
     "group_problems",
+    "local_chroma_server",
     "open_memory",
     "parse_reflection",
     "pattern_prompt",

@@ -31,8 +31,11 @@ import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +66,7 @@ from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, S
 from procmem.memory.embedding import embed_array
 from procmem.memory.numpy_store import InMemoryStore
 
-__all__ = ["EXACT_MAX", "HNSW", "ChromaStore"]
+__all__ = ["EXACT_MAX", "HNSW", "ChromaStore", "local_chroma_server"]
 
 T = TypeVar("T")
 
@@ -718,3 +721,41 @@ def _chroma_where(where: Mapping[str, Scalar]) -> dict[str, Any] | None:
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+@contextlib.contextmanager
+def local_chroma_server(data_dir: Path, *, log_path: Path | None = None, timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``chroma run`` (the CLI chromadb installs beside this Python) on a free loopback port over
+    ``data_dir``; yields its URL once it answers its heartbeat, and stops it afterwards. For tests, benchmarks
+    and trying server mode on one machine; in production run the server as its own service."""
+    exe = Path(sys.executable).parent / "chroma"
+    if not exe.exists():
+        raise ProcmemError("the chroma CLI is not installed beside this Python", where=str(exe),
+                           fix="pip install chromadb into this environment")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log_path = log_path or data_dir.parent / "chroma.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen([str(exe), "run", "--path", str(data_dir), "--host", "127.0.0.1",
+                                   "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise ProcmemError(f"the chroma server did not answer within {timeout_s:.0f} s",
+                                           where=str(log_path), fix="read its log") from None
+                    time.sleep(0.2)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -9,18 +9,16 @@ that no merge, level or status was lost or corrupted.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord, ProceduralMemory
+from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord, ProceduralMemory, local_chroma_server
 
 WRITES = 60  # records per writer process, written in batches of BATCH so that the writers interleave
 BATCH = 6
@@ -72,41 +70,11 @@ def test_two_writer_processes_on_the_embedded_store_lose_nothing(tmp_path: Path)
         assert store.count("insight") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def chroma_server(tmp_path: Path) -> Iterator[str]:
     """A real Chroma server (`chroma run` from the installed chromadb) on 127.0.0.1; stopped afterwards."""
-    exe = Path(sys.executable).parent / "chroma"
-    assert exe.exists(), "the chroma CLI of chromadb is not installed beside this python"
-    port = _free_port()
-    log = (tmp_path / "chroma.log").open("w")
-    server = subprocess.Popen([str(exe), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1):
-                    break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "chroma.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "chroma server did not come up in 60 s"
-                time.sleep(0.2)
+    with local_chroma_server(tmp_path / "server-data", log_path=tmp_path / "chroma.log") as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def test_two_writer_processes_through_a_chroma_server_lose_nothing(chroma_server: str) -> None:
