@@ -376,7 +376,7 @@ def in_tree(path: str, tree: list) -> bool:
     return any(_under(path, [root]) or _under(root, [path]) for root in tree)
 
 
-def scrub_paths(text: str, tree: list, secret: list = ()) -> str:  # type: ignore[assignment]
+def scrub_paths(text: str, tree: list, secret: list | tuple = ()) -> str:
     """``text`` with every absolute path outside ``tree`` (see :func:`in_tree`), or under one of ``secret``,
     replaced. ``secret`` names host directories whose paths read like the sandbox's own (a checkout under
     ``/tmp``, where the worker's private ``/tmp`` is in its tree)."""
