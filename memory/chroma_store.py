@@ -344,7 +344,9 @@ class _ServerLock:
 
     Chroma has no compare-and-set, but ``add`` of an id that exists is a no-op and the server applies
     writes in one order: every contender adds the record ``memory`` to the ``procmem_locks`` collection with
-    its own random token, reads it back, and holds the lock if the token is its own. Release deletes the
+    its own random token, reads it back, and holds the lock if the token is its own. A contender that finds
+    it held polls with reads only until it is gone (a write costs the server ~10x a read, and every writer
+    waits behind it), then adds again. Release deletes the
     record only while it still carries the holder's token (a conditional delete). A holder that dies
     leaves the lock until its lease (:data:`_LEASE_S`, on the holder's clock: keep the hosts' clocks in
     sync) runs out; the next contender then deletes it. Sections are short (one read-modify-write).
@@ -357,26 +359,30 @@ class _ServerLock:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         deadline = time.monotonic() + _LOCK_TIMEOUT_S
         pause = 0.002
+        free = True  # as far as we know: only then try to take it (a write); while it is held, only read
         while True:
-            self._col.add(ids=[_LOCK_ID], embeddings=[[1.0]], documents=[owner],
-                          metadatas=[{"token": token, "expires": time.time() + _LEASE_S}])
+            if free:
+                self._col.add(ids=[_LOCK_ID], embeddings=[[1.0]], documents=[owner],
+                              metadatas=[{"token": token, "expires": time.time() + _LEASE_S}])
             held = self._col.get(ids=[_LOCK_ID], include=["metadatas", "documents"])
-            if held["ids"]:
-                meta = held["metadatas"][0] or {}
-                if meta.get("token") == token:
-                    return
-                if float(meta.get("expires", 0.0)) < time.time():  # its holder died: break the lease
-                    self._release(str(meta.get("token", "")))
-                    continue
-            else:
-                continue  # released between our add and our read: try again at once
+            if not held["ids"]:
+                free = True  # released between our add and our read, or while we waited: try at once
+                continue
+            meta = held["metadatas"][0] or {}
+            if meta.get("token") == token:
+                return
+            if float(meta.get("expires", 0.0)) < time.time():  # its holder died: break the lease
+                self._release(str(meta.get("token", "")))
+                free = True
+                continue
+            free = False
             if time.monotonic() > deadline:
                 raise ProcmemError(f"the memory's server lock is held by {held['documents'][0]} for over "
                                    f"{_LOCK_TIMEOUT_S:.0f} s", where=f"collection {_LOCKS_COLLECTION}",
                                    fix="wait for that process, or delete the record 'memory' of that collection "
                                        "if it is gone")
             time.sleep(pause * (1 + random.random()))
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.02)
 
     def release(self, token: str) -> None:
         self._release(token)
