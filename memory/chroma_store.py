@@ -86,8 +86,12 @@ _OVERFETCH_CAP = 256
 _INCLUDE: Any = ["documents", "metadatas"]
 
 HNSW: dict[str, int] = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
-"""HNSW parameters of new collections (M, build and search beam widths). Chroma's defaults (16, 100, 100)
-gave recall@5 0.73 at 100k entries. ``ef_search`` is also raised on collections made with the defaults."""
+"""HNSW parameters of new collections (M, build and search beam widths); Chroma's defaults are (16, 100, 100).
+Measured recall@5 (``eval/bench_memory.py``): random 384-d vectors, the hardest case, 0.78 at 20k entries
+(defaults: 0.34); see docs/benchmarks.md for MiniLM embeddings. ``ef_search`` is also raised on collections
+made with Chroma's default; :meth:`ChromaStore.set_ef_search` changes it."""
+
+_CHROMA_EF_SEARCH = 100
 
 EXACT_MAX = 5_000
 """Levels of the embedded store with at most this many entries are searched exactly in process memory."""
@@ -156,7 +160,7 @@ class _Connection:
                 configuration={"hnsw": {"space": "cosine", **HNSW}},
                 metadata={_EMBEDDER_KEY: identity})
             hnsw = (col.configuration or {}).get("hnsw") or {}
-            if int(hnsw.get("ef_search") or 0) < HNSW["ef_search"]:  # made with Chroma's defaults
+            if int(hnsw.get("ef_search") or 0) == _CHROMA_EF_SEARCH:  # made with Chroma's defaults
                 col.modify(configuration={"hnsw": {"ef_search": HNSW["ef_search"]}})
             self._collections[level] = col
         return self._collections[level]
@@ -550,6 +554,16 @@ class ChromaStore:
         mirror = self._conn.mirrored(level)
         if mirror is not None:
             mirror.delete(level, ids)
+
+    def set_ef_search(self, level: Level, ef_search: int) -> None:
+        """Set the HNSW search beam width of ``level`` (kept with the collection, for every process that opens it
+        later): higher finds more of the true nearest neighbours and searches slower. This process reopens its
+        client, since Chroma keeps an open index's width. Chroma's default (100) is raised to ``HNSW``'s on open."""
+        if not 1 <= ef_search <= 100_000:
+            raise ValueError(f"ef_search must be in 1..100000, got {ef_search}")
+        self._write(level, lambda col: col.modify(configuration={"hnsw": {"ef_search": ef_search}}))
+        with self._conn.lock:
+            self._conn.reset()
 
     # --- reads ----------------------------------------------------------------------------------
 
