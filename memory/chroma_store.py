@@ -648,7 +648,7 @@ class ChromaStore:
         """
         if not where:
             return self._nearest(col, query, k, None)
-        fetch = max(4 * k, 32)
+        fetch = max(2 * k, 16)  # filters the agent uses match half (passed) or nearly all (split=train)
         while fetch <= _OVERFETCH_CAP:
             hits = self._nearest(col, query, fetch, None)
             matched = [h for h in hits if matches(h.metadata, where)]
