@@ -1,6 +1,7 @@
 """Distillation under accelerate: 2 real CPU processes (gloo) on the tiny model.
 
 - the same global batches, split between the processes, give the single-process adapter (within 1e-5);
+- a process whose shard is empty (global batch 1) still joins the gradient reduction;
 - a kill -9 of either process stops the job; the same command resumes from the checkpoint and finishes;
 - ``procmem distill --once --processes 2`` runs the whole job: one registered version, one report.
 """
@@ -102,6 +103,40 @@ def test_two_processes_train_the_adapter_one_process_trains(
     assert loss_diff < 1e-5
     assert weight_diff < WEIGHT_ATOL
     assert not (tmp_path / "two" / "checkpoints").exists()  # the main process cleaned up
+
+
+def test_a_process_with_an_empty_shard_still_joins_the_gradient_reduction(
+    tiny_model_dir: Path, tiny_config: DistillConfig, tmp_path: Path
+) -> None:
+    """Global batch 1 on 2 processes: rank 1's shard is always empty; its zero gradient keeps DDP in step."""
+    config = tiny_config.model_copy(update={"train": tiny_config.train.model_copy(update={"batch_size": 1})})
+    one = train_adapter(make_build(), config, model_dir=tiny_model_dir, work_dir=tmp_path / "one", quiet=True)
+    _finish(_launch(tmp_path, config, tiny_model_dir, tmp_path / "two", tmp_path / "logs"))
+    two = json.loads((tmp_path / "logs" / "result.json").read_text())
+    assert len(_shards(tmp_path / "logs", 0)) == two["steps"] == one.steps == 12
+    assert not (tmp_path / "logs" / "shards-1.jsonl").exists()  # rank 1 never had an example
+    assert max(abs(a - b) for a, b in zip(one.losses, two["losses"], strict=True)) < 1e-5
+    assert _max_diff(_adapter(tmp_path / "one"), _adapter(tmp_path / "two")) < WEIGHT_ATOL
+
+
+def test_shards_are_contiguous_and_cover_the_batch() -> None:
+    from procmem.distill.train import _shard
+
+    batch = list(range(7))
+    assert [_shard(batch, r, 3) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]  # type: ignore[arg-type]
+    assert [_shard(batch[:1], r, 2) for r in range(2)] == [[0], []]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--every", "6h", "--processes", "2"), "--every runs in one process"),
+])
+def test_processes_needs_once(home: Home, args: tuple[str, ...], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from procmem.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(home.root), "distill", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("victim", [1, 0])
