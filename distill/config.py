@@ -62,7 +62,8 @@ class TrainSettings(Config):
 
     lr: float = Field(default=2e-4, gt=0.0, le=1.0, description="AdamW peak learning rate.")
     epochs: int = Field(default=2, ge=1, le=1000, description="Passes over the training examples.")
-    batch_size: int = Field(default=4, ge=1, le=1024, description="Examples per optimizer step.")
+    batch_size: int = Field(default=4, ge=1, le=1024, description="Examples per optimizer step: the global "
+                            "batch (under `accelerate launch`, each of N processes trains on batch_size / N of them).")
     max_seq_len: int = Field(default=1024, ge=8, le=32768,
                              description="Longest prompt+completion in tokens; longer examples lose the head of their "
                                          "prompt. Self-distill teacher prompts carry the memory, so keep room for it.")

@@ -167,8 +167,10 @@ def completion_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     """
     lm = _causal_lm(model)
     body = getattr(lm, lm.base_model_prefix)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logits = lm.get_output_embeddings()(hidden[predict_mask])
+    device = lm.device  # the batches are built on the CPU; the model may be on a GPU (accelerate)
+    hidden = body(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                  use_cache=False).last_hidden_state
+    logits = lm.get_output_embeddings()(hidden[predict_mask.to(device)])
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
@@ -196,7 +198,7 @@ class SftObjective:
         packed = self._enc.pack([self._enc.ids(e.prompt, special=True) for e in items],
                                 [self._enc.ids(e.completion or "", special=False) for e in items])
         logits = completion_logits(model, packed.input_ids, packed.attention_mask, packed.predict_mask)
-        loss = F.cross_entropy(logits, packed.targets)
+        loss = F.cross_entropy(logits, packed.targets.to(logits.device))
         return ObjectiveLoss(loss, int(packed.targets.numel()), packed.processed_tokens)
 
     def after_step(self, model: nn.Module) -> None:
@@ -263,8 +265,9 @@ class SelfDistillObjective:
             pad = self._enc.pad_id
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            device = _causal_lm(model).device
             out = model.generate(  # type: ignore[operator]
-                input_ids=input_ids, attention_mask=attention, do_sample=True,
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                 temperature=self.settings.rollout_temperature, top_p=self.settings.rollout_top_p, top_k=0,
                 max_new_tokens=max(limits), pad_token_id=pad, eos_token_id=self._tokenizer.eos_token_id,
             )

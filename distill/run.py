@@ -32,6 +32,7 @@ from procmem.core.fileio import read_json, read_jsonl, write_json
 from procmem.core.keys import normalize_question, policy_version
 from procmem.core.progress import progress_bar
 from procmem.core.registry import GateReport, gate_table, promote, promotion_state, resolve_adapter
+from procmem.distill import distributed
 from procmem.distill.config import DistillConfig
 from procmem.distill.gate import SuiteScores, compare, evaluate
 from procmem.distill.manifest import register_candidate, registered_version
@@ -125,27 +126,84 @@ def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | C
 
     ``deps`` may be a factory, called only once the lock is held (default: :func:`default_deps`).
     A second job while one runs raises :class:`DistillBusy` at once instead of waiting.
+
+    Started by ``accelerate launch`` in several processes, the main process runs the job and the others only
+    help it train (see :mod:`.distributed`); their result is ``skipped`` with the training figures.
     """
     console = console or Console(stderr=True, quiet=quiet)
-    home.ensure()
-    lock = distill_lock(home)
+    if distributed.world_size() > 1 and not distributed.is_main_process():
+        return _follow(config, deps, console)
+    workers = _Workers() if distributed.world_size() > 1 else None
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise DistillBusy("another distillation job is running", where=str(home.locks / "distill.lock"),
-                          fix="wait for it to finish; the lock is released when it exits") from None
-    try:
-        if deps is None:
-            deps = default_deps(config, home)
-        elif not isinstance(deps, DistillDeps):
-            deps = deps()
-        return _run_locked(config, home, deps, force, console, quiet)
+        home.ensure()
+        lock = distill_lock(home)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise DistillBusy("another distillation job is running", where=str(home.locks / "distill.lock"),
+                              fix="wait for it to finish; the lock is released when it exits") from None
+        try:
+            if deps is None:
+                deps = default_deps(config, home)
+            elif not isinstance(deps, DistillDeps):
+                deps = deps()
+            return _run_locked(config, home, deps, force, console, quiet, workers)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        if workers is not None:
+            workers.release()
+
+
+@dataclass(frozen=True)
+class _TrainOrder:
+    """What the main process tells the other processes to train."""
+
+    run: str
+    model_dir: str
+    parent: str | None
+
+
+class _Workers:
+    """The other processes of a job started by ``accelerate launch``: they wait for one train order (or None)."""
+
+    def __init__(self) -> None:
+        distributed.accelerator()  # join the process group now: the others are waiting in it
+        self.told = False
+
+    def train(self, order: _TrainOrder) -> None:
+        distributed.broadcast(order)
+        self.told = True
+
+    def release(self) -> None:
+        """Tell them there is nothing (more) to train, unless they were given their order."""
+        if not self.told:
+            distributed.broadcast(None)
+            self.told = True
+
+
+def _follow(config: DistillConfig, deps: DistillDeps | Callable[[], DistillDeps] | None,
+            console: Console) -> DistillResult:
+    """A process other than the main one: train the run the main process names, then leave."""
+    order: _TrainOrder | None = distributed.broadcast(None)
+    where = f"process {distributed.rank()} of {distributed.world_size()}"
+    if order is None:
+        return DistillResult(status="skipped", reason=f"{where}: the main process had nothing to train")
+    run = Path(order.run)
+    build = load_trace_build(run / "traces")
+    if build is None:
+        raise ProcmemError(f"{where}: no traces in {run / 'traces'}", where=str(run),
+                           fix="put PROCMEM_HOME on a file system every process of the job can read")
+    train = train_adapter(build, config, model_dir=Path(order.model_dir), work_dir=run / "train",
+                          parent=Path(order.parent) if order.parent else None,
+                          objective_factory=deps.objective_factory if isinstance(deps, DistillDeps) else None,
+                          console=console, quiet=True)
+    return DistillResult(status="skipped", run_id=run.name, train=train.to_dict(),
+                         reason=f"{where}: trained its shards; the main process gates and registers")
 
 
 def _run_locked(config: DistillConfig, home: Home, deps: DistillDeps, force: bool, console: Console,
-                quiet: bool) -> DistillResult:
+                quiet: bool, workers: _Workers | None = None) -> DistillResult:
     run = unfinished_run(home, config)
     resumed = run is not None
     if run is None:
@@ -160,14 +218,14 @@ def _run_locked(config: DistillConfig, home: Home, deps: DistillDeps, force: boo
     else:
         console.print(f"resuming distill run {run.name} at stage {read_state(run).stage}")
     try:
-        return _advance(run, config, home, deps, force, resumed, console, quiet)
+        return _advance(run, config, home, deps, force, resumed, console, quiet, workers)
     except BaseException as err:
         update_state(run, error=f"{type(err).__name__}: {err}", failed_at=utc_now())
         raise
 
 
 def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, force: bool, resumed: bool,
-             console: Console, quiet: bool) -> DistillResult:
+             console: Console, quiet: bool, workers: _Workers | None = None) -> DistillResult:
     state = read_state(run)
     episodes = [Episode.from_dict(row) for row in read_jsonl(run / "episodes.jsonl")]
     parent_version = _parent_version(home, config)
@@ -190,6 +248,8 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
         return _replace(base, reason=f"{len(build.kept)} verified traces (min_traces={config.min_traces})",
                         **counts)
 
+    if workers is not None:
+        workers.train(_TrainOrder(str(run), str(deps.model_dir), str(parent_dir) if parent_dir else None))
     train = train_adapter(build, config, model_dir=deps.model_dir, work_dir=run / "train", parent=parent_dir,
                           objective_factory=deps.objective_factory,
                           console=console, quiet=quiet)

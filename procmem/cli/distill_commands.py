@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -54,18 +54,33 @@ def distill(
     ticks: Annotated[int | None, typer.Option(help="With --every: stop after this many ticks.", hidden=True)]
     = None,
     chroma_url: Annotated[str | None, typer.Option(help=CHROMA_URL_HELP)] = None,
+    processes: Annotated[int | None, typer.Option(
+        min=1, help="With --once: train in this many processes on this machine (data-parallel, under `accelerate "
+                    "launch`; CPU: gloo, GPU: one process per GPU). The global batch stays train.batch_size.")]
+    = None,
     json_out: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Build corrected traces, train an adapter, gate it, register it as vN and promote it if it passes.
 
     Use --once from a scheduler, or --every INTERVAL to run as a long-lived job. Two jobs never run at
     once (a lock); an interrupted run resumes where it stopped when the command is run again.
+    Under `accelerate launch` (or with --processes N), training is data-parallel over the processes.
     """
     if ctx.invoked_subcommand is not None:
         return
     if once == (every is not None):
         raise ProcmemError("pass exactly one of --once and --every INTERVAL", where="procmem distill",
                            fix="e.g. `procmem distill --once` or `procmem distill --every 6h`")
+    from procmem.distill.distributed import is_main_process, world_size
+
+    if every is not None and (world_size() > 1 or (processes or 1) > 1):
+        raise ProcmemError("--every runs in one process", where="procmem distill --every",
+                           fix="schedule `procmem distill --once --processes N` (or its `accelerate launch`) instead")
+    if processes is not None and processes > 1 and world_size() == 1:
+        _relaunch(processes)
+    if processes is not None and world_size() > 1 and processes != world_size():
+        raise ProcmemError(f"--processes {processes}, but accelerate started {world_size()} processes",
+                           where="--processes", fix="drop --processes under `accelerate launch`")
     cfg = _distill_config(config, {"model": model, "objective": objective, "parent": parent,
                                    "min_new_episodes": min_new_episodes})
     home = home_of(ctx)
@@ -74,7 +89,8 @@ def distill(
     if once:
         result = run_distillation(cfg, home, deps=lambda: default_deps(cfg, home, chroma_url=chroma_url),
                                   force=force, console=err_console)
-        _report(result, json_out)
+        if is_main_process():  # the other processes only helped train
+            _report(result, json_out)
         return
     interval = parse_interval(every or "")
     err_console.print(f"distilling every {every} (Ctrl-C stops); log: {home.root / 'distill' / 'log.jsonl'}",
@@ -82,6 +98,26 @@ def distill(
     run_every(cfg, home, interval, deps_factory=lambda: default_deps(cfg, home, chroma_url=chroma_url),
               max_ticks=ticks, force=force, console=err_console,
               on_result=lambda result: _report(result, json_out))
+
+
+def _relaunch(processes: int) -> NoReturn:
+    """Replace this process with ``accelerate launch`` running this same command in ``processes`` processes."""
+    import os
+    import sys
+
+    from procmem.distill.distributed import launch_command
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--processes" or arg.startswith("--processes="):
+            skip = arg == "--processes"
+            continue
+        args.append(arg)
+    command = launch_command(processes, ["procmem.cli", *args])
+    err_console.print(f"training in {processes} processes: {' '.join(command)}", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def _distill_config(path: Path | None, flags: dict[str, Any]) -> DistillConfig:
