@@ -86,8 +86,12 @@ _OVERFETCH_CAP = 256
 _INCLUDE: Any = ["documents", "metadatas"]
 
 HNSW: dict[str, int] = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
-"""HNSW parameters of new collections (M, build and search beam widths). Chroma's defaults (16, 100, 100)
-gave recall@5 0.73 at 100k entries. ``ef_search`` is also raised on collections made with the defaults."""
+"""HNSW parameters of new collections (M, build and search beam widths); Chroma's defaults are (16, 100, 100).
+Measured recall@5 (``eval/bench_memory.py``): random 384-d vectors, the hardest case, 0.78 at 20k entries
+(defaults: 0.34); see docs/benchmarks.md for MiniLM embeddings. ``ef_search`` is also raised on collections
+made with Chroma's default; :meth:`ChromaStore.set_ef_search` changes it."""
+
+_CHROMA_EF_SEARCH = 100
 
 EXACT_MAX = 5_000
 """Levels of the embedded store with at most this many entries are searched exactly in process memory."""
@@ -156,7 +160,7 @@ class _Connection:
                 configuration={"hnsw": {"space": "cosine", **HNSW}},
                 metadata={_EMBEDDER_KEY: identity})
             hnsw = (col.configuration or {}).get("hnsw") or {}
-            if int(hnsw.get("ef_search") or 0) < HNSW["ef_search"]:  # made with Chroma's defaults
+            if int(hnsw.get("ef_search") or 0) == _CHROMA_EF_SEARCH:  # made with Chroma's defaults
                 col.modify(configuration={"hnsw": {"ef_search": HNSW["ef_search"]}})
             self._collections[level] = col
         return self._collections[level]
@@ -344,7 +348,9 @@ class _ServerLock:
 
     Chroma has no compare-and-set, but ``add`` of an id that exists is a no-op and the server applies
     writes in one order: every contender adds the record ``memory`` to the ``procmem_locks`` collection with
-    its own random token, reads it back, and holds the lock if the token is its own. Release deletes the
+    its own random token, reads it back, and holds the lock if the token is its own. A contender that finds
+    it held polls with reads only until it is gone (a write costs the server ~10x a read, and every writer
+    waits behind it), then adds again. Release deletes the
     record only while it still carries the holder's token (a conditional delete). A holder that dies
     leaves the lock until its lease (:data:`_LEASE_S`, on the holder's clock: keep the hosts' clocks in
     sync) runs out; the next contender then deletes it. Sections are short (one read-modify-write).
@@ -357,26 +363,30 @@ class _ServerLock:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         deadline = time.monotonic() + _LOCK_TIMEOUT_S
         pause = 0.002
+        free = True  # as far as we know: only then try to take it (a write); while it is held, only read
         while True:
-            self._col.add(ids=[_LOCK_ID], embeddings=[[1.0]], documents=[owner],
-                          metadatas=[{"token": token, "expires": time.time() + _LEASE_S}])
+            if free:
+                self._col.add(ids=[_LOCK_ID], embeddings=[[1.0]], documents=[owner],
+                              metadatas=[{"token": token, "expires": time.time() + _LEASE_S}])
             held = self._col.get(ids=[_LOCK_ID], include=["metadatas", "documents"])
-            if held["ids"]:
-                meta = held["metadatas"][0] or {}
-                if meta.get("token") == token:
-                    return
-                if float(meta.get("expires", 0.0)) < time.time():  # its holder died: break the lease
-                    self._release(str(meta.get("token", "")))
-                    continue
-            else:
-                continue  # released between our add and our read: try again at once
+            if not held["ids"]:
+                free = True  # released between our add and our read, or while we waited: try at once
+                continue
+            meta = held["metadatas"][0] or {}
+            if meta.get("token") == token:
+                return
+            if float(meta.get("expires", 0.0)) < time.time():  # its holder died: break the lease
+                self._release(str(meta.get("token", "")))
+                free = True
+                continue
+            free = False
             if time.monotonic() > deadline:
                 raise ProcmemError(f"the memory's server lock is held by {held['documents'][0]} for over "
                                    f"{_LOCK_TIMEOUT_S:.0f} s", where=f"collection {_LOCKS_COLLECTION}",
                                    fix="wait for that process, or delete the record 'memory' of that collection "
                                        "if it is gone")
             time.sleep(pause * (1 + random.random()))
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.02)
 
     def release(self, token: str) -> None:
         self._release(token)
@@ -545,6 +555,16 @@ class ChromaStore:
         if mirror is not None:
             mirror.delete(level, ids)
 
+    def set_ef_search(self, level: Level, ef_search: int) -> None:
+        """Set the HNSW search beam width of ``level`` (kept with the collection, for every process that opens it
+        later): higher finds more of the true nearest neighbours and searches slower. This process reopens its
+        client, since Chroma keeps an open index's width. Chroma's default (100) is raised to ``HNSW``'s on open."""
+        if not 1 <= ef_search <= 100_000:
+            raise ValueError(f"ef_search must be in 1..100000, got {ef_search}")
+        self._write(level, lambda col: col.modify(configuration={"hnsw": {"ef_search": ef_search}}))
+        with self._conn.lock:
+            self._conn.reset()
+
     # --- reads ----------------------------------------------------------------------------------
 
     def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]:
@@ -628,7 +648,7 @@ class ChromaStore:
         """
         if not where:
             return self._nearest(col, query, k, None)
-        fetch = max(4 * k, 32)
+        fetch = max(2 * k, 16)  # filters the agent uses match half (passed) or nearly all (split=train)
         while fetch <= _OVERFETCH_CAP:
             hits = self._nearest(col, query, fetch, None)
             matched = [h for h in hits if matches(h.metadata, where)]

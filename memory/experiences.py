@@ -24,10 +24,11 @@ from procmem.core import Episode, Task
 from procmem.core.keys import normalize_question, problem_key
 from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
 
-__all__ = ["EXPERIENCE", "ExperienceMemory"]
+__all__ = ["EXAMPLE_FILTER", "EXPERIENCE", "ExperienceMemory", "pick_examples"]
 
 EXPERIENCE: Level = "experience"
-_EXAMPLE_FILTER: dict[str, Scalar] = {"passed": True, "split": "train"}
+EXAMPLE_FILTER: dict[str, Scalar] = {"passed": True, "split": "train"}
+"""The metadata a worked example matches (rules 1 and 2; :func:`pick_examples` checks the payload too)."""
 
 
 class ExperienceMemory:
@@ -78,10 +79,10 @@ class ExperienceMemory:
         fetch = 2 * k + 4
         while True:
             if vector is not None and isinstance(self.store, VectorMemoryStore):
-                hits = self.store.query_vector(EXPERIENCE, vector, k=fetch, where=_EXAMPLE_FILTER)
+                hits = self.store.query_vector(EXPERIENCE, vector, k=fetch, where=EXAMPLE_FILTER)
             else:
-                hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=_EXAMPLE_FILTER)
-            chosen = _pick_examples([h.record for h in hits], task, k)
+                hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=EXAMPLE_FILTER)
+            chosen = pick_examples([h.record for h in hits], task, k)
             if len(chosen) >= k or len(hits) < fetch:
                 return chosen
             fetch *= 4  # many hits were the task itself or repeats: look further
@@ -117,8 +118,9 @@ def _to_record(episode: Episode) -> MemoryRecord:
     )
 
 
-def _pick_examples(records: Sequence[MemoryRecord], task: Task, k: int) -> list[Episode]:
-    """Apply rules 1-4 of the module docstring to ranked records."""
+def pick_examples(records: Sequence[MemoryRecord], task: Task, k: int) -> list[Episode]:
+    """Up to ``k`` worked examples for ``task`` among ``records`` (most similar first): rules 1-4 of the module
+    docstring applied in order."""
     seen_tasks = {task.id}
     seen_questions = {normalize_question(task.prompt)}
     chosen: list[Episode] = []

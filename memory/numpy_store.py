@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ from procmem.memory.embedding import embed_array
 __all__ = ["InMemoryStore"]
 
 _WhereKey = tuple[tuple[str, str, Scalar], ...]
+_MASKS = 64
+"""Filters whose matching rows a level keeps (each write updates them all)."""
 
 
 @dataclass
@@ -55,7 +58,8 @@ class _Table:
     entries: list[_Entry] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
     buffer: npt.NDArray[np.float32] = field(init=False)
-    masks: dict[_WhereKey, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    masks: OrderedDict[_WhereKey, npt.NDArray[np.bool_]] = field(default_factory=OrderedDict)
+    """The rows each recent filter matches, most recently used last (at most :data:`_MASKS`)."""
 
     def __post_init__(self) -> None:
         self.buffer = np.zeros((16, self.dim), dtype=np.float32)
@@ -72,10 +76,17 @@ class _Table:
                 self.buffer = np.concatenate([self.buffer, np.zeros_like(self.buffer)])
             self.entries.append(entry)
             self.rows[entry.id] = row
+            for key, mask in self.masks.items():
+                self.masks[key] = np.append(mask, matches(entry.metadata, _where(key)))
         else:
-            self.entries[row] = entry
+            self.replace(row, entry)
         self.buffer[row] = vector
-        self.masks.clear()
+
+    def replace(self, row: int, entry: _Entry) -> None:
+        """Put ``entry`` in ``row`` (same id, new metadata); the cached masks follow."""
+        self.entries[row] = entry
+        for key, mask in self.masks.items():
+            mask[row] = matches(entry.metadata, _where(key))
 
     def remove(self, entry_id: str) -> None:
         row = self.rows.pop(entry_id, None)
@@ -87,15 +98,24 @@ class _Table:
             self.buffer[row] = self.buffer[last]
             self.rows[self.entries[row].id] = row
         self.entries.pop()
-        self.masks.clear()
+        for key, mask in self.masks.items():
+            mask[row] = mask[last]
+            self.masks[key] = mask[:last].copy()
 
     def mask(self, where: Mapping[str, Scalar]) -> npt.NDArray[np.bool_]:
-        """Which rows match ``where`` (cached until the next write)."""
+        """Which rows match ``where`` (computed once per filter, then kept up to date by every write)."""
         key = tuple(sorted((k, type(v).__name__, v) for k, v in where.items()))
         if key not in self.masks:
             self.masks[key] = np.fromiter((matches(e.metadata, where) for e in self.entries), dtype=bool,
                                           count=len(self.entries))
+            while len(self.masks) > _MASKS:
+                self.masks.popitem(last=False)
+        self.masks.move_to_end(key)
         return self.masks[key]
+
+
+def _where(key: _WhereKey) -> dict[str, Scalar]:
+    return {name: value for name, _, value in key}
 
 
 class InMemoryStore:
@@ -133,9 +153,7 @@ class InMemoryStore:
             for row, new in zip(rows, changes, strict=True):
                 if new:
                     entry = table.entries[row]
-                    table.entries[row] = _Entry(entry.id, entry.text, {**entry.metadata, **new}, entry.payload_json)
-            if any(changes):
-                table.masks.clear()
+                    table.replace(row, _Entry(entry.id, entry.text, {**entry.metadata, **new}, entry.payload_json))
             return [table.entries[row].record(level) for row in rows]
 
     def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]:
@@ -174,8 +192,10 @@ class InMemoryStore:
     def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]:
         where = check_where(where)
         with self._lock:
-            entries = list(self._table(level).entries)
-        return (entry.record(level) for entry in entries if matches(entry.metadata, where))
+            table = self._table(level)
+            rows = np.flatnonzero(table.mask(where)) if where else range(len(table.entries))
+            entries = [table.entries[row] for row in rows]
+        return (entry.record(level) for entry in entries)
 
     def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int:
         where = check_where(where)

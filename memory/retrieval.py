@@ -34,11 +34,11 @@ import numpy.typing as npt
 
 from procmem.core import Episode, Task, render_completion, render_prompt
 from procmem.core.keys import problem_key
-from procmem.memory.base import Scalar, VectorMemoryStore
+from procmem.memory.base import Scalar, ScoredRecord, VectorMemoryStore
 from procmem.memory.config import MemoryConfig
 from procmem.memory.embedding import embed_array
 from procmem.memory.entries import INSIGHT, PATTERN, Entry, Kind, entry_or_none, problem_flag
-from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
+from procmem.memory.experiences import EXPERIENCE, ExperienceMemory, pick_examples
 from procmem.memory.hygiene import trust
 
 __all__ = [
@@ -233,20 +233,29 @@ class ProceduralRetriever:
 
     def context(self, task: Task, k: int) -> MemoryContext:
         """Everything memory holds for ``task`` (before the budget): up to ``k`` worked examples, insights
-        of the nearest solved problems, and patterns, each section best first."""
-        vector = embed_array(self.store.embedder, [task.prompt])[0]
-        successes = ExperienceMemory(self.store).similar_successes(task, k, vector=vector)
-        examples = tuple(WorkedExample.from_episode(e) for e in successes)
-        return MemoryContext(examples, self._insights(task, vector), self._patterns(vector))
+        of the nearest solved problems, and patterns, each section best first.
 
-    def _insights(self, task: Task, vector: npt.NDArray[np.float32]) -> tuple[Advice, ...]:
+        The task is embedded once, and one search of the experience level serves both the worked examples
+        and the nearest problems; insights are read per nearest problem, patterns by one search. No step
+        reads a whole level, so the cost does not grow with the number of episodes (beyond the index's)."""
+        cfg = self.config.retrieval
+        vector = embed_array(self.store.embedder, [task.prompt])[0]
+        fetch = max(4 * cfg.nearest_problems + 8, 2 * k + 4)
+        nearest = self.store.query_vector(EXPERIENCE, vector, k=fetch, where={"split": "train"})
+        successes = pick_examples([h.record for h in nearest if h.record.metadata.get("passed") is True], task, k)
+        if len(successes) < k and len(nearest) == fetch:  # too few successes among the nearest: look further
+            successes = ExperienceMemory(self.store).similar_successes(task, k, vector=vector)
+        examples = tuple(WorkedExample.from_episode(e) for e in successes)
+        return MemoryContext(examples, self._insights(task, nearest), self._patterns(vector))
+
+    def _insights(self, task: Task, nearest: Sequence[ScoredRecord]) -> tuple[Advice, ...]:
+        """Insights of the nearest problems among ``nearest`` (train-split episodes, most similar first)."""
         cfg = self.config.retrieval
         if cfg.insights <= 0:
             return ()
         own = problem_key(task.prompt)
         near: dict[str, float] = {}
-        hits = self.store.query_vector(EXPERIENCE, vector, k=4 * cfg.nearest_problems + 8, where={"split": "train"})
-        for hit in hits:
+        for hit in nearest:
             key = str(hit.record.metadata.get("problem") or problem_key(hit.record.text))
             if hit.similarity < cfg.min_problem_similarity or len(near) >= cfg.nearest_problems:
                 break

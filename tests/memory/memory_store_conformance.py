@@ -225,6 +225,22 @@ class MemoryStoreConformance:
         assert store.count("experience", where={"split": "train", "passed": False}) == 2
         assert {r.id: r for r in store.scan("experience")} == {r.id: r for r in records}
 
+    def test_filters_stay_right_across_writes(self, store: MemoryStore) -> None:
+        records = _fill(store)
+        where = {"split": "train"}
+        before = {r.id for r in store.scan("experience", where=where)}  # a store may keep this filter's rows
+        moved = sorted(before)[0]
+        store.update("experience", [moved], lambda r: {"split": "test"})
+        store.delete("experience", [sorted(before)[1]])
+        store.upsert([MemoryRecord(id="new-train", level="experience", text="What is new?", metadata=where),
+                      MemoryRecord(id="new-test", level="experience", text="What is newer?",
+                                   metadata={"split": "test"}),
+                      ])
+        after = before - {moved, sorted(before)[1]} | {"new-train"}
+        assert {r.id for r in store.scan("experience", where=where)} == after
+        assert store.count("experience", where=where) == len(after)
+        assert {h.record.id for h in store.query("experience", "What", k=len(records) + 5, where=where)} == after
+
     def test_concurrent_writer_threads_lose_nothing(self, store: MemoryStore) -> None:
         from concurrent.futures import ThreadPoolExecutor
 

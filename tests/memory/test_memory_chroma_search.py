@@ -53,3 +53,30 @@ def test_the_exact_mirror_answers_like_hnsw_and_follows_writes(tmp_path: Path,
                                                                 where={"even": False})]
         assert store._conn.mirrored("experience") is None
         assert through_hnsw == after
+
+
+def test_the_search_beam_width_trades_recall_and_is_kept_with_the_collection(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chroma_module, "EXACT_MAX", 0)
+    embedder = HashingEmbedder()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, embedder.dim)).astype(np.float32)  # random: the hard case for HNSW
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:40] + 0.5 * rng.normal(size=(40, embedder.dim)).astype(np.float32) / embedder.dim ** 0.5
+    exact = [set(np.argsort(-(vectors @ q))[:5].tolist()) for q in queries]
+
+    def recall(store: ChromaStore) -> float:
+        found = [{int(h.record.id[1:]) for h in store.query_vector("experience", q, k=5)} for q in queries]
+        return float(np.mean([len(a & b) / 5 for a, b in zip(found, exact, strict=True)]))
+
+    with ChromaStore.embedded(tmp_path / "chroma", embedder) as store:
+        store.upsert_vectors([MemoryRecord(id=f"r{i}", level="experience", text="") for i in range(2000)], vectors)
+        store.set_ef_search("experience", 1)
+        narrow = recall(store)
+        store.set_ef_search("experience", 400)
+        wide = recall(store)
+        with pytest.raises(ValueError, match="ef_search"):
+            store.set_ef_search("experience", 0)
+    assert wide >= 0.95 and narrow < wide, (narrow, wide)
+    with ChromaStore.embedded(tmp_path / "chroma", embedder) as reopened:
+        assert reopened._collection("experience").configuration["hnsw"]["ef_search"] == 400

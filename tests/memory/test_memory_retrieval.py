@@ -13,6 +13,7 @@ from procmem.memory import (
     Advice,
     MemoryContext,
     ProceduralMemory,
+    ProceduralRetriever,
     Retriever,
     WorkedExample,
     fit_context,
@@ -150,3 +151,44 @@ def test_a_merged_insight_is_found_from_any_of_its_problems(pmem: ProceduralMemo
     near_other = _task("What is 61 + 28?")
     assert problem_key(other) in [problem_key(e.task.prompt) for e in pmem.similar_successes(near_other, 1)]
     assert CARRY in pmem.retriever().retrieve(near_other, 1).text
+
+
+class _CountingStore:
+    """The real store, with every call the retriever makes on it recorded as (method, level) and every record
+    a scan yields counted: what one retrieval costs, independent of timing."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.calls: list[tuple[str, object]] = []
+        self.scanned = 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append((name, args[0] if args else None))
+            found = attr(*args, **kwargs)
+            if name == "scan":
+                records = list(found)  # type: ignore[call-overload]
+                self.scanned += len(records)
+                return iter(records)
+            return found
+
+        return call
+
+
+@pytest.mark.parametrize("episodes", [20, 400])
+def test_one_retrieval_makes_the_same_few_store_calls_at_any_size(pmem: ProceduralMemory, episodes: int) -> None:
+    pmem.record_many([episode(f"s{i}", f"What is {i} + {i + 7}?", [str(2 * i + 7)]) for i in range(episodes)])
+    pmem.record(episode("sum", SUM, ["68"]))
+    pmem.write_entry(entry(CARRY, problem=problem_key(SUM)))
+    pmem.write_entry(entry(DIGITS, kind="pattern", problem=problem_key(SUM)))
+    counting = _CountingStore(pmem.store)
+    found = ProceduralRetriever(counting, pmem.config).retrieve(_task(SUM), 3)  # type: ignore[arg-type]
+    assert CARRY in found.text and DIGITS in found.text and found.text.count("Question:") == 3
+    # the same calls whatever the size: one search per level, one insight read per nearest problem
+    assert sorted(counting.calls) == [("query_vector", "experience"), ("query_vector", "pattern"),
+                                      *[("scan", "insight")] * pmem.config.retrieval.nearest_problems]
+    assert counting.scanned <= 3, "only the insights of the nearest problems are read"
