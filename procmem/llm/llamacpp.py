@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -43,9 +43,17 @@ from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
-__all__ = ["EngineConfig", "LlamaCppLLM", "llama_cpp_available"]
+__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "Precision", "convert_gguf", "llama_cpp_available",
+           "prefer_passive_openmp"]
 
 _INSTALL_FIX = 'install it: pip install "procmem[llamacpp]" (compiles llama.cpp once, ~12 min on 2 cores)'
+
+
+Precision = Literal["q4_k_m", "q8_0", "f16", "f32"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+"""Weight formats the engine can run a GGUF model in (:func:`convert_gguf` writes them)."""
+_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "f16": "LLAMA_FTYPE_MOSTLY_F16",
+           "f32": "LLAMA_FTYPE_ALL_F32"}
 
 
 def llama_cpp_available() -> bool:
@@ -63,7 +71,8 @@ class EngineConfig(Config):
     n_batch: int = Field(default=512, ge=16, le=8192,
                          description="Most tokens in one decode step (prompts are read in chunks within it).")
     n_threads: int = Field(default=0, ge=0, le=512,
-                           description="CPU threads; 0: the cores other processes leave idle (at least one).")
+                           description="CPU threads for decoding and prompt reading; 0: every core this process may "
+                                       "use.")
 
 
 @dataclass(eq=False)
@@ -283,7 +292,7 @@ class LlamaCppLLM:
             raise ProcmemError(f"llama.cpp cannot load {path}", where="--model",
                                fix="pass a GGUF model file that llama.cpp supports")
         params = lib.llama_context_default_params()
-        threads = self._threads = self._config.n_threads or _idle_cores()
+        threads = self._threads = self._config.n_threads or _usable_cores()
         params.n_seq_max = self._config.n_seq_max
         params.n_ctx = self._config.n_seq_max * self._config.n_ctx_per_seq
         params.n_batch = params.n_ubatch = self._config.n_batch
@@ -567,16 +576,51 @@ class LlamaCppLLM:
             lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
 
 
-def _idle_cores() -> int:
-    """Cores minus the 1-minute load average, at least one. llama.cpp's threads spin while they wait for each
-    other, so on cores that other processes keep busy they mostly wait: on a loaded 2-core machine one thread
-    decoded ~15x faster than two."""
-    cores = os.cpu_count() or 1
+def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], precision: Precision) -> Path:
+    """Write the GGUF model ``source`` with its weights in ``precision`` at ``out`` (atomically), with llama.cpp's
+    own quantizer. Quantized weights are dequantized first, so ``f32`` holds exactly the values transformers
+    runs (it dequantizes the same file); ``f16`` rounds them; ``q8_0`` and ``q4_k_m`` quantize them again.
+    Norms and other small tensors stay F32, as llama.cpp keeps them."""
+    lib = _llama_cpp()
+    source_path, out_path = Path(source), Path(out)
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, _FTYPES[precision])
+    params.allow_requantize = True
+    params.nthread = _usable_cores()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_path.with_name(f".{out_path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, cores - math.floor(busy)))
+        code = lib.llama_model_quantize(str(source_path).encode(), str(staging).encode(), ctypes.byref(params))
+        if code != 0 or not staging.is_file():
+            raise ProcmemError(f"llama.cpp could not write {source_path.name} as {precision} (code {code})",
+                               where=str(source_path), fix=f"use another precision ({', '.join(PRECISIONS)})")
+        staging.chmod(0o644)  # readable by everyone sharing a models cache
+        os.replace(staging, out_path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return out_path
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def prefer_passive_openmp() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``), unless the user set it.
+
+    llama.cpp (built with OpenMP) meets its threads at a barrier after each of the ~450 operations of a decode
+    step. Spinning there is fastest on cores nobody else wants, but on cores other processes keep busy a
+    descheduled thread stalls the others for a whole time slice: on this project's shared 2-core machine two
+    spinning threads decoded up to 10x slower than one, and two sleeping threads up to 1.6x faster than one.
+    libgomp reads the variable once, when it is loaded, and torch loads its own copy under the same name (which
+    the engine then shares), so this runs when :mod:`procmem.llm` is imported, before torch or llama.cpp load.
+    ``export OMP_WAIT_POLICY=ACTIVE`` opts out (a machine with cores to spare).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _same_adapter(a: _Adapter | None, b: _Adapter | None) -> bool:

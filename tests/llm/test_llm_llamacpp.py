@@ -242,3 +242,43 @@ def test_write_gguf_lora_refuses_what_llama_cpp_cannot_apply(adapter_dir: Path, 
     with pytest.raises(ProcmemError, match="use_dora"):
         write_gguf_lora(dora)
     assert not (dora / GGUF_LORA_NAME).exists()
+
+
+def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -> None:
+    import gguf
+
+    plain = load_llm("local:tiny", models_dir=tmp_path, engine="llamacpp", max_batch_size=2)
+    f32 = load_llm("local:tiny-f32", models_dir=tmp_path, max_batch_size=2)  # auto: a precision means llama.cpp
+    f16 = load_llm("local:tiny-f16", models_dir=tmp_path, max_batch_size=2)
+    assert isinstance(f16, LlamaCppLLM) and isinstance(f32, LlamaCppLLM) and f16.model_id == "tiny"
+    try:
+        assert f32.generate(PROMPTS, GREEDY) == plain.generate(PROMPTS, GREEDY), "f32 is the tiny model's own file"
+        assert len(f16.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+    finally:
+        for llm in (plain, f32, f16):
+            llm.close()
+    converted = tmp_path / "tiny-f16.gguf"
+    types = {t.tensor_type.name for t in gguf.GGUFReader(converted).tensors}
+    assert "F16" in types, types
+    stamp = converted.stat().st_mtime_ns
+    load_llm("local:tiny-f16", models_dir=tmp_path, engine="llamacpp").close()
+    assert converted.stat().st_mtime_ns == stamp, "written once, then reused"
+    assert isinstance(load_llm("local:tiny-f16", models_dir=tmp_path, engine="transformers"), LocalLLM)
+    with pytest.raises(ProcmemError, match="no such model directory"):
+        load_llm("local:tiny-f64", models_dir=tmp_path, engine="transformers")
+
+
+def test_threads_default_to_every_usable_core_and_openmp_waits_passively(tiny_gguf: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with LlamaCppLLM(tiny_gguf, config=EngineConfig(n_seq_max=1, n_ctx_per_seq=CONTEXT)) as llm:
+        assert llm.threads == len(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    probe = "import os, procmem.llm; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE", "a user's own setting wins"
