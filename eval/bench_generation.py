@@ -16,6 +16,9 @@ Measures, one after the other (so the ratios compare like with like on the same 
   (llama.cpp's quantised kernels accumulate one token's products in another order than a batch's, so a
   near-tie can flip on the bundled model; on F32 weights the tests find them identical).
 
+Both engines run as procmem runs them: ``procmem.llm`` is imported first, so OpenMP threads (torch's and
+llama.cpp's share one runtime) wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set).
+
 Every row generates exactly ``--tokens`` new tokens (EOS is ignored, no stop strings), so tokens/s counts
 the same work everywhere. Targets (issue 11): engine_single_x_hf_single >= 4, engine_concurrent16_x_hf_batch16
 >= 2; goal: half the compute limit.
@@ -29,6 +32,7 @@ cold conversion is really measured; ``$PROCMEM_MODELS_CACHE`` is ignored here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -55,6 +59,7 @@ _LOAD_SNIPPET = (
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     os.environ.pop("PROCMEM_MODELS_CACHE", None)  # measure the directory given here, not a shared cache
+    importlib.import_module("procmem.llm")  # before torch: it sets OpenMP's wait policy, as the CLI does
     import torch
 
     if args.threads:
@@ -83,7 +88,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     parser.add_argument("--models-dir", help="convert/cache here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads of both engines (default: torch's choice; llama.cpp: the idle cores)")
+                        help="threads of both engines (default: torch's choice; llama.cpp: every usable core)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
 
