@@ -208,9 +208,10 @@ def train_adapter(hf_dir: Path, scratch: Path, items: int) -> tuple[Path, dict[s
 def _hf_logprobs(hf: Any, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
     import torch
 
-    with torch.inference_mode():
-        logits = hf.model(torch.tensor([prompt_ids + completion_ids])).logits[0].double()
-    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1)
+    with torch.inference_mode():  # logits only where a completion token is predicted
+        logits = hf.model(torch.tensor([prompt_ids + completion_ids]),
+                          logits_to_keep=len(completion_ids) + 1).logits[0].double()
+    logprobs = torch.log_softmax(logits[:-1], -1)
     return [float(x) for x in logprobs.gather(1, torch.tensor(completion_ids)[:, None])[:, 0]]
 
 
