@@ -18,6 +18,7 @@ with k=3 entries in the prompt, greedy decoding, ``max_tokens`` 48, stop at a ne
 1-2 digit operands. Targets (issue 11): the ratio >= 2.5; cold start to the first token < 5 s.
 
     .venv/bin/python eval/bench_solve.py [--json] [--n 100] [--concurrency 16] [--suite SUITE] [--models-dir DIR]
+        [--cold-runs 3] [--cold-only]
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if llama_cpp_available():
             _cold_start(Path(scratch), env, args, results)
             _cold_start(Path(scratch), env, args, results, memory=False)
-        for engine in ("auto", "transformers"):
+        for engine in () if args.cold_only else ("auto", "transformers"):
             name = "engine" if engine == "auto" else "transformers"
             results[name] = _solve(Path(scratch) / name, env, args, engine)
             _log(f"{name}: {json.dumps(results[name])}")
@@ -129,6 +130,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="tasks at once (default 16)")
     parser.add_argument("--suite", default=SUITE, help=f"task suite (default {SUITE})")
     parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes timed for the cold start")
+    parser.add_argument("--cold-only", action="store_true", help="measure the cold start only (no solve runs)")
     parser.add_argument("--models-dir", default=str(Path.home() / ".procmem" / "models"),
                         help="where the bundled model is cached ($PROCMEM_MODELS_CACHE wins)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
