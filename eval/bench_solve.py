@@ -6,8 +6,9 @@ the timed part):
 
 - cold start: a fresh ``procmem solve`` process, from its start to the engine's first generated token (a probe
   wrapped around the real CLI notes the moment; ``--cold-runs`` times, the median reported), and the whole
-  ``solve --n 1 --attempts 1`` process; with memory (the default: the first prompt waits for the embedder,
-  sentence-transformers, to load) and with ``--no-memory`` (the model path alone);
+  ``solve --n 1 --attempts 1`` process, and the CPU seconds the process had used by its first token (what a
+  machine shared with other jobs does not inflate much); with memory (the default: the first prompt waits
+  for the embedder, sentence-transformers, to load) and with ``--no-memory`` (the model path alone);
 - ``procmem solve --suite SUITE --n 100 --concurrency 16`` with the default engine (llama.cpp when it is
   installed), then the same command with ``--engine transformers``: each one's wall time (the whole process)
   and the agent's own solve time, tokens/s and passes;
@@ -40,14 +41,15 @@ SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=2"
 _FIRST_TOKEN = "procmem-bench-first-token"
 # The real CLI, with a probe that prints the wall-clock moment the engine produced its first token.
 _PROBE = f"""
-import sys, time
+import resource, sys, time
 from procmem.llm.llamacpp import LlamaCppLLM
 advance = LlamaCppLLM._advance
 seen = []
 def _advance(self, request, token):
     if not seen:
         seen.append(1)
-        print("{_FIRST_TOKEN}", repr(time.time()), file=sys.stderr, flush=True)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print("{_FIRST_TOKEN}", repr(time.time()), usage.ru_utime + usage.ru_stime, file=sys.stderr, flush=True)
     advance(self, request, token)
 LlamaCppLLM._advance = _advance
 sys.argv = ["procmem", *sys.argv[1:]]
@@ -90,7 +92,7 @@ def _cold_start(scratch: Path, env: dict[str, str], args: argparse.Namespace, re
                 memory: bool = True) -> None:
     """Fresh ``procmem solve`` processes: seconds to the first generated token, and to the end of one task.
     With memory the first prompt waits for the embedder (sentence-transformers) to retrieve with."""
-    firsts, wholes = [], []
+    firsts, cpus, wholes = [], [], []
     suffix = "" if memory else "_no_memory"
     for run in range(args.cold_runs):
         command = [sys.executable, "-c", _PROBE, "--home", str(scratch / f"cold{suffix}{run}"), "solve", "--suite",
@@ -100,12 +102,14 @@ def _cold_start(scratch: Path, env: dict[str, str], args: argparse.Namespace, re
         wholes.append(time.time() - start)
         if out.returncode != 0:
             raise SystemExit(f"cold start run failed ({out.returncode}): {out.stderr[-2000:]}")
-        marks = [line.split()[1] for line in out.stderr.splitlines() if line.startswith(_FIRST_TOKEN)]
+        marks = [line.split()[1:] for line in out.stderr.splitlines() if line.startswith(_FIRST_TOKEN)]
         if not marks:
             raise SystemExit("cold start run generated no token on the llama.cpp engine")
-        firsts.append(float(marks[0]) - start)
+        firsts.append(float(marks[0][0]) - start)
+        cpus.append(float(marks[0][1]))
     results[f"cold_start_first_token{suffix}_s"] = round(statistics.median(firsts), 2)
     results[f"cold_start_first_token{suffix}_runs_s"] = [round(s, 2) for s in firsts]
+    results[f"cold_start_first_token{suffix}_cpu_s"] = round(statistics.median(cpus), 2)  # the process's CPU time
     results[f"cold_start_solve_one_task{suffix}_process_s"] = round(statistics.median(wholes), 2)
 
 
