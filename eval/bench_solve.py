@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"suite": args.suite, "n": args.n, "concurrency": args.concurrency,
                                "cores": os.cpu_count(), "load_avg_start": _load_avg()}
     with tempfile.TemporaryDirectory(prefix="procmem-bench-solve-") as scratch:
-        if llama_cpp_available():
+        if llama_cpp_available() and args.cold_runs > 0:
             _cold_start(Path(scratch), env, args, results)
             _cold_start(Path(scratch), env, args, results, memory=False)
         for engine in () if args.cold_only else ("auto", "transformers"):
@@ -133,7 +133,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=100, help="tasks per solve run (default 100)")
     parser.add_argument("--concurrency", type=int, default=16, help="tasks at once (default 16)")
     parser.add_argument("--suite", default=SUITE, help=f"task suite (default {SUITE})")
-    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes timed for the cold start")
+    parser.add_argument("--cold-runs", type=int, default=3,
+                        help="fresh processes timed for the cold start (0: skip it)")
     parser.add_argument("--cold-only", action="store_true", help="measure the cold start only (no solve runs)")
     parser.add_argument("--models-dir", default=str(Path.home() / ".procmem" / "models"),
                         help="where the bundled model is cached ($PROCMEM_MODELS_CACHE wins)")
