@@ -282,3 +282,43 @@ def test_threads_default_to_every_usable_core_and_openmp_waits_passively(tiny_gg
     out = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE", "a user's own setting wins"
+
+
+def test_a_promoted_adapter_swaps_into_a_running_engine_without_a_reload(tmp_path: Path, tiny_gguf: Path,
+                                                                         adapter_dir: Path) -> None:
+    """What distill and a gateway do: register the trained adapter (its GGUF LoRA written at registration),
+    promote it, and swap the running engine onto it."""
+    import shutil
+
+    from procmem.core import Home
+    from procmem.core.registry import (
+        AdapterManifest,
+        BaseModelInfo,
+        DatasetSnapshot,
+        MemorySnapshot,
+        promote,
+        resolve_adapter,
+    )
+    from procmem.core.registry import register_adapter as register
+
+    home = Home.resolve(tmp_path / "home").ensure()
+    source = tmp_path / "trained"
+    shutil.copytree(adapter_dir, source, ignore=shutil.ignore_patterns("*.gguf"))
+    manifest = AdapterManifest(
+        version="v0", run_id="r1", base_model=BaseModelInfo(id="local:tiny", name="tiny", hash="sha256:ab"),
+        objective="sft", objective_config={}, dataset=DatasetSnapshot(episode_ids=(), hash="sha256:cd", n_traces=0,
+                                                                      n_rejected=0, traces_hash="sha256:ef"),
+        memory=MemorySnapshot(entry_ids=(), hash="sha256:01"), metrics={}, gate=None, parent=None,
+        created_at="2026-01-01T00:00:00+00:00")
+    version = register(home.adapters, source, manifest, derive=write_gguf_lora).version
+    assert (home.adapters / version / GGUF_LORA_NAME).is_file(), "written at registration"
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT,
+                                                                      n_threads=1)) as llm:
+        model, base = llm._model, llm.generate(PROMPTS, GREEDY)
+        promote(home.adapters, version, force=True)
+        promoted = resolve_adapter(home, "promoted")
+        assert promoted == home.adapters / version
+        llm.set_adapter(promoted, version=version)
+        assert llm.adapter_version == version
+        assert [g.text for g in llm.generate(PROMPTS, GREEDY)] != [g.text for g in base]
+        assert llm._model is model, "the base model stayed loaded"
