@@ -250,7 +250,8 @@ def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -
     plain = load_llm("local:tiny", models_dir=tmp_path, engine="llamacpp", max_batch_size=2)
     f32 = load_llm("local:tiny-f32", models_dir=tmp_path, max_batch_size=2)  # auto: a precision means llama.cpp
     f16 = load_llm("local:tiny-f16", models_dir=tmp_path, max_batch_size=2)
-    assert isinstance(f16, LlamaCppLLM) and isinstance(f32, LlamaCppLLM) and f16.model_id == "tiny"
+    assert isinstance(plain, LlamaCppLLM) and isinstance(f32, LlamaCppLLM) and isinstance(f16, LlamaCppLLM)
+    assert f16.model_id == "tiny"
     try:
         assert f32.generate(PROMPTS, GREEDY) == plain.generate(PROMPTS, GREEDY), "f32 is the tiny model's own file"
         assert len(f16.generate(PROMPTS, GREEDY)) == len(PROMPTS)
@@ -261,7 +262,9 @@ def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -
     types = {t.tensor_type.name for t in gguf.GGUFReader(converted).tensors}
     assert "F16" in types, types
     stamp = converted.stat().st_mtime_ns
-    load_llm("local:tiny-f16", models_dir=tmp_path, engine="llamacpp").close()
+    again = load_llm("local:tiny-f16", models_dir=tmp_path, engine="llamacpp")
+    assert isinstance(again, LlamaCppLLM)
+    again.close()
     assert converted.stat().st_mtime_ns == stamp, "written once, then reused"
     assert isinstance(load_llm("local:tiny-f16", models_dir=tmp_path, engine="transformers"), LocalLLM)
     with pytest.raises(ProcmemError, match="no such model directory"):
