@@ -24,6 +24,7 @@ the same work everywhere. Targets (issue 11): engine_single_x_hf_single >= 4, en
 >= 2; goal: half the compute limit.
 
     .venv/bin/python eval/bench_generation.py [--json] [--tokens 32] [--models-dir DIR] [--threads N]
+        [--engine-threads N]
 
 Without ``--models-dir`` the model is converted into a temporary directory (removed afterwards), so the
 cold conversion is really measured; ``$PROCMEM_MODELS_CACHE`` is ignored here.
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _throughput(llm, args.tokens, results)
         params = sum(p.numel() for p in llm.model.parameters())
         del llm
-        engine = _engine_start(models_dir, results, args.threads)
+        engine = _engine_start(models_dir, results, args.engine_threads or args.threads)
         _engine_throughput(engine, args.tokens, results)
         engine.close()
         _compute_limit(params, results)
@@ -89,6 +90,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models-dir", help="convert/cache here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=0,
                         help="threads of both engines (default: torch's choice; llama.cpp: every usable core)")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="threads of the llama.cpp engine only (default: --threads, else every usable core)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
 
