@@ -615,7 +615,8 @@ def prefer_passive_openmp() -> None:
     llama.cpp (built with OpenMP) meets its threads at a barrier after each of the ~450 operations of a decode
     step. Spinning there is fastest on cores nobody else wants, but on cores other processes keep busy a
     descheduled thread stalls the others for a whole time slice: on this project's shared 2-core machine two
-    spinning threads decoded up to 10x slower than one, and two sleeping threads up to 1.6x faster than one.
+    spinning threads decoded 2-7x slower than one, while two sleeping threads ranged from 1.6x faster to 15%
+    slower than one (docs/guides/inference-engines.md has the measurements).
     libgomp reads the variable once, when it is loaded, and torch loads its own copy under the same name (which
     the engine then shares), so this runs when :mod:`procmem.llm` is imported, before torch or llama.cpp load.
     ``export OMP_WAIT_POLICY=ACTIVE`` opts out (a machine with cores to spare).
