@@ -28,6 +28,7 @@ import math
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -71,8 +72,8 @@ class EngineConfig(Config):
     n_batch: int = Field(default=512, ge=16, le=8192,
                          description="Most tokens in one decode step (prompts are read in chunks within it).")
     n_threads: int = Field(default=0, ge=0, le=512,
-                           description="CPU threads for decoding and prompt reading; 0: every core this process may "
-                                       "use.")
+                           description="CPU threads for decoding and prompt reading; 0: the usable cores that no "
+                                       "other thread is running on when the engine starts (at least one).")
 
 
 @dataclass(eq=False)
@@ -292,7 +293,7 @@ class LlamaCppLLM:
             raise ProcmemError(f"llama.cpp cannot load {path}", where="--model",
                                fix="pass a GGUF model file that llama.cpp supports")
         params = lib.llama_context_default_params()
-        threads = self._threads = self._config.n_threads or _usable_cores()
+        threads = self._threads = self._config.n_threads or _idle_cores()
         params.n_seq_max = self._config.n_seq_max
         params.n_ctx = self._config.n_seq_max * self._config.n_ctx_per_seq
         params.n_batch = params.n_ubatch = self._config.n_batch
@@ -599,6 +600,37 @@ def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], pr
     finally:
         staging.unlink(missing_ok=True)
     return out_path
+
+
+def _idle_cores(running: Sequence[int] | None = None) -> int:
+    """The usable cores minus the threads other processes are running right now, at least one.
+
+    ``running`` are samples of the system's runnable threads (``/proc/loadavg``'s fourth field, which counts the
+    sampling thread itself); by default five, 10 ms apart, and their median is used. On a shared machine
+    llama.cpp's threads that must wait for a busy core's turn stall each step (measured: one thread decoded up
+    to 2.4x faster than two at load average 3-4), while on an idle machine every core helps. The 1-minute load
+    average would count work that just ended, such as this process's own previous phase.
+    """
+    cores = _usable_cores()
+    if running is None:
+        running = _running_samples()
+    if not running:
+        return cores
+    others = sorted(running)[len(running) // 2] - 1
+    return max(1, min(cores, cores - others))
+
+
+def _running_samples(count: int = 5, pause_s: float = 0.01) -> list[int]:
+    samples = []
+    for i in range(count):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                samples.append(int(handle.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return []
+        if i + 1 < count:
+            time.sleep(pause_s)
+    return samples
 
 
 def _usable_cores() -> int:

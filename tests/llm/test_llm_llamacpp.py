@@ -271,13 +271,19 @@ def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -
         load_llm("local:tiny-f64", models_dir=tmp_path, engine="transformers")
 
 
-def test_threads_default_to_every_usable_core_and_openmp_waits_passively(tiny_gguf: Path) -> None:
+def test_threads_default_to_the_idle_cores_and_openmp_waits_passively(tiny_gguf: Path) -> None:
     import os
     import subprocess
     import sys
 
+    from procmem.llm.llamacpp import _idle_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert _idle_cores([1, 1, 1]) == cores, "only the sampling thread runs: every core"
+    assert _idle_cores([1, cores + 5, cores + 5]) == 1, "the median of the samples, at least one"
+    assert _idle_cores([]) == cores
     with LlamaCppLLM(tiny_gguf, config=EngineConfig(n_seq_max=1, n_ctx_per_seq=CONTEXT)) as llm:
-        assert llm.threads == len(os.sched_getaffinity(0))
+        assert 1 <= llm.threads <= cores
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     probe = "import os, procmem.llm; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
