@@ -89,9 +89,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     parser.add_argument("--models-dir", help="convert/cache here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads of both engines (default: torch's choice; llama.cpp: every usable core)")
+                        help="threads of both engines (default: torch's choice; llama.cpp: its idle cores)")
     parser.add_argument("--engine-threads", type=int, default=0,
-                        help="threads of the llama.cpp engine only (default: --threads, else every usable core)")
+                        help="threads of the llama.cpp engine only (default: --threads, else its idle cores)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
 

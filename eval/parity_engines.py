@@ -224,7 +224,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.1, help="log-probability tolerance (default 0.1)")
     parser.add_argument("--models-dir", default=str(Path.home() / ".procmem" / "models"),
                         help="where the bundled model is cached ($PROCMEM_MODELS_CACHE wins)")
-    parser.add_argument("--threads", type=int, default=0, help="threads of both engines (default: every core)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of both engines (default: torch's choice; llama.cpp: its idle cores)")
     parser.add_argument("--precisions", default="q4_k_m,q8_0,f16,f32",
                         help="llama.cpp weight precisions to compare, comma-separated (default: all four)")
     parser.add_argument("--cache", default=str(Path.home() / ".procmem" / "parity-cache"),

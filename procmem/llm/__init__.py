@@ -19,7 +19,7 @@ is installed, transformers otherwise (``local:tiny`` and Hugging Face directorie
 
 Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set (see
 :func:`~procmem.llm.llamacpp.prefer_passive_openmp`): llama.cpp's OpenMP threads then sleep instead of spinning
-while they wait, which keeps every core useful on a machine other processes share.
+while they wait, so a descheduled thread does not stall the others on a machine other processes share.
 
 transformers batches through :class:`MicroBatcher` when many threads ask at once; the llama.cpp engine
 batches concurrent calls itself. transformers, llama.cpp and litellm are imported only when a model of
