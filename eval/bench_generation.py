@@ -16,11 +16,15 @@ Measures, one after the other (so the ratios compare like with like on the same 
   (llama.cpp's quantised kernels accumulate one token's products in another order than a batch's, so a
   near-tie can flip on the bundled model; on F32 weights the tests find them identical).
 
+Both engines run as procmem runs them: ``procmem.llm`` is imported first, so OpenMP threads (torch's and
+llama.cpp's share one runtime) wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set).
+
 Every row generates exactly ``--tokens`` new tokens (EOS is ignored, no stop strings), so tokens/s counts
 the same work everywhere. Targets (issue 11): engine_single_x_hf_single >= 4, engine_concurrent16_x_hf_batch16
 >= 2; goal: half the compute limit.
 
     .venv/bin/python eval/bench_generation.py [--json] [--tokens 32] [--models-dir DIR] [--threads N]
+        [--engine-threads N]
 
 Without ``--models-dir`` the model is converted into a temporary directory (removed afterwards), so the
 cold conversion is really measured; ``$PROCMEM_MODELS_CACHE`` is ignored here.
@@ -29,6 +33,7 @@ cold conversion is really measured; ``$PROCMEM_MODELS_CACHE`` is ignored here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -55,6 +60,7 @@ _LOAD_SNIPPET = (
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     os.environ.pop("PROCMEM_MODELS_CACHE", None)  # measure the directory given here, not a shared cache
+    importlib.import_module("procmem.llm")  # before torch: it sets OpenMP's wait policy, as the CLI does
     import torch
 
     if args.threads:
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _throughput(llm, args.tokens, results)
         params = sum(p.numel() for p in llm.model.parameters())
         del llm
-        engine = _engine_start(models_dir, results, args.threads)
+        engine = _engine_start(models_dir, results, args.engine_threads or args.threads)
         _engine_throughput(engine, args.tokens, results)
         engine.close()
         _compute_limit(params, results)
@@ -83,7 +89,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     parser.add_argument("--models-dir", help="convert/cache here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="threads of both engines (default: torch's choice; llama.cpp: the idle cores)")
+                        help="threads of both engines (default: torch's choice; llama.cpp: its idle cores)")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="threads of the llama.cpp engine only (default: --threads, else its idle cores)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
 

@@ -100,6 +100,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    from procmem.llm.llamacpp import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before any command loads torch or llama.cpp (their OpenMP runtime reads it once)
     try:
         app()
     except KeyboardInterrupt:

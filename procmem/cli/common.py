@@ -28,8 +28,8 @@ __all__ = [
     "print_json_line",
 ]
 
-MODEL_HELP = ("local:default | local:tiny | local:/path/to/hf_dir | local:/path/to/model.gguf | "
-              "litellm:<provider/model>.")
+MODEL_HELP = ("local:default (or local:default-f32 | -f16 | -q8_0: llama.cpp weights in that precision) | "
+              "local:tiny | local:/path/to/hf_dir | local:/path/to/model.gguf | litellm:<provider/model>.")
 ENGINE_HELP = ("How a local model runs: llamacpp (the GGUF on llama.cpp), transformers, or auto "
                "(llama.cpp for local:default when llama-cpp-python is installed).")
 SUITE_HELP = "Task suite: 'rg:<dataset>?key=value&...', 'builtin:<name>' or a JSONL task file."

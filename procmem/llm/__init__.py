@@ -3,6 +3,9 @@
 ``load_llm(spec, models_dir=...)`` turns a ``--model`` string into an LLM:
 
 - ``local:default``: the bundled Gemma 3 270M (converted once from its GGUF, then cached);
+- ``local:default-f32`` (``-f16``, ``-q8_0``, ``-q4_k_m``): the same model with the llama.cpp engine's weights in
+  that precision (``local:default`` runs the shipped Q4_K_M file; ``f32`` holds exactly the dequantised values
+  transformers runs, so the two engines agree); transformers always runs fp32;
 - ``local:tiny``: a tiny random model for tests and smoke runs (its output is noise);
 - ``local:/path/to/hf_dir``: any Hugging Face causal LM directory;
 - ``local:/path/to/model.gguf``: a GGUF model file (llama.cpp engine);
@@ -13,6 +16,10 @@
 continuous batching, hot-swappable LoRA adapters), ``transformers`` (:class:`LocalLLM`: fp32 weights, also
 what training uses) or ``auto``: llama.cpp for ``local:default`` and GGUF files when ``llama-cpp-python``
 is installed, transformers otherwise (``local:tiny`` and Hugging Face directories).
+
+Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set (see
+:func:`~procmem.llm.llamacpp.prefer_passive_openmp`): llama.cpp's OpenMP threads then sleep instead of spinning
+while they wait, so a descheduled thread does not stall the others on a machine other processes share.
 
 transformers batches through :class:`MicroBatcher` when many threads ask at once; the llama.cpp engine
 batches concurrent calls itself. transformers, llama.cpp and litellm are imported only when a model of
@@ -36,7 +43,14 @@ from procmem.llm.bundled import (
     ensure_tiny_model,
 )
 from procmem.llm.litellm_backend import LiteLLM
-from procmem.llm.llamacpp import EngineConfig, LlamaCppLLM, llama_cpp_available
+from procmem.llm.llamacpp import (
+    PRECISIONS,
+    EngineConfig,
+    LlamaCppLLM,
+    Precision,
+    llama_cpp_available,
+    prefer_passive_openmp,
+)
 from procmem.llm.per_task import generate_for_tasks
 from procmem.llm.tiny import build_tiny_model
 
@@ -47,12 +61,14 @@ __all__ = [
     "ENGINES",
     "LLM",
     "MODEL_SPEC_FORMS",
+    "PRECISIONS",
     "EngineConfig",
     "Generation",
     "LiteLLM",
     "LlamaCppLLM",
     "LocalLLM",
     "MicroBatcher",
+    "Precision",
     "build_tiny_model",
     "ensure_bundled_model",
     "ensure_tiny_model",
@@ -63,9 +79,12 @@ __all__ = [
     "local_model_dir",
 ]
 
-MODEL_SPEC_FORMS = ("local:default, local:tiny, local:/path/to/hf_model_dir, local:/path/to/model.gguf or "
-                    "litellm:<provider>/<model> (e.g. litellm:openai/gpt-4o-mini)")
+MODEL_SPEC_FORMS = ("local:default (or local:default-f32, -f16, -q8_0), local:tiny, local:/path/to/hf_model_dir, "
+                    "local:/path/to/model.gguf or litellm:<provider>/<model> (e.g. litellm:openai/gpt-4o-mini)")
 _LAZY = {"LocalLLM", "load_model_and_tokenizer"}
+_BUILT_IN = ("default", "tiny")
+
+prefer_passive_openmp()  # before torch or llama.cpp load libgomp, which reads it once
 
 
 def __getattr__(name: str) -> Any:
@@ -113,16 +132,29 @@ def _uses_llamacpp(rest: str, engine: str) -> bool:
         raise ProcmemError(f"local:{rest} is a GGUF file, which the transformers engine does not read",
                            where="--engine", fix="use --engine llamacpp (or auto)")
     if engine == "auto":
-        return is_gguf or (rest == "default" and llama_cpp_available())
+        name, precision = _built_in(rest)
+        return is_gguf or ((name == "default" or precision is not None) and llama_cpp_available())
     return engine == "llamacpp"
+
+
+def _built_in(rest: str) -> tuple[str | None, Precision | None]:
+    """``default`` → ("default", None); ``default-f32`` → ("default", "f32"); anything else → (None, None)."""
+    if rest in _BUILT_IN:
+        return rest, None
+    name, _, suffix = rest.partition("-")
+    for precision in PRECISIONS:
+        if name in _BUILT_IN and suffix == precision:
+            return name, precision
+    return None, None
 
 
 def _load_llamacpp(spec: str, rest: str, models_dir: Path, adapter: str | os.PathLike[str] | None,
                    adapter_version: str | None, max_batch_size: int) -> LLM:
-    if rest == "default":
-        path, model_id = ensure_bundled_gguf(models_dir), BUNDLED_MODEL_ID
-    elif rest == "tiny":
-        path, model_id = ensure_tiny_gguf(models_dir), "tiny"
+    name, precision = _built_in(rest)
+    if name == "default":
+        path, model_id = ensure_bundled_gguf(models_dir, precision or "q4_k_m"), BUNDLED_MODEL_ID
+    elif name == "tiny":
+        path, model_id = ensure_tiny_gguf(models_dir, precision or "f32"), "tiny"
     else:
         path = Path(rest).expanduser()
         if not (path.is_file() and path.suffix == ".gguf"):
@@ -144,9 +176,10 @@ def local_model_dir(spec: str, *, models_dir: str | os.PathLike[str]) -> Path:
 
 
 def _local_dir(spec: str, rest: str, models_dir: Path) -> tuple[Path, str]:
-    if rest == "default":
+    name = _built_in(rest)[0]  # a precision suffix names llama.cpp weights; transformers runs fp32
+    if name == "default":
         return ensure_bundled_model(models_dir), BUNDLED_MODEL_ID
-    if rest == "tiny":
+    if name == "tiny":
         return ensure_tiny_model(models_dir), "tiny"
     path = Path(rest).expanduser()
     if not path.is_dir():

@@ -7,7 +7,8 @@ takes ~40 s, so the first call converts it once and caches a ``save_pretrained``
 test model.
 
 The llama.cpp engine reads the bundled GGUF file itself (``<models_dir>/gemma-3-270m-q4_k_m.gguf``, 245 MB,
-assembled from the package on first use in ~1 s); ``local:tiny`` on llama.cpp is the tiny model written as an
+assembled from the package on first use in ~1 s), or a copy in another precision (``local:default-f32`` →
+``gemma-3-270m-f32.gguf``, written from it on first use); ``local:tiny`` on llama.cpp is the tiny model written as an
 F32 GGUF (``<models_dir>/tiny.gguf``).
 
 ``$PROCMEM_MODELS_CACHE``, when set, is a shared directory used instead of ``<home>/models`` for the
@@ -20,12 +21,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from procmem.core.errors import ProcmemError
 from procmem.llm.tiny import build_tiny_model
+
+if TYPE_CHECKING:
+    from procmem.llm.llamacpp import Precision
 
 __all__ = [
     "BUNDLED_DIR_NAME",
@@ -86,37 +90,50 @@ def ensure_tiny_model(models_dir: str | os.PathLike[str]) -> Path:
     return build_tiny_model(Path(models_dir) / TINY_DIR_NAME)
 
 
-def ensure_bundled_gguf(models_dir: str | os.PathLike[str]) -> Path:
+def ensure_bundled_gguf(models_dir: str | os.PathLike[str], precision: Precision = "q4_k_m") -> Path:
     """Return the bundled model's GGUF file (for the llama.cpp engine), assembling it from the package once.
 
-    Assembled under a file lock into a staging name, then renamed: concurrent processes never see half a file.
+    ``precision`` other than the shipped ``q4_k_m`` is a copy of that file with its weights in ``f32`` (exactly
+    the dequantised values transformers runs), ``f16`` or ``q8_0``, written next to it on first use (~5 s).
+    Written under a file lock into a staging name, then renamed: concurrent processes never see half a file.
     """
     root = bundled_models_dir(models_dir)
     target = root / BUNDLED_GGUF_NAME
-    if target.is_file():
-        return target
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root / f".{BUNDLED_GGUF_NAME}.lock")):
-            if not target.is_file():
-                with tempfile.TemporaryDirectory(prefix=".gguf-", dir=root) as work:
-                    assembled = _assemble_gguf(Path(work))
-                    assembled.chmod(0o644)
-                    os.replace(assembled, target)
+        if not target.is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(root / f".{BUNDLED_GGUF_NAME}.lock")):
+                if not target.is_file():
+                    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=root) as work:
+                        assembled = _assemble_gguf(Path(work))
+                        assembled.chmod(0o644)
+                        os.replace(assembled, target)
+        return target if precision == "q4_k_m" else _variant(target, root / f"{BUNDLED_DIR_NAME}-{precision}.gguf",
+                                                             precision)
     except OSError as err:
         raise ProcmemError(f"cannot write the bundled GGUF: {err.strerror or err}", where=str(root),
-                           fix=f"free disk space (~250 MB) or point --home / ${MODELS_CACHE_ENV} at a "
-                               "writable directory") from err
-    return target
+                           fix=f"free disk space (~250 MB, 1.1 GB for f32) or point --home / ${MODELS_CACHE_ENV} "
+                               "at a writable directory") from err
 
 
-def ensure_tiny_gguf(models_dir: str | os.PathLike[str]) -> Path:
-    """Return the tiny test model as a GGUF file (``local:tiny`` on llama.cpp), writing it on first use."""
+def ensure_tiny_gguf(models_dir: str | os.PathLike[str], precision: Precision = "f32") -> Path:
+    """Return the tiny test model as a GGUF file (``local:tiny`` on llama.cpp, F32), writing it on first use;
+    another ``precision`` is a converted copy next to it."""
     from procmem.llm.gguf_io import write_gemma3_gguf
 
     target = Path(models_dir) / TINY_GGUF_NAME
     if not target.is_file():
         write_gemma3_gguf(ensure_tiny_model(models_dir), target)
+    return target if precision == "f32" else _variant(target, target.with_name(f"tiny-{precision}.gguf"), precision)
+
+
+def _variant(source: Path, target: Path, precision: Precision) -> Path:
+    from procmem.llm.llamacpp import convert_gguf
+
+    if not target.is_file():
+        with FileLock(str(target.with_name(f".{target.name}.lock"))):
+            if not target.is_file():
+                convert_gguf(source, target, precision)
     return target
 
 

@@ -28,13 +28,14 @@ import math
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -43,9 +44,17 @@ from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
-__all__ = ["EngineConfig", "LlamaCppLLM", "llama_cpp_available"]
+__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "Precision", "convert_gguf", "llama_cpp_available",
+           "prefer_passive_openmp"]
 
 _INSTALL_FIX = 'install it: pip install "procmem[llamacpp]" (compiles llama.cpp once, ~12 min on 2 cores)'
+
+
+Precision = Literal["q4_k_m", "q8_0", "f16", "f32"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+"""Weight formats the engine can run a GGUF model in (:func:`convert_gguf` writes them)."""
+_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "f16": "LLAMA_FTYPE_MOSTLY_F16",
+           "f32": "LLAMA_FTYPE_ALL_F32"}
 
 
 def llama_cpp_available() -> bool:
@@ -63,7 +72,8 @@ class EngineConfig(Config):
     n_batch: int = Field(default=512, ge=16, le=8192,
                          description="Most tokens in one decode step (prompts are read in chunks within it).")
     n_threads: int = Field(default=0, ge=0, le=512,
-                           description="CPU threads; 0: the cores other processes leave idle (at least one).")
+                           description="CPU threads for decoding and prompt reading; 0: the usable cores that no "
+                                       "other thread is running on when the engine starts (at least one).")
 
 
 @dataclass(eq=False)
@@ -567,16 +577,83 @@ class LlamaCppLLM:
             lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
 
 
-def _idle_cores() -> int:
-    """Cores minus the 1-minute load average, at least one. llama.cpp's threads spin while they wait for each
-    other, so on cores that other processes keep busy they mostly wait: on a loaded 2-core machine one thread
-    decoded ~15x faster than two."""
-    cores = os.cpu_count() or 1
+def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], precision: Precision) -> Path:
+    """Write the GGUF model ``source`` with its weights in ``precision`` at ``out`` (atomically), with llama.cpp's
+    own quantizer. Quantized weights are dequantized first, so ``f32`` holds exactly the values transformers
+    runs (it dequantizes the same file); ``f16`` rounds them; ``q8_0`` and ``q4_k_m`` quantize them again.
+    Norms and other small tensors stay F32, as llama.cpp keeps them."""
+    lib = _llama_cpp()
+    source_path, out_path = Path(source), Path(out)
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, _FTYPES[precision])
+    params.allow_requantize = True
+    params.nthread = _usable_cores()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_path.with_name(f".{out_path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, cores - math.floor(busy)))
+        code = lib.llama_model_quantize(str(source_path).encode(), str(staging).encode(), ctypes.byref(params))
+        if code != 0 or not staging.is_file():
+            raise ProcmemError(f"llama.cpp could not write {source_path.name} as {precision} (code {code})",
+                               where=str(source_path), fix=f"use another precision ({', '.join(PRECISIONS)})")
+        staging.chmod(0o644)  # readable by everyone sharing a models cache
+        os.replace(staging, out_path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return out_path
+
+
+def _idle_cores(running: Sequence[int] | None = None) -> int:
+    """The usable cores minus the threads other processes are running right now, at least one.
+
+    ``running`` are samples of the system's runnable threads (``/proc/loadavg``'s fourth field, which counts the
+    sampling thread itself); by default five, 10 ms apart, and their median is used. On a shared machine
+    llama.cpp's threads that must wait for a busy core's turn stall each step (measured: one thread decoded up
+    to 2.4x faster than two at load average 3-4), while on an idle machine every core helps. The 1-minute load
+    average would count work that just ended, such as this process's own previous phase.
+    """
+    cores = _usable_cores()
+    if running is None:
+        running = _running_samples()
+    if not running:
+        return cores
+    others = sorted(running)[len(running) // 2] - 1
+    return max(1, min(cores, cores - others))
+
+
+def _running_samples(count: int = 5, pause_s: float = 0.01) -> list[int]:
+    samples = []
+    for i in range(count):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as handle:
+                samples.append(int(handle.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return []
+        if i + 1 < count:
+            time.sleep(pause_s)
+    return samples
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def prefer_passive_openmp() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``), unless the user set it.
+
+    llama.cpp (built with OpenMP) meets its threads at a barrier after each of the ~450 operations of a decode
+    step. Spinning there is fastest on cores nobody else wants, but on cores other processes keep busy a
+    descheduled thread stalls the others for a whole time slice: on this project's shared 2-core machine two
+    spinning threads decoded 2-7x slower than one, while two sleeping threads ranged from 1.6x faster to 15%
+    slower than one (docs/guides/inference-engines.md has the measurements).
+    libgomp reads the variable once, when it is loaded, and torch loads its own copy under the same name (which
+    the engine then shares), so this runs when :mod:`procmem.llm` is imported, before torch or llama.cpp load.
+    ``export OMP_WAIT_POLICY=ACTIVE`` opts out (a machine with cores to spare).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _same_adapter(a: _Adapter | None, b: _Adapter | None) -> bool:

@@ -242,3 +242,92 @@ def test_write_gguf_lora_refuses_what_llama_cpp_cannot_apply(adapter_dir: Path, 
     with pytest.raises(ProcmemError, match="use_dora"):
         write_gguf_lora(dora)
     assert not (dora / GGUF_LORA_NAME).exists()
+
+
+def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -> None:
+    import gguf
+
+    plain = load_llm("local:tiny", models_dir=tmp_path, engine="llamacpp", max_batch_size=2)
+    f32 = load_llm("local:tiny-f32", models_dir=tmp_path, max_batch_size=2)  # auto: a precision means llama.cpp
+    f16 = load_llm("local:tiny-f16", models_dir=tmp_path, max_batch_size=2)
+    assert isinstance(plain, LlamaCppLLM) and isinstance(f32, LlamaCppLLM) and isinstance(f16, LlamaCppLLM)
+    assert f16.model_id == "tiny"
+    try:
+        assert f32.generate(PROMPTS, GREEDY) == plain.generate(PROMPTS, GREEDY), "f32 is the tiny model's own file"
+        assert len(f16.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+    finally:
+        for llm in (plain, f32, f16):
+            llm.close()
+    converted = tmp_path / "tiny-f16.gguf"
+    types = {t.tensor_type.name for t in gguf.GGUFReader(converted).tensors}
+    assert "F16" in types, types
+    stamp = converted.stat().st_mtime_ns
+    again = load_llm("local:tiny-f16", models_dir=tmp_path, engine="llamacpp")
+    assert isinstance(again, LlamaCppLLM)
+    again.close()
+    assert converted.stat().st_mtime_ns == stamp, "written once, then reused"
+    assert isinstance(load_llm("local:tiny-f16", models_dir=tmp_path, engine="transformers"), LocalLLM)
+    with pytest.raises(ProcmemError, match="no such model directory"):
+        load_llm("local:tiny-f64", models_dir=tmp_path, engine="transformers")
+
+
+def test_threads_default_to_the_idle_cores_and_openmp_waits_passively(tiny_gguf: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from procmem.llm.llamacpp import _idle_cores
+
+    cores = len(os.sched_getaffinity(0))
+    assert _idle_cores([1, 1, 1]) == cores, "only the sampling thread runs: every core"
+    assert _idle_cores([1, cores + 5, cores + 5]) == 1, "the median of the samples, at least one"
+    assert _idle_cores([]) == cores
+    with LlamaCppLLM(tiny_gguf, config=EngineConfig(n_seq_max=1, n_ctx_per_seq=CONTEXT)) as llm:
+        assert 1 <= llm.threads <= cores
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    probe = "import os, procmem.llm; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE", "a user's own setting wins"
+
+
+def test_a_promoted_adapter_swaps_into_a_running_engine_without_a_reload(tmp_path: Path, tiny_gguf: Path,
+                                                                         adapter_dir: Path) -> None:
+    """What distill and a gateway do: register the trained adapter (its GGUF LoRA written at registration),
+    promote it, and swap the running engine onto it."""
+    import shutil
+
+    from procmem.core import Home
+    from procmem.core.registry import (
+        AdapterManifest,
+        BaseModelInfo,
+        DatasetSnapshot,
+        MemorySnapshot,
+        promote,
+        resolve_adapter,
+    )
+    from procmem.core.registry import register_adapter as register
+
+    home = Home.resolve(tmp_path / "home").ensure()
+    source = tmp_path / "trained"
+    shutil.copytree(adapter_dir, source, ignore=shutil.ignore_patterns("*.gguf"))
+    manifest = AdapterManifest(
+        version="v0", run_id="r1", base_model=BaseModelInfo(id="local:tiny", name="tiny", hash="sha256:ab"),
+        objective="sft", objective_config={}, dataset=DatasetSnapshot(episode_ids=(), hash="sha256:cd", n_traces=0,
+                                                                      n_rejected=0, traces_hash="sha256:ef"),
+        memory=MemorySnapshot(entry_ids=(), hash="sha256:01"), metrics={}, gate=None, parent=None,
+        created_at="2026-01-01T00:00:00+00:00")
+    version = register(home.adapters, source, manifest, derive=write_gguf_lora).version
+    assert (home.adapters / version / GGUF_LORA_NAME).is_file(), "written at registration"
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT,
+                                                                      n_threads=1)) as llm:
+        model, base = llm._model, llm.generate(PROMPTS, GREEDY)
+        promote(home.adapters, version, force=True)
+        promoted = resolve_adapter(home, "promoted")
+        assert promoted == home.adapters / version
+        llm.set_adapter(promoted, version=version)
+        assert llm.adapter_version == version
+        assert [g.text for g in llm.generate(PROMPTS, GREEDY)] != [g.text for g in base]
+        assert llm._model is model, "the base model stayed loaded"
