@@ -142,19 +142,20 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
 GRAMMAR_LINES = 2
 """Most lines a constrained reflection may write (a small model repeats itself after two)."""
 _ADVICE_RULES = (
-    'advice ::= first " " letters " " letters (" " word){1,11} "."',
-    "first ::= [A-Z] [a-z]{1,13}",
-    "letters ::= [a-zA-Z] [a-z]{1,13}",
+    'advice ::= first " " letters " " letters (" " word){2,11} "."',
+    "first ::= [A-Z] [a-z]{2,13}",
+    "letters ::= [a-zA-Z] [a-z]{2,13}",
     'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,3} | "->" | "(" [a-z]{1,12} ")"',
 )
 
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
-    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 4 to 14 words, the first three of them words
-    of letters, ended by a full stop; a later line starts with a label the problem supports (``LESSON:`` needs a
-    failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the parser's form; only content
-    checks (an echo of the examples, repeated words, a bare answer) can still reject an item."""
+    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 5 to 14 words, the first three of them
+    words of 3 letters or more, ended by a full stop; a later line starts with a label the problem supports
+    (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the
+    parser's form; only content checks (an echo of the examples, repeated words, a bare answer) can still
+    reject an item."""
     labels = [f'"{label}"' for label, ok in (("LESSON:", problem.has_failure), ("STRATEGY:", problem.has_pass))
               if ok]
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
