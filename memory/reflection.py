@@ -93,6 +93,7 @@ PATTERN:"""
 
 _ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how many days", "counting months",
            "weekday", "5 hours", "instead of 1000", "conversion factor", "kilometre", "which side each",
+           "spelling a word backwards", "from the last one to the first", "failed twice",
            "what made an answer pass", "what went wrong and how to avoid it")
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
@@ -142,17 +143,17 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
 GRAMMAR_LINES = 2
 """Most lines a constrained reflection may write (a small model repeats itself after two)."""
 _ADVICE_RULES = (
-    'advice ::= first " " letters " " letters (" " word){2,11} "."',
-    "first ::= [A-Z] [a-z]{2,13}",
-    "letters ::= [a-zA-Z] [a-z]{2,13}",
+    'advice ::= first " " letters " " letters (" " word){3,11} "."',
+    "first ::= [A-Z] [a-z]{1,13}",
+    "letters ::= [a-zA-Z] [a-z]{1,13}",
     'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,3} | "->" | "(" [a-z]{1,12} ")"',
 )
 
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
-    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 5 to 14 words, the first three of them
-    words of 3 letters or more, ended by a full stop; a later line starts with a label the problem supports
+    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 6 to 14 words, the first three of them
+    words of 2 letters or more, ended by a full stop; a later line starts with a label the problem supports
     (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the
     parser's form; only content checks (an echo of the examples, repeated words, a bare answer) can still
     reject an item."""
