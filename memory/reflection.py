@@ -146,14 +146,15 @@ _ADVICE_RULES = (
     'advice ::= first " " letters " " letters (" " word){3,11} "."',
     "first ::= [A-Z] [a-z]{1,13}",
     "letters ::= [a-zA-Z] [a-z]{1,13}",
-    'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,3} | "->" | "(" [a-z]{1,12} ")"',
+    'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,2} | "->" | "(" [a-z]{1,12} ")"',
 )
 
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
     to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 6 to 14 words, the first three of them
-    words of 2 letters or more, ended by a full stop; a later line starts with a label the problem supports
+    words of 2 letters or more, numbers of at most 2 digits (so letters dominate, as validation wants), ended by
+    a full stop; a later line starts with a label the problem supports
     (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the
     parser's form; only content checks (an echo of the examples, repeated words, a bare answer) can still
     reject an item."""
