@@ -71,11 +71,11 @@ Advice:
 LESSON: When counting months forward, December was only one step -> count each step and wrap after December.
 LESSON: When the same answer failed twice, repeating it again cannot pass -> redo the steps from the start.
 
-Problem: Spell the word pot backwards.
-Attempt 1 answer: top
+Problem: What is the capital city of Canada?
+Attempt 1 answer: Ottawa
 Verdict: PASS
 Advice:
-STRATEGY: When spelling a word backwards, read its letters from the last one to the first one."""
+STRATEGY: When naming a capital city, give the name of the city alone, spelled in full."""
 
 _PATTERN_EXAMPLE = """Advice learned on different problems:
 - The answer 21 days failed because it had a unit -> write the bare integer only.
@@ -94,6 +94,7 @@ PATTERN:"""
 _ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how many days", "counting months",
            "weekday", "5 hours", "instead of 1000", "conversion factor", "kilometre", "which side each",
            "spelling a word backwards", "from the last one to the first", "failed twice",
+           "capital city", "name of the city",
            "what made an answer pass", "what went wrong and how to avoid it")
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
