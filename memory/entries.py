@@ -25,18 +25,26 @@ __all__ = [
     "INSIGHT",
     "KINDS",
     "PATTERN",
+    "SOURCES",
     "Entry",
     "EntryLevel",
     "Kind",
+    "Source",
     "Status",
     "entry_id",
     "entry_or_none",
     "problem_flag",
+    "scope_matches",
+    "suite_family",
 ]
 
 Kind = Literal["strategy", "lesson", "pattern"]
 Status = Literal["active", "retired"]
 EntryLevel = Literal["insight", "pattern"]
+Source = Literal["reflection", "verifier", "operator"]
+"""Where an entry came from: the model's reflection (or a summary of reflected insights), the verifier's
+feedback read deterministically, or an operator (``procmem memory add``)."""
+SOURCES: tuple[Source, ...] = get_args(Source)
 KINDS: tuple[Kind, ...] = get_args(Kind)
 ENTRY_LEVELS: tuple[EntryLevel, ...] = get_args(EntryLevel)
 INSIGHT: EntryLevel = "insight"
@@ -49,6 +57,19 @@ MAX_PROBLEM_FLAGS = 64
 def problem_flag(key: str) -> str:
     """The metadata key that marks an entry as backed by problem ``key``."""
     return f"problem:{key}"
+
+
+def suite_family(suite: str) -> str:
+    """A suite spec without its options: ``rg:products?min_digits=2`` → ``rg:products``."""
+    return suite.strip().split("?", 1)[0]
+
+
+def scope_matches(scope: str, suite: str) -> bool:
+    """Whether an entry scoped to ``scope`` applies to a task of ``suite``: the same spec, or the spec's family
+    (``rg:products`` covers every ``rg:products?...``). An empty scope matches nothing (such entries are found
+    through their problems or by similarity)."""
+    scope = scope.strip()
+    return bool(scope) and scope in (suite.strip(), suite_family(suite))
 
 
 def entry_id(level: EntryLevel, kind: Kind, split: str, anchor: str, text: str) -> str:
@@ -85,7 +106,13 @@ class Entry:
     """Ids of entries merged into this one on write (dedup)."""
     evidence: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     method: str = "reflection"
-    """How the text was made: ``reflection``, ``summary`` (an LLM summary) or ``extractive`` (the medoid)."""
+    """How the text was made: ``reflection``, ``summary`` (an LLM summary), ``extractive`` (the medoid),
+    ``feedback`` (read from verifier feedback) or ``operator`` (written by hand)."""
+    source: Source = "reflection"
+    """Where it came from (see :data:`Source`)."""
+    scope: str = ""
+    """The suite spec or family (``rg:products``) it applies to: retrieval gives it to every task of that scope
+    (:func:`scope_matches`). Empty: found through its problems (insights) or by similarity (patterns)."""
     validated_version: str = ""
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
@@ -100,6 +127,8 @@ class Entry:
             raise ValueError(f"an Entry is an insight or a pattern, not {self.level!r}")
         if self.kind not in KINDS or (self.kind == "pattern") != (self.level == "pattern"):
             raise ValueError(f"kind {self.kind!r} does not fit level {self.level!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, not {self.source!r}")
         if self.status not in ("active", "retired"):
             raise ValueError(f"status must be active or retired, not {self.status!r}")
         if not self.text.strip():
@@ -123,6 +152,7 @@ class Entry:
             "kind": self.kind, "suite": self.suite, "split": self.split, "problem": self.problem,
             "n_problems": len(self.problem_ids), "policy_version": self.policy_version,
             "reflector": self.reflector, "validated_version": self.validated_version, "method": self.method,
+            "source": self.source, "scope": self.scope,
             "created_at": self.created_at, "updated_at": self.updated_at, "helpful": self.helpful,
             "harmful": self.harmful, "uses": self.uses, "stale_failures": self.stale_failures,
             "status": self.status,
@@ -150,6 +180,7 @@ class Entry:
                 suite=str(meta["suite"]), split=str(meta["split"]), problem=str(meta.get("problem", "")),
                 policy_version=str(meta["policy_version"]), reflector=str(meta["reflector"]),
                 validated_version=str(meta.get("validated_version", "")), method=str(meta.get("method", "")),
+                source=cast(Source, meta.get("source", "reflection")), scope=str(meta.get("scope", "")),
                 created_at=str(meta["created_at"]), updated_at=str(meta["updated_at"]),
                 helpful=int(meta.get("helpful", 0)), harmful=int(meta.get("harmful", 0)),
                 uses=int(meta.get("uses", 0)), stale_failures=int(meta.get("stale_failures", 0)),

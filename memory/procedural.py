@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from procmem.core import Episode, Task
+from procmem.core import Episode, Task, utc_now
 from procmem.core.llm import LLM
 from procmem.memory import hygiene, learning, transfer
 from procmem.memory.base import LEVELS, Level, MemoryRecord, VectorMemoryStore
 from procmem.memory.config import MemoryConfig
-from procmem.memory.entries import ENTRY_LEVELS, Entry, EntryLevel, entry_or_none
+from procmem.memory.entries import ENTRY_LEVELS, Entry, EntryLevel, Kind, entry_id, entry_or_none
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
 from procmem.memory.hygiene import PruneReport
 from procmem.memory.learning import Progress, ReflectionReport
@@ -114,17 +114,19 @@ class ProceduralMemory(ExperienceMemory):
     # --- reflection ------------------------------------------------------------------------------
 
     def reflect(self, llm: LLM, *, since: str | None = None, max_calls: int | None = None,
-                policy: str | None = None, consolidate: bool = True, progress: Progress | None = None
-                ) -> ReflectionReport:
+                policy: str | None = None, consolidate: bool = True, feedback: bool = True,
+                progress: Progress | None = None) -> ReflectionReport:
         """The batch job: reflect on every judged problem with an episode finished at or after ``since``
         (ISO time; all when None) that was not reflected on by this reflector since its last new episode,
         then consolidate patterns and enforce the size caps. At most ``max_calls`` LLM calls in total.
 
         Idempotent: a second run with nothing new makes no call and changes nothing. ``policy`` is the
         policy version the insights are validated for (default: the reflector's own, i.e. self-reflection).
+        ``feedback`` also writes the verifier-grounded lessons (:mod:`~procmem.memory.feedback_lessons`).
         """
         return learning.reflect(self.store, self.config, llm, self.episodes(), since=since, max_calls=max_calls,
-                                policy=policy, consolidate_patterns=consolidate, progress=progress)
+                                policy=policy, consolidate_patterns=consolidate, feedback=feedback,
+                                progress=progress)
 
     def consolidate(self, llm: LLM | None = None, *, max_calls: int | None = None) -> ReflectionReport:
         """Only the pattern step of :meth:`reflect`; without ``llm`` every pattern is extractive."""
@@ -135,6 +137,24 @@ class ProceduralMemory(ExperienceMemory):
     def write_entry(self, entry: Entry) -> Literal["added", "merged"]:
         """Write an insight or pattern, deduplicated (:func:`~procmem.memory.hygiene.write_entry`)."""
         return hygiene.write_entry(self.store, entry, self.config.hygiene)
+
+    def add_operator_entry(self, level: EntryLevel, text: str, *, scope: str,
+                           kind: Kind | None = None) -> tuple[Entry, Literal["added", "merged"]]:
+        """Write an operator's procedure (a playbook line) for every task of ``scope`` (a suite spec or family,
+        see :func:`~procmem.memory.entries.scope_matches`): an insight (``kind`` strategy, the default, or
+        lesson) or a pattern, ``source="operator"``, train split (it comes from no test problem, so retrieval
+        gives it to train and test tasks of the scope alike). Deduplicated like every entry."""
+        text, scope = " ".join(text.split()), scope.strip()
+        if not text:
+            raise ValueError("an operator entry needs text")
+        if not scope:
+            raise ValueError("an operator entry needs a scope (a suite spec such as rg:products)")
+        kind = "pattern" if level == "pattern" else (kind or "strategy")
+        now = utc_now()
+        entry = Entry(id=entry_id(level, kind, "train", f"scope:{scope}", text), level=level, kind=kind, text=text,
+                      suite=scope, split="train", policy_version="operator", reflector="operator",
+                      method="operator", source="operator", scope=scope, created_at=now, updated_at=now)
+        return entry, self.write_entry(entry)
 
     def prune(self, *, policy: str | None = None, dry_run: bool = False) -> PruneReport:
         """Apply the retirement rule to every active entry (settings may have changed), then evict down

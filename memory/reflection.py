@@ -23,17 +23,20 @@ from procmem.memory.entries import Kind
 from procmem.memory.problems import Problem
 
 __all__ = [
+    "GRAMMAR_LINES",
     "REFLECTION_FORMAT",
     "ParsedItem",
     "ParsedReflection",
     "parse_reflection",
+    "pattern_grammar",
     "pattern_prompt",
     "reflection_generation",
+    "reflection_grammar",
     "reflection_primer",
     "reflection_prompt",
 ]
 
-REFLECTION_FORMAT = "3"
+REFLECTION_FORMAT = "4"
 """Version of the prompts and parser; part of every problem's reflection signature, so that a new format
 reflects again."""
 MIN_CHARS = 15
@@ -50,31 +53,48 @@ _REFLECTION_HEADER = (
 # Worked reviews (few-shot): the policy is usually a base model without a chat template, which follows a
 # pattern far better than an instruction. Their domains differ from the task suites, and an item that
 # copies them is rejected as an echo.
-_REFLECTION_EXAMPLES = """Problem: Convert 3 kilometres to metres.
-Attempt 1 answer: 300
-Verdict: FAIL. Feedback: '300' is not the correct answer
-Attempt 2 answer: 3000
+_REFLECTION_EXAMPLES = """Problem: How many days are there in 3 weeks?
+Attempt 1 answer: 21 days
+Verdict: FAIL. Feedback: expected an integer, got '21 days'
+Attempt 2 answer: 21
 Verdict: PASS
 Advice:
-LESSON: Multiplied by 100 instead of 1000 -> one kilometre is 1000 metres, so multiply by 1000.
-STRATEGY: Write down the conversion factor first, then multiply by it.
+LESSON: When asked how many days, the answer 21 days failed for its unit -> write the integer alone.
+STRATEGY: When converting weeks to days, multiply the weeks by seven.
 
-Problem: Write the colours of the flag of Italy, left to right.
-Attempt 1 answer: red, white, green
-Verdict: FAIL. Feedback: the order of the items is wrong
+Problem: Which month comes two months after November?
+Attempt 1 answer: December
+Verdict: FAIL. Feedback: 'December' is not the correct answer
+Attempt 2 answer: December
+Verdict: FAIL. Feedback: 'December' is not the correct answer
 Advice:
-LESSON: Listed the colours in the wrong order -> check which side each colour is on before answering."""
+LESSON: When counting months forward, December was only one step -> count each step and wrap after December.
+LESSON: When the same answer failed twice, repeating it again cannot pass -> redo the steps from the start.
+
+Problem: What is the capital city of Canada?
+Attempt 1 answer: Ottawa
+Verdict: PASS
+Advice:
+STRATEGY: When naming a capital city, give the name of the city alone, spelled in full."""
 
 _PATTERN_EXAMPLE = """Advice learned on different problems:
-- Multiply by the conversion factor written down first.
-- Look up how many grams are in a kilogram before converting.
-PATTERN: Find the exact conversion factor before converting units.
+- The answer 21 days failed because it had a unit -> write the bare integer only.
+- Wrote 5 hours instead of 5 -> give the number without its unit.
+PATTERN: Give the bare number as the answer, with no unit or words around it.
+
+Advice learned on different problems:
+- Counted only one month forward -> step forward one month at a time.
+- Skipped a weekday when counting days -> count each day one by one.
+PATTERN: Count forward one step at a time and check every step.
 
 Advice learned on different problems:
 {items}
 PATTERN:"""
 
-_ECHOES = ("instead of 1000", "conversion factor", "kilometre", "colours", "which side each",
+_ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how many days", "counting months",
+           "weekday", "5 hours", "instead of 1000", "conversion factor", "kilometre", "which side each",
+           "spelling a word backwards", "from the last one to the first", "failed twice",
+           "capital city", "name of the city",
            "what made an answer pass", "what went wrong and how to avoid it")
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
@@ -119,6 +139,40 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
     """Greedy decoding that stops at a blank line or when the model starts a new problem."""
     return GenerationConfig(max_tokens=max_tokens, temperature=0.0, top_p=1.0,
                             stop=("\n\n", "\nProblem:", "\nQuestion:"), seed=None)
+
+
+GRAMMAR_LINES = 2
+"""Most lines a constrained reflection may write (a small model repeats itself after two)."""
+_ADVICE_RULES = (
+    'advice ::= first " " letters " " letters (" " word){3,11} "."',
+    "first ::= [A-Z] [a-z]{1,13}",
+    "letters ::= [a-zA-Z] [a-z]{1,13}",
+    'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,2} | "->" | "(" [a-z]{1,12} ")"',
+)
+
+
+def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
+    """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
+    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 6 to 14 words, the first three of them
+    words of 2 letters or more, numbers of at most 2 digits (so letters dominate, as validation wants), ended by
+    a full stop; a later line starts with a label the problem supports
+    (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the
+    parser's form; only content checks (an echo of the examples, repeated words, a bare answer) can still
+    reject an item."""
+    labels = [f'"{label}"' for label, ok in (("LESSON:", problem.has_failure), ("STRATEGY:", problem.has_pass))
+              if ok]
+    more = max(0, min(max_items, GRAMMAR_LINES) - 1)
+    return "\n".join([
+        f'root ::= " " advice ("\\n" label " " advice){{0,{more}}}',
+        f"label ::= {' | '.join(labels)}",
+        *_ADVICE_RULES,
+    ])
+
+
+def pattern_grammar() -> str:
+    """The GBNF grammar of a pattern summary's completion (it continues ``PATTERN:``): one sentence of
+    :func:`reflection_grammar`'s form."""
+    return "\n".join(['root ::= " " advice', *_ADVICE_RULES])
 
 
 def reflection_prompt(problem: Problem, *, max_items: int = 4, max_attempts: int = 6) -> str:

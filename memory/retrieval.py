@@ -19,7 +19,8 @@ A rendered memory block looks like this (sections that are empty are left out)::
     Answer: <its verified answer>
 
 The retrievers: :class:`ProceduralRetriever` (all three levels, scored by similarity times
-:func:`~procmem.memory.hygiene.trust`), :class:`ExperienceRetriever` (worked examples only) and
+:func:`~procmem.memory.hygiene.trust`; entries scoped to the task's suite, such as operator playbooks, at full
+similarity), :class:`ExperienceRetriever` (worked examples only) and
 :class:`NoMemory`.
 """
 
@@ -37,7 +38,17 @@ from procmem.core.keys import problem_key
 from procmem.memory.base import Scalar, ScoredRecord, VectorMemoryStore
 from procmem.memory.config import MemoryConfig
 from procmem.memory.embedding import embed_array
-from procmem.memory.entries import INSIGHT, PATTERN, Entry, Kind, entry_or_none, problem_flag
+from procmem.memory.entries import (
+    INSIGHT,
+    PATTERN,
+    Entry,
+    EntryLevel,
+    Kind,
+    entry_or_none,
+    problem_flag,
+    scope_matches,
+    suite_family,
+)
 from procmem.memory.experiences import EXPERIENCE, ExperienceMemory, pick_examples
 from procmem.memory.hygiene import trust
 
@@ -236,8 +247,9 @@ class ProceduralRetriever:
         of the nearest solved problems, and patterns, each section best first.
 
         The task is embedded once, and one search of the experience level serves both the worked examples
-        and the nearest problems; insights are read per nearest problem, patterns by one search. No step
-        reads a whole level, so the cost does not grow with the number of episodes (beyond the index's)."""
+        and the nearest problems; insights are read per nearest problem, patterns by one search, and entries
+        scoped to the task's suite by a filtered read. No step reads a whole level, so the cost does not grow
+        with the number of episodes (beyond the index's)."""
         cfg = self.config.retrieval
         vector = embed_array(self.store.embedder, [task.prompt])[0]
         fetch = max(4 * cfg.nearest_problems + 8, 2 * k + 4)
@@ -246,7 +258,7 @@ class ProceduralRetriever:
         if len(successes) < k and len(nearest) == fetch:  # too few successes among the nearest: look further
             successes = ExperienceMemory(self.store).similar_successes(task, k, vector=vector)
         examples = tuple(WorkedExample.from_episode(e) for e in successes)
-        return MemoryContext(examples, self._insights(task, nearest), self._patterns(vector))
+        return MemoryContext(examples, self._insights(task, nearest), self._patterns(task, vector))
 
     def _insights(self, task: Task, nearest: Sequence[ScoredRecord]) -> tuple[Advice, ...]:
         """Insights of the nearest problems among ``nearest`` (train-split episodes, most similar first)."""
@@ -269,17 +281,30 @@ class ProceduralRetriever:
                 if entry is None or (task.split == "test" and own in entry.problem_ids):
                     continue  # merged across the task's own problem: reflected on its own attempts
                 scored.append((similarity * trust(entry, self.policy, self.config.hygiene), entry))
+        scored += self._scoped(INSIGHT, task)
         return _top_advice(scored, cfg.insights)
 
-    def _patterns(self, vector: npt.NDArray[np.float32]) -> tuple[Advice, ...]:
+    def _patterns(self, task: Task, vector: npt.NDArray[np.float32]) -> tuple[Advice, ...]:
         cfg = self.config.retrieval
         if cfg.patterns <= 0:
             return ()
         where: dict[str, Scalar] = {"status": "active", "split": "train"}
         hits = self.store.query_vector(PATTERN, vector, k=4 * cfg.patterns, where=where)
         scored = [(h.similarity * trust(e, self.policy, self.config.hygiene), e) for h in hits
-                  if h.similarity >= cfg.min_pattern_similarity and (e := entry_or_none(h.record)) is not None]
-        return _top_advice(scored, cfg.patterns)
+                  if h.similarity >= cfg.min_pattern_similarity and (e := entry_or_none(h.record)) is not None
+                  and not e.scope]  # a scoped pattern reaches only its scope's tasks, below
+        return _top_advice([*scored, *self._scoped(PATTERN, task)], cfg.patterns)
+
+    def _scoped(self, level: EntryLevel, task: Task) -> list[tuple[float, Entry]]:
+        """Active train entries scoped to ``task``'s suite or its family (operator playbooks, suite-wide
+        verifier lessons), each at full similarity times its trust: they rank above similar-problem advice."""
+        found: list[tuple[float, Entry]] = []
+        for scope in dict.fromkeys((task.suite.strip(), suite_family(task.suite))):
+            for record in self.store.scan(level, where={"scope": scope, "status": "active", "split": "train"}):
+                entry = entry_or_none(record)
+                if entry is not None and scope_matches(entry.scope, task.suite):
+                    found.append((trust(entry, self.policy, self.config.hygiene), entry))
+        return found
 
 
 class NoMemory:

@@ -35,6 +35,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an F32 GGUF file (for the llama.cpp engine)."""
+    from procmem.llm.gguf_io import write_gemma3_gguf
+
+    return write_gemma3_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
 @pytest.fixture
 def home(tmp_path: Path):  # type: ignore[no-untyped-def]
     """An empty, initialised PROCMEM_HOME."""

@@ -31,7 +31,7 @@ from procmem.core.keys import policy_version
 from procmem.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from procmem.memory import Level, MemoryRecord, ProceduralMemory
+    from procmem.memory import EntryLevel, Kind, Level, MemoryRecord, ProceduralMemory
 
 __all__ = ["LEVEL_NAMES", "memory_app", "parse_since"]
 
@@ -142,13 +142,14 @@ def list_entries(
         print_json_line({"records": [_record_dict(r) for r in rows]})
         return
     table = Table(title=f"memory records ({len(rows)})")
-    for column in ("id", "level", "kind", "status", "help/harm/uses", "text"):
+    for column in ("id", "level", "kind", "source", "status", "help/harm/uses", "text"):
         table.add_column(column)
     for record in rows:
         meta = record.metadata
         counters = f"{meta.get('helpful', '')}/{meta.get('harmful', '')}/{meta.get('uses', '')}"
         kind = str(meta.get("kind", "passed" if meta.get("passed") else "failed"))
-        table.add_row(record.id, record.level, kind, str(meta.get("status", "")),
+        source = "" if record.level == "experience" else str(meta.get("source", "reflection"))
+        table.add_row(record.id, record.level, kind, source, str(meta.get("status", "")),
                       counters if record.level != "experience" else "", _short(record.text))
     out_console.print(table)
 
@@ -227,10 +228,14 @@ def reflect(
     adapter: Annotated[str, typer.Option(help=ADAPTER_HELP)] = "promoted",
     patterns: Annotated[bool, typer.Option("--patterns/--no-patterns", help="Consolidate patterns afterwards.")]
     = True,
+    feedback: Annotated[bool, typer.Option("--feedback/--no-feedback",
+                                           help="Also write lessons read from the verifier's feedback on failed "
+                                                "attempts (source verifier; no model call).")] = True,
     chroma_url: ChromaUrl = None,
     json_out: JsonOut = False,
 ) -> None:
-    """(Re)build insights by self-reflection on judged problems, then consolidate patterns. Idempotent."""
+    """(Re)build insights by self-reflection on judged problems (decoded under a grammar on llama.cpp) and from
+    the verifier's feedback, then consolidate patterns. Idempotent."""
     from procmem.llm import load_llm
     from procmem.memory import open_memory
 
@@ -242,12 +247,12 @@ def reflect(
     llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
     with progress_bar(err_console) as progress:
         bar = progress.add_task("reflecting", total=None)
-        report = memory.reflect(llm, since=cutoff, max_calls=max_calls, consolidate=patterns,
+        report = memory.reflect(llm, since=cutoff, max_calls=max_calls, consolidate=patterns, feedback=feedback,
                                 progress=lambda done, total: progress.update(bar, completed=done, total=total))
     counts = memory.status_counts()
     if json_out:
         print_json_line({"reflector": policy_version(llm), "since": cutoff, **report.to_dict(),
-                         "total_calls": report.total_calls, "memory": counts})
+                         "total_calls": report.total_calls, "parse_rate": report.parse_rate, "memory": counts})
         return
     table = Table(title=f"reflection by {policy_version(llm)}")
     table.add_column("")
@@ -255,7 +260,65 @@ def reflect(
     for key, value in report.to_dict().items():
         table.add_row(key.replace("_", " "), str(value))
     out_console.print(table)
+    rate = "-" if report.parse_rate is None else f"{report.parse_rate:.0%}"
+    out_console.print(f"reflection calls parsed: {report.parsed_calls}/{report.calls + report.retries} ({rate}); "
+                      f"{report.constrained_calls} decoded under the reflection grammar", highlight=False)
     out_console.print(f"memory: {counts['insight']} insights, {counts['pattern']} patterns", highlight=False)
+
+
+@memory_app.command("add")
+def add_entry(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The procedure or rule, one line of advice.")],
+    level: Annotated[str, typer.Option("--level", help="insight (a strategy or lesson) or pattern (a rule "
+                                                       "across problems).")] = "insight",
+    scope: Annotated[str, typer.Option("--scope", help="The tasks it applies to: a suite spec "
+                                                       "(rg:<dataset>, rg:<dataset>?key=value&..., builtin:<name> or a "
+                                                       "JSONL task file); rg:<dataset> covers all its configs.")] = "",
+    kind: Annotated[str, typer.Option("--kind", help="For an insight: strategy (what to do) or lesson (a mistake "
+                                                     "to avoid).")] = "strategy",
+    chroma_url: ChromaUrl = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Add an operator-written procedure (source operator) that retrieval gives to every task of --scope, and
+    that distillation therefore trains in."""
+    if level not in ("insight", "pattern"):
+        raise ProcmemError(f"unknown level {level!r} for memory add", where="--level", fix="use insight or pattern")
+    if kind not in ("strategy", "lesson"):
+        raise ProcmemError(f"unknown kind {kind!r}", where="--kind", fix="use strategy or lesson")
+    if level == "pattern" and kind != "strategy":
+        raise ProcmemError("--kind applies to insights only", where="--kind", fix="drop --kind for a pattern")
+    scope = _scope(scope)
+    if not " ".join(text.split()):
+        raise ProcmemError("empty TEXT", where="TEXT", fix="write the procedure, e.g. 'Multiply digit by digit.'")
+    entry, written = _memory(ctx, chroma_url).add_operator_entry(
+        cast("EntryLevel", level), text, scope=scope, kind=None if level == "pattern" else cast("Kind", kind))
+    if json_out:
+        print_json_line({"written": written, **entry.to_dict()})
+        return
+    out_console.print(f"{written} {entry.level} {entry.id} for {scope} (source operator)", highlight=False)
+
+
+def _scope(value: str) -> str:
+    """A checked --scope: an rg: dataset that exists, a built-in suite, or an existing JSONL task file."""
+    from procmem.tasks.rg import check_dataset
+    from procmem.tasks.suites import builtin_path
+
+    scope = value.strip()
+    if not scope:
+        raise ProcmemError("missing --scope", where="--scope",
+                           fix="name the suite it applies to, e.g. --scope rg:products")
+    if scope.startswith("rg:"):
+        check_dataset(scope.removeprefix("rg:").split("?", 1)[0].strip(), where="--scope")
+    elif scope.startswith("builtin:"):
+        try:
+            builtin_path(scope.removeprefix("builtin:").strip())
+        except ProcmemError as err:
+            raise ProcmemError(err.message, where="--scope", fix=err.fix) from err
+    elif not Path(scope).expanduser().is_file():
+        raise ProcmemError(f"{scope!r} is neither a suite spec nor an existing task file", where="--scope",
+                           fix="use rg:<dataset>, rg:<dataset>?key=value&..., builtin:<name> or a JSONL task file")
+    return scope
 
 
 @memory_app.command()

@@ -42,6 +42,10 @@ class GenerationConfig(Config):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only).")
     stop: tuple[str, ...] = Field(default=("\n",), description="Generation ends at the first of these strings.")
     seed: int | None = Field(default=None, description="Sampling seed; None leaves the generator as it is.")
+    grammar: str | None = Field(
+        default=None,
+        description="A GBNF grammar (llama.cpp's format, root rule `root`) the completion must follow; honoured by "
+                    "engines whose `supports_grammar` is True (llama.cpp), refused by the others.")
 
 
 def generation_for(task: Task, base: GenerationConfig) -> GenerationConfig:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from procmem.core.config import GenerationConfig
+from procmem.core.errors import ProcmemError
+
 
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
     """Index of the earliest occurrence of any stop string in ``text``, or None."""
@@ -49,3 +52,12 @@ def _partial_stop_length(text: str, stops: Sequence[str]) -> int:
                 best = size
                 break
     return best
+
+
+def refuse_grammar(config: GenerationConfig, engine: str) -> None:
+    """Raise when ``config`` asks for a grammar that ``engine`` cannot enforce (only llama.cpp can): a caller
+    checks ``supports_grammar`` first and falls back to its own parse-or-retry."""
+    if config.grammar is not None:
+        raise ProcmemError(f"the {engine} backend cannot constrain decoding to a grammar",
+                           where="GenerationConfig.grammar",
+                           fix="use the llama.cpp engine (--engine llamacpp), or leave grammar unset")

@@ -66,6 +66,11 @@ class MicroBatcher:
     def adapter_version(self) -> str | None:
         return self.llm.adapter_version
 
+    @property
+    def supports_grammar(self) -> bool:
+        """Whether the wrapped model honours ``GenerationConfig.grammar``."""
+        return bool(getattr(self.llm, "supports_grammar", False))
+
     def __enter__(self) -> MicroBatcher:
         self.start()
         return self

@@ -23,7 +23,7 @@ from procmem.core.config import GenerationConfig
 from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
 from procmem.core.redact import redact
-from procmem.llm._stops import cut_at_stop, filter_stream
+from procmem.llm._stops import cut_at_stop, filter_stream, refuse_grammar
 
 __all__ = ["API_BASE_ENV", "LiteLLM"]
 
@@ -76,6 +76,7 @@ class LiteLLM:
 
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[Generation]:
         """Complete every prompt (concurrently, up to ``max_concurrency`` requests in flight)."""
+        refuse_grammar(config, "LiteLLM")
         prompts = list(prompts)
         if len(prompts) <= 1:
             return [self._complete(p, config) for p in prompts]
@@ -83,6 +84,7 @@ class LiteLLM:
             return list(pool.map(lambda p: self._complete(p, config), prompts))
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+        refuse_grammar(config, "LiteLLM")
         chunks = self._call(prompt, config, stream=True)
         try:
             yield from filter_stream(self._deltas(chunks), config.stop)

@@ -6,8 +6,9 @@ sequence slots and retires finished ones, so sequences join and leave the batch 
 is one ``llama_decode`` over all running sequences: one new token per generating sequence plus chunks of
 the prompts being read in.
 
-Each request has its own sampler (greedy, or temperature + top-p + a seeded draw), its own stop strings
-and token budget, so a batch's sequences do not influence one another: under greedy decoding each equals
+Each request has its own sampler (greedy, or temperature + top-p + a seeded draw, after an optional GBNF
+grammar that masks every token the grammar does not allow), its own stop strings and token budget, so a batch's
+sequences do not influence one another: under greedy decoding each equals
 its solo run. An error in one request (a prompt longer than the context, a failing sampler) ends that
 request only.
 
@@ -124,6 +125,8 @@ class LlamaCppLLM:
 
     continuous_batching = True
     """Concurrent calls are batched inside the engine; wrappers need not batch them."""
+    supports_grammar = True
+    """``GenerationConfig.grammar`` (GBNF) constrains each request's decoding (a grammar sampler in its chain)."""
 
     def __init__(
         self,
@@ -518,6 +521,13 @@ class LlamaCppLLM:
     def _sampler(self, request: _Request) -> Any:
         lib, config = self._lib, request.config
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if config.grammar is not None:
+            grammar = lib.llama_sampler_init_grammar(self._vocab, config.grammar.encode(), b"root")
+            if not grammar:
+                lib.llama_sampler_free(chain)
+                raise ProcmemError("llama.cpp cannot parse the grammar", where="GenerationConfig.grammar",
+                                   fix="write it in GBNF with a `root` rule (see llama.cpp's grammars/README.md)")
+            lib.llama_sampler_chain_add(chain, grammar)
         if request.ignore_eos and self._eog:
             biases = (lib.llama_logit_bias * len(self._eog))(*[lib.llama_logit_bias(t, -math.inf) for t in self._eog])
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(self._n_vocab, len(biases), biases))

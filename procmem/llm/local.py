@@ -32,7 +32,7 @@ from transformers.utils import logging as hf_logging
 from procmem.core.config import GenerationConfig
 from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
-from procmem.llm._stops import cut_at_stop, filter_stream
+from procmem.llm._stops import cut_at_stop, filter_stream, refuse_grammar
 
 __all__ = ["LocalLLM", "load_model_and_tokenizer"]
 
@@ -141,6 +141,7 @@ class LocalLLM:
         Prompts are sorted by length and run in sub-batches of ``max_batch_size`` to limit padding.
         ``ignore_eos`` (benchmarks only) makes every row run to ``max_tokens`` unless a stop string ends it.
         """
+        refuse_grammar(config, "transformers")
         prompts = list(prompts)
         if not prompts:
             return []
@@ -158,6 +159,7 @@ class LocalLLM:
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         """Yield the completion of ``prompt`` in pieces; for greedy decoding their concatenation equals
         ``generate``'s text. Closing the iterator early cancels the generation."""
+        refuse_grammar(config, "transformers")
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         errors: list[BaseException] = []

@@ -57,11 +57,3 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     directory = tmp_path_factory.mktemp("adapters") / "v1"
     peft_model.save_pretrained(directory)
     return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model as an F32 GGUF file."""
-    from procmem.llm.gguf_io import write_gemma3_gguf
-
-    return write_gemma3_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")

@@ -331,3 +331,24 @@ def test_a_promoted_adapter_swaps_into_a_running_engine_without_a_reload(tmp_pat
         assert llm.adapter_version == version
         assert [g.text for g in llm.generate(PROMPTS, GREEDY)] != [g.text for g in base]
         assert llm._model is model, "the base model stayed loaded"
+
+
+def test_a_grammar_constrains_each_request_alone(engine: LlamaCppLLM) -> None:
+    """The random tiny model writes noise; under ``root ::= ("yes" | "no") "."`` it can only write one of two
+    words, while the unconstrained request beside it in the batch is its solo run."""
+    assert engine.supports_grammar
+    bound = GREEDY.model_copy(update={"grammar": 'root ::= ("yes" | "no") "."', "max_tokens": 16, "stop": ()})
+    free = GREEDY.model_copy(update={"max_tokens": 16, "stop": ()})
+    alone = _solo(engine, PROMPTS[1], free)
+    assert alone.text not in ("yes.", "no.")
+    results = _concurrently([lambda p=p: engine.generate([p], bound)[0] for p in MORE_PROMPTS]
+                            + [lambda: engine.generate([PROMPTS[1]], free)[0]])
+    assert all(r.text in ("yes.", "no.") and r.finish_reason == "stop" for r in results[:-1]), results
+    assert results[-1] == alone
+
+
+def test_a_bad_grammar_fails_its_request_only(engine: LlamaCppLLM) -> None:
+    bad = GREEDY.model_copy(update={"grammar": "root ::= (unclosed"})
+    with pytest.raises(ProcmemError, match="cannot parse the grammar"):
+        engine.generate([PROMPTS[0]], bad)
+    assert engine.generate([PROMPTS[0]], GREEDY)[0] == _solo(engine, PROMPTS[0])

@@ -118,3 +118,12 @@ def test_bad_paths_raise_one_line_errors(tmp_path: Path, tiny_model_dir: Path) -
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ProcmemError, match="cannot load the model"):
         LocalLLM(tmp_path)
+
+
+def test_a_grammar_is_refused_plainly_not_ignored(local_tiny: LocalLLM) -> None:
+    """transformers cannot enforce a grammar: it says so (callers check ``supports_grammar`` and fall back)."""
+    assert not getattr(local_tiny, "supports_grammar", False)
+    bound = GREEDY.model_copy(update={"grammar": 'root ::= "yes"'})
+    with pytest.raises(ProcmemError, match="cannot constrain decoding") as raised:
+        local_tiny.generate([PROMPTS[0]], bound)
+    assert raised.value.where == "GenerationConfig.grammar" and "llama.cpp" in (raised.value.fix or "")

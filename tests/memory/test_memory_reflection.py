@@ -63,7 +63,7 @@ def test_json_objects_and_lists_parse(text: str) -> None:
     ("STRATEGY: ok", "length"),
     ("LESSON: The answer is 10 - 3 = 7.", "states an answer"),
     ("STRATEGY: 10 is the answer.", "states an answer"),  # written by the bundled model
-    ("LESSON: Multiplied by 100 instead of 1000 -> one kilometre is 1000 metres.", "echoes"),
+    ("LESSON: The answer 21 days failed because of its unit -> write the integer alone.", "echoes"),
     ("STRATEGY: <what made an answer pass, as a rule for similar problems>", "placeholder"),
     ("LESSON: 12 + 12 = 24 !!! ### 12 12 12 12", "words"),
     ("STRATEGY: ## $$ %% ^^ && ** (( )) add it up", "symbols"),
@@ -235,10 +235,12 @@ def test_the_real_tiny_model_goes_through_the_pipeline_unparseable_counted_and_s
 
     tiny = LocalLLM(tiny_model_dir)
     _record_sums(pmem)
-    report = pmem.reflect(tiny, max_calls=3)
+    report = pmem.reflect(tiny, max_calls=3, feedback=False)
     assert report.calls == 3 and report.problems == 3
     assert report.completion_tokens > 0
+    assert report.constrained_calls == 0 and report.retries == 3, "transformers: the fallback retries once"
+    assert report.parse_rate == 0.0
     assert report.unparseable == 3 and report.insights_added == 0, "noise must never be stored"
     assert pmem.stats()["insight"] == 0 and pmem.stats()["pattern"] == 0
-    again = pmem.reflect(tiny)
+    again = pmem.reflect(tiny, feedback=False)
     assert again.total_calls == 0 and again.already_reflected == 3

@@ -1,0 +1,183 @@
+"""Memory levels that fill on a small model (issue 15, item 1): grammar-constrained reflection, verifier-grounded
+lessons and operator-seeded procedures, each labelled with its source; on real Chroma and the real tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memory_helpers import SUMS, episode
+from typer.testing import CliRunner
+
+from procmem.cli import app
+from procmem.core import Attempt, Episode, Home, Task, Verdict
+from procmem.memory import MiniLMEmbedder, ProceduralMemory, group_problems, open_memory, parse_reflection
+from procmem.memory.feedback_lessons import feedback_lessons
+from procmem.memory.reflection import reflection_generation, reflection_grammar, reflection_primer, reflection_prompt
+
+
+def _problems(memory: ProceduralMemory) -> list[Any]:
+    for task_id, prompt, answers in SUMS:
+        memory.record(episode(task_id, prompt, answers, passed=False))
+    return group_problems(memory.episodes())
+
+
+def test_the_reflection_grammar_makes_the_random_tiny_model_parse(tmp_path: Path, tiny_gguf: Path,
+                                                                   minilm: MiniLMEmbedder) -> None:
+    """Unconstrained, a random model never writes a parseable reflection; under the grammar it always does."""
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    from procmem.llm import EngineConfig, LlamaCppLLM
+
+    problems = _problems(open_memory(tmp_path / "chroma", embedder=minilm))
+    prompts = [reflection_prompt(p) for p in problems]
+    # Sampled (seeded), not greedy: a random model decoded greedily repeats one token, which the content checks
+    # reject as repeated words whatever the format; the grammar's job is the format.
+    sampled = reflection_generation(96).model_copy(update={"temperature": 1.0, "seed": 7})
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=4, n_threads=1)) as llm:
+        assert llm.supports_grammar
+        free = llm.generate(prompts, sampled)
+        bound = [llm.generate([prompt], sampled.model_copy(update={"grammar": reflection_grammar(p)}))[0]
+                 for p, prompt in zip(problems, prompts, strict=True)]
+
+    def parsed(problem: Any, text: str) -> bool:
+        return not parse_reflection(reflection_primer(problem) + text, has_pass=problem.has_pass,
+                                    has_failure=problem.has_failure).unparseable
+
+    assert not any(parsed(p, g.text) for p, g in zip(problems, free, strict=True)), [g.text for g in free]
+    assert all(parsed(p, g.text) for p, g in zip(problems, bound, strict=True)), [g.text for g in bound]
+    assert all(g.text.startswith(" ") and g.text.rstrip().endswith(".") for g in bound if g.finish_reason == "stop")
+
+
+def test_reflect_on_the_llamacpp_engine_decodes_every_call_under_the_grammar(
+    tmp_path: Path, tiny_gguf: Path, minilm: MiniLMEmbedder
+) -> None:
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    from procmem.llm import EngineConfig, LlamaCppLLM
+
+    memory = open_memory(tmp_path / "chroma", embedder=minilm)
+    _problems(memory)
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=4, n_threads=1)) as llm:
+        report = memory.reflect(llm, feedback=False, consolidate=False)
+    assert report.calls == 3 and report.constrained_calls == 3 and report.retries == 0, "no fallback retry"
+    assert report.parse_rate == report.parsed_calls / 3
+    assert report.parsed_calls + report.unparseable == 3
+    assert {e.source for e in memory.entries("insight")} <= {"reflection"}
+
+
+def _failed(task_id: str, prompt: str, answers: list[tuple[str, str]], suite: str = "rg:products?min_digits=1"
+            ) -> Episode:
+    task = Task(id=task_id, prompt=prompt, verifier="rg:products", suite=suite)
+    return Episode(task=task, attempts=tuple(Attempt(a, Verdict(False, 0.0, f)) for a, f in answers),
+                   model_id="m")
+
+
+FEEDBACK = [
+    _failed("a", "What is 2 * 3?", [("6.", "expected an integer, got '6.'"), ("5", "'5' is not the correct answer"),
+                                     ("5", "'5' is not the correct answer")]),
+    _failed("b", "What is 4 * 3?", [("4 * 3 = 12", "expected an integer, got '4 * 3 = 12'"),
+                                     ("", "the answer is empty; expected an integer on one line")]),
+    _failed("c", "What is 7 * 8?", [("54", "the answer is only partly right; give exactly the answer and nothing "
+                                           "else"), ("54", "'54' is not the correct answer")]),
+]
+
+
+def test_verifier_lessons_say_what_known_feedback_says() -> None:
+    lessons = feedback_lessons(group_problems(FEEDBACK), min_problems=2)
+    per_problem = sorted(lesson.text for lesson in lessons if lesson.problem)
+    assert per_problem == sorted([
+        "Answer with an integer and nothing else: the answer '6.' was rejected for its form.",
+        "The answer '5' was wrong 2 times here: a retry must give a different answer.",
+        "Answer with an integer and nothing else: the answer '4 * 3 = 12' was rejected for its form.",
+        "Never leave the answer empty: an empty answer was rejected.",
+        "Give exactly the answer and nothing else: the answer '54' was only partly right.",
+    ])
+    family = [lesson for lesson in lessons if not lesson.problem]
+    assert [(f.kind, f.scope, len(f.problems)) for f in family] == [("form", "rg:products", 2)], \
+        "only the form failure was met by 2 problems; '54' once wrong is not a repeat"
+    assert family[0].text.startswith("In rg:products, answer with an integer and nothing else: answers of another "
+                                     "form failed on 2 problems (e.g. ")
+    assert "'6.'" in family[0].text and "'4 * 3 = 12'" in family[0].text
+    assert feedback_lessons(group_problems(FEEDBACK), min_problems=2) == lessons, "deterministic"
+
+
+def test_reflect_writes_verifier_lessons_labelled_and_scoped(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+    from memory_helpers import ScriptedPolicy
+
+    memory = open_memory(tmp_path / "chroma", embedder=minilm)
+    for ep in FEEDBACK:
+        memory.record(ep)
+    report = memory.reflect(ScriptedPolicy(), consolidate=False)
+    verifier = [e for e in memory.entries("insight") if e.source == "verifier"]
+    assert report.verifier_insights_added + report.verifier_insights_merged == 5 and verifier
+    assert all(e.method == "feedback" and e.reflector == "verifier" and e.problem for e in verifier)
+    patterns = [e for e in memory.entries("pattern") if e.source == "verifier"]
+    assert report.verifier_patterns_added == 1 and [p.scope for p in patterns] == ["rg:products"]
+    again = memory.reflect(ScriptedPolicy(), consolidate=False)
+    assert again.verifier_insights_added == 0 and again.verifier_patterns_added == 0, "idempotent: merged"
+
+
+def _run(home: Home, *args: str) -> Any:
+    return CliRunner().invoke(app, ["--home", str(home.root), "memory", *args])
+
+
+def _task(suite: str) -> Task:
+    return Task(id="t1", prompt="What is 6 * 7?", verifier="rg:products", suite=suite)
+
+
+def test_memory_add_reaches_tasks_of_its_scope_only(home: Home, minilm: MiniLMEmbedder) -> None:
+    added = _run(home, "add", "--level", "insight", "--scope", "rg:products",
+                 "Multiply the two numbers digit by digit, then write the product alone.", "--json")
+    assert added.exit_code == 0, added.output
+    entry = json.loads(added.stdout.strip().splitlines()[-1])
+    assert entry["source"] == "operator" and entry["scope"] == "rg:products" and entry["written"] == "added"
+    pattern = _run(home, "add", "--level", "pattern", "--scope", "rg:products?min_digits=2",
+                   "Give the bare product as the answer, with nothing after it.")
+    assert pattern.exit_code == 0, pattern.output
+    memory = open_memory(home.chroma, embedder=minilm)
+    retriever = memory.retriever()
+    mine = retriever.retrieve(_task("rg:products?min_digits=2"), 3)
+    assert "Strategy: Multiply the two numbers digit by digit" in mine.text
+    assert "Pattern: Give the bare product as the answer" in mine.text
+    family_only = retriever.retrieve(_task("rg:products?min_digits=1"), 3).text
+    assert "digit by digit" in family_only and "bare product" not in family_only, "a spec scope is that spec only"
+    other = retriever.retrieve(_task("rg:chain_sum"), 3)
+    assert "digit by digit" not in other.text and "bare product" not in other.text
+    test_split = retriever.retrieve(Task(id="t2", prompt="What is 3 * 3?", verifier="rg:products",
+                                         suite="rg:products", split="test"), 3)
+    assert "digit by digit" in test_split.text, "a playbook comes from no test problem: test tasks get it too"
+    listed = _run(home, "ls", "--level", "insight")
+    assert listed.exit_code == 0 and "operator" in listed.stdout
+
+
+def test_the_distill_teacher_sees_operator_entries(home: Home, minilm: MiniLMEmbedder, tiny_model_dir: Path) -> None:
+    """Distillation absorbs them: the teacher's context is the retriever's, so it holds the playbook."""
+    from procmem.distill.config import TraceConfig
+    from procmem.distill.traces import TrainingItem, build_traces
+    from procmem.llm import LocalLLM
+
+    assert _run(home, "add", "--scope", "rg:products", "Multiply the two numbers, then write the product alone."
+                ).exit_code == 0
+    retriever = open_memory(home.chroma, embedder=minilm).retriever()
+    task = Task(id="t1", prompt="What is 6 * 7?", verifier="exact:42", suite="rg:products?min_digits=1")
+    item = TrainingItem(task=task, episode_ids=("e1",), feedback=(), rank=0)
+    built = build_traces([item], LocalLLM(tiny_model_dir), retriever, TraceConfig(k=1, max_tokens=4))
+    (context,) = built.contexts
+    assert "write the product alone" in context.teacher_prompt and context.memory_ids
+    assert "write the product alone" not in context.prompt, "the student's prompt stays memory-free"
+
+
+@pytest.mark.parametrize(("args", "where"), [
+    (("add", "--level", "experience", "--scope", "rg:products", "Some text here."), "--level"),
+    (("add", "--scope", "rg:no_such_dataset", "Some text here."), "--scope"),
+    (("add", "--scope", "builtin:nope", "Some text here."), "--scope"),
+    (("add", "--scope", "/no/such/file.jsonl", "Some text here."), "--scope"),
+    (("add", "Some text here."), "--scope"),
+    (("add", "--scope", "rg:products", "   "), "TEXT"),
+])
+def test_bad_add_input_is_one_line_and_exit_2(home: Home, args: tuple[str, ...], where: str) -> None:
+    result = _run(home, *args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith(f"error: {where}") and len(message.splitlines()) == 1 and "Traceback" not in message
