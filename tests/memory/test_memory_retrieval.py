@@ -19,6 +19,7 @@ from procmem.memory import (
     fit_context,
     render_memory,
 )
+from procmem.memory.entries import suite_family
 
 SUM, SPELL = "What is 23 + 45?", "Spell the word 'house' backwards."
 CARRY = "Add the ones digits first, then carry into the tens."
@@ -188,7 +189,11 @@ def test_one_retrieval_makes_the_same_few_store_calls_at_any_size(pmem: Procedur
     counting = _CountingStore(pmem.store)
     found = ProceduralRetriever(counting, pmem.config).retrieve(_task(SUM), 3)  # type: ignore[arg-type]
     assert CARRY in found.text and DIGITS in found.text and found.text.count("Question:") == 3
-    # the same calls whatever the size: one search per level, one insight read per nearest problem
-    assert sorted(counting.calls) == [("query_vector", "experience"), ("query_vector", "pattern"),
-                                      *[("scan", "insight")] * pmem.config.retrieval.nearest_problems]
+    # the same calls whatever the size: one search per level, one insight read per nearest problem, and one
+    # filtered read per level for each scope the task's suite can be named by (its spec and its family)
+    task = _task(SUM)
+    scopes = len({task.suite.strip(), suite_family(task.suite)})
+    assert sorted(counting.calls) == sorted([
+        ("query_vector", "experience"), ("query_vector", "pattern"),
+        *[("scan", "insight")] * (pmem.config.retrieval.nearest_problems + scopes), *[("scan", "pattern")] * scopes])
     assert counting.scanned <= 3, "only the insights of the nearest problems are read"
