@@ -112,6 +112,9 @@ class EvalConfig(Config):
         if late:
             raise ValueError(f"arm(s) {late} start in a later round than rounds={self.rounds}; raise rounds or "
                              "drop them from arms")
+        if self.train_examples and self.distill.objective != "sft":
+            raise ValueError(f"train_examples (matched budgets) needs distill.objective = 'sft', got "
+                             f"{self.distill.objective!r}: its self-distill problems are extra examples RFT lacks")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         return self

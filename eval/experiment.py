@@ -146,9 +146,9 @@ def _held_out(config: EvalConfig, suite: str, n_dev: int, per_seed: int) -> tupl
     return pool[:n_dev], blocks
 
 
-def load_splits(config: EvalConfig, *, dev_only: bool = False) -> Splits:
-    """The experiment's items (see the module docstring); ``dev_only`` loads no train pool or test item
-    beyond what the dev items need (calibration)."""
+def load_splits(config: EvalConfig, *, dev_only: bool = False, with_train: bool = True) -> Splits:
+    """The experiment's items (see the module docstring); ``dev_only`` loads no test item beyond what the dev
+    items need (calibration); ``with_train=False`` leaves the train pool empty."""
     n_test = 0 if dev_only else config.n_test
     dev: dict[str, list[Task]] = {}
     test: dict[int, dict[str, list[Task]]] = {seed: {} for seed in config.seeds}
@@ -164,7 +164,7 @@ def load_splits(config: EvalConfig, *, dev_only: bool = False) -> Splits:
                 holdout[seed][suite] = block
     size = int(config.n_train * config.train_pool)
     train_pool = {s: _prepared(config, load_suite(s, split="train", n=size, check=build_verifier))
-                  for s in config.train_suites}
+                  for s in config.train_suites} if with_train else {}
     return Splits(train_pool, dev, test, holdout)
 
 

@@ -170,7 +170,7 @@ def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
     None for a suite whose verifier holds no gold answer as text."""
     from procmem.verifiers import build_verifier, reference_answer
 
-    splits = load_splits(config)
+    splits = load_splits(config, with_train=False)
     pooled: dict[str, list[Any]] = {}
     for by_suite in [*splits.test.values(), *splits.holdout.values()]:
         for suite, items in by_suite.items():

@@ -23,3 +23,21 @@ def test_completion_and_extraction_round_trip() -> None:
     completion = render_completion("  42 \n")
     assert completion == " 42\n"
     assert extract_answer(completion + "Question: next") == "42"
+
+
+def test_a_reasoned_prompt_leaves_room_to_work_and_the_marked_line_is_the_answer() -> None:
+    from procmem.core.prompts import REASONED_STOP
+
+    prompt = render_prompt("What is 12 * 3?", answer_format="reasoned")
+    assert prompt == "Question: What is 12 * 3?\n"  # no "Answer:" cue: the completion may work first
+    assert render_prompt("q", answer_format="line").endswith("Answer:")
+    text = "12 * 3 = 12 + 12 + 12\n= 36\nAnswer: 36\nQuestion: next"
+    assert extract_answer(text, "reasoned") == "36"
+    assert extract_answer("Answer:   7 \nAnswer: 8", "reasoned") == "7"  # the first marked line
+    assert extract_answer("  answer is 36", "reasoned") == ""  # no marked line: no answer
+    assert extract_answer("The Answer: 5", "reasoned") == ""  # the mark starts the line
+    completion = render_completion("36", "reasoned")
+    assert completion == "Answer: 36\n\n" and completion.endswith(REASONED_STOP[0])
+    assert extract_answer(completion, "reasoned") == "36"
+    # a one-line worked example in memory is also a reasoned completion without working
+    assert extract_answer(render_prompt("q") + render_completion("4"), "reasoned") == "4"
