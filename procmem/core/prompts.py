@@ -77,13 +77,28 @@ def render_completion(answer: str, answer_format: AnswerFormat = "line") -> str:
 
 def extract_answer(completion: str, answer_format: AnswerFormat = "line") -> str:
     """The answer in a generated completion: its first line, for ``code`` all of it, for ``reasoned`` the rest
-    of the first line marked ``Answer:`` (empty when no line is marked), stripped."""
+    of the first line marked ``Answer:`` (see :func:`_marked_answer`)."""
     if answer_format == "code":
         return completion.strip()
     if answer_format == "reasoned":
-        found = _MARKED.search(completion)
-        return found.group(1).strip() if found else ""
+        return _marked_answer(completion)
     return completion.strip().split(ANSWER_STOP, 1)[0].strip()
+
+
+def _marked_answer(completion: str) -> str:
+    """The answer on the first line marked ``Answer:``: empty when no line is marked; the next non-empty line
+    when the marked line is empty; the right-hand side of an equation (``Answer: 4 * 3 = 12`` is ``12``);
+    stripped, without a sentence's closing period (``Answer: 12.`` is ``12``)."""
+    found = _MARKED.search(completion)
+    if found is None:
+        return ""
+    answer = found.group(1).strip()
+    if not answer:
+        rest = [line.strip() for line in completion[found.end():].splitlines() if line.strip()]
+        answer = rest[0] if rest else ""
+    if "=" in answer:
+        answer = answer.rsplit("=", 1)[1].strip()
+    return answer[:-1].rstrip() if answer.endswith(".") and not answer.endswith("..") else answer
 
 
 def _one_line(text: str) -> str:

@@ -36,6 +36,10 @@ def test_a_reasoned_prompt_leaves_room_to_work_and_the_marked_line_is_the_answer
     assert extract_answer("Answer:   7 \nAnswer: 8", "reasoned") == "7"  # the first marked line
     assert extract_answer("  answer is 36", "reasoned") == ""  # no marked line: no answer
     assert extract_answer("The Answer: 5", "reasoned") == ""  # the mark starts the line
+    assert extract_answer("Answer: 12.", "reasoned") == "12"  # a sentence's closing period is not the answer
+    assert extract_answer("Answer: 4 * 3 = 12\nAnswer: 4", "reasoned") == "12"  # an equation's right-hand side
+    assert extract_answer("Answer:\n\n 36 \nmore", "reasoned") == "36"  # an empty marked line: the next line
+    assert extract_answer("Answer: 1.5", "reasoned") == "1.5" and extract_answer("Answer: etc..", "reasoned") == "etc.."
     completion = render_completion("36", "reasoned")
     assert completion == "Answer: 36\n\n" and completion.endswith(REASONED_STOP[0])
     assert extract_answer(completion, "reasoned") == "36"
