@@ -48,22 +48,25 @@ def render_prompt(question: str, *, memory: str = "", prior: Sequence[PriorAttem
     """Render a task as the model sees it.
 
     ``memory`` is already-rendered procedural memory (``procmem.memory`` renders it); empty means a
-    memory-free prompt, which is the student's format at inference. A ``reasoned`` prompt stops after the
-    question (and prior attempts), so the completion can work before its ``Answer:`` line.
+    memory-free prompt, which is the student's format at inference. A ``reasoned`` prompt puts prior
+    attempts before the question and stops after it, as a worked example would (``Question: ...`` then the
+    completion), so the completion can work before its ``Answer:`` line.
     """
     parts: list[str] = []
     if memory.strip():
         parts.append(memory.strip() + "\n\n")
-    parts.append(f"Question: {question.strip()}\n")
+    history: list[str] = []
     for attempt in prior:
         if attempt.answer is not None and "\n" in attempt.answer.strip():  # a program keeps its lines
-            parts.append(f"Previous answer:\n{attempt.answer.strip()}\n")
+            history.append(f"Previous answer:\n{attempt.answer.strip()}\n")
         elif attempt.answer is not None:
-            parts.append(f"Previous answer: {_one_line(attempt.answer)}\n")
-        parts.append(f"Feedback: {_one_line(attempt.feedback)}\n")
-    if answer_format != "reasoned":
-        parts.append(ANSWER_MARK)
-    return "".join(parts)
+            history.append(f"Previous answer: {_one_line(attempt.answer)}\n")
+        history.append(f"Feedback: {_one_line(attempt.feedback)}\n")
+    question_line = f"Question: {question.strip()}\n"
+    if answer_format == "reasoned":
+        # the question comes last, as in every worked example, so the model goes on to its Answer: line
+        return "".join([*parts, *history, "\n" if history else "", question_line])
+    return "".join([*parts, question_line, *history, ANSWER_MARK])
 
 
 def render_completion(answer: str, answer_format: AnswerFormat = "line") -> str:

@@ -31,6 +31,8 @@ def test_a_reasoned_prompt_leaves_room_to_work_and_the_marked_line_is_the_answer
     prompt = render_prompt("What is 12 * 3?", answer_format="reasoned")
     assert prompt == "Question: What is 12 * 3?\n"  # no "Answer:" cue: the completion may work first
     assert render_prompt("q", answer_format="line").endswith("Answer:")
+    retry = render_prompt("q?", memory="M", prior=[PriorAttempt("wrong", answer="3")], answer_format="reasoned")
+    assert retry == "M\n\nPrevious answer: 3\nFeedback: wrong\n\nQuestion: q?\n"  # the question comes last
     text = "12 * 3 = 12 + 12 + 12\n= 36\nAnswer: 36\nQuestion: next"
     assert extract_answer(text, "reasoned") == "36"
     assert extract_answer("Answer:   7 \nAnswer: 8", "reasoned") == "7"  # the first marked line
