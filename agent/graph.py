@@ -139,7 +139,8 @@ def _generate(deps: AgentDeps) -> _Node:
     def generate(state: AgentState) -> AgentState:
         task = state["task"]
         prior = [PriorAttempt(feedback=a.verdict.feedback, answer=a.answer) for a in state["attempts"]]
-        prompt = render_prompt(task.prompt, memory=state.get("memory_text", ""), prior=prior)
+        prompt = render_prompt(task.prompt, memory=state.get("memory_text", ""), prior=prior,
+                               answer_format=task.answer_format)
         generation = generation_for(task, deps.generation)
         if deps.stream:
             return _generate_streaming(deps, prompt, generation, task)

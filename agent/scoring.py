@@ -58,4 +58,4 @@ def score_tasks(llm: LLM, suites: Mapping[str, Sequence[Task]], generation: Gene
 
 def _prompt(task: Task, retriever: Retriever | None, memory_k: int) -> str:
     memory = retriever.retrieve(task, memory_k).text if retriever is not None and memory_k else ""
-    return render_prompt(task.prompt, memory=memory)
+    return render_prompt(task.prompt, memory=memory, answer_format=task.answer_format)

@@ -213,7 +213,8 @@ def teacher_prompt(problem: TrainingItem, memory_text: str) -> str:
     for answer in problem.failed_answers:
         memory_text = hide_answer(memory_text, answer)
     prior = [PriorAttempt(feedback=text, answer=None) for text in problem.feedback]
-    return render_prompt(problem.task.prompt, memory=memory_text, prior=prior)
+    return render_prompt(problem.task.prompt, memory=memory_text, prior=prior,
+                         answer_format=problem.task.answer_format)
 
 
 def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retriever, config: TraceConfig, *,
@@ -249,7 +250,8 @@ def _context(problem: TrainingItem, retriever: Retriever, k: int) -> TeacherCont
     override = problem.task.metadata.get("generation")  # the task's own decoding needs, see generation_for
     max_tokens = override.get("max_tokens") if isinstance(override, Mapping) else None
     return TeacherContext(
-        task_id=problem.task.id, suite=problem.task.suite, prompt=render_prompt(problem.task.prompt),
+        task_id=problem.task.id, suite=problem.task.suite,
+        prompt=render_prompt(problem.task.prompt, answer_format=problem.task.answer_format),
         teacher_prompt=teacher_prompt(problem, memory_text),
         memory_ids=tuple(found.entry_ids) if found is not None else (), episode_ids=problem.episode_ids,
         answer_format=problem.task.answer_format, stop=decoding.stop,
@@ -311,7 +313,7 @@ def success_traces(episodes: Iterable[Episode], keep_per_problem: int) -> TraceB
             continue
         answer = episode.attempts[-1].answer
         seen.add((episode.task.id, answer))
-        prompt = render_prompt(episode.task.prompt)
+        prompt = render_prompt(episode.task.prompt, answer_format=episode.task.answer_format)
         kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt, teacher_prompt=prompt,
                           episode_ids=(episode.id,), answer_format=episode.task.answer_format,
                           completion=render_completion(answer, episode.task.answer_format), answer=answer, sample=0,

@@ -2,25 +2,58 @@
 and benchmark scripts (``eval/bench_*.py``). eval sits on top: it may import every other package."""
 
 from procmem.eval.config import ARM_SPECS, ARMS, TRAINED_ARMS, Arm, ArmSpec, EvalConfig
-from procmem.eval.experiment import ArmScores, Experiment, PlaceboRetriever, finished_scores, run_experiment
-from procmem.eval.report import RESULTS_SCHEMA, Summary, bootstrap_ci, majority_baselines, summarise, write_report
+from procmem.eval.experiment import (
+    ArmScores,
+    Experiment,
+    PlaceboRetriever,
+    Splits,
+    Suites,
+    finished_scores,
+    load_splits,
+    load_suites,
+    match_budget,
+    run_experiment,
+    stage_timings,
+)
+from procmem.eval.report import (
+    COMPARISONS,
+    RESULTS_SCHEMA,
+    Difference,
+    Summary,
+    bootstrap_ci,
+    differences,
+    majority_baselines,
+    paired_bootstrap,
+    summarise,
+    write_report,
+)
 
 __all__ = [
     "ARMS",
     "ARM_SPECS",
+    "COMPARISONS",
     "RESULTS_SCHEMA",
     "TRAINED_ARMS",
     "Arm",
     "ArmScores",
     "ArmSpec",
+    "Difference",
     "EvalConfig",
     "Experiment",
     "PlaceboRetriever",
+    "Splits",
+    "Suites",
     "Summary",
     "bootstrap_ci",
+    "differences",
     "finished_scores",
+    "load_splits",
+    "load_suites",
     "majority_baselines",
+    "match_budget",
+    "paired_bootstrap",
     "run_experiment",
+    "stage_timings",
     "summarise",
     "write_report",
 ]

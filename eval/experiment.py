@@ -11,8 +11,20 @@ training set from those same episodes, so data budgets match:
   (same size, unrelated content).
 
 Each trained arm continues from its own previous-round adapter. ``base`` and ``base+memory`` train
-nothing. All arms are then scored pass@1, greedily, on the same held-out test items (memory-free, except
-``base+memory``) and on the general-ability holdout.
+nothing. All arms are then scored pass@1, greedily, on the same held-out test items of the seed
+(memory-free, except ``base+memory``) and on the general-ability holdout, after the final round (or every
+round with ``evaluate_every_round``). Every arm is run for every seed: no row is a copy of another.
+
+**Splits.** Train items come from each suite's train split (a per-seed draw of ``n_train`` from a pool);
+dev and test items from its held-out split: the first ``n_dev`` held-out items are dev (only
+``eval/calibrate.py`` reads them), then seed number i gets the i-th block of ``n_test``. Train, dev and
+every seed's test items are disjoint (:func:`load_splits`).
+
+**Matched budgets.** With ``train_examples`` set, each trained arm's verified traces are subsampled or
+repeated to exactly that many examples (:func:`match_budget`), so every arm takes the same optimizer steps.
+
+**Memory uplift.** Each round, before training, the round's policy answers ``n_uplift`` train items per
+suite with memory in its prompt (what the PMD teacher sees) and without (what the student sees).
 
 Every stage writes its result atomically under the output directory and is skipped when rerun, so an
 interrupted experiment continues where it stopped.
@@ -21,6 +33,7 @@ interrupted experiment continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import shutil
 import time
@@ -37,6 +50,7 @@ from procmem.core import Episode, GenerationConfig, ProcmemError, Task
 from procmem.core.fileio import read_json, write_json
 from procmem.core.keys import policy_version
 from procmem.core.progress import progress_bar
+from procmem.core.prompts import REASONED_STOP
 from procmem.distill import (
     TraceBuild,
     build_traces,
@@ -52,8 +66,8 @@ from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
-__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Suites", "finished_scores", "load_held_out", "load_suites",
-           "run_experiment"]
+__all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Splits", "Suites", "finished_scores", "load_splits",
+           "load_suites", "match_budget", "run_experiment", "stage_timings"]
 
 _CONFIG_FILE = "config.json"
 
@@ -72,6 +86,15 @@ class ArmScores:
     wall_time_s: float
     """Time of this arm's own stages this round: traces, training and evaluation."""
     train_examples: int = 0
+    """Examples trained on in the final round (after budget matching)."""
+    train_steps: int = 0
+    """Optimizer steps of the final round's training."""
+    distinct_traces: int = 0
+    """Distinct verified traces the final round's training examples were drawn from."""
+    item_ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Per test suite, the scored items' ids (the pairing key across arms)."""
+    stage_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds per stage of this arm (traces, train, eval), as measured when each ran."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,27 +106,91 @@ class ArmScores:
 
 @dataclass(frozen=True)
 class Suites:
-    """The fixed evaluation items: the same for every arm, round and seed."""
+    """One seed's items: what it trains on, its test items and its general-holdout items."""
 
     train: dict[str, list[Task]]
     test: dict[str, list[Task]]
     holdout: dict[str, list[Task]]
 
 
-def load_suites(config: EvalConfig) -> Suites:
-    """The experiment's items: train, held-out test and general-holdout tasks, the same on every run."""
-    test, holdout = load_held_out(config)
-    return Suites(train={s: load_suite(s, split="train", n=config.n_train, check=build_verifier)
-                         for s in config.train_suites},
-                  test=test, holdout=holdout)
+@dataclass(frozen=True)
+class Splits:
+    """Every item the experiment may use, per suite: the train pool, the dev items and each seed's test items
+    (keyed by seed), all disjoint."""
+
+    train_pool: dict[str, list[Task]]
+    dev: dict[str, list[Task]]
+    test: dict[int, dict[str, list[Task]]]
+    holdout: dict[int, dict[str, list[Task]]]
 
 
-def load_held_out(config: EvalConfig) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:
-    """The items every arm answers: each train suite's test split, and the general-holdout suites."""
-    test = {s: load_suite(s, split="test", n=config.n_test, check=build_verifier) for s in config.train_suites}
-    holdout = {s: load_suite(s, split="test", n=config.n_holdout, check=build_verifier)
-               for s in config.holdout_suites} if config.n_holdout else {}
-    return test, holdout
+def _prepared(config: EvalConfig, tasks: list[Task]) -> list[Task]:
+    """Tasks in the config's answer format: a reasoned task carries its stop sequences and token budget, so
+    the agent, the teacher and every arm's test decode it alike."""
+    if config.answer_format != "reasoned":
+        return tasks
+    extra = {"answer_format": "reasoned",
+             "generation": {"stop": list(REASONED_STOP), "max_tokens": config.max_tokens}}
+    return [dataclasses.replace(t, metadata={**t.metadata, **extra}) for t in tasks]
+
+
+def _held_out(config: EvalConfig, suite: str, n_dev: int, per_seed: int) -> tuple[list[Task], list[list[Task]]]:
+    """The dev items and one block of ``per_seed`` test items per seed, from the suite's held-out split."""
+    want = n_dev + per_seed * len(config.seeds)
+    pool = _prepared(config, load_suite(suite, split="test", n=want, check=build_verifier))
+    if len(pool) < want:
+        raise ProcmemError(f"only {len(pool)} distinct held-out items, {want} needed (n_dev {n_dev} + "
+                           f"{len(config.seeds)} seeds x {per_seed})", where=suite,
+                           fix="pick a config with a larger question space, or lower n_test / n_dev")
+    blocks = [pool[n_dev + i * per_seed:n_dev + (i + 1) * per_seed] for i in range(len(config.seeds))]
+    return pool[:n_dev], blocks
+
+
+def load_splits(config: EvalConfig, *, dev_only: bool = False, with_train: bool = True) -> Splits:
+    """The experiment's items (see the module docstring); ``dev_only`` loads no test item beyond what the dev
+    items need (calibration); ``with_train=False`` leaves the train pool empty."""
+    n_test = 0 if dev_only else config.n_test
+    dev: dict[str, list[Task]] = {}
+    test: dict[int, dict[str, list[Task]]] = {seed: {} for seed in config.seeds}
+    for suite in config.train_suites:
+        dev[suite], blocks = _held_out(config, suite, config.n_dev, n_test)
+        for seed, block in zip(config.seeds, blocks, strict=True):
+            test[seed][suite] = block
+    holdout: dict[int, dict[str, list[Task]]] = {seed: {} for seed in config.seeds}
+    if config.n_holdout and not dev_only:
+        for suite in config.holdout_suites:
+            _, blocks = _held_out(config, suite, 0, config.n_holdout)
+            for seed, block in zip(config.seeds, blocks, strict=True):
+                holdout[seed][suite] = block
+    size = int(config.n_train * config.train_pool)
+    train_pool = {s: _prepared(config, load_suite(s, split="train", n=size, check=build_verifier))
+                  for s in config.train_suites} if with_train else {}
+    return Splits(train_pool, dev, test, holdout)
+
+
+def load_suites(config: EvalConfig, seed: int, splits: Splits | None = None) -> Suites:
+    """Seed ``seed``'s items: ``n_train`` train items drawn from the pool with ``Random(seed)`` (in pool
+    order), its own test block and its holdout block."""
+    splits = splits or load_splits(config)
+    train: dict[str, list[Task]] = {}
+    for suite, pool in splits.train_pool.items():
+        chosen = sorted(random.Random(f"train:{seed}:{suite}").sample(range(len(pool)), min(config.n_train,
+                                                                                             len(pool))))
+        train[suite] = [pool[i] for i in chosen]
+    return Suites(train=train, test=splits.test[seed], holdout=splits.holdout[seed])
+
+
+def match_budget(build: TraceBuild, n: int, seed: int) -> TraceBuild:
+    """``build`` with exactly ``n`` kept traces: a seeded subsample without replacement when it has more, every
+    trace repeated in turn (then a seeded subsample of the remainder) when it has fewer. ``n=0`` or no kept
+    trace: ``build`` unchanged."""
+    kept = [t for t in build.kept if t.status == "kept"]
+    if n <= 0 or not kept:
+        return build
+    rng = random.Random(seed)
+    whole, rest = divmod(n, len(kept))
+    chosen = kept * whole + rng.sample(kept, rest)
+    return dataclasses.replace(build, kept=tuple(chosen))
 
 
 class PlaceboRetriever:
@@ -147,12 +234,13 @@ class Experiment:
             raise ProcmemError(f"seed(s) {sorted(unknown)} are not in the config's seeds {list(self.config.seeds)}",
                                where="--seed", fix="pick seeds listed in the config")
         self._check_out_dir()
-        suites = load_suites(self.config)
+        splits = load_splits(self.config)
         scores: list[ArmScores] = []
         with progress_bar(self.console, quiet=self.quiet) as progress:
             self._progress = progress
             overall = progress.add_task("experiment (seed x round)", total=len(chosen) * self.config.rounds)
             for seed in chosen:
+                suites = load_suites(self.config, seed, splits)
                 for round_ in range(1, self.config.rounds + 1):
                     scores.extend(self._round(seed, round_, suites))
                     progress.advance(overall)
@@ -164,54 +252,48 @@ class Experiment:
         try:
             episodes = self._collect(seed, round_, suites, memory)
             self._reflect(seed, round_, memory)
+            self._uplift(seed, round_, suites, memory)
         finally:
             memory.close()
         if round_ == 1:
             self._freeze_memory(seed)  # copied while no client holds it open
         memory = self._memory(seed)
         try:
-            return [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms]
+            rows = [self._arm(arm, seed, round_, suites, memory, episodes) for arm in self.config.arms
+                    if ARM_SPECS[arm].starts_in_round <= round_]
         finally:
             memory.close()
+        return [row for row in rows if row is not None]
+
+    def _scored(self, round_: int) -> bool:
+        return self.config.evaluate_every_round or round_ == self.config.rounds
 
     def _arm(self, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-             episodes: Sequence[Episode]) -> ArmScores:
+             episodes: Sequence[Episode]) -> ArmScores | None:
+        """Train (a trained arm) and score (in a scored round) one arm; None in a round that is not scored."""
         cached = self._stage(seed, round_, arm) / "scores.json"
         if cached.exists():
             return ArmScores.from_dict(read_json(cached))
         spec = ARM_SPECS[arm]
-        if spec.round_1_same_as is not None and round_ == 1:
-            return self._alias(spec.round_1_same_as, arm, seed, round_, suites, memory, episodes)
-        first = self._stage(self.config.seeds[0], 1, arm) / "scores.json"
-        if spec.same_every_round and first.exists():
-            return self._alias_of(self.config.seeds[0], 1, arm, seed, round_)
         started = time.perf_counter()
-        adapter, examples = (None, 0)
+        stage_s: dict[str, float] = {}
+        adapter, trained = (None, _Trained())
         if spec.trains:
-            adapter, examples = self._train(spec, seed, round_, suites, memory, episodes)
+            adapter, trained = self._train(spec, seed, round_, suites, memory, episodes)
+            stage_s.update(trained.stage_s)
+        if not self._scored(round_):
+            return None
+        clock = time.perf_counter()
         llm = self._llm(adapter)
         retriever = memory.retriever(policy=policy_version(llm)) if spec.memory_at_test else None
         test, tokens_test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
         holdout, tokens_holdout = ({}, 0) if spec.memory_at_test else self._score(
             llm, suites.holdout, None, f"{arm} r{round_} s{seed}: holdout")
+        stage_s["eval"] = time.perf_counter() - clock
         result = ArmScores(arm, round_, seed, test, holdout, tokens_test + tokens_holdout,
-                           time.perf_counter() - started, examples)
+                           time.perf_counter() - started, trained.examples, trained.steps, trained.distinct,
+                           {suite: [t.id for t in tasks] for suite, tasks in suites.test.items()}, stage_s)
         write_json(cached, result.to_dict())
-        return result
-
-    def _alias(self, source: Arm, arm: Arm, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-               episodes: Sequence[Episode]) -> ArmScores:
-        original = self._arm(source, seed, round_, suites, memory, episodes)
-        return self._save_copy(original, arm, seed, round_)
-
-    def _alias_of(self, source_seed: int, source_round: int, arm: Arm, seed: int, round_: int) -> ArmScores:
-        original = ArmScores.from_dict(read_json(self._stage(source_seed, source_round, arm) / "scores.json"))
-        return self._save_copy(original, arm, seed, round_)
-
-    def _save_copy(self, original: ArmScores, arm: Arm, seed: int, round_: int) -> ArmScores:
-        result = ArmScores(arm, round_, seed, original.test, original.holdout, original.tokens,
-                           original.wall_time_s, original.train_examples)
-        write_json(self._stage(seed, round_, arm) / "scores.json", result.to_dict())
         return result
 
     # -- collection ---------------------------------------------------------------------------------
@@ -250,8 +332,28 @@ class Experiment:
                 advance(done - shown[0])
                 shown[0] = done
 
+            clock = time.perf_counter()
             report = memory.reflect(reflector, max_calls=self.config.reflect_max_calls, progress=on_progress)
-        write_json(summary, {**report.to_dict(), "stats": dict(memory.stats())})
+        write_json(summary, {**report.to_dict(), "stats": dict(memory.stats()),
+                             "wall_time_s": time.perf_counter() - clock})
+
+    def _uplift(self, seed: int, round_: int, suites: Suites, memory: ProceduralMemory) -> None:
+        """The memory uplift on train items: this round's policy (the PMD teacher's model) with memory in its
+        prompt against the same model memory-free (the student), on the first ``n_uplift`` items per suite."""
+        summary = self._stage(seed, round_) / "uplift.json"
+        if summary.exists() or not self.config.n_uplift:
+            return
+        clock = time.perf_counter()
+        llm = self._llm(self._adapter("pmd", seed, round_ - 1))
+        items = {suite: tasks[:self.config.n_uplift] for suite, tasks in suites.train.items()}
+        with_memory, _ = self._score(llm, items, memory.retriever(policy=policy_version(llm)),
+                                     f"uplift r{round_} s{seed}: with memory")
+        without, _ = self._score(llm, items, None, f"uplift r{round_} s{seed}: memory-free")
+        write_json(summary, {
+            "suites": {suite: {"n": len(items[suite]), "with_memory": _rate(with_memory[suite]),
+                               "memory_free": _rate(without[suite]),
+                               "uplift": _rate(with_memory[suite]) - _rate(without[suite])} for suite in items},
+            "wall_time_s": time.perf_counter() - clock})
 
     def _freeze_memory(self, seed: int) -> None:
         frozen = self._seed_dir(seed) / "memory-frozen"
@@ -264,22 +366,28 @@ class Experiment:
     # -- training -----------------------------------------------------------------------------------
 
     def _train(self, spec: ArmSpec, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
-               episodes: Sequence[Episode]) -> tuple[Path | None, int]:
+               episodes: Sequence[Episode]) -> tuple[Path | None, _Trained]:
         stage = self._stage(seed, round_, spec.name)
         parent = self._adapter(spec.name, seed, round_ - 1)
+        clock = time.perf_counter()
         build = self._traces(spec, seed, round_, suites, memory, episodes, parent)
+        timings = {"traces": read_json(stage / "traces.time.json")["s"]} if (stage / "traces.time.json").exists() \
+            else {"traces": time.perf_counter() - clock}
+        distinct = sum(1 for t in build.kept if t.status == "kept")
+        build = match_budget(build, self.config.train_examples, seed * 1000 + round_)
         objective = "sft" if spec.trains_on == "successes" else self.config.distill.objective
         if objective == "sft" and not build.kept:
             self.console.print(f"[yellow]{spec.name} round {round_} seed {seed}: no verified trace to train on; "
                                "the arm keeps its previous adapter[/]")
-            return parent, 0
+            return parent, _Trained(distinct=0, stage_s=timings)
         distill = self.config.distill.model_copy(update={
             "objective": objective,
             "train": self.config.distill.train.model_copy(update={"seed": self.config.distill.train.seed + seed}),
         })
         result = train_adapter(build, distill, model_dir=self._base_dir(), work_dir=stage / "train", parent=parent,
                                console=self.console, quiet=self.quiet)
-        return result.adapter_dir, result.examples
+        timings["train"] = result.seconds
+        return result.adapter_dir, _Trained(result.examples, result.steps, distinct, timings)
 
     def _traces(self, spec: ArmSpec, seed: int, round_: int, suites: Suites, memory: ProceduralMemory,
                 episodes: Sequence[Episode], parent: Path | None) -> TraceBuild:
@@ -287,6 +395,7 @@ class Experiment:
         saved = load_trace_build(directory)
         if saved is not None:
             return saved
+        clock = time.perf_counter()
         traces = self.config.distill.traces
         if spec.trains_on == "successes":
             build = success_traces(episodes, traces.keep_per_problem)
@@ -299,6 +408,7 @@ class Experiment:
                 retriever = self._teacher_retriever(spec, seed, suites, memory, policy_version(teacher), opened)
                 build = build_traces(problems, teacher, retriever, traces, on_progress=advance)
         save_trace_build(build, directory)
+        write_json(directory.parent / "traces.time.json", {"s": time.perf_counter() - clock})
         return build
 
     def _teacher_retriever(self, spec: ArmSpec, seed: int, suites: Suites, memory: ProceduralMemory,
@@ -346,8 +456,8 @@ class Experiment:
         spec = ARM_SPECS[arm]
         if round_ < 1 or not spec.trains:
             return None
-        if spec.round_1_same_as is not None and round_ == 1:
-            arm = spec.round_1_same_as
+        if round_ < spec.starts_in_round:  # before it starts, the arm is PMD (see ArmSpec.starts_in_round)
+            arm = "pmd"
         adapter = self._stage(seed, round_, arm) / "train" / "adapter"
         return adapter if (adapter / "adapter_config.json").exists() else None
 
@@ -383,6 +493,20 @@ class Experiment:
         return _Bar(self._progress, label, total)
 
 
+@dataclass(frozen=True)
+class _Trained:
+    """What one arm's training stage did this round."""
+
+    examples: int = 0
+    steps: int = 0
+    distinct: int = 0
+    stage_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _rate(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 class _Bar:
     """A transient sub-bar of the experiment's progress display; ``advance(n)`` moves it."""
 
@@ -408,6 +532,32 @@ def run_experiment(config: EvalConfig, out: Path, *, seeds: Sequence[int] | None
                    console: Console | None = None, quiet: bool = False, embedder: Any = None) -> list[ArmScores]:
     """Run (or resume) the experiment in ``out`` (only ``seeds``, when given) and return the scores it ran."""
     return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run(seeds)
+
+
+def stage_timings(config: EvalConfig, out: Path) -> list[dict[str, Any]]:
+    """Seconds per stage as measured, one row per seed and round: collect, reflect, uplift, and per arm
+    traces / train / eval (what is finished so far)."""
+    rows: list[dict[str, Any]] = []
+    for seed in config.seeds:
+        for round_ in range(1, config.rounds + 1):
+            stage = out / f"seed{seed}" / f"round{round_}"
+            row: dict[str, Any] = {"seed": seed, "round": round_}
+            for name in ("collect", "reflect", "uplift"):
+                path = stage / f"{name}.json"
+                if path.exists():
+                    row[name] = read_json(path).get("wall_time_s")
+            for arm in config.arms:
+                if (stage / arm / "scores.json").exists():
+                    row.update({f"{arm}:{k}": v for k, v in read_json(stage / arm / "scores.json")["stage_s"].items()})
+                else:
+                    if (stage / arm / "traces.time.json").exists():
+                        row[f"{arm}:traces"] = read_json(stage / arm / "traces.time.json")["s"]
+                    done = stage / arm / "train" / "train_result.json"
+                    if done.exists():
+                        row[f"{arm}:train"] = read_json(done).get("seconds")
+            if len(row) > 2:
+                rows.append(row)
+    return rows
 
 
 def finished_scores(config: EvalConfig, out: Path) -> list[ArmScores]:

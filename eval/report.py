@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +10,15 @@ from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, EvalConfig
-from procmem.eval.experiment import ArmScores, load_held_out
+from procmem.eval.experiment import ArmScores, load_splits, stage_timings
 
-__all__ = ["RESULTS_SCHEMA", "Summary", "bootstrap_ci", "majority_baselines", "summarise", "write_report"]
+__all__ = ["COMPARISONS", "RESULTS_SCHEMA", "Difference", "Summary", "bootstrap_ci", "differences",
+           "majority_baselines", "paired_bootstrap", "summarise", "write_report"]
 
-RESULTS_SCHEMA = "procmem.eval.results/1"
+RESULTS_SCHEMA = "procmem.eval.results/2"
+COMPARISONS: tuple[tuple[str, str], ...] = (("pmd", "rft"), ("pmd", "base"), ("pmd", "pmd-frozen"),
+                                            ("pmd", "placebo"))
+"""The paired differences the report gives a CI for (final round), when both arms ran."""
 
 
 @dataclass(frozen=True)
@@ -35,29 +38,88 @@ class Summary:
     wall_time_s: float
     """Mean time of the arm's own stages (traces, training, evaluation), per seed."""
     train_examples: float
+    train_steps: float
+    distinct_traces: float
     seeds: int
 
 
-def bootstrap_ci(outcomes: Sequence[Sequence[bool]], *, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """95% percentile CI of the mean pass rate, resampling seeds and then items within each seed.
+def paired_bootstrap(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]] | None = None, *, resamples: int,
+                     seed: int = 0) -> tuple[float, float]:
+    """95% percentile CI of mean(a) - mean(b) (of mean(a) when ``b`` is None), resampling hierarchically:
+    seeds with replacement, then items with replacement within each picked seed.
 
-    ``outcomes[s][i]`` is seed s's verdict on item i. Resampling both levels keeps training variance
-    (across seeds) and item variance in the interval.
+    ``a[s][i]`` is seed s's verdict on item i. The two arms are paired: the same resampled seeds and item
+    indices are used for both, so ``a[s]`` and ``b[s]`` must be verdicts on the same items in the same order.
     """
-    rows = [list(row) for row in outcomes if row]
-    if not rows:
+    import numpy as np
+
+    pairs = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float) if b is not None else None)
+             for x, y in zip(a, b if b is not None else a, strict=True) if len(x)]
+    if b is not None:
+        for x, y in pairs:
+            if y is None or len(x) != len(y):
+                raise ValueError("paired_bootstrap: both arms must score the same items of each seed")
+    if not pairs:
         return (0.0, 0.0)
-    rng = random.Random(seed)
-    means: list[float] = []
-    for _ in range(resamples):
-        picked = [rows[rng.randrange(len(rows))] for _ in rows]
-        total = count = 0
-        for row in picked:
-            total += sum(row[rng.randrange(len(row))] for _ in row)
-            count += len(row)
-        means.append(total / count)
-    means.sort()
-    return (means[int(0.025 * (len(means) - 1))], means[int(0.975 * (len(means) - 1))])
+    rng = np.random.default_rng(seed)
+    n_seeds = len(pairs)
+    values = [x - y if y is not None and b is not None else x for x, y in pairs]
+    sizes = np.array([len(v) for v in values], dtype=float)
+    # sums[j, s, r]: slot j of resample r filled by seed s, its items resampled independently per slot
+    sums = np.empty((n_seeds, n_seeds, resamples))
+    for j in range(n_seeds):
+        for s, v in enumerate(values):
+            sums[j, s] = v[rng.integers(0, len(v), size=(resamples, len(v)))].sum(axis=1)
+    picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    slots = np.arange(n_seeds)
+    totals = sums[slots[None, :], picked, np.arange(resamples)[:, None]].sum(axis=1)
+    means = np.sort(totals / sizes[picked].sum(axis=1))
+    return (float(means[int(0.025 * (resamples - 1))]), float(means[int(0.975 * (resamples - 1))]))
+
+
+def bootstrap_ci(outcomes: Sequence[Sequence[bool]], *, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """95% percentile CI of the mean pass rate, resampling seeds and then items within each seed
+    (:func:`paired_bootstrap` of one arm)."""
+    return paired_bootstrap(outcomes, None, resamples=resamples, seed=seed)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference of two arms' final-round test pass rates (points of accuracy as a fraction)."""
+
+    arm: str
+    versus: str
+    difference: float
+    ci95: tuple[float, float]
+    per_suite: dict[str, float]
+    per_suite_ci95: dict[str, tuple[float, float]]
+    seeds: int
+
+
+def differences(scores: Sequence[ArmScores], config: EvalConfig) -> list[Difference]:
+    """:data:`COMPARISONS` in the final round, paired on each seed's items (only seeds both arms finished)."""
+    final = {(s.arm, s.seed): s for s in scores if s.round == config.rounds}
+    out: list[Difference] = []
+    for arm, versus in COMPARISONS:
+        seeds = [seed for seed in config.seeds if (arm, seed) in final and (versus, seed) in final]
+        if not seeds:
+            continue
+        rows = [(final[(arm, seed)], final[(versus, seed)]) for seed in seeds]
+        for x, y in rows:
+            if x.item_ids != y.item_ids:
+                raise ValueError(f"{arm} and {versus} scored different items in seed {x.seed}")
+        suites = sorted(rows[0][0].test)
+        a = [_flat(x.test) for x, _ in rows]
+        b = [_flat(y.test) for _, y in rows]
+        out.append(Difference(
+            arm=arm, versus=versus, difference=_mean(a) - _mean(b),
+            ci95=paired_bootstrap(a, b, resamples=config.bootstrap),
+            per_suite={su: _mean([x.test[su] for x, _ in rows]) - _mean([y.test[su] for _, y in rows])
+                       for su in suites},
+            per_suite_ci95={su: paired_bootstrap([x.test[su] for x, _ in rows], [y.test[su] for _, y in rows],
+                                                 resamples=config.bootstrap) for su in suites},
+            seeds=len(seeds)))
+    return out
 
 
 def summarise(scores: Sequence[ArmScores], config: EvalConfig) -> list[Summary]:
@@ -87,6 +149,8 @@ def _summary(arm: str, round_: int, group: Sequence[ArmScores], resamples: int) 
         tokens=sum(s.tokens for s in group) / len(group),
         wall_time_s=sum(s.wall_time_s for s in group) / len(group),
         train_examples=sum(s.train_examples for s in group) / len(group),
+        train_steps=sum(s.train_steps for s in group) / len(group),
+        distinct_traces=sum(s.distinct_traces for s in group) / len(group),
         seeds=len(group),
     )
 
@@ -102,13 +166,17 @@ def _mean(rows: Sequence[Sequence[bool]]) -> float:
 
 def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
     """Per test and holdout suite, what always giving its most common gold answer scores on the very items
-    the arms answer (scored by the real verifier): the floor an accuracy must clear to mean anything.
+    the arms answer (every seed's, pooled; scored by the real verifier): the floor an accuracy must clear.
     None for a suite whose verifier holds no gold answer as text."""
     from procmem.verifiers import build_verifier, reference_answer
 
-    test, holdout = load_held_out(config)
+    splits = load_splits(config, with_train=False)
+    pooled: dict[str, list[Any]] = {}
+    for by_suite in [*splits.test.values(), *splits.holdout.values()]:
+        for suite, items in by_suite.items():
+            pooled.setdefault(suite, []).extend(items)
     baselines: dict[str, dict[str, Any] | None] = {}
-    for suite, tasks in {**test, **holdout}.items():
+    for suite, tasks in pooled.items():
         golds = [g for g in map(reference_answer, tasks) if g is not None]
         if not golds:
             baselines[suite] = None
@@ -131,6 +199,9 @@ def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, 
     """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results document."""
     summaries = summarise(scores, config)
     results = _results(summaries, config, out, {**meta, "seeds_finished": sorted({s.seed for s in scores})})
+    results["differences"] = [_difference_dict(d) for d in differences(scores, config)]
+    results["uplift"] = _uplift(out, config)
+    results["stage_timings_s"] = stage_timings(config, out)
     write_json(out / "results.json", results)
     _plot_rounds(summaries, out / "accuracy_by_round.png")
     _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
@@ -150,6 +221,23 @@ def _results(summaries: Sequence[Summary], config: EvalConfig, out: Path, meta: 
         "collection": _collection(out, config),
         "majority_baseline": majority_baselines(config),
     }
+
+
+def _difference_dict(diff: Difference) -> dict[str, Any]:
+    data = dict(diff.__dict__)
+    data["ci95"] = list(diff.ci95)
+    data["per_suite_ci95"] = {suite: list(ci) for suite, ci in diff.per_suite_ci95.items()}
+    return data
+
+
+def _uplift(out: Path, config: EvalConfig) -> list[dict[str, Any]]:
+    rows = []
+    for seed in config.seeds:
+        for round_ in range(1, config.rounds + 1):
+            path = out / f"seed{seed}" / f"round{round_}" / "uplift.json"
+            if path.exists():
+                rows.append({"seed": seed, "round": round_, **read_json(path)})
+    return rows
 
 
 def _summary_dict(summary: Summary) -> dict[str, Any]:
@@ -217,6 +305,28 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         row = {s.round: s for s in summaries if s.arm == arm}
         lines.append(f"| {arm} | " + " | ".join(_pct(row[r].test_accuracy) if r in row else "" for r in
                                                  range(1, config.rounds + 1)) + " |")
+    lines += ["", "## Paired differences, final round (points; 95% CI, seeds then items resampled, arms paired on "
+              "the same items)", "", "| difference | all suites | 95% CI | " + " | ".join(map(_short, suites)) + " |",
+              "|---|---:|---|" + "---:|" * len(suites)]
+    for d in results["differences"]:
+        cells = " | ".join(f"{_pct(d['per_suite'][x])} {_ci(tuple(d['per_suite_ci95'][x]))}" for x in suites)
+        lines.append(f"| {d['arm']} - {d['versus']} | {_pct(d['difference'])} | {_ci(tuple(d['ci95']))} | {cells} |")
+    lines += ["", "## Training budgets, final round (mean per seed)", "",
+              "| arm | examples trained | optimizer steps | distinct verified traces |", "|---|---:|---:|---:|"]
+    for s in final:
+        if s.train_examples:
+            lines.append(f"| {s.arm} | {s.train_examples:.0f} | {s.train_steps:.0f} | {s.distinct_traces:.0f} |")
+    lines += ["", "## Memory uplift on train items (the round's policy with memory vs memory-free, %)", "",
+              "| seed | round | suite | n | with memory | memory-free | uplift |",
+              "|---:|---:|---|---:|---:|---:|---:|"]
+    for row in results["uplift"]:
+        for suite, u in row["suites"].items():
+            lines.append(f"| {row['seed']} | {row['round']} | {_short(suite)} | {u['n']} | {_pct(u['with_memory'])} | "
+                         f"{_pct(u['memory_free'])} | {_pct(u['uplift'])} |")
+    lines += ["", "## Time per stage (s, as measured)", ""]
+    for row in results["stage_timings_s"]:
+        lines.append(f"- seed {row['seed']} round {row['round']}: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in row.items() if k not in ("seed", "round") and isinstance(v, int | float)))
     lines += ["", "## Collection (the agent with memory, train split)", "",
               "| seed | round | accuracy | mean attempts | tokens | wall time (s) |", "|---:|---:|---:|---:|---:|---:|"]
     for row in results["collection"]:

@@ -17,8 +17,10 @@ from procmem.core.keys import policy_version
 __all__ = ["AnswerFormat", "Attempt", "Episode", "Split", "Task", "Verdict", "new_id", "utc_now"]
 
 Split = Literal["train", "test"]
-AnswerFormat = Literal["line", "code"]
-"""``line``: the answer is the completion's first line; ``code``: the whole completion (a program)."""
+AnswerFormat = Literal["line", "code", "reasoned"]
+"""``line``: the answer is the completion's first line; ``code``: the whole completion (a program);
+``reasoned``: the completion may work the problem out over several lines, and the answer is on the line
+marked ``Answer:`` (see :mod:`procmem.core.prompts`)."""
 
 
 def utc_now() -> str:
@@ -77,8 +79,9 @@ class Task:
 
     @property
     def answer_format(self) -> AnswerFormat:
-        """``metadata["answer_format"]``; one-line answers unless a task says ``code``."""
-        return "code" if self.metadata.get("answer_format") == "code" else "line"
+        """``metadata["answer_format"]``; one-line answers unless a task says ``code`` or ``reasoned``."""
+        value = self.metadata.get("answer_format")
+        return value if value in ("code", "reasoned") else "line"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -20,7 +20,7 @@ def _suite(path: Path, name: str, passable: bool) -> str:
     """A JSONL suite the tiny model passes (any answer is right) or fails (no answer is right)."""
     verifier = "regex:(?s).*" if passable else "exact:an answer nobody gives"
     rows = [{"id": f"{name}-{split}-{i}", "prompt": f"{name} question {i} ({split})?", "verifier": verifier,
-             "split": split} for split in ("train", "test") for i in range(3)]
+             "split": split} for split, n in (("train", 6), ("test", 10)) for i in range(n)]
     file = path / f"{name}.jsonl"
     file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(file)
@@ -30,6 +30,7 @@ def _config(tmp_path: Path, **overrides: object) -> EvalConfig:
     smoke = load_config(EvalConfig, REPO / "eval" / "configs" / "smoke.toml")
     update = {"train_suites": (_suite(tmp_path, "easy", True), _suite(tmp_path, "hard", False)),
               "holdout_suites": (_suite(tmp_path, "other", True),), "n_train": 3, "n_test": 3, "n_holdout": 2,
+              "n_dev": 2, "train_pool": 2.0, "evaluate_every_round": True,
               **overrides}
     return smoke.model_copy(update=update)
 
@@ -39,7 +40,9 @@ def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path
     out = tmp_path / "out"
     scores = run_experiment(config, out, quiet=True)
 
-    assert {(s.arm, s.round) for s in scores} == {(arm, r) for arm in ARMS for r in (1, 2)}
+    # every arm has its own rows; pmd-frozen starts in round 2 (in round 1 it IS pmd, and is never scored twice)
+    assert {(s.arm, s.round) for s in scores} == {(arm, r) for arm in ARMS for r in (1, 2)} - {("pmd-frozen", 1)}
+    assert not (out / "seed0" / "round1" / "pmd-frozen").exists()
     for s in scores:
         assert [len(v) for v in s.test.values()] == [3, 3]
         assert s.test[config.train_suites[0]] == [True] * 3  # any answer passes
@@ -53,7 +56,6 @@ def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path
     reflection = json.loads((out / "seed0" / "round1" / "reflect.json").read_text())
     assert reflection["calls"] <= config.reflect_max_calls and reflection["stats"]["experience"] >= 6
     by_arm = {s.arm: s for s in scores if s.round == 1}
-    assert by_arm["pmd-frozen"].test == by_arm["pmd"].test  # round 1: frozen memory is the live memory
     assert by_arm["base+memory"].holdout == {}
 
     stamp = (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns
@@ -162,7 +164,7 @@ def test_the_majority_answer_baseline_scores_the_most_common_gold_answer(tmp_pat
             for i, gold in enumerate(["yes", "yes", "no", "Yes."])]
     file = tmp_path / "majority.jsonl"
     file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    config = _config(tmp_path, train_suites=(str(file),), n_test=4, n_holdout=0)
+    config = _config(tmp_path, train_suites=(str(file),), n_test=4, n_holdout=0, n_dev=0, seeds=(0,))
     baseline = majority_baselines(config)[str(file)]
     assert baseline == {"answer": "yes", "accuracy": 0.75, "n": 4}  # "Yes." is the same answer to exact:
 
@@ -175,9 +177,9 @@ def test_every_arm_is_one_spec_in_the_table() -> None:
     assert tuple(ARM_SPECS) == ARMS and set(ARMS) == set(get_args(Arm))
     assert all(spec.name == name for name, spec in ARM_SPECS.items())
     assert tuple(a for a in ARMS if ARM_SPECS[a].trains_on != "nothing") == TRAINED_ARMS
-    for spec in ARM_SPECS.values():  # an arm that is another in round 1 trains like it
-        if spec.round_1_same_as is not None:
-            assert ARM_SPECS[spec.round_1_same_as].trains_on == spec.trains_on
+    for spec in ARM_SPECS.values():  # an arm that starts late is PMD before: it trains like PMD
+        if spec.starts_in_round > 1:
+            assert spec.trains_on == ARM_SPECS["pmd"].trains_on
 
 
 def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Path) -> None:
@@ -217,7 +219,7 @@ def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Pat
         with contextlib.ExitStack() as opened:
             stores = {}
             for arm in config.arms:
-                retriever = experiment._teacher_retriever(ARM_SPECS[arm], 0, load_suites(config), memory, "p",
+                retriever = experiment._teacher_retriever(ARM_SPECS[arm], 0, load_suites(config, 0), memory, "p",
                                                           opened)
                 inner = getattr(retriever, "_inner", retriever)
                 assert isinstance(inner, ProceduralRetriever), arm
