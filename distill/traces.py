@@ -188,7 +188,8 @@ def hide_answer(feedback: str, answer: str) -> str:
 
     The teacher must not see the student's failed answer, not even inside the feedback. Quoted spans
     that hold the answer (or, when the verifier cut it, a prefix ending in ``…``) become
-    :data:`HIDDEN_ANSWER`; any other occurrence of a non-trivial answer is replaced too.
+    :data:`HIDDEN_ANSWER`; any other whole occurrence of a non-trivial answer (not part of a longer number
+    or word) is replaced too.
     """
     shown = " ".join(answer.split())
     if not shown:
@@ -203,7 +204,8 @@ def hide_answer(feedback: str, answer: str) -> str:
 
     text = _QUOTED.sub(replace, feedback)
     if len(shown) >= 3 or not shown.isalnum():
-        text = text.replace(shown, HIDDEN_ANSWER)
+        # whole occurrences only: a failed ``-2`` must not eat the ``-2`` of another problem's ``-25``
+        text = re.sub(rf"(?<![\w.]){re.escape(shown)}(?!\w|\.\w)", HIDDEN_ANSWER, text)
     return text
 
 

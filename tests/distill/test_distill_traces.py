@@ -171,6 +171,10 @@ def test_hide_answer_removes_quoted_failed_answers() -> None:
     assert hide_answer("expected 1 word", "1") == "expected 1 word"  # short answers only when quoted
     assert hide_answer("'1' is not the correct answer", "1") == f"{HIDDEN_ANSWER} is not the correct answer"
     assert hide_answer("the answer is empty", "") == "the answer is empty"
+    # a short signed answer is hidden where it stands alone, never inside another number
+    assert hide_answer("got -2. Worked: 7 - 9 = -2; 5 - 30 = -25", "-2") == (
+        f"got {HIDDEN_ANSWER}. Worked: 7 - 9 = {HIDDEN_ANSWER}; 5 - 30 = -25")
+    assert hide_answer("answer 1.5 vs 11.55 and 1.5x", "1.5") == f"answer {HIDDEN_ANSWER} vs 11.55 and 1.5x"
 
 
 def test_the_teacher_prompt_scrubs_failed_answers_quoted_by_memory_too() -> None:
