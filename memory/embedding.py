@@ -39,10 +39,12 @@ from procmem.memory.base import Embedder
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["MINILM_DIM", "MINILM_GGUF_NAME", "HashingEmbedder", "LlamaCppEmbedder", "MiniLMEmbedder",
+__all__ = ["EMBEDDER_ENV", "MINILM_DIM", "MINILM_GGUF_NAME", "HashingEmbedder", "LlamaCppEmbedder", "MiniLMEmbedder",
            "default_embedder", "embed_array"]
 
 MINILM_DIM = 384
+EMBEDDER_ENV = "PROCMEM_EMBEDDER"
+"""``sentence-transformers`` here makes :func:`default_embedder` use torch even where llama.cpp is installed."""
 MINILM_GGUF_NAME = "all-minilm-l6-v2-f32.gguf"
 """The GGUF file of the bundled MiniLM, written into the models cache on first use."""
 MINILM_MAX_TOKENS = 256
@@ -313,11 +315,11 @@ class HashingEmbedder:
 def default_embedder() -> LlamaCppEmbedder | MiniLMEmbedder:
     """The process-wide MiniLM embedder, so that every store opened in one process loads it once: on llama.cpp
     when ``llama-cpp-python`` is installed (no torch import, ~1 s faster start), else on sentence-transformers.
-    ``$PROCMEM_EMBEDDER=sentence-transformers`` forces the latter."""
+    ``$PROCMEM_EMBEDDER=sentence-transformers`` forces the latter (any other value: the default choice)."""
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            torch_wanted = os.environ.get("PROCMEM_EMBEDDER", "").strip() == "sentence-transformers"
+            torch_wanted = os.environ.get(EMBEDDER_ENV, "").strip() == "sentence-transformers"
             llama = not torch_wanted and importlib.util.find_spec("llama_cpp") is not None
             _DEFAULT = LlamaCppEmbedder() if llama else MiniLMEmbedder()
         assert isinstance(_DEFAULT, LlamaCppEmbedder | MiniLMEmbedder)
