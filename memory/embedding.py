@@ -19,6 +19,7 @@ comparable), so pick one per memory directory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -118,10 +119,13 @@ class LlamaCppEmbedder(_CachingEmbedder):
         from filelock import FileLock
 
         from procmem.core.home import Home
-        from procmem.llm.bundled import bundled_models_dir
+        from procmem.llm.bundled import MODELS_CACHE_ENV, bundled_models_dir
         from procmem.llm.gguf_io import write_bert_gguf
 
-        root = bundled_models_dir(self._models_dir if self._models_dir is not None else Home.resolve().models)
+        models_dir = self._models_dir
+        if models_dir is None and not os.environ.get(MODELS_CACHE_ENV, "").strip():
+            models_dir = Home.resolve().ensure().models  # a procmem home: a bare folder would fail a later ensure()
+        root = bundled_models_dir(models_dir if models_dir is not None else "")
         target = root / MINILM_GGUF_NAME
         if not target.is_file():
             try:
@@ -191,7 +195,16 @@ class LlamaCppEmbedder(_CachingEmbedder):
                 raise ProcmemError(f"embedding model has {llama.n_embd()} dimensions, expected {MINILM_DIM}",
                                    where=str(path), fix=f"delete {path} (it is rewritten on the next run)")
             self._llama = llama
+            atexit.register(self.close)  # before interpreter teardown, when llama_cpp's __del__ would fail
         return self._llama
+
+    def close(self) -> None:
+        """Free the llama.cpp model and context; a later :meth:`embed` loads them again."""
+        with self._lock:
+            llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+            atexit.unregister(self.close)
 
 
 def _bert_text(text: str) -> str:

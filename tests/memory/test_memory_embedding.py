@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from procmem.core.home import Home
 from procmem.memory.embedding import MINILM_DIM, MINILM_GGUF_NAME, LlamaCppEmbedder, MiniLMEmbedder
 
 pytest.importorskip("llama_cpp")
@@ -61,11 +62,15 @@ def test_default_embedder_does_not_import_torch(tmp_path: Path) -> None:
             "v = e.embed(['What is 3 + 4?'])\n"
             "print(json.dumps([type(e).__name__, len(v[0]), 'torch' in sys.modules,"
             " 'sentence_transformers' in sys.modules]))\n")
-    env = {**os.environ, "PROCMEM_HOME": str(tmp_path / "home")}
+    home = tmp_path / "home"
+    env = {**os.environ, "PROCMEM_HOME": str(home)}
     env.pop("PROCMEM_EMBEDDER", None)
+    env.pop("PROCMEM_MODELS_CACHE", None)  # the GGUF goes into the home's models, and the home stays a valid one
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, env=env, timeout=300,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     name, dim, torch_loaded, st_loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert (name, dim) == ("LlamaCppEmbedder", MINILM_DIM)
     assert not torch_loaded and not st_loaded
+    assert (home / "models" / MINILM_GGUF_NAME).is_file()
+    Home(home).ensure()
