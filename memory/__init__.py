@@ -33,7 +33,13 @@ from procmem.memory.base import (
 )
 from procmem.memory.chroma_store import ChromaStore, local_chroma_server
 from procmem.memory.config import HygieneConfig, MemoryConfig, ReflectionConfig, RetrievalConfig
-from procmem.memory.embedding import MINILM_DIM, HashingEmbedder, MiniLMEmbedder, default_embedder
+from procmem.memory.embedding import (
+    MINILM_DIM,
+    HashingEmbedder,
+    LlamaCppEmbedder,
+    MiniLMEmbedder,
+    default_embedder,
+)
 from procmem.memory.entries import (
     ENTRY_LEVELS,
     KINDS,
@@ -95,6 +101,7 @@ __all__ = [
     "InMemoryStore",
     "Kind",
     "Level",
+    "LlamaCppEmbedder",
     "MemoryConfig",
     "MemoryContext",
     "MemoryRecord",

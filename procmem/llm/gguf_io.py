@@ -9,6 +9,8 @@
   as PEFT does; rsLoRA's ``alpha / sqrt(r)`` is written as an equivalent alpha.
 - :func:`write_gemma3_gguf` writes a small Hugging Face Gemma 3 checkpoint (the tiny test model) as an
   F32 GGUF, so that the engine's tests run on a model that loads in milliseconds.
+- :func:`write_bert_gguf` writes a Hugging Face BERT sentence encoder (the bundled all-MiniLM-L6-v2) as an
+  F32 GGUF with mean pooling and its WordPiece vocabulary, so that memory embeds on llama.cpp without torch.
 
 Both use the ``gguf`` package's writer and its Hugging Face → GGUF tensor-name maps, and need neither
 torch nor transformers (safetensors are read as numpy arrays).
@@ -28,7 +30,8 @@ from typing import Any
 
 from procmem.core.errors import ProcmemError
 
-__all__ = ["GGUF_LORA_NAME", "ensure_gguf_lora", "gguf_tensor_name", "write_gemma3_gguf", "write_gguf_lora"]
+__all__ = ["GGUF_LORA_NAME", "ensure_gguf_lora", "gguf_tensor_name", "write_bert_gguf", "write_gemma3_gguf",
+           "write_gguf_lora"]
 
 GGUF_LORA_NAME = "adapter-lora.gguf"
 """The GGUF LoRA file's name inside a PEFT adapter directory."""
@@ -156,6 +159,49 @@ def write_gemma3_gguf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str
     return out_path
 
 
+def write_bert_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write the Hugging Face BERT encoder in ``model_dir`` (``config.json``, ``vocab.txt``,
+    ``model.safetensors``; a sentence-transformers model with mean pooling) as an F32 GGUF file at ``out``
+    (atomically). llama.cpp then computes the mean-pooled embedding, without torch; the caller normalises."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    weights = load_file(str(model_dir / "model.safetensors"))
+    n_layers = int(config["num_hidden_layers"])
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(str(path), "bert")
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(model_dir.name)
+        writer.add_context_length(int(config["max_position_embeddings"]))
+        writer.add_embedding_length(int(config["hidden_size"]))
+        writer.add_block_count(n_layers)
+        writer.add_feed_forward_length(int(config["intermediate_size"]))
+        writer.add_head_count(int(config["num_attention_heads"]))
+        writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
+        writer.add_causal_attention(False)
+        writer.add_pooling_type(gguf.PoolingType.MEAN)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+        _add_wordpiece_vocab(writer, vocab, int(config.get("type_vocab_size", 2)))
+        for hf_name, data in sorted(weights.items()):
+            if hf_name.endswith("position_ids") or hf_name.startswith("pooler."):
+                continue  # a buffer, and the [CLS] pooler that mean pooling does not use
+            name = gguf_tensor_name(hf_name, n_layers, arch="bert")
+            if name is None:
+                raise ProcmemError(f"{hf_name} has no GGUF tensor name", where=str(model_dir),
+                                   fix="only BERT encoders (BertModel) are supported")
+            writer.add_tensor(name, data.astype(np.float32))
+        _finish(writer)
+
+    out_path = Path(out)
+    _write_atomically(out_path, write)
+    return out_path
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -248,6 +294,38 @@ def _add_byte_level_vocab(writer: Any, tokenizer: dict[str, Any], config: dict[s
         writer.add_unk_token_id(unknown)
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
+
+
+def _add_wordpiece_vocab(writer: Any, vocab: list[str], type_count: int) -> None:
+    """BERT's WordPiece vocabulary as llama.cpp's ``bert`` tokenizer reads it: a word-initial piece carries a
+    leading U+2581 ("phantom space"), a ``##`` continuation loses its ``##``; ``[...]`` tokens stay as they are."""
+    import gguf
+
+    def phantom(token: str) -> str:
+        if token.startswith("[") and token.endswith("]"):
+            return token
+        return token[2:] if token.startswith("##") else "\u2581" + token
+
+    ids = {token: index for index, token in enumerate(vocab)}
+    special = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    missing = sorted(special - ids.keys())
+    if missing:
+        raise ProcmemError(f"the vocabulary lacks {', '.join(missing)}", where="vocab.txt",
+                           fix="use a BERT WordPiece vocabulary")
+    writer.add_tokenizer_model("bert")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_type_count(type_count)
+    writer.add_token_list([phantom(token) for token in vocab])
+    writer.add_token_types([gguf.TokenType.UNKNOWN if token == "[UNK]" else gguf.TokenType.CONTROL
+                            if token in special else gguf.TokenType.NORMAL for token in vocab])
+    writer.add_bos_token_id(ids["[CLS]"])  # llama.cpp's bert vocabulary starts a text with BOS = [CLS]
+    writer.add_eos_token_id(ids["[SEP]"])
+    writer.add_sep_token_id(ids["[SEP]"])
+    writer.add_unk_token_id(ids["[UNK]"])
+    writer.add_pad_token_id(ids["[PAD]"])
+    writer.add_mask_token_id(ids["[MASK]"])
+    writer.add_add_bos_token(True)
+    writer.add_add_sep_token(True)
 
 
 def _finish(writer: Any) -> None:

@@ -45,8 +45,8 @@ from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
-__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "Precision", "convert_gguf", "llama_cpp_available",
-           "prefer_passive_openmp"]
+__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "Precision", "convert_gguf", "idle_cores",
+           "llama_cpp_available", "prefer_passive_openmp"]
 
 _INSTALL_FIX = 'install it: pip install "procmem[llamacpp]" (compiles llama.cpp once, ~12 min on 2 cores)'
 
@@ -296,7 +296,7 @@ class LlamaCppLLM:
             raise ProcmemError(f"llama.cpp cannot load {path}", where="--model",
                                fix="pass a GGUF model file that llama.cpp supports")
         params = lib.llama_context_default_params()
-        threads = self._threads = self._config.n_threads or _idle_cores()
+        threads = self._threads = self._config.n_threads or idle_cores()
         params.n_seq_max = self._config.n_seq_max
         params.n_ctx = self._config.n_seq_max * self._config.n_ctx_per_seq
         params.n_batch = params.n_ubatch = self._config.n_batch
@@ -612,7 +612,7 @@ def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], pr
     return out_path
 
 
-def _idle_cores(running: Sequence[int] | None = None) -> int:
+def idle_cores(running: Sequence[int] | None = None) -> int:
     """The usable cores minus the threads other processes are running right now, at least one.
 
     ``running`` are samples of the system's runnable threads (``/proc/loadavg``'s fourth field, which counts the

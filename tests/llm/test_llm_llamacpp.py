@@ -271,17 +271,17 @@ def test_a_precision_suffix_runs_a_converted_copy_written_once(tmp_path: Path) -
         load_llm("local:tiny-f64", models_dir=tmp_path, engine="transformers")
 
 
-def test_threads_default_to_the_idle_cores_and_openmp_waits_passively(tiny_gguf: Path) -> None:
+def test_threads_default_to_theidle_cores_and_openmp_waits_passively(tiny_gguf: Path) -> None:
     import os
     import subprocess
     import sys
 
-    from procmem.llm.llamacpp import _idle_cores
+    from procmem.llm.llamacpp import idle_cores
 
     cores = len(os.sched_getaffinity(0))
-    assert _idle_cores([1, 1, 1]) == cores, "only the sampling thread runs: every core"
-    assert _idle_cores([1, cores + 5, cores + 5]) == 1, "the median of the samples, at least one"
-    assert _idle_cores([]) == cores
+    assert idle_cores([1, 1, 1]) == cores, "only the sampling thread runs: every core"
+    assert idle_cores([1, cores + 5, cores + 5]) == 1, "the median of the samples, at least one"
+    assert idle_cores([]) == cores
     with LlamaCppLLM(tiny_gguf, config=EngineConfig(n_seq_max=1, n_ctx_per_seq=CONTEXT)) as llm:
         assert 1 <= llm.threads <= cores
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
