@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
-from procmem.eval.config import ARMS, EvalConfig
+from procmem.eval.config import ARMS, Arm, EvalConfig
 from procmem.eval.experiment import ArmScores, load_splits, stage_timings
 
 __all__ = ["COMPARISONS", "RESULTS_SCHEMA", "Difference", "Summary", "bootstrap_ci", "differences",
            "majority_baselines", "paired_bootstrap", "summarise", "write_report"]
 
 RESULTS_SCHEMA = "procmem.eval.results/2"
-COMPARISONS: tuple[tuple[str, str], ...] = (("pmd", "rft"), ("pmd", "base"), ("pmd", "pmd-frozen"),
+COMPARISONS: tuple[tuple[Arm, Arm], ...] = (("pmd", "rft"), ("pmd", "base"), ("pmd", "pmd-frozen"),
                                             ("pmd", "placebo"))
 """The paired differences the report gives a CI for (final round), when both arms ran."""
 

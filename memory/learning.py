@@ -27,7 +27,7 @@ from procmem.memory.base import VectorMemoryStore
 from procmem.memory.config import MemoryConfig
 from procmem.memory.consolidation import Cluster, cluster_insights, pattern_fields
 from procmem.memory.embedding import embed_array
-from procmem.memory.entries import INSIGHT, PATTERN, SOURCES, Entry, Source, entry_id, entry_or_none
+from procmem.memory.entries import INSIGHT, PATTERN, SOURCES, Entry, Kind, Source, entry_id, entry_or_none
 from procmem.memory.experiences import EXPERIENCE
 from procmem.memory.feedback_lessons import FeedbackLesson, feedback_lessons
 from procmem.memory.hygiene import enforce_cap, write_entry
@@ -277,7 +277,7 @@ def write_feedback_lessons(store: VectorMemoryStore, config: MemoryConfig, probl
 def _feedback_entry(lesson: FeedbackLesson, problems: Sequence[Problem], policy: str) -> Entry:
     now = utc_now()
     level = INSIGHT if lesson.problem else PATTERN
-    kind = "lesson" if level == INSIGHT else "pattern"
+    kind: Kind = "lesson" if level == INSIGHT else "pattern"
     split = problems[0].split
     return Entry(
         id=entry_id(level, kind, split, lesson.problem or lesson.scope, lesson.text), level=level, kind=kind,

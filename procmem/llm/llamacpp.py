@@ -45,7 +45,7 @@ from procmem.core.errors import ProcmemError
 from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
-__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "Precision", "convert_gguf", "idle_cores",
+__all__ = ["PRECISIONS", "EngineConfig", "LlamaCppLLM", "PinnedAdapter", "Precision", "convert_gguf", "idle_cores",
            "llama_cpp_available", "prefer_passive_openmp"]
 
 _INSTALL_FIX = 'install it: pip install "procmem[llamacpp]" (compiles llama.cpp once, ~12 min on 2 cores)'
@@ -195,7 +195,11 @@ class LlamaCppLLM:
         """Complete every prompt; one :class:`Generation` per prompt, in order. The prompts join the running
         batch as slots free up. ``ignore_eos`` (benchmarks only) runs every row to ``max_tokens`` unless a
         stop string ends it. If a prompt fails, the first error is raised once all are done."""
-        requests = [self._submit(self._encode(p), config, ignore_eos=ignore_eos) for p in prompts]
+        return self._generate(prompts, config, ignore_eos=ignore_eos, adapter=self._adapter)
+
+    def _generate(self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False,
+                  adapter: _Adapter | None) -> list[Generation]:
+        requests = [self._submit(self._encode(p), config, ignore_eos=ignore_eos, adapter=adapter) for p in prompts]
         errors = [r.future.exception() for r in requests]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
@@ -205,8 +209,11 @@ class LlamaCppLLM:
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         """Yield the completion of ``prompt`` in pieces as they are decoded; their concatenation equals
         ``generate``'s text for greedy decoding. Closing the iterator early ends the sequence."""
+        return self._stream(prompt, config, adapter=self._adapter)
+
+    def _stream(self, prompt: str, config: GenerationConfig, *, adapter: _Adapter | None) -> Iterator[str]:
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        request = self._submit(self._encode(prompt), config, pieces=pieces)
+        request = self._submit(self._encode(prompt), config, pieces=pieces, adapter=adapter)
 
         def raw() -> Iterator[str]:
             while (piece := pieces.get()) is not None:
@@ -246,6 +253,11 @@ class LlamaCppLLM:
         selected = loaded if loaded.version == name else _Adapter(path=path, version=name, handle=loaded.handle)
         with self._cond:
             self._adapter = selected
+
+    def pinned(self) -> PinnedAdapter:
+        """A view of this engine that keeps the adapter selected now, whatever :meth:`set_adapter` does later:
+        a gateway hands one to each policy version, so every answer is labelled with the adapter that wrote it."""
+        return PinnedAdapter(self, self._adapter)
 
     # ------------------------------------------------------------------------------------ extras
 
@@ -328,13 +340,13 @@ class LlamaCppLLM:
                                where=self._model_id, fix="pass a non-empty prompt")
         return [self._bos]
 
-    def _submit(self, tokens: list[int], config: GenerationConfig, *, ignore_eos: bool = False,
-                pieces: queue.SimpleQueue[str | None] | None = None) -> _Request:
+    def _submit(self, tokens: list[int], config: GenerationConfig, *, adapter: _Adapter | None,
+                ignore_eos: bool = False, pieces: queue.SimpleQueue[str | None] | None = None) -> _Request:
         with self._cond:
             if self._closing:
                 raise ProcmemError(f"the llama.cpp engine of {self._model_id} is closed", where=self._model_id,
                                    fix="load the model again")
-            request = _Request(tokens=tokens, config=config, adapter=self._adapter, ignore_eos=ignore_eos,
+            request = _Request(tokens=tokens, config=config, adapter=adapter, ignore_eos=ignore_eos,
                                pieces=pieces)
             self._waiting.append(request)
             self._cond.notify_all()
@@ -585,6 +597,34 @@ class LlamaCppLLM:
             return scores
         finally:
             lib.llama_memory_seq_rm(self._memory, 0, -1, -1)
+
+
+class PinnedAdapter:
+    """An :class:`~procmem.core.llm.LLM` on a shared :class:`LlamaCppLLM` with one adapter (or none) fixed
+    (:meth:`LlamaCppLLM.pinned`). Closing it leaves the engine running."""
+
+    supports_grammar = True
+
+    def __init__(self, engine: LlamaCppLLM, adapter: _Adapter | None) -> None:
+        self.engine = engine
+        self._adapter = adapter
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def adapter_version(self) -> str | None:
+        return self._adapter.version if self._adapter is not None else None
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[Generation]:
+        return self.engine._generate(prompts, config, adapter=self._adapter)
+
+    def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+        return self.engine._stream(prompt, config, adapter=self._adapter)
+
+    def close(self) -> None:
+        """Nothing to free: the engine belongs to whoever pinned it."""
 
 
 def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], precision: Precision) -> Path:

@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procmem.core import GenerationConfig, Home, ProcmemError, Task, extract_answer
 from procmem.core.keys import policy_version
@@ -30,6 +30,9 @@ from procmem.serve.calllog import CallLog
 from procmem.serve.config import ServeConfig
 from procmem.serve.episodes import memory_episode, serve_task
 from procmem.verifiers import build_verifier
+
+if TYPE_CHECKING:
+    from procmem.llm.llamacpp import LlamaCppLLM
 
 __all__ = ["DEFAULT_TENANT", "MemoryWorker", "ModelHost", "TenantMemories", "check_tenant", "generation_from",
            "load_backend"]
@@ -46,22 +49,32 @@ def check_tenant(name: str) -> str:
     return name
 
 
-def load_backend(config: ServeConfig, home: Home, version: str | None) -> ChatBackend:
-    """The backend for ``config.model`` with adapter ``version`` (None: the base model)."""
+def load_backend(config: ServeConfig, home: Home, version: str | None, *,
+                 engine: LlamaCppLLM | None = None) -> tuple[ChatBackend, LlamaCppLLM | None]:
+    """The backend for ``config.model`` with adapter ``version`` (None: the base model), and the llama.cpp engine
+    under it if there is one. Given a running ``engine``, the adapter is swapped onto it (the base model stays
+    loaded); each backend pins the adapter it was made with, so a request keeps the version it started on."""
     from procmem.core.registry import resolve_adapter
     from procmem.llm import MicroBatcher, load_llm
+    from procmem.llm.llamacpp import LlamaCppLLM
 
     if config.model.startswith("litellm:"):
         backend = LiteLLMChatBackend(config.model.removeprefix("litellm:"))
         if version is not None and config.model.startswith("litellm:hosted_vllm/"):
             path = resolve_adapter(home, version)
-            return backend.with_adapter(version, str(path))
-        return backend
+            return backend.with_adapter(version, str(path)), None
+        return backend, None
     adapter = resolve_adapter(home, version) if version is not None else None
-    llm = load_llm(config.model, models_dir=home.models, adapter=adapter, max_batch_size=config.max_batch)
+    if engine is not None:
+        engine.set_adapter(adapter, version=version)
+        llm: Any = engine.pinned()
+    else:
+        llm = load_llm(config.model, models_dir=home.models, adapter=adapter, max_batch_size=config.max_batch)
+        if isinstance(llm, LlamaCppLLM):
+            engine, llm = llm, llm.pinned()
     batcher = MicroBatcher(llm, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000)
     batcher.start()
-    return PromptBackend(batcher, tokenizer=getattr(llm, "tokenizer", None), on_close=batcher.close)
+    return PromptBackend(batcher, tokenizer=getattr(llm, "tokenizer", None), on_close=batcher.close), engine
 
 
 def _wanted_version(config: ServeConfig, home: Home) -> str | None:
@@ -81,7 +94,7 @@ class ModelHost:
     def __init__(self, config: ServeConfig, home: Home) -> None:
         self.config = config
         self.home = home
-        self._current = load_backend(config, home, _wanted_version(config, home))
+        self._current, self._engine = load_backend(config, home, _wanted_version(config, home))
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.swaps = 0
@@ -103,6 +116,8 @@ class ModelHost:
         if self._watcher is not None:
             self._watcher.join(timeout=10)
         self._current.close()
+        if self._engine is not None:
+            self._engine.close()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.watch_s):
@@ -117,7 +132,7 @@ class ModelHost:
         if wanted == self._current.adapter_version or (wanted,) == self._failed:
             return False
         try:
-            new = load_backend(self.config, self.home, wanted)
+            new, self._engine = load_backend(self.config, self.home, wanted, engine=self._engine)
         except Exception:
             self._failed = (wanted,)  # not retried every tick: only when the pointer moves again
             raise

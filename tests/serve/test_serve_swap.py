@@ -35,3 +35,36 @@ def test_the_host_follows_promote_and_rollback_and_a_pin_stays(tmp_path: Path) -
     finally:
         host.close()
         pinned.close()
+
+
+def test_on_llama_cpp_a_swap_reuses_the_engine_and_each_backend_keeps_its_adapter(tmp_path: Path,
+                                                                                 tiny_gguf: Path) -> None:
+    """A GGUF model runs on one llama.cpp engine for the server's life: a promotion swaps the adapter onto it
+    (no reload), and a request still holding the old backend is answered, and labelled, by the old adapter."""
+    from procmem.core import GenerationConfig
+    from procmem.distill import promote
+    from procmem.llm.llamacpp import LlamaCppLLM, PinnedAdapter
+
+    home_dir = tmp_path / "home"
+    register_adapters(home_dir, 1)
+    home = Home(home_dir)
+    host = ModelHost(ServeConfig(model=f"local:{tiny_gguf}", adapter="promoted"), home)
+    greedy = GenerationConfig(max_tokens=4, temperature=0.0)
+    try:
+        engine, before = host._engine, host.current
+        assert isinstance(engine, LlamaCppLLM) and before.adapter_version is None
+        model = engine._model
+        promote(home.adapters, "v1")
+        assert host.refresh() and host.current.adapter_version == "v1"
+        assert host._engine is engine and engine._model is model, "the base model stayed loaded"
+        old, new = before.llm, host.current.llm  # type: ignore[attr-defined]
+        assert isinstance(old.llm, PinnedAdapter) and isinstance(new.llm, PinnedAdapter)
+        assert (old.llm.adapter_version, new.llm.adapter_version) == (None, "v1")
+        assert engine.adapter_version == "v1", "new requests on the engine get the promoted adapter"
+        # the context applies the adapter of the request it admits: each backend's request ran on its own
+        assert old.generate(["Hello"], greedy)[0].completion_tokens > 0 and engine._ctx_adapter is None
+        assert new.generate(["Hello"], greedy)[0].completion_tokens > 0
+        assert engine._ctx_adapter is not None and engine._ctx_adapter.version == "v1"
+    finally:
+        host.close()
+    assert engine._closing, "closing the host closes its engine"
