@@ -200,7 +200,7 @@ def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, 
     summaries = summarise(scores, config)
     results = _results(summaries, config, out, {**meta, "seeds_finished": sorted({s.seed for s in scores})})
     results["differences"] = [_difference_dict(d) for d in differences(scores, config)]
-    results["uplift"] = _uplift(out, config)
+    results["uplift"] = _stage_rows(out, config, "uplift.json")
     results["stage_timings_s"] = stage_timings(config, out)
     write_json(out / "results.json", results)
     _plot_rounds(summaries, out / "accuracy_by_round.png")
@@ -218,7 +218,7 @@ def _results(summaries: Sequence[Summary], config: EvalConfig, out: Path, meta: 
         "final_round": config.rounds,
         "arms": {arm: _summary_dict(s) for arm, s in final.items()},
         "rounds": [_summary_dict(s) for s in summaries],
-        "collection": _collection(out, config),
+        "collection": _stage_rows(out, config, "collect.json"),
         "majority_baseline": majority_baselines(config),
     }
 
@@ -230,11 +230,12 @@ def _difference_dict(diff: Difference) -> dict[str, Any]:
     return data
 
 
-def _uplift(out: Path, config: EvalConfig) -> list[dict[str, Any]]:
+def _stage_rows(out: Path, config: EvalConfig, name: str) -> list[dict[str, Any]]:
+    """Every finished round's ``name`` record (``uplift.json``, ``collect.json``), with its seed and round."""
     rows = []
     for seed in config.seeds:
         for round_ in range(1, config.rounds + 1):
-            path = out / f"seed{seed}" / f"round{round_}" / "uplift.json"
+            path = out / f"seed{seed}" / f"round{round_}" / name
             if path.exists():
                 rows.append({"seed": seed, "round": round_, **read_json(path)})
     return rows
@@ -247,15 +248,6 @@ def _summary_dict(summary: Summary) -> dict[str, Any]:
     data["per_suite_ci95"] = {suite: list(ci) for suite, ci in summary.per_suite_ci95.items()}
     return data
 
-
-def _collection(out: Path, config: EvalConfig) -> list[dict[str, Any]]:
-    rows = []
-    for seed in config.seeds:
-        for round_ in range(1, config.rounds + 1):
-            path = out / f"seed{seed}" / f"round{round_}" / "collect.json"
-            if path.exists():
-                rows.append({"seed": seed, "round": round_, **read_json(path)})
-    return rows
 
 
 def _pct(value: float | None) -> str:

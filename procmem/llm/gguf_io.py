@@ -123,14 +123,7 @@ def write_gemma3_gguf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str
     layer_types = config.get("layer_types") or ["full_attention"] * n_layers
 
     def write(path: Path) -> None:
-        writer = gguf.GGUFWriter(str(path), _ARCH)
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(hf_dir.name)
-        writer.add_context_length(int(config["max_position_embeddings"]))
-        writer.add_embedding_length(int(config["hidden_size"]))
-        writer.add_block_count(n_layers)
-        writer.add_feed_forward_length(int(config["intermediate_size"]))
-        writer.add_head_count(int(config["num_attention_heads"]))
+        writer = _model_writer(path, _ARCH, hf_dir.name, config)
         writer.add_head_count_kv(int(config["num_key_value_heads"]))
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_key_length(head_dim)
@@ -159,6 +152,22 @@ def write_gemma3_gguf(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str
     return out_path
 
 
+def _model_writer(path: Path, arch: str, name: str, config: dict[str, Any]) -> Any:
+    """A GGUF writer for a model file, with the transformer sizes every architecture states, from a Hugging Face
+    ``config.json``."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(int(config["num_attention_heads"]))
+    return writer
+
+
 def write_bert_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Write the Hugging Face BERT encoder in ``model_dir`` (``config.json``, ``vocab.txt``,
     ``model.safetensors``; a sentence-transformers model with mean pooling) as an F32 GGUF file at ``out``
@@ -174,14 +183,7 @@ def write_bert_gguf(model_dir: str | os.PathLike[str], out: str | os.PathLike[st
     n_layers = int(config["num_hidden_layers"])
 
     def write(path: Path) -> None:
-        writer = gguf.GGUFWriter(str(path), "bert")
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(model_dir.name)
-        writer.add_context_length(int(config["max_position_embeddings"]))
-        writer.add_embedding_length(int(config["hidden_size"]))
-        writer.add_block_count(n_layers)
-        writer.add_feed_forward_length(int(config["intermediate_size"]))
-        writer.add_head_count(int(config["num_attention_heads"]))
+        writer = _model_writer(path, "bert", model_dir.name, config)
         writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
         writer.add_causal_attention(False)
         writer.add_pooling_type(gguf.PoolingType.MEAN)
