@@ -117,7 +117,9 @@ def _relaunch(processes: int) -> NoReturn:
     err_console.print(f"training in {processes} processes: {' '.join(command)}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)
+    # the processes run ``python -m procmem.cli``: from a source checkout, the current directory must not shadow
+    # the installed package (its distill, memory, ... live outside procmem/ in the tree)
+    os.execve(command[0], command, {**os.environ, "PYTHONSAFEPATH": "1"})
 
 
 def _distill_config(path: Path | None, flags: dict[str, Any]) -> DistillConfig:
