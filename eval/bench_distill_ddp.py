@@ -33,6 +33,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from procmem.core.machine import load_average
+
 __all__ = ["main", "run_bench"]
 
 _console = Console(stderr=True)
@@ -84,10 +86,6 @@ def _model_dir(spec: str) -> Path:
     return local_model_dir(spec, models_dir=Home.resolve().models)
 
 
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def run_bench(model: str, examples: int, batch: int, epochs: int, out: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -97,7 +95,7 @@ def run_bench(model: str, examples: int, batch: int, epochs: int, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     model_dir = _model_dir(model)
     results: dict[str, Any] = {"model": model, "examples": examples, "global_batch": batch, "epochs": epochs,
-                               "load_avg_start": _load(), "runs": []}
+                               "load_avg_start": load_average(), "runs": []}
     adapters = []
     for label, processes, threads in _RUNS:
         config = DistillConfig.model_validate({
@@ -138,7 +136,7 @@ def run_bench(model: str, examples: int, batch: int, epochs: int, out: Path) -> 
                                                                              strict=True))
     results["train_speedup_2proc_vs_1proc_1thread"] = one["train_s"] / two["train_s"]
     results["train_speedup_2proc_vs_1proc_2threads"] = threads2["train_s"] / two["train_s"]
-    results["load_avg_end"] = _load()
+    results["load_avg_end"] = load_average()
     results["plot"] = str(_plot(one["losses"], two["losses"], out / "loss_curves.png", model))
     return results
 

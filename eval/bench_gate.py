@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from procmem.core.machine import load_average
 from procmem.distill.config import GateConfig
 from procmem.distill.gate import SuiteScores, compare
 
@@ -42,7 +43,7 @@ POWER_SIZES = (40, 100, 200, 400)
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
-    results: dict[str, Any] = {"load_avg_start": _load_avg(), "model": args.model, "suite": args.suite,
+    results: dict[str, Any] = {"load_avg_start": load_average(), "model": args.model, "suite": args.suite,
                                "n": args.n, "runs": args.runs, "temperature": args.temperature}
     start = time.perf_counter()
     runs = _sampled_runs(args)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[f"{label}_resampled"] = a_a_rate(rates, config, trials=args.trials, seed=args.seed)
     results["power"] = [{"gain": g, "churn": c, **{f"n={n}": round(power(n, g + c, c, GateConfig()), 3)
                                                    for n in args.power_sizes}} for g, c in POWER_CASES]
-    results["load_avg_end"] = _load_avg()
+    results["load_avg_end"] = load_average()
     print(json.dumps(results, indent=2))
     return results
 
@@ -135,10 +136,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--power-sizes", type=lambda text: [int(n) for n in text.split(",") if n],
                         default=list(POWER_SIZES), help="Pooled test items to compute the power at (comma list).")
     return parser.parse_args(argv)
-
-
-def _load_avg() -> float:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procmem.core.machine import load_average
+
 __all__ = ["main"]
 
 PROMPTS = [
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="procmem-bench-") as scratch:
         models_dir = Path(args.models_dir) if args.models_dir else Path(scratch)
         results: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "tokens": args.tokens,
-                                   "load_avg_start": _load_avg()}
+                                   "load_avg_start": load_average()}
         llm = _cold_start(models_dir, results)
         _throughput(llm, args.tokens, results)
         params = sum(p.numel() for p in llm.model.parameters())
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _engine_throughput(engine, args.tokens, results)
         engine.close()
         _compute_limit(params, results)
-        results["load_avg_end"] = _load_avg()
+        results["load_avg_end"] = load_average()
     _print(results)
     if args.json:
         print(json.dumps(results))
@@ -229,13 +231,6 @@ def _timed(work: Any) -> tuple[Any, float]:
     generations = work()
     elapsed = time.perf_counter() - start
     return generations, round(sum(g.completion_tokens for g in generations) / elapsed, 1)
-
-
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _print(results: dict[str, Any]) -> None:

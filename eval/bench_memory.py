@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from procmem.core.machine import load_average
+
 __all__ = ["main"]
 
 _WORDS = ["apple", "river", "garden", "window", "yellow", "planet", "silver", "forest", "candle", "orange",
@@ -60,11 +62,11 @@ _TEMPLATES = [
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
-    results: dict[str, Any] = {"load_avg_start": _load_avg(), "k": args.k, "queries": args.queries, "latency": []}
+    results: dict[str, Any] = {"load_avg_start": load_average(), "k": args.k, "queries": args.queries, "latency": []}
     if args.grow_to:
         with tempfile.TemporaryDirectory(prefix="procmem-bench-memory-grow-") as scratch:
             results["grown"] = _grow(Path(scratch) / "chroma", args)
-        results["load_avg_end"] = _load_avg()
+        results["load_avg_end"] = load_average()
         print(json.dumps(results, sort_keys=True))
         return results
     with tempfile.TemporaryDirectory(prefix="procmem-bench-memory-") as scratch:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps(results["latency"][-1]), flush=True)
         if not args.skip_writes:
             results["writes"] = _writes(Path(scratch), args.episodes, args.retrieval_episodes)
-    results["load_avg_end"] = _load_avg()
+    results["load_avg_end"] = load_average()
     _print_table(results)
     print(json.dumps(results, sort_keys=True))
     return results
@@ -247,7 +249,7 @@ def _grow(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             passed += flags
             if len(passed) % 50_000 == 0 or len(passed) == args.grow_to:
                 step = {"entries": len(passed), "minutes": round((time.perf_counter() - start) / 60, 2),
-                        "load_avg": _load_avg()}
+                        "load_avg": load_average()}
                 out["progress"].append(step)
                 print(json.dumps(step), flush=True)
         out["build_min"] = round((time.perf_counter() - start) / 60, 2)
@@ -366,13 +368,6 @@ def _retrieval(memory: Any, questions: list[str]) -> dict[str, Any]:
 
 def _ms(times: list[float], pct: int) -> float:
     return round(float(np.percentile(times, pct)) * 1000, 3)
-
-
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _print_table(results: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from procmem.core.machine import load_average
 
 __all__ = ["main"]
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from procmem.memory import ChromaStore, Entry, HashingEmbedder, ProceduralMemory, local_chroma_server
 
-    results: dict[str, Any] = {"load_avg_start": round(os.getloadavg()[0], 2), "runs": []}
+    results: dict[str, Any] = {"load_avg_start": load_average(), "runs": []}
     with (tempfile.TemporaryDirectory(prefix="procmem-bench-server-") as scratch,
           local_chroma_server(Path(scratch) / "data") as url, ChromaStore.remote(url, HashingEmbedder()) as store):
         memory = ProceduralMemory(store)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "queries": len(times), "entries_after": store.count("experience")}
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
-    results["load_avg_end"] = round(os.getloadavg()[0], 2)
+    results["load_avg_end"] = load_average()
     print(json.dumps(results, sort_keys=True))
     return results
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from procmem.core import Task
+from procmem.core.machine import load_average
 from procmem.tasks import load_suite
 from procmem.verifiers.code import CodeSpec, CodeVerifier
 from procmem.verifiers.sandbox import isolation_support
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     verdicts = [[p for p, _ in serial[n]] for n in variants] + [parallel[n] for n in variants]
     results: dict[str, Any] = {
         "verifications": count, "workers": args.workers, "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2), "isolation": support.level,
+        "load_average_1m": load_average(), "isolation": support.level,
         "namespaces": ",".join(support.namespaces) or "none", "variants": list(variants),
         "serial_per_s": serial_rate, "parallel_per_s": parallel_rate,
         "median_serial_ms": {n: round(1000 * statistics.median(t for _, t in serial[n]), 1) for n in variants},

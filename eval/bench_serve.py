@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -31,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from procmem.core.machine import load_average
 
 __all__ = ["main"]
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from procmem.serve.backends import ChatInput
     from procmem.serve.protocol import ChatMessage
 
-    results: dict[str, Any] = {"model": args.model, "tokens": args.tokens, "load_avg_start": _load_avg()}
+    results: dict[str, Any] = {"model": args.model, "tokens": args.tokens, "load_avg_start": load_average()}
     with tempfile.TemporaryDirectory(prefix="procmem-bench-serve-") as scratch:
         home = Home(Path(scratch) / "home").ensure()
         port = _free_port()
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["added_p50_ok"] = added <= results["added_p50_budget_ms"]
     results["throughput_16_vs_engine"] = round(results["throughput_tokens_per_s"]["16"] / engine, 3)
     results["throughput_16_ok"] = results["throughput_16_vs_engine"] >= 0.8
-    results["load_avg_end"] = _load_avg()
+    results["load_avg_end"] = load_average()
     _print(results)
     return results
 
@@ -170,13 +171,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _print(results: dict[str, Any]) -> None:

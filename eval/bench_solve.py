@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procmem.core.machine import load_average
+
 __all__ = ["main"]
 
 SUITE = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=2"
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ensure_bundled_gguf(models)
     env = {**os.environ, "PROCMEM_MODELS_CACHE": str(models)}
     results: dict[str, Any] = {"suite": args.suite, "n": args.n, "concurrency": args.concurrency,
-                               "cores": os.cpu_count(), "load_avg_start": _load_avg()}
+                               "cores": os.cpu_count(), "load_avg_start": load_average()}
     with tempfile.TemporaryDirectory(prefix="procmem-bench-solve-") as scratch:
         if llama_cpp_available() and args.cold_runs > 0:
             _cold_start(Path(scratch), env, args, results)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "engine" in results and "transformers" in results:
         results["solve_transformers_x_engine_wall"] = round(results["transformers"]["wall_s"]
                                                             / results["engine"]["wall_s"], 2)
-    results["load_avg_end"] = _load_avg()
+    results["load_avg_end"] = load_average()
     _log(json.dumps(results, indent=1))
     if args.json:
         print(json.dumps(results))
@@ -125,7 +127,7 @@ def _solve(home: Path, env: dict[str, str], args: argparse.Namespace, engine: st
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return {"wall_s": round(wall, 1), "solve_s": round(report["wall_time_s"], 1),
             "tokens_per_s": round(report["tokens_per_s"], 1), "passed": report["passed"], "n": report["n"],
-            "load_avg_after": _load_avg()}
+            "load_avg_after": load_average()}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -140,13 +142,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="where the bundled model is cached ($PROCMEM_MODELS_CACHE wins)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
-
-
-def _load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _log(message: str) -> None:

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procmem.core.machine import load_average
+
 __all__ = ["main"]
 
 TASKS = {
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = GenerationConfig(temperature=0.0, max_tokens=args.max_tokens)
     results: dict[str, Any] = {"n": len(prompts), "max_tokens": config.max_tokens, "stop": list(config.stop),
                                "tolerance": args.tolerance, "threads": torch.get_num_threads(),
-                               "load_avg_start": _load_avg()}
+                               "load_avg_start": load_average()}
     hf_dir = ensure_bundled_model(models_dir)
     adapter = Path(args.adapter) if args.adapter else None
     for arm in ("base", "adapter"):
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              adapter=adapter if arm == "adapter" else None) as engine:
                 results[arm][precision] = compare(reference, engine, prompts, config, args.tolerance)
             _log(f"{arm} {precision}: {json.dumps(results[arm][precision])}")
-    results["load_avg_end"] = _load_avg()
+    results["load_avg_end"] = load_average()
     if args.json:
         print(json.dumps(results))
     return results
@@ -234,15 +236,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="prompts on which transformers' batched texts are checked against solo runs")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line last")
     return parser.parse_args(argv)
-
-
-def _load_avg() -> float | None:
-    import os
-
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _log(message: str) -> None:
