@@ -4,18 +4,26 @@ summaries. Structured prompts, a tolerant parser, and validation.
 Small models write messy text, so the parser accepts the asked-for ``STRATEGY: ...`` / ``LESSON: ...``
 lines with bullets, numbering, markdown and synonyms around them, or a JSON object; validation then drops
 anything that is not a usable piece of advice (too short or long, mostly symbols, repeated words, an echo
-of the prompt's placeholders, a strategy for a problem that never passed, a lesson for one that never
-failed). A reflection with no valid item is *unparseable*: it is counted and nothing is stored.
+of the prompt's placeholders or of a worked example's words, a bare answer, a strategy for a problem that never
+passed, a lesson for one that never failed). A reflection with no valid item is *unparseable*: it is counted
+and nothing is stored.
+
+A small model copies the worked example closest to its problem. So each prompt shows a few examples far from
+its problem (:func:`reflection_examples`), and on engines that honour grammars every line must speak of its
+own problem (:func:`reflection_grammar`): a lesson opens with the answer that failed, a strategy names a word
+of the question.
 
 memory/ knows no model: the reflector is any :class:`procmem.core.llm.LLM` (every ``procmem.llm`` backend).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from procmem.core import GenerationConfig
 from procmem.core.keys import normalize_question
@@ -29,14 +37,16 @@ __all__ = [
     "ParsedReflection",
     "parse_reflection",
     "pattern_grammar",
+    "problem_anchors",
     "pattern_prompt",
     "reflection_generation",
+    "reflection_examples",
     "reflection_grammar",
     "reflection_primer",
     "reflection_prompt",
 ]
 
-REFLECTION_FORMAT = "4"
+REFLECTION_FORMAT = "5"
 """Version of the prompts and parser; part of every problem's reflection signature, so that a new format
 reflects again."""
 MIN_CHARS = 15
@@ -51,31 +61,73 @@ _REFLECTION_HEADER = (
 )
 
 # Worked reviews (few-shot): the policy is usually a base model without a chat template, which follows a
-# pattern far better than an instruction. Their domains differ from the task suites, and an item that
-# copies them is rejected as an echo.
-_REFLECTION_EXAMPLES = """Problem: How many days are there in 3 weeks?
+# pattern far better than an instruction. Their domains differ from the task suites. A small model copies the
+# review it sees closest to its problem, so each prompt shows only ``_SHOWN_EXAMPLES`` of them: those that share
+# no content word with the problem, rotated by the problem's key (:func:`reflection_examples`). An item that
+# repeats a run of words of any review is rejected as an echo (``_ECHO_SHINGLES``, ``_DOMAIN_SHINGLES``).
+_REFLECTION_EXAMPLES: tuple[str, ...] = (
+    """Problem: How many days are there in 3 weeks?
 Attempt 1 answer: 21 days
 Verdict: FAIL. Feedback: expected an integer, got '21 days'
 Attempt 2 answer: 21
 Verdict: PASS
 Advice:
-LESSON: When asked how many days, the answer 21 days failed for its unit -> write the integer alone.
-STRATEGY: When converting weeks to days, multiply the weeks by seven.
-
-Problem: Which month comes two months after November?
+LESSON: When 21 days failed for its unit -> write the number of days in 3 weeks as 21 alone.
+STRATEGY: When converting weeks to days, multiply the weeks by seven.""",
+    """Problem: Which month comes two months after November?
 Attempt 1 answer: December
 Verdict: FAIL. Feedback: 'December' is not the correct answer
 Attempt 2 answer: December
 Verdict: FAIL. Feedback: 'December' is not the correct answer
 Advice:
-LESSON: When counting months forward, December was only one step -> count each step and wrap after December.
-LESSON: When the same answer failed twice, repeating it again cannot pass -> redo the steps from the start.
-
-Problem: What is the capital city of Canada?
+LESSON: When December failed, November plus one month had been counted -> January is two months on.
+LESSON: When December failed twice, repeating it cannot pass -> count the months again from November.""",
+    """Problem: What is the capital city of Canada?
 Attempt 1 answer: Ottawa
 Verdict: PASS
 Advice:
-STRATEGY: When naming a capital city, give the name of the city alone, spelled in full."""
+STRATEGY: When naming the capital of Canada, give Ottawa, the seat of its government.""",
+    """Problem: What colour do blue and yellow paint make when mixed?
+Attempt 1 answer: it makes green
+Verdict: FAIL. Feedback: expected one word, got 'it makes green'
+Attempt 2 answer: green
+Verdict: PASS
+Advice:
+LESSON: When it makes green failed for its extra words -> reply with the colour green alone.
+STRATEGY: When mixing blue and yellow paint, name the colour they make together.""",
+    """Problem: Name the planet closest to the Sun.
+Attempt 1 answer: Venus
+Verdict: FAIL. Feedback: 'Venus' is not the correct answer
+Attempt 2 answer: Earth
+Verdict: FAIL. Feedback: 'Earth' is not the correct answer
+Advice:
+LESSON: When Venus failed, Venus is the second planet from the Sun -> start the list at Mercury.""",
+    """Problem: What is the opposite of ancient?
+Attempt 1 answer: modern
+Verdict: PASS
+Advice:
+STRATEGY: When asked for the opposite of ancient, modern suits since ancient means old.""",
+    """Problem: Convert 2 kilograms to grams.
+Attempt 1 answer: 200
+Verdict: FAIL. Feedback: '200' is not the correct answer
+Attempt 2 answer: 2000
+Verdict: PASS
+Advice:
+LESSON: When 200 failed, its factor was too small -> a kilogram holds one thousand grams.
+STRATEGY: When turning kilograms into grams, multiply by one thousand.""",
+    """Problem: Sort by length, shortest first: pear, fig, banana
+Attempt 1 answer: banana, pear, fig
+Verdict: FAIL. Feedback: 'banana, pear, fig' is not the correct answer
+Advice:
+LESSON: When banana, pear, fig failed, banana came first -> put fig, the shortest fruit, first.""",
+    """Problem: Which animal is a mammal: shark, dolphin or trout?
+Attempt 1 answer: dolphin
+Verdict: PASS
+Advice:
+STRATEGY: When picking the mammal among shark, dolphin and trout, choose the animal that breathes air.""",
+)
+_SHOWN_EXAMPLES = 3
+"""Worked reviews shown in one reflection prompt."""
 
 _PATTERN_EXAMPLE = """Advice learned on different problems:
 - The answer 21 days failed because it had a unit -> write the bare integer only.
@@ -93,19 +145,24 @@ PATTERN:"""
 
 _ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how many days", "counting months",
            "weekday", "5 hours", "instead of 1000", "conversion factor", "kilometre", "which side each",
-           "spelling a word backwards", "from the last one to the first", "failed twice",
+           "spelling a word backwards", "from the last one to the first",
            "capital city", "name of the city",
            "what made an answer pass", "what went wrong and how to avoid it")
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
     r"|^[^,;]{1,24}?\s+(is|was)\s+the\s+(correct\s+|final\s+|right\s+)?answer[.!]?$", re.IGNORECASE)
-"""An item that only states an answer ("The answer is 10.") is not advice, and is often wrong."""
+"""An item (or its last clause) that only states an answer ("The answer is 10.", "When counting, 1 is the
+correct answer.") is not advice, and is often wrong."""
+_CLAUSE = re.compile(r"[,;]|->|→")
 
 _PLACEHOLDER = re.compile(r"<[^<>]{3,}>")
 _BULLET = re.compile(r"^\s*(?:[-*•·>]+|\d+[.)]|\(\d+\)|#+)?\s*")
 _LABELLED = re.compile(r"^\W*(?P<label>[a-z' ]{2,20}?)\s*\d*\W*?\s*[:=\-–—]\s*(?P<text>.+)$", re.IGNORECASE)
 _JSON_BLOCK = re.compile(r"\{.*\}|\[.*\]", re.DOTALL)
 _WORD = re.compile(r"[^\W\d_]{2,}")
+_ANCHOR = re.compile(r"[a-z]{3,14}|[0-9]{1,3}(?![0-9])")
+_SHINGLE = 4
+_TOKEN = re.compile(r"[a-z0-9]+")
 
 _LABELS: dict[str, Kind] = {
     "strategy": "strategy", "strategies": "strategy", "do": "strategy", "tip": "strategy", "rule": "strategy",
@@ -144,41 +201,103 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
 GRAMMAR_LINES = 2
 """Most lines a constrained reflection may write (a small model repeats itself after two)."""
 _ADVICE_RULES = (
-    'advice ::= first " " letters " " letters (" " word){3,11} "."',
     "first ::= [A-Z] [a-z]{1,13}",
-    "letters ::= [a-zA-Z] [a-z]{1,13}",
-    'word ::= [a-zA-Z] [a-z]{0,13} ","? | [0-9]{1,2} | "->" | "(" [a-z]{1,12} ")"',
+    'letters ::= [a-zA-Z] [a-z]{0,13} ","?',
+    'word ::= [a-zA-Z] [a-z]{0,13} ","? | "-"? [0-9]{1,3} ","? | "\'" [a-zA-Z0-9]{1,14} "\'" ","? | "->" '
+    '| "(" [a-z]{1,12} ")"',
 )
+_FREE_ADVICE = 'advice ::= first (" " letters){2} (" " word){3,11} "."'
+_ANCHORED_ADVICE = 'advice ::= first (" " word){0,3} " " anchor (" " letters){2} (" " word){0,14} "."'
+_MAX_ANCHORS = 40
+_ANCHOR_SUFFIX = '("s" | "es" | "ed" | "ing")?'
+_ANCHOR_ANSWER_WORDS = 3
+_STOPWORD_TEXT = """
+a an and any are as at be been but by can do does each for from give given has have how if in into is it its
+let many may more most much must not of on one only or other own please put result results same so some such
+than that the their them then there these they this those to too was were what when where which while who why
+will with without would you your answer answers final following problem question solve state tell write
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+"""Words that name no problem: no anchor, and no content word of a copied phrase."""
 
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
-    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of 6 to 14 words, the first three of them
-    words of 2 letters or more, numbers of at most 2 digits (so letters dominate, as validation wants), ended by
-    a full stop; a later line starts with a label the problem supports
-    (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a passed one). Under it every completion has the
-    parser's form; only content checks (an echo of the examples, repeated words, a bare answer) can still
-    reject an item."""
-    labels = [f'"{label}"' for label, ok in (("LESSON:", problem.has_failure), ("STRATEGY:", problem.has_pass))
-              if ok]
+    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of at most 22 words ended by a full stop; a
+    later line starts with a label the problem supports (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a
+    passed one).
+
+    Each line must speak of its own problem, so that it cannot reproduce a worked example (whose words are
+    another problem's): a lesson opens with ``When <a failed answer> failed`` (the verifier's fact; the model
+    writes why and what to do instead), a strategy names an *anchor* of the problem (a content word or number
+    of its question or short answers, :func:`problem_anchors`) within its first five words. Under it every
+    completion has the parser's form; content checks (an echo of an example's phrases, repeated words, a bare
+    answer) can still reject an item."""
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
+    anchors = problem_anchors(problem)
+    alternatives = " | ".join(f'"{a}"' for a in anchors)  # [a-z0-9] only: nothing to escape
+    rules = [_ANCHORED_ADVICE, f'anchor ::= ({alternatives}) {_ANCHOR_SUFFIX} ","?'] if anchors else [_FREE_ADVICE]
+    failed = " | ".join(f'"{answer}"' for answer in _failed_answers(problem))
+    rules += [f'lesson ::= "When " ({failed}) " failed" ","? (" " letters){{3}} (" " word){{0,13}} "."' if failed
+              else "lesson ::= advice",
+              "strategy ::= advice"]
+    lines = [f'"{label}: " {label.lower()}' for label, ok in (("LESSON", problem.has_failure),
+                                                              ("STRATEGY", problem.has_pass)) if ok]
     return "\n".join([
-        f'root ::= " " advice ("\\n" label " " advice){{0,{more}}}',
-        f"label ::= {' | '.join(labels)}",
+        f'root ::= " " {"lesson" if problem.has_failure else "strategy"} ("\\n" line){{0,{more}}}',
+        f"line ::= {' | '.join(lines)}",
+        *rules,
         *_ADVICE_RULES,
     ])
 
 
+def _failed_answers(problem: Problem) -> tuple[str, ...]:
+    """The failed answers a lesson may open with: short (at most ``_ANCHOR_ANSWER_WORDS`` words, one line) and
+    free of the characters a GBNF literal would need escaped."""
+    found = (" ".join(a.answer.split()) for a in problem.failed_attempts)
+    return tuple(dict.fromkeys(a for a in found if a and len(a.split()) <= _ANCHOR_ANSWER_WORDS and len(a) <= 40
+                               and not set(a) & set('"\\')))
+
+
+def problem_anchors(problem: Problem) -> tuple[str, ...]:
+    """The words a constrained reflection may name its problem by: the content words (not stop words) and
+    numbers of the question and of its short answers (at most ``_ANCHOR_ANSWER_WORDS`` words), lower case, in
+    order of first use (at most ``_MAX_ANCHORS``)."""
+    answers = [a.answer for e in problem.episodes for a in e.attempts if len(a.answer.split()) <= _ANCHOR_ANSWER_WORDS]
+    texts = [problem.prompt, *answers]
+    found = [w for text in texts for w in _ANCHOR.findall(text.lower()) if w not in _STOPWORDS]
+    return tuple(dict.fromkeys(found))[:_MAX_ANCHORS]
+
+
 def pattern_grammar() -> str:
     """The GBNF grammar of a pattern summary's completion (it continues ``PATTERN:``): one sentence of
-    :func:`reflection_grammar`'s form."""
-    return "\n".join(['root ::= " " advice', *_ADVICE_RULES])
+    :func:`reflection_grammar`'s form, with no anchor (a pattern spans problems)."""
+    return "\n".join(['root ::= " " advice', _FREE_ADVICE, *_ADVICE_RULES])
+
+
+def reflection_examples(problem: Problem) -> tuple[str, ...]:
+    """The worked reviews one reflection prompt shows: ``_SHOWN_EXAMPLES`` of the pool, leaving out those
+    whose question shares a content word or a pair of words in a row (such as "how many") with the problem's
+    (while enough remain), in pool order from an offset that
+    the problem's key picks, so that different problems see different reviews."""
+    own = _cues(problem.prompt) | set(problem_anchors(problem))
+    far = [e for e in _REFLECTION_EXAMPLES if not own & _cues(e.split("\n", 1)[0].removeprefix("Problem:"))]
+    pool = far if len(far) >= _SHOWN_EXAMPLES else list(_REFLECTION_EXAMPLES)
+    offset = int(hashlib.sha1(problem.key.encode()).hexdigest()[:8], 16) % len(pool)
+    return tuple((pool + pool)[offset:offset + _SHOWN_EXAMPLES])
+
+
+def _cues(text: str) -> set[str]:
+    """What makes two questions look alike to a small model: their content words and word pairs."""
+    words = _TOKEN.findall(text.lower())
+    return {w for w in words if w not in _STOPWORDS} | {f"{a} {b}" for a, b in pairwise(words)}
 
 
 def reflection_prompt(problem: Problem, *, max_items: int = 4, max_attempts: int = 6) -> str:
-    """The prompt that asks the model to contrast a problem's passed and failed attempts. It ends with
-    :func:`reflection_primer`, so the model's completion continues the first item."""
-    lines = [_REFLECTION_HEADER.format(max_items=max_items), "", _REFLECTION_EXAMPLES, "",
+    """The prompt that asks the model to contrast a problem's passed and failed attempts, after the worked
+    reviews of :func:`reflection_examples`. It ends with :func:`reflection_primer`, so the model's completion
+    continues the first item."""
+    lines = [_REFLECTION_HEADER.format(max_items=max_items), "", "\n\n".join(reflection_examples(problem)), "",
              f"Problem: {_one_line(problem.prompt)}"]
     attempts = [a for e in problem.episodes for a in e.attempts][-max_attempts:]
     for number, attempt in enumerate(attempts, start=1):
@@ -293,7 +412,11 @@ def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, 
         return "echoes a placeholder"
     if any(normalize_question(echo) in normalize_question(text) for echo in _ECHOES):
         return "echoes the prompt"
-    if _ANSWER_CLAIM.match(text):
+    if _shingles(text) & _ECHO_SHINGLES:
+        return f"echoes the prompt ({_SHINGLE} words in a row of a worked example)"
+    if _shingles(text, 3) & _DOMAIN_SHINGLES:
+        return "echoes the prompt (3 words in a row about a worked example's subject)"
+    if _ANSWER_CLAIM.match(text) or _ANSWER_CLAIM.match(_CLAUSE.split(text)[-1].strip()):
         return "states an answer, not advice"
     words = _WORD.findall(text)
     if len(words) < 3:
@@ -305,6 +428,31 @@ def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, 
     if len(lowered) >= 6 and len(set(lowered)) < 0.4 * len(lowered):
         return "repeated words"
     return None
+
+
+def _shingles(text: str, size: int = _SHINGLE) -> set[tuple[str, ...]]:
+    words = _TOKEN.findall(text.lower())
+    return {tuple(words[i:i + size]) for i in range(len(words) - size + 1)}
+
+
+_ECHO_SHINGLES = frozenset(
+    shingle
+    for text in (_REFLECTION_HEADER, _PATTERN_EXAMPLE, *_REFLECTION_EXAMPLES)
+    for line in text.splitlines() if not line.startswith(("Problem:", "Attempt", "Verdict:"))
+    for shingle in _shingles(line.partition(":")[2] if _LABELLED.match(line) else line)
+    if len(set(shingle) - _STOPWORDS) >= 2
+)
+"""Every run of ``_SHINGLE`` words of the worked examples' advice (and of the header's instructions) that holds
+two content words (not "when asked for the"): an item holding one copies an example instead of reading its own
+problem."""
+_DOMAIN_SHINGLES = frozenset(
+    shingle
+    for example in _REFLECTION_EXAMPLES
+    for subject in [set(_WORD.findall(example.split("\n", 1)[0].lower())) - _STOPWORDS - {"problem"}]
+    for shingle in _shingles(example, 3) if subject & set(shingle)
+)
+"""Every run of 3 words of a worked example that names its subject (a content word of its question, such as
+"capital of canada"): an item holding one is about the example, not its own problem."""
 
 
 def _one_line(text: str) -> str:

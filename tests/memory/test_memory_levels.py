@@ -181,3 +181,51 @@ def test_bad_add_input_is_one_line_and_exit_2(home: Home, args: tuple[str, ...],
     assert result.exit_code == 2, result.output
     message = result.stderr.strip()
     assert message.startswith(f"error: {where}") and len(message.splitlines()) == 1 and "Traceback" not in message
+
+
+def _letters(task_id: str, word: str, answers: list[str], passed: bool) -> Episode:
+    prompt = f'How many times does the letter "a" appear in the text: "{word}"?'
+    return episode(task_id, prompt, answers, passed=passed, suite="rg:letter_counting")
+
+
+def test_each_prompt_shows_few_examples_far_from_its_problem_and_varied_across_problems() -> None:
+    from procmem.memory.reflection import _REFLECTION_EXAMPLES, _SHOWN_EXAMPLES, reflection_examples
+
+    problems = group_problems([_letters(f"l{i}", word, ["2"], True)
+                               for i, word in enumerate(["banana", "paperwork", "data set", "alpaca", "a cat"])])
+    shown = [reflection_examples(p) for p in problems]
+    assert all(len(s) == _SHOWN_EXAMPLES and set(s) <= set(_REFLECTION_EXAMPLES) for s in shown)
+    assert all("How many days" not in e for s in shown for e in s), "shares 'how many' with the question"
+    assert len({s for s in shown}) > 1, "rotated by problem"
+    assert all(e in reflection_prompt(p) for p, s in zip(problems, shown, strict=True) for e in s)
+
+
+def test_the_grammar_opens_a_lesson_with_the_failed_answer_and_a_strategy_with_a_word_of_the_question() -> None:
+    from procmem.memory.reflection import problem_anchors
+
+    failed = group_problems([_letters("f", "paperwork", ["1", "1"], False)])[0]
+    assert problem_anchors(failed)[:4] == ("times", "letter", "appear", "text")
+    grammar = reflection_grammar(failed)
+    assert 'lesson ::= "When " ("1") " failed"' in grammar and "STRATEGY" not in grammar
+    passed = group_problems([_letters("p", "banana", ["3"], True)])[0]
+    strategy = reflection_grammar(passed)
+    assert '"paperwork"' not in strategy and '"banana"' in strategy and "LESSON" not in strategy
+
+
+def test_under_the_grammar_the_tiny_model_speaks_of_its_own_problem(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Whatever a (random) model writes under the grammar, a lesson names its failed answer and a strategy a
+    word of its question: it cannot be a worked example copied word for word."""
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.memory.reflection import problem_anchors
+
+    problems = sorted(group_problems([_letters("f", "paperwork", ["1", "7"], False),
+                                      _letters("p", "banana", ["3"], True)]), key=lambda p: p.has_pass)
+    sampled = reflection_generation(96).model_copy(update={"temperature": 1.0, "seed": 3})
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=2, n_threads=1)) as llm:
+        outputs = [llm.generate([reflection_prompt(p)], sampled.model_copy(update={"grammar": reflection_grammar(p)}))
+                   [0].text for p in problems]
+    lesson = outputs[0].splitlines()[0]
+    assert lesson.startswith((" When 1 failed", " When 7 failed")), outputs[0]
+    words = outputs[1].splitlines()[0].lower().replace(",", " ").split()[:5]
+    assert any(w.startswith(problem_anchors(problems[1])) for w in words), outputs[1]

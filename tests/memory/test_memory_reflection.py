@@ -244,3 +244,49 @@ def test_the_real_tiny_model_goes_through_the_pipeline_unparseable_counted_and_s
     assert pmem.stats()["insight"] == 0 and pmem.stats()["pattern"] == 0
     again = pmem.reflect(tiny, feedback=False)
     assert again.total_calls == 0 and again.already_reflected == 3
+
+
+# --- copies of the worked examples (issue 15: a copied example is not an insight) -------------------
+
+
+def _example_advice() -> list[str]:
+    from procmem.memory.reflection import _REFLECTION_EXAMPLES
+
+    return [line for example in _REFLECTION_EXAMPLES for line in example.splitlines()
+            if line.startswith(("LESSON:", "STRATEGY:"))]
+
+
+def test_every_worked_example_copied_word_for_word_is_rejected_as_an_echo() -> None:
+    advice = _example_advice()
+    assert len(advice) >= 10
+    for line in advice:
+        parsed = parse_reflection(line)
+        assert parsed.unparseable, line
+        assert "echoes" in parsed.rejected[0][1], parsed.rejected
+
+
+@pytest.mark.parametrize("text", [
+    "LESSON: When the letter a appears in the text, multiply the weeks by seven.",  # a copied tail
+    "STRATEGY: When naming the capital, count every letter.",  # an example's subject
+    "STRATEGY: When the letter o appears, choose the animal that breathes air.",  # a copied tail
+])
+def test_near_copies_of_a_worked_example_are_rejected_as_echoes(text: str) -> None:
+    parsed = parse_reflection(text)
+    assert parsed.unparseable and "echoes" in parsed.rejected[0][1], parsed.rejected
+
+
+@pytest.mark.parametrize("text", [
+    "LESSON: When 1 failed, the letter 't' was not counted in the text.",  # written by Gemma 3 270M
+    "STRATEGY: When asked for the letter 'a' in the text, count each word one at a time.",
+])
+def test_advice_in_the_examples_form_about_its_own_problem_is_kept(text: str) -> None:
+    assert not parse_reflection(text).unparseable, parse_reflection(text).rejected
+
+
+@pytest.mark.parametrize("text", [
+    "LESSON: When sorting by length, 1 is the correct answer.",  # written by Gemma 3 270M
+    "STRATEGY: When asked for the letter 's' in the text, the answer is 1.",
+])
+def test_an_answer_stated_in_the_last_clause_is_not_advice(text: str) -> None:
+    parsed = parse_reflection(text)
+    assert parsed.unparseable and "states an answer" in parsed.rejected[0][1], parsed.rejected
