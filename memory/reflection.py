@@ -106,7 +106,7 @@ LESSON: When Venus failed, Venus is the second planet from the Sun -> start the 
 Attempt 1 answer: modern
 Verdict: PASS
 Advice:
-STRATEGY: When asked for the opposite of ancient, modern suits since ancient means old.""",
+STRATEGY: When asked for the opposite of ancient, choose modern, since ancient means old.""",
     """Problem: Convert 2 kilograms to grams.
 Attempt 1 answer: 200
 Verdict: FAIL. Feedback: '200' is not the correct answer
@@ -208,6 +208,16 @@ _ADVICE_RULES = (
 )
 _FREE_ADVICE = 'advice ::= first (" " letters){2} (" " word){3,11} "."'
 _ANCHORED_ADVICE = 'advice ::= first (" " word){0,3} " " anchor (" " letters){2} (" " word){0,14} "."'
+_VERBS = ("add", "avoid", "check", "choose", "compare", "count", "divide", "do not", "find", "give", "keep", "list",
+          "look", "multiply", "name", "never", "put", "read", "reply", "spell", "start", "subtract", "take", "try",
+          "use", "work out", "write")
+"""Imperatives a strategy's advice may open with (generic: none names a task)."""
+_STRATEGY = "\n".join([
+    'strategy ::= "When " (plain " "){0,3} anchor (" " plain){0,6} ", " verb (" " word){2,14} "."',
+    'plain ::= [a-zA-Z] [a-z]{0,13} | "\'" [a-zA-Z0-9]{1,14} "\'" | "-"? [0-9]{1,3}',
+    "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS),
+])
+"""A strategy is a procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``."""
 _MAX_ANCHORS = 40
 _ANCHOR_SUFFIX = '("s" | "es" | "ed" | "ing")?'
 _ANCHOR_ANSWER_WORDS = 3
@@ -229,8 +239,9 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
 
     Each line must speak of its own problem, so that it cannot reproduce a worked example (whose words are
     another problem's): a lesson opens with ``When <a failed answer> failed`` (the verifier's fact; the model
-    writes why and what to do instead), a strategy names an *anchor* of the problem (a content word or number
-    of its question or short answers, :func:`problem_anchors`) within its first five words. Under it every
+    writes why and what to do instead); a strategy is a procedure, ``When <situation>, <imperative> ...``, whose
+    situation names an *anchor* of the problem (a content word or number of its question or short answers,
+    :func:`problem_anchors`) within its first four words. Under it every
     completion has the parser's form; content checks (an echo of an example's phrases, repeated words, a bare
     answer) can still reject an item."""
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
@@ -240,7 +251,7 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     failed = " | ".join(f'"{answer}"' for answer in _failed_answers(problem))
     rules += [f'lesson ::= "When " ({failed}) " failed" ","? (" " letters){{3}} (" " word){{0,13}} "."' if failed
               else "lesson ::= advice",
-              "strategy ::= advice"]
+              _STRATEGY if anchors else "strategy ::= advice"]
     lines = [f'"{label}: " {label.lower()}' for label, ok in (("LESSON", problem.has_failure),
                                                               ("STRATEGY", problem.has_pass)) if ok]
     return "\n".join([
