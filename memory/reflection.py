@@ -61,26 +61,27 @@ _REFLECTION_HEADER = (
 )
 
 # Worked reviews (few-shot): the policy is usually a base model without a chat template, which follows a
-# pattern far better than an instruction. Their domains differ from the task suites. A small model copies the
-# review it sees closest to its problem, so each prompt shows only ``_SHOWN_EXAMPLES`` of them: those that share
-# no content word with the problem, rotated by the problem's key (:func:`reflection_examples`). An item that
-# repeats a run of words of any review is rejected as an echo (``_ECHO_SHINGLES``, ``_DOMAIN_SHINGLES``).
+# pattern far better than an instruction. A small model copies the review closest to its problem, so their
+# domains are far from the task suites (no arithmetic, no counting of letters), and each prompt shows only
+# ``_SHOWN_EXAMPLES`` of them: those that share no content word or word pair with the problem, rotated by the
+# problem's key (:func:`reflection_examples`). An item that repeats a run of words of any review is rejected as
+# an echo (``_ECHO_SHINGLES``, ``_DOMAIN_SHINGLES``).
 _REFLECTION_EXAMPLES: tuple[str, ...] = (
-    """Problem: How many days are there in 3 weeks?
-Attempt 1 answer: 21 days
-Verdict: FAIL. Feedback: expected an integer, got '21 days'
-Attempt 2 answer: 21
+    """Problem: What is the plural of mouse?
+Attempt 1 answer: mouses
+Verdict: FAIL. Feedback: 'mouses' is not the correct answer
+Attempt 2 answer: mice
 Verdict: PASS
 Advice:
-LESSON: When 21 days failed for its unit -> write the number of days in 3 weeks as 21 alone.
-STRATEGY: When converting weeks to days, multiply the weeks by seven.""",
+LESSON: When mouses failed, mouse has an irregular plural -> use mice instead of adding an s.
+STRATEGY: When forming the plural of mouse, use the irregular form mice.""",
     """Problem: Which month comes two months after November?
 Attempt 1 answer: December
 Verdict: FAIL. Feedback: 'December' is not the correct answer
 Attempt 2 answer: December
 Verdict: FAIL. Feedback: 'December' is not the correct answer
 Advice:
-LESSON: When December failed, November plus one month had been counted -> January is two months on.
+LESSON: When December failed, November plus one month had been counted -> count two months on to January.
 LESSON: When December failed twice, repeating it cannot pass -> count the months again from November.""",
     """Problem: What is the capital city of Canada?
 Attempt 1 answer: Ottawa
@@ -107,14 +108,14 @@ Attempt 1 answer: modern
 Verdict: PASS
 Advice:
 STRATEGY: When asked for the opposite of ancient, choose modern, since ancient means old.""",
-    """Problem: Convert 2 kilograms to grams.
-Attempt 1 answer: 200
-Verdict: FAIL. Feedback: '200' is not the correct answer
-Attempt 2 answer: 2000
+    """Problem: Which ocean lies between Africa and Australia?
+Attempt 1 answer: Atlantic
+Verdict: FAIL. Feedback: 'Atlantic' is not the correct answer
+Attempt 2 answer: Indian Ocean
 Verdict: PASS
 Advice:
-LESSON: When 200 failed, its factor was too small -> a kilogram holds one thousand grams.
-STRATEGY: When turning kilograms into grams, multiply by one thousand.""",
+LESSON: When Atlantic failed, that ocean lies west of Africa -> look east of Africa, towards Australia.
+STRATEGY: When locating the ocean between Africa and Australia, name the Indian Ocean.""",
     """Problem: Sort by length, shortest first: pear, fig, banana
 Attempt 1 answer: banana, pear, fig
 Verdict: FAIL. Feedback: 'banana, pear, fig' is not the correct answer
@@ -151,7 +152,7 @@ _ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how 
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
     r"|^[^,;]{1,24}?\s+(is|was)\s+the\s+(correct\s+|final\s+|right\s+)?answer[.!]?$", re.IGNORECASE)
-"""An item (or its last clause) that only states an answer ("The answer is 10.", "When counting, 1 is the
+"""An item (or a clause of it) that only states an answer ("The answer is 10.", "When counting, 1 is the
 correct answer.") is not advice, and is often wrong."""
 _CLAUSE = re.compile(r"[,;]|->|→")
 
@@ -215,8 +216,8 @@ _VERBS = ("add", "avoid", "check", "choose", "compare", "count", "divide", "do n
 _STRATEGY = "\n".join([
     'strategy ::= "When " (plain " "){0,3} anchor (" " plain){0,6} ", " verb (" " word){2,14} "."',
     'plain ::= [a-zA-Z] [a-z]{0,13} | "\'" [a-zA-Z0-9]{1,14} "\'" | "-"? [0-9]{1,3}',
-    "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS),
 ])
+_VERB = "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS)
 """A strategy is a procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``."""
 _MAX_ANCHORS = 40
 _ANCHOR_SUFFIX = '("s" | "es" | "ed" | "ing")?'
@@ -251,7 +252,7 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     failed = " | ".join(f'"{answer}"' for answer in _failed_answers(problem))
     rules += [f'lesson ::= "When " ({failed}) " failed" ","? (" " letters){{3}} (" " word){{0,13}} "."' if failed
               else "lesson ::= advice",
-              _STRATEGY if anchors else "strategy ::= advice"]
+              _STRATEGY if anchors else "strategy ::= advice", _VERB]
     lines = [f'"{label}: " {label.lower()}' for label, ok in (("LESSON", problem.has_failure),
                                                               ("STRATEGY", problem.has_pass)) if ok]
     return "\n".join([
@@ -427,7 +428,7 @@ def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, 
         return f"echoes the prompt ({_SHINGLE} words in a row of a worked example)"
     if _shingles(text, 3) & _DOMAIN_SHINGLES:
         return "echoes the prompt (3 words in a row about a worked example's subject)"
-    if _ANSWER_CLAIM.match(text) or _ANSWER_CLAIM.match(_CLAUSE.split(text)[-1].strip()):
+    if _ANSWER_CLAIM.match(text) or any(_ANSWER_CLAIM.match(clause.strip()) for clause in _CLAUSE.split(text)):
         return "states an answer, not advice"
     words = _WORD.findall(text)
     if len(words) < 3:
