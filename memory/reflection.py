@@ -152,7 +152,7 @@ _ECHOES = ("21 days", "weeks by seven", "wrap after december", "november", "how 
 _ANSWER_CLAIM = re.compile(
     r"^(the\s+)?(correct\s+|final\s+|right\s+)?answer\s+(is|was|should be|=)\s*[^,;]{0,24}[.!]?$"
     r"|^[^,;]{1,24}?\s+(is|was)\s+the\s+(correct\s+|final\s+|right\s+)?answer[.!]?$", re.IGNORECASE)
-"""An item (or a clause of it) that only states an answer ("The answer is 10.", "When counting, 1 is the
+"""An item (or its last clause) that only states an answer ("The answer is 10.", "When counting, 1 is the
 correct answer.") is not advice, and is often wrong."""
 _CLAUSE = re.compile(r"[,;]|->|→")
 
@@ -428,7 +428,7 @@ def _invalid(kind: Kind, text: str, *, allowed: Sequence[Kind], has_pass: bool, 
         return f"echoes the prompt ({_SHINGLE} words in a row of a worked example)"
     if _shingles(text, 3) & _DOMAIN_SHINGLES:
         return "echoes the prompt (3 words in a row about a worked example's subject)"
-    if _ANSWER_CLAIM.match(text) or any(_ANSWER_CLAIM.match(clause.strip()) for clause in _CLAUSE.split(text)):
+    if _ANSWER_CLAIM.match(text) or _ANSWER_CLAIM.match(_CLAUSE.split(text)[-1].strip()):
         return "states an answer, not advice"
     words = _WORD.findall(text)
     if len(words) < 3:
