@@ -217,8 +217,8 @@ _STRATEGY = "\n".join([
     'strategy ::= "When " (plain " "){0,3} anchor (" " plain){0,6} ", " verb (" " word){2,14} "."',
     'plain ::= [a-zA-Z] [a-z]{0,13} | "\'" [a-zA-Z0-9]{1,14} "\'" | "-"? [0-9]{1,3}',
 ])
-_VERB = "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS)
 """A strategy is a procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``."""
+_VERB = "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS)
 _MAX_ANCHORS = 40
 _ANCHOR_SUFFIX = '("s" | "es" | "ed" | "ing")?'
 _ANCHOR_ANSWER_WORDS = 3
@@ -242,9 +242,8 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     another problem's): a lesson opens with ``When <a failed answer> failed`` (the verifier's fact; the model
     writes why and what to do instead); a strategy is a procedure, ``When <situation>, <imperative> ...``, whose
     situation names an *anchor* of the problem (a content word or number of its question or short answers,
-    :func:`problem_anchors`) within its first four words. Under it every
-    completion has the parser's form; content checks (an echo of an example's phrases, repeated words, a bare
-    answer) can still reject an item."""
+    :func:`problem_anchors`) within its first four words. Under it every completion has the parser's form;
+    content checks (an echo of an example's phrases, repeated words, a bare answer) can still reject an item."""
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
     anchors = problem_anchors(problem)
     alternatives = " | ".join(f'"{a}"' for a in anchors)  # [a-z0-9] only: nothing to escape
@@ -290,8 +289,8 @@ def pattern_grammar() -> str:
 def reflection_examples(problem: Problem) -> tuple[str, ...]:
     """The worked reviews one reflection prompt shows: ``_SHOWN_EXAMPLES`` of the pool, leaving out those
     whose question shares a content word or a pair of words in a row (such as "how many") with the problem's
-    (while enough remain), in pool order from an offset that
-    the problem's key picks, so that different problems see different reviews."""
+    (while enough remain), in pool order from an offset that the problem's key picks, so that different
+    problems see different reviews."""
     own = _cues(problem.prompt) | set(problem_anchors(problem))
     far = [e for e in _REFLECTION_EXAMPLES if not own & _cues(e.split("\n", 1)[0].removeprefix("Problem:"))]
     pool = far if len(far) >= _SHOWN_EXAMPLES else list(_REFLECTION_EXAMPLES)
