@@ -141,7 +141,8 @@ def retrain_a_a(args: argparse.Namespace) -> dict[str, Any]:
              "test_n": args.test_n, "train_examples": budget, "distill": distill.model_dump(mode="json")}
     _check_setup(out, setup)
     results: dict[str, Any] = {"load_avg_start": load_average(), **{k: v for k, v in setup.items() if k != "distill"},
-                               "retrains": args.retrains, "train": distill.train.model_dump(mode="json")}
+                               "retrains": args.retrains, "engine": args.engine,
+                               "train": distill.train.model_dump(mode="json")}
     models_dir = args.models_dir or os.environ.get("PROCMEM_MODELS_CACHE") or str(_home_models())
     model_dir = local_model_dir(args.model, models_dir=models_dir)
     train_tasks = [t for suite in suites for t in load_suite(suite, split="train", n=train_n, check=build_verifier)]
