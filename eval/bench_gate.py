@@ -27,7 +27,8 @@ is scored greedily and memory-free on the same held-out test items with the gate
 (``procmem.distill.gate.evaluate``), and the gate decides every ordered pair: ``K * (K - 1)`` decisions,
 with the old point-estimate rule (``level=1.0``) beside it. Pairs share adapters, so those decisions are
 not independent; the rate over the ``K // 2`` disjoint pairs (0 vs 1, 2 vs 3, ...) is reported too, each
-with its exact (Clopper-Pearson) 95% interval. Every adapter and score file is cached under ``--out``, so
+with its exact (Clopper-Pearson) 95% interval, and a sweep of stricter ``level`` / ``min_improvement``
+settings over the same pairs. Every adapter and score file is cached under ``--out``, so
 a rerun resumes.
 
     nice -n 10 .venv/bin/python eval/bench_gate.py --retrains 6 --out /work/runs/gate-aa [--test-n 34]
@@ -61,6 +62,9 @@ POWER_CASES = ((0.10, 0.0), (0.10, 0.05), (0.10, 0.10), (0.05, 0.05), (0.20, 0.0
 POWER_SIZES = (40, 100, 200, 400)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "pmd.toml"
 _RULES = (("gate", GateConfig()), ("no_test", GateConfig(level=1.0)))
+SWEEP_LEVELS = (0.05, 0.01)
+SWEEP_GAINS = (0.01, 0.03, 0.05)
+"""The retrain A/A test also counts promotions under these stricter ``level`` x ``min_improvement`` settings."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -180,13 +184,17 @@ def retrain_a_a(args: argparse.Namespace) -> dict[str, Any]:
     disjoint = [(a, a + 1) for a in range(0, len(scores) - 1, 2)]
     for label, rule in _RULES:
         for kind, pairs in (("pairs", ordered), ("disjoint", disjoint)):
-            promoted = [(a, b) for a, b in pairs if compare(scores[a], scores[b], test_suites=suites,
-                                                            holdout_suites=[], config=rule,
-                                                            baseline_name=f"seed{a}").passed]
+            promoted = _promoted_pairs(scores, pairs, suites, rule)
             low, high = clopper_pearson(len(promoted), len(pairs))
             results[f"{label}_{kind}"] = {"decisions": len(pairs), "promotions": len(promoted),
                                          "rate": len(promoted) / len(pairs), "ci95": [round(low, 4), round(high, 4)],
                                          "promoted": [f"seed{a}->seed{b}" for a, b in promoted]}
+    results["sweep_pairs"] = [  # what stricter settings would do to the same ordered pairs
+        {"level": level, "min_improvement": gain, "decisions": len(ordered), "promotions": promoted,
+         "rate": promoted / len(ordered)}
+        for level in SWEEP_LEVELS for gain in SWEEP_GAINS
+        for promoted in [len(_promoted_pairs(scores, ordered, suites,
+                                             GateConfig(level=level, min_improvement=gain)))]]
     results["discordant_items_mean"] = sum(_discordant(scores[a], scores[b]) for a, b in ordered) / len(ordered)
     results["note"] = ("ordered pairs share adapters (each adapter is in 2*(K-1) of them), so those decisions are "
                        "not independent; the disjoint pairs are")
@@ -277,6 +285,13 @@ def _scores(path: Path, args: argparse.Namespace, models_dir: str, adapter: Path
             close()
     write_json(path, {suite: s.model_dump(mode="json") for suite, s in scores.items()})
     return scores
+
+
+def _promoted_pairs(scores: Sequence[Mapping[str, SuiteScores]], pairs: Sequence[tuple[int, int]],
+                    suites: Sequence[str], rule: GateConfig) -> list[tuple[int, int]]:
+    """The pairs ``(baseline, candidate)`` whose candidate the gate promotes under ``rule`` (no holdout)."""
+    return [(a, b) for a, b in pairs if compare(scores[a], scores[b], test_suites=suites, holdout_suites=[],
+                                                config=rule, baseline_name=f"seed{a}").passed]
 
 
 def _pooled_rate(scores: Mapping[str, SuiteScores]) -> float:

@@ -84,6 +84,9 @@ def test_the_retrain_a_a_test_trains_seeded_adapters_on_one_set_and_decides_ever
         low, high = results[f"{label}_pairs"]["ci95"]
         assert 0.0 <= low <= results[f"{label}_pairs"]["rate"] <= high <= 1.0
     assert results["gate_pairs"]["promotions"] <= results["no_test_pairs"]["promotions"]
+    sweep = {(row["level"], row["min_improvement"]): row["promotions"] for row in results["sweep_pairs"]}
+    assert sweep[(0.05, 0.01)] == results["gate_pairs"]["promotions"]
+    assert sweep[(0.01, 0.05)] <= sweep[(0.01, 0.01)] <= sweep[(0.05, 0.01)]
 
     stamps = {k: (out / f"seed{k}" / "train" / "train_result.json").stat().st_mtime_ns for k in range(3)}
     again = bench.main(argv)
