@@ -13,6 +13,7 @@ Every trace keeps its provenance: the episodes it came from and the memory entri
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -148,7 +149,8 @@ class TraceBuild:
 
 def training_items(episodes: Iterable[Episode], config: TraceConfig | None = None) -> list[TrainingItem]:
     """The problems of the train-split episodes, in generation order (failed problems first), at most
-    ``config.max_problems``.
+    ``config.max_problems``. Within a rank the suites take turns, so a cap keeps every suite's share (sorted by
+    task id alone, ``rg:chain_sum:*`` ids filled a cap of 120 before any ``rg:lcm:*`` problem was reached).
 
     Test-split episodes are ignored: the gate evaluates on them.
     """
@@ -157,8 +159,17 @@ def training_items(episodes: Iterable[Episode], config: TraceConfig | None = Non
     items = [_item(list(problem.episodes), config.max_feedback) for problem in problems]
     if not config.include_successes:
         items = [p for p in items if p.rank < 2]
-    items.sort(key=lambda p: (p.rank, p.task.id))
-    return items[:config.max_problems]
+    return sorted(items, key=_turn_order(items))[:config.max_problems]
+
+
+def _turn_order(items: Sequence[TrainingItem]) -> Callable[[TrainingItem], tuple[int, int, str, str]]:
+    """Sort key: rank, then the item's place in its suite (by task id), then suite: suites take turns."""
+    place: dict[str, int] = {}
+    seen: dict[tuple[int, str], int] = defaultdict(int)
+    for item in sorted(items, key=lambda p: (p.rank, p.task.suite, p.task.id)):
+        place[item.task.id] = seen[(item.rank, item.task.suite)]
+        seen[(item.rank, item.task.suite)] += 1
+    return lambda p: (p.rank, place[p.task.id], p.task.suite, p.task.id)
 
 
 def _item(episodes: list[Episode], max_feedback: int) -> TrainingItem:

@@ -261,7 +261,10 @@ class ProceduralRetriever:
         return MemoryContext(examples, self._insights(task, nearest), self._patterns(task, vector))
 
     def _insights(self, task: Task, nearest: Sequence[ScoredRecord]) -> tuple[Advice, ...]:
-        """Insights of the nearest problems among ``nearest`` (train-split episodes, most similar first)."""
+        """Insights of the nearest problems among ``nearest`` (train-split episodes, most similar first).
+
+        A verifier lesson about one problem ("the answer '46' was wrong 2 times here") reaches that problem
+        only; what such lessons share across problems is their suite family's pattern."""
         cfg = self.config.retrieval
         if cfg.insights <= 0:
             return ()
@@ -280,6 +283,8 @@ class ProceduralRetriever:
                 entry = entry_or_none(record)
                 if entry is None or (task.split == "test" and own in entry.problem_ids):
                     continue  # merged across the task's own problem: reflected on its own attempts
+                if entry.source == "verifier" and own not in entry.problem_ids:
+                    continue  # quotes its own problem's rejected answers: noise, even a prompt, elsewhere
                 scored.append((similarity * trust(entry, self.policy, self.config.hygiene), entry))
         scored += self._scoped(INSIGHT, task)
         return _top_advice(scored, cfg.insights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,15 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Session fixtures (the embedder writing its GGUF, ...) run before any per-test home exists: they get a
+    session home of their own, never the user's ~/.procmem."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PROCMEM_HOME", str(tmp_path_factory.mktemp("procmem-session-home")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -185,13 +185,15 @@ def config_classes() -> list[type]:
     name."""
     from procmem.core.config import Config
 
-    for name in procmem_modules():
+    modules = set(procmem_modules())
+    for name in modules:
         importlib.import_module(name)
     found: dict[str, type] = {}
     stack = list(Config.__subclasses__())
     while stack:
         cls = stack.pop()
-        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        if cls.__module__ in modules:  # not a class a test defined (alive until the garbage collector runs)
+            found[f"{cls.__module__}.{cls.__qualname__}"] = cls
         stack.extend(cls.__subclasses__())
     return sorted(found.values(), key=lambda c: c.__name__)
 

@@ -41,11 +41,21 @@ class GenerationConfig(Config):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 decodes greedily; above 0 samples.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (sampling only).")
     stop: tuple[str, ...] = Field(default=("\n",), description="Generation ends at the first of these strings.")
-    seed: int | None = Field(default=None, description="Sampling seed; None leaves the generator as it is.")
+    seed: int | None = Field(default=None, description="Sampling seed; None leaves the generator as it is. Prompt i "
+                                                       "of one generate call draws with seed + i, so copies of one "
+                                                       "prompt in a call are sampled afresh, reproducibly.")
     grammar: str | None = Field(
         default=None,
         description="A GBNF grammar (llama.cpp's format, root rule `root`) the completion must follow; honoured by "
                     "engines whose `supports_grammar` is True (llama.cpp), refused by the others.")
+
+    def for_prompt(self, index: int) -> GenerationConfig:
+        """The config prompt ``index`` of one generate call decodes with: its own seed (``seed + index``) when
+        sampling with a seed, so engines that seed each request's sampler do not draw one sample for every copy
+        of a prompt (as a teacher asking for k candidates sends them)."""
+        if self.seed is None or self.temperature <= 0 or index == 0:
+            return self
+        return self.model_copy(update={"seed": self.seed + index})
 
 
 def generation_for(task: Task, base: GenerationConfig) -> GenerationConfig:

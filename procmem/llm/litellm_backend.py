@@ -81,7 +81,7 @@ class LiteLLM:
         if len(prompts) <= 1:
             return [self._complete(p, config) for p in prompts]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda p: self._complete(p, config), prompts))
+            return list(pool.map(lambda ip: self._complete(ip[1], config.for_prompt(ip[0])), enumerate(prompts)))
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         refuse_grammar(config, "LiteLLM")

@@ -199,7 +199,8 @@ class LlamaCppLLM:
 
     def _generate(self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False,
                   adapter: _Adapter | None) -> list[Generation]:
-        requests = [self._submit(self._encode(p), config, ignore_eos=ignore_eos, adapter=adapter) for p in prompts]
+        requests = [self._submit(self._encode(p), config.for_prompt(i), ignore_eos=ignore_eos, adapter=adapter)
+                    for i, p in enumerate(prompts)]
         errors = [r.future.exception() for r in requests]
         first = next((e for e in errors if e is not None), None)
         if first is not None:

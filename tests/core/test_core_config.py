@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from procmem.agent.config import SolveConfig
-from procmem.core import Home, ProcmemError, load_config
+from procmem.core import GenerationConfig, Home, ProcmemError, load_config
 
 
 def test_config_loads_from_toml_and_overrides_win(tmp_path: Path) -> None:
@@ -60,3 +60,11 @@ def test_home_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PROCMEM_HOME", str(tmp_path / "env"))
     assert Home.resolve().root == tmp_path / "env"
     assert Home.resolve(tmp_path / "opt").root == tmp_path / "opt"
+
+
+def test_each_prompt_of_a_seeded_sampling_call_gets_its_own_seed() -> None:
+    sampled = GenerationConfig(temperature=0.8, seed=10)
+    assert [sampled.for_prompt(i).seed for i in range(3)] == [10, 11, 12]
+    assert sampled.for_prompt(2).model_copy(update={"seed": 10}) == sampled, "only the seed changes"
+    greedy, unseeded = GenerationConfig(seed=10), GenerationConfig(temperature=0.8)
+    assert greedy.for_prompt(3) is greedy and unseeded.for_prompt(3) is unseeded

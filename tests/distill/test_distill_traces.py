@@ -87,6 +87,22 @@ def test_problems_come_failed_first_without_test_items_and_without_the_failed_an
     assert len(training_items(_episodes(), TraceConfig(include_successes=False))) == 1
 
 
+def test_a_cap_on_problems_keeps_every_suites_share() -> None:
+    """Suites take turns within a rank: ids sorting ``rg:chain_sum:*`` before ``rg:lcm:*`` must not fill the cap."""
+    def never(suite: str, i: int) -> Episode:
+        task = Task(id=f"{suite}:{i:02d}", prompt=f"{suite} question {i}?", verifier="exact:nobody", suite=suite)
+        return _episode(task, "wrong")
+
+    episodes = [never(suite, i) for suite in ("rg:chain_sum", "rg:gcd", "rg:lcm") for i in range(10)]
+    solved = _episode(Task(id="rg:aaa:0", prompt="Solved at once?", verifier="regex:(?s).*", suite="rg:aaa"), "x")
+    items = training_items([solved, *episodes], TraceConfig(max_problems=6))
+    assert [p.task.suite for p in items] == ["rg:chain_sum", "rg:gcd", "rg:lcm"] * 2
+    assert [p.task.id for p in items[:3]] == ["rg:chain_sum:00", "rg:gcd:00", "rg:lcm:00"]
+    everything = training_items([solved, *episodes], TraceConfig(max_problems=100))
+    assert everything[-1].task.id == "rg:aaa:0" and [p.rank for p in everything] == [0] * 30 + [2], \
+        "failed problems still come first"
+
+
 def test_one_question_asked_under_two_task_ids_is_one_training_item() -> None:
     """Distillation groups episodes into problems as memory does (same normalised prompt or same task id)."""
     twin = Task(id="never-again", prompt="  what is 6 TIMES 7? ", verifier=NEVER.verifier, suite="s")

@@ -52,11 +52,16 @@ def test_config_discovery_finds_every_config(reference: ModuleType) -> None:
 
 def test_config_discovery_is_not_a_fixed_list(reference: ModuleType) -> None:
     class BrandNewConfig(Config):
-        """Defined here, after the package was imported."""
+        """Defined after the package was imported, as if in one of its modules."""
 
         knob: int = Field(default=1, description="A knob.")
 
-    assert BrandNewConfig in reference.config_classes()
+    class TestOnlyConfig(Config):
+        knob: int = 1
+
+    BrandNewConfig.__module__ = "procmem.core.config"
+    found = reference.config_classes()
+    assert BrandNewConfig in found and TestOnlyConfig not in found, "only classes of procmem's own modules"
 
 
 def test_discovery_imports_every_installed_module(reference: ModuleType) -> None:

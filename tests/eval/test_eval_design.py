@@ -3,8 +3,9 @@ budgets, every arm scored per seed (no copies), the paired bootstrap, and resume
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from eval_helpers import jsonl_suite
 
 from procmem.core import load_config
 from procmem.distill import Trace, TraceBuild
@@ -25,12 +26,7 @@ SUM = "rg:chain_sum?min_terms=2&max_terms=2&min_digits=2&max_digits=2"
 
 
 def _suite(path: Path, name: str, passable: bool) -> str:
-    verifier = "regex:(?s).*" if passable else "exact:an answer nobody gives"
-    rows = [{"id": f"{name}-{split}-{i}", "prompt": f"{name} question {i} ({split})?", "verifier": verifier,
-             "split": split} for split, n in (("train", 8), ("test", 12)) for i in range(n)]
-    file = path / f"{name}.jsonl"
-    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(file)
+    return jsonl_suite(path, name, passable, n_train=8, n_test=12)
 
 
 def _config(tmp_path: Path, **overrides: object) -> EvalConfig:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from eval_helpers import jsonl_suite
 from typer.testing import CliRunner
 
 from procmem.cli import app
@@ -17,13 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _suite(path: Path, name: str, passable: bool) -> str:
-    """A JSONL suite the tiny model passes (any answer is right) or fails (no answer is right)."""
-    verifier = "regex:(?s).*" if passable else "exact:an answer nobody gives"
-    rows = [{"id": f"{name}-{split}-{i}", "prompt": f"{name} question {i} ({split})?", "verifier": verifier,
-             "split": split} for split, n in (("train", 6), ("test", 10)) for i in range(n)]
-    file = path / f"{name}.jsonl"
-    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(file)
+    return jsonl_suite(path, name, passable, n_train=6, n_test=10)
 
 
 def _config(tmp_path: Path, **overrides: object) -> EvalConfig:

@@ -125,7 +125,11 @@ def test_seeded_sampling_is_reproducible_batched_or_alone(engine: LlamaCppLLM) -
     sampled = GenerationConfig(max_tokens=24, temperature=1.0, stop=(), seed=7)
     first = engine.generate(PROMPTS, sampled)
     assert engine.generate(PROMPTS, sampled) == first
-    assert [_solo(engine, p, sampled) for p in PROMPTS] == first, "a seed fixes each sequence's draws"
+    solo = [_solo(engine, p, sampled.for_prompt(i)) for i, p in enumerate(PROMPTS)]
+    assert solo == first, "a seed fixes each sequence's draws: prompt i of a call draws with seed + i"
+    twins = engine.generate([PROMPTS[0]] * 2, sampled)
+    assert twins[0].text != twins[1].text, "copies of one prompt in a call are sampled afresh (a teacher's k)"
+    assert engine.generate([PROMPTS[0]] * 2, sampled) == twins
     other = engine.generate(PROMPTS, sampled.model_copy(update={"seed": 8}))
     assert [g.text for g in other] != [g.text for g in first]
     greedy = engine.generate(PROMPTS, GREEDY.model_copy(update={"max_tokens": 24}))

@@ -118,6 +118,28 @@ def test_reflect_writes_verifier_lessons_labelled_and_scoped(tmp_path: Path, min
     assert again.verifier_insights_added == 0 and again.verifier_patterns_added == 0, "idempotent: merged"
 
 
+def test_a_problems_verifier_lessons_reach_that_problem_only(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+    """"The answer '5' was wrong 2 times here" helps a retry of that problem; on a neighbour it is noise that
+    even primes a wrong number, so similar-problem retrieval must not carry it there."""
+    from memory_helpers import ScriptedPolicy
+
+    memory = open_memory(tmp_path / "chroma", embedder=minilm)
+    for ep in FEEDBACK:
+        memory.record(ep)
+    memory.reflect(ScriptedPolicy(), consolidate=False)
+    retriever = memory.retriever()
+    own = retriever.retrieve(_failed("a2", "What is 2 * 3?", []).task, 3).text
+    assert "The answer '5' was wrong 2 times here" in own
+    neighbour_task = Task(id="n", prompt="What is 2 * 4?", verifier="rg:products", suite="rg:products?min_digits=1")
+    context = retriever.context(neighbour_task, 3)
+    assert context.insights, "the neighbour still gets the nearest problems' reflected insights"
+    neighbour = retriever.retrieve(neighbour_task, 3).text
+    for lesson in ("'5' was wrong 2 times here", "the answer '6.' was rejected", "'54' was only partly right"):
+        assert lesson not in neighbour, neighbour
+    verifier = {e.id for e in memory.entries("insight") if e.source == "verifier"}
+    assert verifier and not verifier & {a.id for a in context.insights}
+
+
 def _run(home: Home, *args: str) -> Any:
     return CliRunner().invoke(app, ["--home", str(home.root), "memory", *args])
 
