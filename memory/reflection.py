@@ -46,7 +46,7 @@ __all__ = [
     "reflection_prompt",
 ]
 
-REFLECTION_FORMAT = "5"
+REFLECTION_FORMAT = "6"
 """Version of the prompts and parser; part of every problem's reflection signature, so that a new format
 reflects again."""
 MIN_CHARS = 15
@@ -201,23 +201,45 @@ def reflection_generation(max_tokens: int) -> GenerationConfig:
 
 GRAMMAR_LINES = 2
 """Most lines a constrained reflection may write (a small model repeats itself after two)."""
-_ADVICE_RULES = (
-    "first ::= [A-Z] [a-z]{1,13}",
-    'letters ::= [a-zA-Z] [a-z]{0,13} ","?',
-    'word ::= [a-zA-Z] [a-z]{0,13} ","? | "-"? [0-9]{1,3} ","? | "\'" [a-zA-Z0-9]{1,14} "\'" ","? | "->" '
-    '| "(" [a-z]{1,12} ")"',
-)
-_FREE_ADVICE = 'advice ::= first (" " letters){2} (" " word){3,11} "."'
-_ANCHORED_ADVICE = 'advice ::= first (" " word){0,3} " " anchor (" " letters){2} (" " word){0,14} "."'
 _VERBS = ("add", "avoid", "check", "choose", "compare", "count", "divide", "do not", "find", "give", "keep", "list",
           "look", "multiply", "name", "never", "put", "read", "reply", "spell", "start", "subtract", "take", "try",
           "use", "work out", "write")
 """Imperatives a strategy's advice may open with (generic: none names a task)."""
-_STRATEGY = "\n".join([
-    'strategy ::= "When " (plain " "){0,3} anchor (" " plain){0,6} ", " verb (" " word){2,14} "."',
-    'plain ::= [a-zA-Z] [a-z]{0,13} | "\'" [a-zA-Z0-9]{1,14} "\'" | "-"? [0-9]{1,3}',
+_VOCABULARY_TEXT = """
+a about above add added adding after again all alone also always an and another answer answered answers any
+are as at away be before begin below between both but by calculate call can carry change character characters
+check checked choose clause compare copy correct count counted counting cut decimal did different digit digits
+divide divided do does double each either else end equal equals even every exact exactly extra fail failed
+false few find first fix follow for form format from full get give given gives go greater half has have higher
+how if in include instead integer into is it its itself join just keep last least left less line list long
+longer look lower make makes many mark match minus missed missing more most much multiply must name need needs
+negative never new next no not note nothing number numbers of off on once one only or order other out over pair
+part pass passed place plus position positive product products put question quotient read remainder remove
+repeat repeating reply result right same say second see separate short shorter show sign single size skip small
+smaller so space spell split start state step steps subtract sum take tens than that the their them then there
+these they third this those three through times to together total true try twice two under unit units until up
+use used using value values was way well were what when where whether which while whole with without word words
+work write wrong zero
+"""
+_VOCABULARY = tuple(dict.fromkeys((*_VOCABULARY_TEXT.split(), *(w for verb in _VERBS for w in verb.split()))))
+"""The words a constrained reflection may write besides its problem's own (:func:`problem_anchors`), numbers and
+quoted letters: the language of procedures (steps, digits, order, checks), none of it a worked review's subject
+(no mouse, month, ocean or planet), so that a small model cannot copy a review instead of reading its problem."""
+_ADVICE_RULES = (
+    "letters ::= known \",\"?",
+    'word ::= known ","? | number ","? " " known ","? | quoted ","? | "->" | "(" known ")"',
+    'number ::= "-"? [0-9]{1,3}',
+    "quoted ::= \"'\" ([a-zA-Z] | known) \"'\"",
+    'end ::= (" " number)? "."',
+)
+"""A number is followed by a word or ends the line (a small model otherwise loops on "15, 15, 15, ...")."""
+_FREE_ADVICE = 'advice ::= first (" " letters){2} (" " word){3,11} end'
+_PROCEDURE = "\n".join([
+    'procedure ::= "When " (plain " "){0,3} anchor (" " (plain | number)){0,6} ", " verb (" " word){2,14} end',
+    "plain ::= known | quoted",
 ])
-"""A strategy is a procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``."""
+"""A procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``: every strategy,
+and a lesson that cannot open with its failed answer."""
 _VERB = "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS)
 _MAX_ANCHORS = 40
 _ANCHOR_SUFFIX = '("s" | "es" | "ed" | "ing")?'
@@ -232,6 +254,35 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 """Words that name no problem: no anchor, and no content word of a copied phrase."""
 
 
+def _trie(words: Sequence[str]) -> str:
+    """A GBNF expression matching exactly ``words``, as a trie: a shared prefix is written once, so the engine
+    tracks one branch per distinct next letter rather than one per word."""
+    root: dict[str, dict] = {}
+    for word in words:
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _trie_node(root)
+
+
+def _trie_node(node: dict[str, dict]) -> str:
+    branches = []
+    for char, child in sorted((c, n) for c, n in node.items() if c):
+        run = char
+        while len(child) == 1 and "" not in child:
+            ((char, child),) = child.items()
+            run += char
+        rest = _trie_node(child)
+        branches.append(f'"{run}" {rest}' if rest else f'"{run}"')
+    if not branches:
+        return ""
+    alternatives = " | ".join(branches)
+    if "" in node:
+        return f"({alternatives})?"
+    return f"({alternatives})" if len(branches) > 1 else alternatives
+
+
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
     to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of at most 22 words ended by a full stop; a
@@ -240,18 +291,21 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
 
     Each line must speak of its own problem, so that it cannot reproduce a worked example (whose words are
     another problem's): a lesson opens with ``When <a failed answer> failed`` (the verifier's fact; the model
-    writes why and what to do instead); a strategy is a procedure, ``When <situation>, <imperative> ...``, whose
+    may say why, then what to do, after a comma or ``->``, starting with an imperative); a strategy (and a lesson
+    whose failed answers are too long to quote) is a procedure, ``When <situation>, <imperative> ...``, whose
     situation names an *anchor* of the problem (a content word or number of its question or short answers,
-    :func:`problem_anchors`) within its first four words. Under it every completion has the parser's form;
-    content checks (an echo of an example's phrases, repeated words, a bare answer) can still reject an item."""
+    :func:`problem_anchors`) within its first four words. Every other word is a procedure word
+    (:data:`_VOCABULARY`), one of the problem's anchors, a number followed by a word or ending the line, or a
+    quoted letter. Under it every completion has the parser's form; content checks (a run of a worked example's
+    words, repeated words, a stated answer) can still reject an item."""
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
     anchors = problem_anchors(problem)
-    alternatives = " | ".join(f'"{a}"' for a in anchors)  # [a-z0-9] only: nothing to escape
-    rules = [_ANCHORED_ADVICE, f'anchor ::= ({alternatives}) {_ANCHOR_SUFFIX} ","?'] if anchors else [_FREE_ADVICE]
+    opening = "procedure" if anchors else "advice"
+    rules = ([_PROCEDURE, *_anchor_rules(anchors)] if anchors else [_FREE_ADVICE, "known ::= vocabulary"])
     failed = " | ".join(f'"{answer}"' for answer in _failed_answers(problem))
-    rules += [f'lesson ::= "When " ({failed}) " failed" ","? (" " letters){{3}} (" " word){{0,13}} "."' if failed
-              else "lesson ::= advice",
-              _STRATEGY if anchors else "strategy ::= advice", _VERB]
+    lesson = (f'"When " ({failed}) " failed" (" " word){{0,8}} ("," | " ->") " " verb (" " word){{1,12}} end'
+              if failed else opening)
+    rules += [f"lesson ::= {lesson}", f"strategy ::= {opening}", _VERB]
     lines = [f'"{label}: " {label.lower()}' for label, ok in (("LESSON", problem.has_failure),
                                                               ("STRATEGY", problem.has_pass)) if ok]
     return "\n".join([
@@ -259,7 +313,23 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
         f"line ::= {' | '.join(lines)}",
         *rules,
         *_ADVICE_RULES,
+        *_VOCABULARY_RULES,
     ])
+
+
+_VOCABULARY_RULES = (f"vocabulary ::= {_trie(_VOCABULARY)}",
+                     f"first ::= {_trie([w.capitalize() for w in _VOCABULARY])}")
+"""Grammar rules: ``vocabulary``, a word of :data:`_VOCABULARY`; ``first``, one capitalised to open a line."""
+
+
+def _anchor_rules(anchors: Sequence[str]) -> list[str]:
+    """``anchor``: a word (with a plural or verb ending) or number of the problem; ``known``: a word the
+    advice may write, from the vocabulary or the problem's own words (its numbers go through ``number``)."""
+    words = [a for a in anchors if not a.isdigit()]
+    numbers = [a for a in anchors if a.isdigit()]
+    own = [f"own ::= ({' | '.join(f'{chr(34)}{w}{chr(34)}' for w in words)}) {_ANCHOR_SUFFIX}"] if words else []
+    either = " | ".join([*(["own"] if words else []), *(f'"{n}"' for n in numbers)])  # [a-z0-9]: nothing to escape
+    return [*own, f'anchor ::= ({either}) ","?', "known ::= vocabulary" + (" | own" if words else "")]
 
 
 def _failed_answers(problem: Problem) -> tuple[str, ...]:
@@ -283,7 +353,8 @@ def problem_anchors(problem: Problem) -> tuple[str, ...]:
 def pattern_grammar() -> str:
     """The GBNF grammar of a pattern summary's completion (it continues ``PATTERN:``): one sentence of
     :func:`reflection_grammar`'s form, with no anchor (a pattern spans problems)."""
-    return "\n".join(['root ::= " " advice', _FREE_ADVICE, *_ADVICE_RULES])
+    return "\n".join(['root ::= " " advice', _FREE_ADVICE, "known ::= vocabulary", *_ADVICE_RULES,
+                      *_VOCABULARY_RULES])
 
 
 def reflection_examples(problem: Problem) -> tuple[str, ...]:

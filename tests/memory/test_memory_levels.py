@@ -251,3 +251,45 @@ def test_under_the_grammar_the_tiny_model_speaks_of_its_own_problem(tmp_path: Pa
     assert lesson.startswith((" When 1 failed", " When 7 failed")), outputs[0]
     words = outputs[1].splitlines()[0].lower().replace(",", " ").split()[:5]
     assert any(w.startswith(problem_anchors(problems[1])) for w in words), outputs[1]
+
+
+def test_the_vocabulary_trie_matches_its_words_and_no_other(tmp_path: Path, tiny_gguf: Path) -> None:
+    """The trie writes each shared prefix once; under it the random model writes only listed words."""
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.memory.reflection import _trie
+
+    words = ("a", "an", "and", "answer", "add", "by")
+    assert _trie(words) == '("a" ("dd" | "n" ("d" | "swer")?)? | "by")'
+    grammar = f'root ::= w (" " w){{5,9}} "."\nw ::= {_trie(words)}'
+    sampled = reflection_generation(48).model_copy(update={"temperature": 1.0, "seed": 11, "stop": (),
+                                                           "grammar": grammar})
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=1, n_threads=1)) as llm:
+        text = llm.generate(["Words:"], sampled)[0].text
+    written = text.rstrip(".").split()
+    assert len(written) >= 6 and set(written) <= set(words), text
+
+
+def test_under_the_grammar_every_word_is_a_procedure_word_or_the_problems_own(tmp_path: Path,
+                                                                             tiny_gguf: Path) -> None:
+    """A random model, sampled freely under the grammar, writes nothing but the procedure vocabulary, its
+    problem's anchors, numbers and quoted letters: no worked review's subject (mouse, month, ocean) can appear."""
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    import re
+
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.memory.reflection import _VOCABULARY, pattern_grammar, problem_anchors
+
+    problems = sorted(group_problems([_letters("f", "paperwork", ["1", "7"], False),
+                                      _letters("p", "banana", ["3"], True)]), key=lambda p: p.has_pass)
+    sampled = reflection_generation(96).model_copy(update={"temperature": 1.0, "seed": 5})
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=2, n_threads=1)) as llm:
+        texts = [(problem_anchors(p), llm.generate([reflection_prompt(p)], sampled.model_copy(
+            update={"grammar": reflection_grammar(p)}))[0].text) for p in problems]
+        texts.append(((), llm.generate(["PATTERN:"], sampled.model_copy(update={"grammar": pattern_grammar()}))
+                      [0].text))
+    for anchors, text in texts:
+        for word in re.findall(r"[A-Za-z]+", text.replace("LESSON:", "").replace("STRATEGY:", "")):
+            lowered = word.lower()
+            assert (lowered in _VOCABULARY or len(word) == 1
+                    or any(lowered in (a, a + "s", a + "es", a + "ed", a + "ing") for a in anchors)), (word, text)
