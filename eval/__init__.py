@@ -14,6 +14,7 @@ from procmem.eval.experiment import (
     match_budget,
     run_experiment,
     stage_timings,
+    trace_counts,
 )
 from procmem.eval.report import (
     COMPARISONS,
@@ -55,5 +56,6 @@ __all__ = [
     "run_experiment",
     "stage_timings",
     "summarise",
+    "trace_counts",
     "write_report",
 ]

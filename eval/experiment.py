@@ -37,6 +37,7 @@ import dataclasses
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Splits", "Suites", "finished_scores", "load_splits",
-           "load_suites", "match_budget", "run_experiment", "stage_timings"]
+           "load_suites", "match_budget", "run_experiment", "stage_timings", "trace_counts"]
 
 _CONFIG_FILE = "config.json"
 
@@ -557,6 +558,25 @@ def stage_timings(config: EvalConfig, out: Path) -> list[dict[str, Any]]:
                         row[f"{arm}:train"] = read_json(done).get("seconds")
             if len(row) > 2:
                 rows.append(row)
+    return rows
+
+
+def trace_counts(config: EvalConfig, out: Path) -> list[dict[str, Any]]:
+    """What each trained arm's traces stage gave, one row per seed, round and arm (what is finished so far):
+    the problems its teacher was given (0 for ``rft``, which has no teacher), the candidates it wrote, and the
+    distinct problems with a verified trace, in all and per suite (for ``rft``: its own verified successes)."""
+    rows: list[dict[str, Any]] = []
+    for seed in config.seeds:
+        for round_ in range(1, config.rounds + 1):
+            for arm in config.arms:
+                build = load_trace_build(out / f"seed{seed}" / f"round{round_}" / arm / "traces")
+                if build is None:
+                    continue
+                verified = {t.task_id: t.suite for t in build.kept if t.status == "kept"}
+                rows.append({"seed": seed, "round": round_, "arm": arm, "problems": len(build.contexts),
+                             "candidates": len(build.kept) + len(build.rejected) if build.contexts else 0,
+                             "verified_problems": len(verified),
+                             "verified_by_suite": dict(sorted(Counter(verified.values()).items()))})
     return rows
 
 

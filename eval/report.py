@@ -10,7 +10,7 @@ from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, Arm, EvalConfig
-from procmem.eval.experiment import ArmScores, load_splits, stage_timings
+from procmem.eval.experiment import ArmScores, load_splits, stage_timings, trace_counts
 
 __all__ = ["COMPARISONS", "RESULTS_SCHEMA", "Difference", "Summary", "bootstrap_ci", "differences",
            "majority_baselines", "paired_bootstrap", "summarise", "write_report"]
@@ -202,6 +202,7 @@ def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, 
     results["differences"] = [_difference_dict(d) for d in differences(scores, config)]
     results["uplift"] = _stage_rows(out, config, "uplift.json")
     results["stage_timings_s"] = stage_timings(config, out)
+    results["traces"] = trace_counts(config, out)
     write_json(out / "results.json", results)
     _plot_rounds(summaries, out / "accuracy_by_round.png")
     _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
@@ -308,6 +309,14 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
     for s in final:
         if s.train_examples:
             lines.append(f"| {s.arm} | {s.train_examples:.0f} | {s.train_steps:.0f} | {s.distinct_traces:.0f} |")
+    lines += ["", "## Training data per round (problems with a verified trace; rft: the agent's own successes)", "",
+              "| seed | round | arm | problems given to the teacher | candidates | problems verified | "
+              + " | ".join(map(_short, config.train_suites)) + " |", "|---:|---:|---|---:|---:|---:|"
+              + "---:|" * len(config.train_suites)]
+    for row in results["traces"]:
+        lines.append(f"| {row['seed']} | {row['round']} | {row['arm']} | {row['problems'] or 'n/a'} | "
+                     f"{row['candidates'] or 'n/a'} | {row['verified_problems']} | "
+                     + " | ".join(str(row["verified_by_suite"].get(x, 0)) for x in config.train_suites) + " |")
     lines += ["", "## Memory uplift on train items (the round's policy with memory vs memory-free, %)", "",
               "| seed | round | suite | n | with memory | memory-free | uplift |",
               "|---:|---:|---|---:|---:|---:|---:|"]

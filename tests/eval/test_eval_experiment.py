@@ -11,7 +11,15 @@ from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import ProcmemError, Task, load_config
-from procmem.eval import ARMS, RESULTS_SCHEMA, EvalConfig, PlaceboRetriever, bootstrap_ci, run_experiment
+from procmem.eval import (
+    ARMS,
+    RESULTS_SCHEMA,
+    EvalConfig,
+    PlaceboRetriever,
+    bootstrap_ci,
+    run_experiment,
+    trace_counts,
+)
 from procmem.memory import Retrieval
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +60,14 @@ def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path
     assert reflection["calls"] <= config.reflect_max_calls and reflection["stats"]["experience"] >= 6
     by_arm = {s.arm: s for s in scores if s.round == 1}
     assert by_arm["base+memory"].holdout == {}
+    traces = {(row["arm"], row["round"]): row for row in trace_counts(config, out)}
+    assert set(traces) == {(arm, r) for arm in ("rft", "pmd", "placebo") for r in (1, 2)} | {("pmd-frozen", 2)}
+    easy, hard = config.train_suites
+    assert traces[("rft", 1)] == {"seed": 0, "round": 1, "arm": "rft", "problems": 0, "candidates": 0,
+                                  "verified_problems": 3, "verified_by_suite": {easy: 3}}
+    teacher = traces[("pmd", 1)]
+    assert teacher["problems"] == 6 and teacher["candidates"] == 6 * config.distill.traces.k
+    assert teacher["verified_by_suite"] == {easy: 3} and hard not in teacher["verified_by_suite"]
 
     stamp = (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns
     again = run_experiment(config, out, quiet=True)
@@ -85,6 +101,8 @@ def test_cli_runs_the_smoke_config_and_writes_the_report(tmp_path: Path) -> None
     report = (out / "report.md").read_text()
     assert "| pmd |" in report and "accuracy_by_round.png" in report
     assert "Majority-answer baseline" in report and "| *majority answer* |" in report
+    assert len(results["traces"]) == 2 * (3 * 2 + 1)  # 2 seeds x (rft, pmd, placebo in 2 rounds + pmd-frozen)
+    assert "## Training data per round" in report and "| 0 | 1 | pmd |" in report
     assert set(results["majority_baseline"]) == {*results["config"]["train_suites"],
                                                  *results["config"]["holdout_suites"]}
 
