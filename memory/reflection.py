@@ -204,7 +204,7 @@ GRAMMAR_LINES = 2
 _VERBS = ("add", "avoid", "check", "choose", "compare", "count", "divide", "do not", "find", "give", "keep", "list",
           "look", "multiply", "name", "never", "put", "read", "reply", "spell", "start", "subtract", "take", "try",
           "use", "work out", "write")
-"""Imperatives a strategy's advice may open with (generic: none names a task)."""
+"""Imperatives the advice of a strategy or lesson opens with (generic: none names a task)."""
 _VOCABULARY_TEXT = """
 a about above add added adding after again all alone also always an and another answer answered answers any
 are as at away be before begin below between both but by calculate call can carry change character characters
@@ -283,6 +283,11 @@ def _trie_node(node: dict[str, dict]) -> str:
     return f"({alternatives})" if len(branches) > 1 else alternatives
 
 
+_VOCABULARY_RULES = (f"vocabulary ::= {_trie(_VOCABULARY)}",
+                     f"first ::= {_trie([w.capitalize() for w in _VOCABULARY])}")
+"""Grammar rules: ``vocabulary``, a word of :data:`_VOCABULARY`; ``first``, one capitalised to open a line."""
+
+
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
     to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of at most 22 words ended by a full stop; a
@@ -317,18 +322,14 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     ])
 
 
-_VOCABULARY_RULES = (f"vocabulary ::= {_trie(_VOCABULARY)}",
-                     f"first ::= {_trie([w.capitalize() for w in _VOCABULARY])}")
-"""Grammar rules: ``vocabulary``, a word of :data:`_VOCABULARY`; ``first``, one capitalised to open a line."""
-
-
 def _anchor_rules(anchors: Sequence[str]) -> list[str]:
     """``anchor``: a word (with a plural or verb ending) or number of the problem; ``known``: a word the
     advice may write, from the vocabulary or the problem's own words (its numbers go through ``number``)."""
     words = [a for a in anchors if not a.isdigit()]
     numbers = [a for a in anchors if a.isdigit()]
-    own = [f"own ::= ({' | '.join(f'{chr(34)}{w}{chr(34)}' for w in words)}) {_ANCHOR_SUFFIX}"] if words else []
-    either = " | ".join([*(["own"] if words else []), *(f'"{n}"' for n in numbers)])  # [a-z0-9]: nothing to escape
+    quoted = [f'"{w}"' for w in words]  # anchors are [a-z0-9]: nothing to escape
+    own = [f"own ::= ({' | '.join(quoted)}) {_ANCHOR_SUFFIX}"] if words else []
+    either = " | ".join([*(["own"] if words else []), *(f'"{n}"' for n in numbers)])
     return [*own, f'anchor ::= ({either}) ","?', "known ::= vocabulary" + (" | own" if words else "")]
 
 
