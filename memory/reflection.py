@@ -46,7 +46,7 @@ __all__ = [
     "reflection_prompt",
 ]
 
-REFLECTION_FORMAT = "6"
+REFLECTION_FORMAT = "7"
 """Version of the prompts and parser; part of every problem's reflection signature, so that a new format
 reflects again."""
 MIN_CHARS = 15
@@ -225,19 +225,22 @@ _VOCABULARY = tuple(dict.fromkeys((*_VOCABULARY_TEXT.split(), *(w for verb in _V
 """The words a constrained reflection may write besides its problem's own (:func:`problem_anchors`), numbers and
 quoted letters: the language of procedures (steps, digits, order, checks), none of it a worked review's subject
 (no mouse, month, ocean or planet), so that a small model cannot copy a review instead of reading its problem."""
+_COPULAS = frozenset({"is", "was", "are", "were", "be"})
+"""Words a situation may use but advice may not: advice says what to do ("find the least common multiple"),
+and a small model that may write "is" after its verb ends with "the answer is 36", which validation rejects."""
 _ADVICE_RULES = (
-    "letters ::= known \",\"?",
-    'word ::= known ","? | number ","? " " known ","? | quoted ","? | "->" | "(" known ")"',
+    "letters ::= said \",\"?",
+    'word ::= said ","? | number ","? " " said ","? | quoted ","? | "->" | "(" said ")"',
+    'situation ::= (","? " " (plain | number)){0,6}',
+    "plain ::= known | quoted",
     'number ::= "-"? [0-9]{1,3}',
     "quoted ::= \"'\" ([a-zA-Z] | known) \"'\"",
     'end ::= (" " number)? "."',
 )
-"""A number is followed by a word or ends the line (a small model otherwise loops on "15, 15, 15, ...")."""
+"""Advice words (``word``) are said without a copula; a number is followed by a word or ends the line (a small
+model otherwise loops on "15, 15, 15, ..."). A situation may list numbers and words with commas."""
 _FREE_ADVICE = 'advice ::= first (" " letters){2} (" " word){3,11} end'
-_PROCEDURE = "\n".join([
-    'procedure ::= "When " (plain " "){0,3} anchor (" " (plain | number)){0,6} ", " verb (" " word){2,14} end',
-    "plain ::= known | quoted",
-])
+_PROCEDURE = 'procedure ::= "When " (plain " "){0,3} anchor situation ", " verb (" " word){2,14} end'
 """A procedure: ``When <its situation, naming a word of the question>, <an imperative> ...``: every strategy,
 and a lesson that cannot open with its failed answer."""
 _VERB = "verb ::= " + " | ".join(f'"{verb}"' for verb in _VERBS)
@@ -284,8 +287,11 @@ def _trie_node(node: dict[str, dict]) -> str:
 
 
 _VOCABULARY_RULES = (f"vocabulary ::= {_trie(_VOCABULARY)}",
+                     f"spoken ::= {_trie([w for w in _VOCABULARY if w not in _COPULAS])}",
                      f"first ::= {_trie([w.capitalize() for w in _VOCABULARY])}")
-"""Grammar rules: ``vocabulary``, a word of :data:`_VOCABULARY`; ``first``, one capitalised to open a line."""
+"""Grammar rules: ``vocabulary``, a word of :data:`_VOCABULARY`; ``spoken``, one that is not a copula;
+``first``, one capitalised to open a line."""
+_ANCHORLESS_RULES = ("known ::= vocabulary", "said ::= spoken")
 
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
@@ -306,9 +312,9 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     more = max(0, min(max_items, GRAMMAR_LINES) - 1)
     anchors = problem_anchors(problem)
     opening = "procedure" if anchors else "advice"
-    rules = ([_PROCEDURE, *_anchor_rules(anchors)] if anchors else [_FREE_ADVICE, "known ::= vocabulary"])
+    rules = [_PROCEDURE, *_anchor_rules(anchors)] if anchors else [_FREE_ADVICE, *_ANCHORLESS_RULES]
     failed = " | ".join(f'"{answer}"' for answer in _failed_answers(problem))
-    lesson = (f'"When " ({failed}) " failed" (" " word){{0,8}} ("," | " ->") " " verb (" " word){{1,12}} end'
+    lesson = (f'"When " ({failed}) " failed" situation ("," | " ->") " " verb (" " word){{1,12}} end'
               if failed else opening)
     rules += [f"lesson ::= {lesson}", f"strategy ::= {opening}", _VERB]
     lines = [f'"{label}: " {label.lower()}' for label, ok in (("LESSON", problem.has_failure),
@@ -323,14 +329,16 @@ def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
 
 
 def _anchor_rules(anchors: Sequence[str]) -> list[str]:
-    """``anchor``: a word (with a plural or verb ending) or number of the problem; ``known``: a word the
-    advice may write, from the vocabulary or the problem's own words (its numbers go through ``number``)."""
+    """``anchor``: a word (with a plural or verb ending) or number of the problem; ``known`` and ``said``: a word
+    a situation or an advice may write, from the vocabulary (``said``: without copulas) or the problem's own
+    words (its numbers go through ``number``)."""
     words = [a for a in anchors if not a.isdigit()]
     numbers = [a for a in anchors if a.isdigit()]
     quoted = [f'"{w}"' for w in words]  # anchors are [a-z0-9]: nothing to escape
     own = [f"own ::= ({' | '.join(quoted)}) {_ANCHOR_SUFFIX}"] if words else []
     either = " | ".join([*(["own"] if words else []), *(f'"{n}"' for n in numbers)])
-    return [*own, f'anchor ::= ({either}) ","?', "known ::= vocabulary" + (" | own" if words else "")]
+    mine = " | own" if words else ""
+    return [*own, f"anchor ::= {either}", f"known ::= vocabulary{mine}", f"said ::= spoken{mine}"]
 
 
 def _failed_answers(problem: Problem) -> tuple[str, ...]:
@@ -354,7 +362,7 @@ def problem_anchors(problem: Problem) -> tuple[str, ...]:
 def pattern_grammar() -> str:
     """The GBNF grammar of a pattern summary's completion (it continues ``PATTERN:``): one sentence of
     :func:`reflection_grammar`'s form, with no anchor (a pattern spans problems)."""
-    return "\n".join(['root ::= " " advice', _FREE_ADVICE, "known ::= vocabulary", *_ADVICE_RULES,
+    return "\n".join(['root ::= " " advice', _FREE_ADVICE, *_ANCHORLESS_RULES, *_ADVICE_RULES,
                       *_VOCABULARY_RULES])
 
 

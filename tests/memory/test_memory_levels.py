@@ -293,3 +293,20 @@ def test_under_the_grammar_every_word_is_a_procedure_word_or_the_problems_own(tm
             lowered = word.lower()
             assert (lowered in _VOCABULARY or len(word) == 1
                     or any(lowered in (a, a + "s", a + "es", a + "ed", a + "ing") for a in anchors)), (word, text)
+
+
+def test_advice_under_the_grammar_says_what_to_do_without_a_copula(tiny_gguf: Path) -> None:
+    """After its opening word, a pattern (and every advice clause) is written without is/was/are/were/be, so a
+    small model cannot end it with "the answer is 36"; 16 random samples, each drawing with its own seed."""
+    pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.memory.reflection import _COPULAS, pattern_grammar
+
+    sampled = reflection_generation(64).model_copy(update={"temperature": 1.0, "seed": 9,
+                                                           "grammar": pattern_grammar()})
+    with LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=4, n_threads=1)) as llm:
+        texts = [g.text for g in llm.generate(["PATTERN:"] * 16, sampled)]
+    assert len(set(texts)) > 8, texts
+    for text in texts:
+        later = [w.strip(",.'()").lower() for w in text.split()[1:]]
+        assert not _COPULAS & set(later), text
