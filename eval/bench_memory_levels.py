@@ -37,8 +37,11 @@ DEFAULT_SUITES = (
     "rg:products?min_terms=2&max_terms=2&min_digits=1&max_digits=1",
     "rg:chain_sum?min_terms=2&max_terms=2&min_digits=1&max_digits=1",
     "rg:letter_counting?min_words=1&max_words=3",
+    "rg:gcd?min_numbers=2&max_numbers=2&min_value=1&max_value=60",
+    "rg:lcm?min_numbers=2&max_numbers=2&min_value=1&max_value=40",
 )
-"""Easy configs the bundled base model partly solves (shared/README.md), so problems have passes and failures."""
+"""Easy configs the bundled base model partly solves (shared/README.md), so problems have passes and failures,
+and two of the evidence experiment's suites (lcm: every attempt fails, so every reflection is a lesson)."""
 _TARGET_INSIGHTS = 5
 _TARGET_PATTERNS = 1
 _TARGET_PARSE_RATE = 0.9
