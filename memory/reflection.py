@@ -296,7 +296,7 @@ _ANCHORLESS_RULES = ("known ::= vocabulary", "said ::= spoken")
 
 def reflection_grammar(problem: Problem, *, max_items: int = 4) -> str:
     """The GBNF grammar a reflection's completion must follow (it continues :func:`reflection_primer`): one
-    to ``min(max_items, GRAMMAR_LINES)`` lines, each a sentence of at most 22 words ended by a full stop; a
+    to ``min(max_items, GRAMMAR_LINES)`` lines, each one sentence of bounded length ended by a full stop; a
     later line starts with a label the problem supports (``LESSON:`` needs a failed attempt, ``STRATEGY:`` a
     passed one).
 
