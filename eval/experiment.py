@@ -68,7 +68,8 @@ from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Splits", "Suites", "finished_scores", "load_splits",
-           "load_suites", "match_budget", "run_experiment", "stage_timings", "trace_counts"]
+           "load_suites", "match_budget", "run_experiment", "stage_dir", "stage_timings",
+           "trace_counts"]
 
 _CONFIG_FILE = "config.json"
 
@@ -478,8 +479,8 @@ class Experiment:
         return path
 
     def _stage(self, seed: int, round_: int, arm: str | None = None) -> Path:
-        path = self._seed_dir(seed) / f"round{round_}"
-        return path / arm if arm else path
+        self._seed_dir(seed)
+        return stage_dir(self.out, seed, round_, arm)
 
     def _check_out_dir(self) -> None:
         """An output directory holds one experiment: resuming with a different config would mix results."""
@@ -535,13 +536,19 @@ def run_experiment(config: EvalConfig, out: Path, *, seeds: Sequence[int] | None
     return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run(seeds)
 
 
+def stage_dir(out: Path, seed: int, round_: int, arm: str | None = None) -> Path:
+    """Where a run in ``out`` caches round ``round_`` of ``seed`` (and, with ``arm``, that arm's stages)."""
+    path = out / f"seed{seed}" / f"round{round_}"
+    return path / arm if arm else path
+
+
 def stage_timings(config: EvalConfig, out: Path) -> list[dict[str, Any]]:
     """Seconds per stage as measured, one row per seed and round: collect, reflect, uplift, and per arm
     traces / train / eval (what is finished so far)."""
     rows: list[dict[str, Any]] = []
     for seed in config.seeds:
         for round_ in range(1, config.rounds + 1):
-            stage = out / f"seed{seed}" / f"round{round_}"
+            stage = stage_dir(out, seed, round_)
             row: dict[str, Any] = {"seed": seed, "round": round_}
             for name in ("collect", "reflect", "uplift"):
                 path = stage / f"{name}.json"
@@ -569,7 +576,7 @@ def trace_counts(config: EvalConfig, out: Path) -> list[dict[str, Any]]:
     for seed in config.seeds:
         for round_ in range(1, config.rounds + 1):
             for arm in config.arms:
-                build = load_trace_build(out / f"seed{seed}" / f"round{round_}" / arm / "traces")
+                build = load_trace_build(stage_dir(out, seed, round_, arm) / "traces")
                 if build is None:
                     continue
                 verified = {t.task_id: t.suite for t in build.kept if t.status == "kept"}
@@ -586,7 +593,7 @@ def finished_scores(config: EvalConfig, out: Path) -> list[ArmScores]:
     for seed in config.seeds:
         for round_ in range(1, config.rounds + 1):
             for arm in config.arms:
-                path = out / f"seed{seed}" / f"round{round_}" / arm / "scores.json"
+                path = stage_dir(out, seed, round_, arm) / "scores.json"
                 if path.exists():
                     scores.append(ArmScores.from_dict(read_json(path)))
     return scores

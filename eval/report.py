@@ -10,7 +10,7 @@ from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, Arm, EvalConfig
-from procmem.eval.experiment import ArmScores, load_splits, stage_timings, trace_counts
+from procmem.eval.experiment import ArmScores, load_splits, stage_dir, stage_timings, trace_counts
 
 __all__ = ["COMPARISONS", "RESULTS_SCHEMA", "Difference", "Summary", "bootstrap_ci", "differences",
            "majority_baselines", "paired_bootstrap", "summarise", "write_report"]
@@ -236,7 +236,7 @@ def _stage_rows(out: Path, config: EvalConfig, name: str) -> list[dict[str, Any]
     rows = []
     for seed in config.seeds:
         for round_ in range(1, config.rounds + 1):
-            path = out / f"seed{seed}" / f"round{round_}" / name
+            path = stage_dir(out, seed, round_) / name
             if path.exists():
                 rows.append({"seed": seed, "round": round_, **read_json(path)})
     return rows
