@@ -227,25 +227,13 @@ def reference_build(tasks: Sequence[Task]) -> TraceBuild:
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval of a binomial proportion ``k / n``."""
+    """The exact (Clopper-Pearson) interval of a binomial proportion ``k / n`` (scipy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
     if n <= 0:
         return 0.0, 1.0
-    tail = (1.0 - confidence) / 2
-
-    def at_least(p: float) -> float:  # P(X >= k | p)
-        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
-
-    def solve(target: Any) -> float:  # the p where the monotone target(p) crosses 0, by bisection
-        low, high = 0.0, 1.0
-        for _ in range(60):
-            mid = (low + high) / 2
-            low, high = (mid, high) if target(mid) < 0 else (low, mid)
-        return (low + high) / 2
-
-    lower = 0.0 if k == 0 else solve(lambda p: at_least(p) - tail)
-    upper = 1.0 if k == n else solve(lambda p: tail - (1.0 - at_least(p) + math.comb(n, k) * p**k
-                                                         * (1 - p) ** (n - k)))
-    return lower, upper
+    interval = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
 
 
 def _check_setup(out: Path, setup: dict[str, Any]) -> None:
