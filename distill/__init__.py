@@ -27,6 +27,7 @@ from procmem.distill.config import (
 )
 from procmem.distill.gate import GateReport, PairedTest, SuiteResult, compare, evaluate, gate_table, mcnemar
 from procmem.distill.objectives import (
+    ForwardingObjective,
     MixedObjective,
     Objective,
     ObjectiveLoss,
@@ -60,6 +61,7 @@ __all__ = [
     "DistillDeps",
     "DistillResult",
     "Example",
+    "ForwardingObjective",
     "GateConfig",
     "GateReport",
     "LoraSettings",

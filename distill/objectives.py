@@ -44,6 +44,7 @@ from procmem.distill.traces import Example, TraceBuild
 
 __all__ = [
     "Example",
+    "ForwardingObjective",
     "MixedObjective",
     "Objective",
     "ObjectiveLoss",
@@ -399,3 +400,33 @@ class MixedObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.self_distill.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------ forwarding
+
+
+class ForwardingObjective:
+    """An objective that hands every call to ``inner``. Subclass it to change one call (a benchmark's fixed
+    examples, a test's slowed or crashing loss) while the rest stays the real objective."""
+
+    def __init__(self, inner: Objective) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def examples(self, build: TraceBuild) -> list[Example]:
+        return self.inner.examples(build)
+
+    def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
+        return self.inner.loss(model, batch)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.inner.after_step(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)

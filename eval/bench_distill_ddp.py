@@ -41,42 +41,25 @@ _console = Console(stderr=True)
 _RUNS = (("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2), ("2 processes x 1 thread", 2, 1))
 
 
-class _FixedExamples:
-    """SFT on given examples (instead of a run's traces); everything else is the real objective."""
-
-    def __init__(self, inner: Any, examples: list[Any]) -> None:
-        self.inner, self.fixed, self.name = inner, examples, inner.name
-
-    def examples(self, build: Any) -> list[Any]:
-        return self.fixed
-
-    def loss(self, model: Any, batch: Any) -> Any:
-        return self.inner.loss(model, batch)
-
-    def after_step(self, model: Any) -> None:
-        self.inner.after_step(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-
 def _worker(config_file: Path, model_dir: Path, work: Path, n_examples: int) -> None:
     """One training process (of one or of an ``accelerate launch``): writes ``work/train_result.json``."""
     import torch
 
     from procmem.distill import DistillConfig, TraceBuild, train_adapter
-    from procmem.distill.objectives import make_objective
+    from procmem.distill.objectives import Example, ForwardingObjective, make_objective
     from procmem.eval.bench_distill import make_examples
+
+    class FixedExamples(ForwardingObjective):
+        """SFT on given examples (instead of a run's traces); everything else is the real objective."""
+
+        def examples(self, build: TraceBuild) -> list[Example]:
+            return fixed
 
     config = DistillConfig.model_validate(json.loads(config_file.read_text()))
     torch.set_num_threads(config.train.threads or 1)
-    examples = make_examples(n_examples)
+    fixed = make_examples(n_examples)
     train_adapter(TraceBuild(kept=(), rejected=(), contexts=()), config, model_dir=model_dir, work_dir=work,
-                  quiet=True, objective_factory=lambda tok, cfg: _FixedExamples(
-                      make_objective(cfg.objective, tok, cfg), examples))
+                  quiet=True, objective_factory=lambda tok, cfg: FixedExamples(make_objective(cfg.objective, tok, cfg)))
 
 
 def _model_dir(spec: str) -> Path:

@@ -68,7 +68,7 @@ from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
 __all__ = ["ArmScores", "Experiment", "PlaceboRetriever", "Splits", "Suites", "finished_scores", "load_splits",
-           "load_suites", "match_budget", "run_experiment", "stage_dir", "stage_timings",
+           "load_suites", "match_budget", "run_experiment", "seed_dir", "stage_dir", "stage_timings",
            "trace_counts"]
 
 _CONFIG_FILE = "config.json"
@@ -474,7 +474,7 @@ class Experiment:
         return self._embedder
 
     def _seed_dir(self, seed: int) -> Path:
-        path = self.out / f"seed{seed}"
+        path = seed_dir(self.out, seed)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -536,9 +536,14 @@ def run_experiment(config: EvalConfig, out: Path, *, seeds: Sequence[int] | None
     return Experiment(config, out, console=console, quiet=quiet, embedder=embedder).run(seeds)
 
 
+def seed_dir(out: Path, seed: int) -> Path:
+    """Where a run in ``out`` keeps ``seed``'s memory, checkpoints and rounds."""
+    return out / f"seed{seed}"
+
+
 def stage_dir(out: Path, seed: int, round_: int, arm: str | None = None) -> Path:
     """Where a run in ``out`` caches round ``round_`` of ``seed`` (and, with ``arm``, that arm's stages)."""
-    path = out / f"seed{seed}" / f"round{round_}"
+    path = seed_dir(out, seed) / f"round{round_}"
     return path / arm if arm else path
 
 

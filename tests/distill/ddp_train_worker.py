@@ -25,32 +25,21 @@ from test_distill_train import make_build  # noqa: E402
 from procmem.core.fileio import write_json  # noqa: E402
 from procmem.distill import DistillConfig, train_adapter  # noqa: E402
 from procmem.distill.distributed import rank  # noqa: E402
-from procmem.distill.objectives import make_objective  # noqa: E402
+from procmem.distill.objectives import ForwardingObjective, Objective, make_objective  # noqa: E402
 
 
-class LoggedObjective:
+class LoggedObjective(ForwardingObjective):
     """The real objective; logs each shard (and sleeps) before computing its loss."""
 
-    def __init__(self, inner: Any, log: Path, sleep: float) -> None:
-        self.inner, self.log, self.sleep, self.name = inner, log, sleep, inner.name
-
-    def examples(self, build: Any) -> Any:
-        return self.inner.examples(build)
+    def __init__(self, inner: Objective, log: Path, sleep: float) -> None:
+        super().__init__(inner)
+        self.log, self.sleep = log, sleep
 
     def loss(self, model: Any, batch: Any) -> Any:
         with self.log.open("a") as handle:
             handle.write(json.dumps([e.prompt for e in batch]) + "\n")
         time.sleep(self.sleep)
-        return self.inner.loss(model, batch)
-
-    def after_step(self, model: Any) -> None:
-        self.inner.after_step(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        return super().loss(model, batch)
 
 
 def main() -> None:

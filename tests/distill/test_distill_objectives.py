@@ -239,3 +239,16 @@ def test_objective_conformance(name: str, lora_model: tuple[Any, Any], tiny_conf
     model, tokenizer = lora_model
     batch = TRACES if name != "self-distill" else PROBLEMS
     check_objective(make_objective(name, tokenizer, tiny_config), model, batch)
+
+
+def test_a_forwarding_objective_conforms_as_the_one_it_wraps(lora_model: tuple[Any, Any],
+                                                            tiny_config: DistillConfig) -> None:
+    from objective_conformance import check_objective
+
+    from procmem.distill.objectives import ForwardingObjective
+
+    model, tokenizer = lora_model
+    inner = make_objective("self-distill", tokenizer, tiny_config)
+    forwarding = ForwardingObjective(inner)
+    assert forwarding.name == "self-distill"
+    check_objective(forwarding, model, PROBLEMS)

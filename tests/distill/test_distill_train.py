@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from procmem.distill import DistillConfig, TeacherContext, TraceBuild, train_adapter
-from procmem.distill.objectives import make_objective
+from procmem.distill.objectives import ForwardingObjective, Objective, make_objective
 from procmem.distill.traces import Trace
 
 _SCRIPT = '''
@@ -25,26 +25,15 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from procmem.distill import DistillConfig, train_adapter
-from procmem.distill.objectives import make_objective
+from procmem.distill.objectives import ForwardingObjective, make_objective
 sys.path.insert(0, {tests!r})
 from test_distill_train import make_build
 
-class Slow:
+class Slow(ForwardingObjective):
     """The real objective, slowed down so that the parent can kill the run in the middle."""
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-    def examples(self, build):
-        return self.inner.examples(build)
     def loss(self, model, batch):
         time.sleep(0.3)
-        return self.inner.loss(model, batch)
-    def after_step(self, model):
-        self.inner.after_step(model)
-    def state_dict(self):
-        return self.inner.state_dict()
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state)
+        return super().loss(model, batch)
 
 config = DistillConfig.model_validate(json.loads(Path(sys.argv[1]).read_text()))
 train_adapter(make_build(), config, model_dir=Path(sys.argv[2]), work_dir=Path(sys.argv[3]), quiet=True,
@@ -145,29 +134,18 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint(
     assert resumed.tokens == reference.tokens
 
 
-class _Crash:
+class _Crash(ForwardingObjective):
     """The real objective, raising at its ``at``-th loss: an in-process crash in the middle of a run."""
 
-    def __init__(self, inner: Any, at: int) -> None:
-        self.inner, self.at, self.calls, self.name = inner, at, 0, inner.name
-
-    def examples(self, build: TraceBuild) -> Any:
-        return self.inner.examples(build)
+    def __init__(self, inner: Objective, at: int) -> None:
+        super().__init__(inner)
+        self.at, self.calls = at, 0
 
     def loss(self, model: Any, batch: Any) -> Any:
         self.calls += 1
         if self.calls == self.at:
             raise RuntimeError("crash")
-        return self.inner.loss(model, batch)
-
-    def after_step(self, model: Any) -> None:
-        self.inner.after_step(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        return super().loss(model, batch)
 
 
 def test_a_checkpoint_for_other_data_or_settings_is_not_resumed(
