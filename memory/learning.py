@@ -182,7 +182,7 @@ def _reflect(store: VectorMemoryStore, config: MemoryConfig, llm: LLM, problems:
         batch = todo[start:start + cfg.batch_size]
         outputs = _reflections(llm, batch, config, constrained=constrained)
         for problem, output in zip(batch, outputs, strict=True):
-            text = reflection_primer(problem) + output.text
+            text = reflection_primer(problem) + _finished(output)
             parsed = _parse(problem, text, config)
             report.calls += 1
             report.constrained_calls += constrained
@@ -194,7 +194,7 @@ def _reflect(store: VectorMemoryStore, config: MemoryConfig, llm: LLM, problems:
                 report.prompt_tokens += retry.prompt_tokens
                 report.completion_tokens += retry.completion_tokens
                 report.rejected_items += len(parsed.rejected)
-                text = reflection_primer(problem) + retry.text
+                text = reflection_primer(problem) + _finished(retry)
                 parsed = _parse(problem, text, config)
             report.parsed_calls += not parsed.unparseable  # the retry's, if any; the first try did not parse
             _store_reflection(store, config, problem, parsed, reflector, policy, report)
@@ -225,6 +225,16 @@ def _reflections(llm: LLM, problems: Sequence[Problem], config: MemoryConfig, *,
         for i, output in zip(rows, llm.generate([prompts[i] for i in rows], generation), strict=True):
             outputs[i] = output
     return [o for o in outputs if o is not None]
+
+
+def _finished(output: Generation) -> str:
+    """``output.text`` without a last line that the token limit cut off mid-sentence. Every item is a sentence
+    (under the grammar it must end with a full stop), and a cut one is half a piece of advice that validation
+    could still pass ("When the answer", seen in bench_memory_levels)."""
+    text = output.text
+    if output.finish_reason != "length" or text.rstrip().endswith((".", "!", "?")):
+        return text
+    return text[:text.rfind("\n") + 1]
 
 
 def _parse(problem: Problem, text: str, config: MemoryConfig) -> ParsedReflection:
@@ -354,7 +364,7 @@ def _pattern_entry(store: VectorMemoryStore, config: MemoryConfig, cluster: Clus
         report.pattern_calls += 1
         report.prompt_tokens += output.prompt_tokens
         report.completion_tokens += output.completion_tokens
-        summary = _usable_summary(store, output.text, cluster)
+        summary = _usable_summary(store, _finished(output), cluster)
         if summary is None:
             report.patterns_unparseable += 1
         else:

@@ -38,8 +38,9 @@ class ScriptedPolicy:
     every prompt it receives is kept in ``prompts``."""
 
     def __init__(self, reply: Callable[[str], str] | None = None, *, model_id: str = "scripted-policy",
-                 adapter_version: str | None = None) -> None:
+                 adapter_version: str | None = None, finish_reason: str = "stop") -> None:
         self._reply = reply or default_reply
+        self._finish_reason = finish_reason
         self._model_id = model_id
         self._adapter = adapter_version
         self._lock = threading.Lock()
@@ -56,7 +57,8 @@ class ScriptedPolicy:
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[ScriptedGeneration]:
         with self._lock:
             self.prompts.extend(prompts)
-        return [ScriptedGeneration(self._reply(p), len(p.split()), len(self._reply(p).split())) for p in prompts]
+        return [ScriptedGeneration(self._reply(p), len(p.split()), len(self._reply(p).split()), self._finish_reason)
+                for p in prompts]
 
 
 def default_reply(prompt: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from memory_helpers import SUM_REFLECTION, SUMS, ScriptedPolicy, episode
+from memory_helpers import SUM_LESSON_COMPLETION, SUM_REFLECTION, SUMS, ScriptedPolicy, episode
 
 from procmem.memory import (
     ProceduralMemory,
@@ -156,6 +156,27 @@ def test_reflection_stores_validated_insights_with_their_provenance(pmem: Proced
     assert all(strategy.evidence[p] == {"episodes": 1, "passed": 1, "attempts": 2} for p in strategy.problem_ids)
     assert strategy.policy_version == strategy.reflector == strategy.validated_version == "scripted-policy@base"
     assert strategy.split == "train" and strategy.suite == "rg:chain_sum" and strategy.status == "active"
+
+
+def test_a_line_the_token_limit_cut_is_not_stored(pmem: ProceduralMemory) -> None:
+    """A completion that reached max_tokens ends mid-sentence: its last line is dropped, the rest is kept."""
+    _record_sums(pmem)
+    cut = SUM_LESSON_COMPLETION[:SUM_LESSON_COMPLETION.index(", then the tens")]  # ...STRATEGY: Add the ones
+    policy = ScriptedPolicy(lambda prompt: cut, finish_reason="length")
+    report = pmem.reflect(policy, consolidate=False, feedback=False)
+    assert report.unparseable == 0
+    assert [e.text for e in pmem.entries("insight")] == ["The answer was written in words → answer with the number in "
+                                                         "digits only."]
+
+
+def test_a_reflection_cut_in_its_only_line_is_unparseable(pmem: ProceduralMemory) -> None:
+    _record_sums(pmem)
+    policy = ScriptedPolicy(lambda prompt: " When the answer", finish_reason="length")
+    report = pmem.reflect(policy, consolidate=False, feedback=False)
+    assert report.unparseable == 3 and report.retries == 3 and not pmem.entries("insight")
+    kept = ScriptedPolicy(lambda prompt: " When the answer was in words, write digits.", finish_reason="length")
+    pmem.record(episode("s2-again", "What is 17 + 62?", ["seventy-nine", "79"]))
+    assert pmem.reflect(kept, consolidate=False, feedback=False).unparseable == 0, "a whole sentence"
 
 
 def test_reflection_is_idempotent_and_redoes_only_problems_with_new_episodes(pmem: ProceduralMemory) -> None:
