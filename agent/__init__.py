@@ -3,11 +3,12 @@
 agent/ orchestrates; it never trains (that is distill/).
 """
 
-from procmem.agent.config import SolveConfig
+from procmem.agent.config import SessionConfig, SessionJob, SolveConfig
+from procmem.agent.conversation import Message
 from procmem.agent.graph import AgentDeps, AgentState, build_agent, episode_from_state, initial_state
 from procmem.agent.runner import SolveReport, solve_tasks, thread_id
 from procmem.agent.scoring import BATCH, ItemScore, score_tasks
-from procmem.agent.session import AgentSession, Reply, SessionConfig
+from procmem.agent.session import AgentSession, Reply
 
 __all__ = [
     "BATCH",
@@ -15,8 +16,10 @@ __all__ = [
     "AgentSession",
     "AgentState",
     "ItemScore",
+    "Message",
     "Reply",
     "SessionConfig",
+    "SessionJob",
     "SolveConfig",
     "SolveReport",
     "build_agent",

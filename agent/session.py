@@ -1,57 +1,39 @@
-"""A running agent: one model, its memory and a recorder, wired once.
+"""A running agent: the policy, its memory and a recorder, wired once. Every request path runs through it.
 
-Every front end starts here: ``procmem solve``/``demo`` (:meth:`AgentSession.solve`), ``procmem chat``
-(:meth:`AgentSession.graph` with streaming and a checkpointer), the evidence experiment, and a server that
-answers one request at a time (:meth:`AgentSession.answer`, or its steps :meth:`retrieve`, :meth:`complete`
-and :meth:`record`)::
+``procmem solve``/``demo`` (:meth:`AgentSession.solve`), ``procmem chat`` (:meth:`AgentSession.graph` with
+streaming and a checkpointer), the evidence experiment, and ``procmem serve`` (one session per tenant over one
+shared :class:`~procmem.llm.PolicyHost`: per request it reads the :attr:`~AgentSession.policy`, asks the session to
+:meth:`~AgentSession.retrieve`, renders the conversation (:mod:`procmem.agent.conversation`), and later to
+:meth:`~AgentSession.verify` and :meth:`~AgentSession.record`). Chat and serve turn feedback into episodes by the
+one rule, :func:`procmem.core.feedback.feedback_episode`::
 
     with AgentSession.open(SessionConfig(model="local:tiny"), home) as session:
         report = session.solve(tasks)
 
-The model is loaded once and shared behind a :class:`~procmem.llm.MicroBatcher`, so concurrent requests
-(solve's worker threads, a server's handlers) are batched; every method is safe to call from several
-threads.
+The policy is loaded once by :meth:`open` (:func:`~procmem.llm.open_policy`'s rules) and batched behind a
+:class:`~procmem.llm.MicroBatcher`, so concurrent requests (solve's worker threads, a server's handlers) share
+batches; a session that follows promotions reads :attr:`policy` once per request. Every method is safe to call
+from several threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from langgraph.types import Checkpointer
-from pydantic import Field
 
+from procmem.agent.config import SessionConfig
 from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, initial_state
 from procmem.agent.runner import SolveReport, solve_tasks
-from procmem.core import Episode, GenerationConfig, Home, ProcmemError, Task, generation_for
-from procmem.core.config import Config
+from procmem.core import Episode, Home, ProcmemError, Task, Verdict, extract_answer, generation_for
 from procmem.core.keys import policy_version
-from procmem.core.llm import Engine
-from procmem.llm import LLM, Generation, MicroBatcher
+from procmem.llm import LLM, Generation, PolicyHost
 from procmem.memory import NoMemory, ProceduralMemory, ReflectionReport, Retrieval
 
 __all__ = ["AgentSession", "Reply", "SessionConfig"]
-
-
-class SessionConfig(Config):
-    """How a session runs the agent (the model and its adapter are chosen when it is opened)."""
-
-    model: str = Field(default="local:default", description="'local:default', 'local:tiny', "
-                       "'local:/path/to/hf_dir' or 'litellm:<model>' (used by AgentSession.open).")
-    engine: Engine = Field(default="auto", description="How a local model runs: llamacpp, transformers, or auto "
-                           "(llama.cpp for local:default when llama-cpp-python is installed).")
-    attempts: int = Field(default=2, ge=1, le=20, description="Most attempts per task; retries see verifier feedback.")
-    use_memory: bool = Field(default=True, description="Retrieve procedural memory before answering.")
-    memory_k: int = Field(default=3, ge=0, le=32, description="How many memory entries to put in the prompt.")
-    record: bool = Field(default=True, description="Record every judged episode to memory.")
-    reflect: bool = Field(default=False, description="Reflect on each problem right after its episode "
-                          "(one more model call per task); the cost is summed in AgentSession.reflection.")
-    concurrency: int = Field(default=8, ge=1, le=256,
-                             description="Requests at once; the local model batches up to this many prompts.")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
 
 
 @dataclass(frozen=True)
@@ -65,47 +47,78 @@ class Reply:
 
 
 class AgentSession:
-    """A model, memory and recorder wired into a running agent (see the module docstring).
+    """A policy, memory and recorder wired into a running agent (see the module docstring).
 
-    ``memory`` None runs memory-free and records nothing. The session closes what it opened
-    (:meth:`open`: the model's batcher and the memory); a memory passed in stays open.
+    ``policy`` is an :class:`~procmem.llm.LLM` (batched and closed with the session) or a shared
+    :class:`~procmem.llm.PolicyHost` (left open: its owner closes it). ``memory`` None runs memory-free and records
+    nothing; a memory passed in stays open, one opened by :meth:`open` is closed with the session.
     """
 
-    def __init__(self, llm: LLM, config: SessionConfig | None = None, *,
+    def __init__(self, policy: LLM | PolicyHost, config: SessionConfig | None = None, *,
                  memory: ProceduralMemory | None = None) -> None:
         self.config = config or SessionConfig()
         self.memory = memory
-        self.policy = policy_version(llm)
-        """The version of the policy answering (``model_id@adapter``), which memory trusts fully."""
         self.reflection = ReflectionReport() if self.config.reflect else None
         """What inline reflection did and cost (with ``config.reflect``)."""
         self._closing = contextlib.ExitStack()
-        self.llm: LLM = self._closing.enter_context(MicroBatcher(llm, max_batch=self.config.concurrency))
-        self.deps = AgentDeps(
-            llm=self.llm, generation=self.config.generation,
-            retriever=memory.retriever(policy=self.policy) if memory is not None and self.config.use_memory
-            else NoMemory(),
-            recorder=memory.recorder(reflector=self.llm if self.config.reflect else None, cost=self.reflection)
-            if memory is not None and self.config.record else None,
-            attempts=self.config.attempts, memory_k=self.config.memory_k,
-        )
-        self._graph = build_agent(self.deps)
+        if isinstance(policy, PolicyHost):
+            self.host = policy
+        else:
+            self.host = self._closing.enter_context(PolicyHost(policy, max_batch=self.config.concurrency))
+        self._deps: tuple[LLM, AgentDeps] | None = None
 
     @classmethod
-    def open(cls, config: SessionConfig, home: Home, *, adapter: str | os.PathLike[str] | None = None,
-             chroma_url: str | None = None, memory: bool = True) -> AgentSession:
-        """Load ``config.model`` (with the LoRA ``adapter`` directory, if any) and open the home's memory (the
-        Chroma server at ``chroma_url`` when given; none with ``memory=False``)."""
-        from procmem.llm import load_llm
+    def open(cls, config: SessionConfig, home: Home, *, chroma_url: str | None = None,
+             memory: bool = True) -> AgentSession:
+        """Load ``config``'s policy (``model``, ``engine``, ``adapter``) and open the home's memory (the Chroma
+        server at ``chroma_url`` when given; none with ``memory=False``)."""
         from procmem.memory import open_memory
 
-        llm = load_llm(config.model, models_dir=home.models, adapter=adapter, engine=config.engine,
-                       max_batch_size=config.concurrency)
-        opened = open_memory(home.chroma, url=chroma_url) if memory else None
-        session = cls(llm, config, memory=opened)
+        host = PolicyHost.open(home, model=config.model, adapter=config.adapter, engine=config.engine,
+                               limits=config.limits)
+        try:
+            opened = open_memory(home.chroma, url=chroma_url) if memory else None
+        except BaseException:
+            host.close()
+            raise
+        session = cls(host, config, memory=opened)
+        session._closing.callback(host.close)
         if opened is not None:
             session._closing.callback(opened.close)
         return session
+
+    # -- the policy ---------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> LLM:
+        """The policy answering now: read it once per request and keep it (a promotion may swap it)."""
+        return self.host.current
+
+    @property
+    def llm(self) -> LLM:
+        """Same as :attr:`policy`."""
+        return self.host.current
+
+    @property
+    def deps(self) -> AgentDeps:
+        """The graph's dependencies over the current policy."""
+        return self._deps_for(self.host.current)
+
+    def _deps_for(self, llm: LLM) -> AgentDeps:
+        cached = self._deps
+        if cached is not None and cached[0] is llm:
+            return cached[1]
+        memory, config = self.memory, self.config
+        deps = AgentDeps(
+            llm=llm, generation=config.generation,
+            retriever=memory.retriever(policy=policy_version(llm)) if memory is not None and config.use_memory
+            else NoMemory(),
+            recorder=memory.recorder(reflector=llm if config.reflect else None, cost=self.reflection)
+            if memory is not None and config.record else None,
+            attempts=config.attempts, memory_k=config.memory_k,
+        )
+        self._deps = (llm, deps)
+        return deps
 
     # -- many tasks ---------------------------------------------------------------------------------
 
@@ -125,23 +138,32 @@ class AgentSession:
 
     def answer(self, task: Task) -> Reply:
         """One task through the whole loop: retrieve, answer, and (with a verifier) verify, retry and record."""
-        state = self._graph.invoke(initial_state(task))
+        state = build_agent(self.deps).invoke(initial_state(task))
         episode = episode_from_state(state) if state.get("episode") else None
         return Reply(state.get("answer", ""), tuple(state.get("memory_ids", ())), episode)
 
-    def retrieve(self, task: Task) -> Retrieval:
-        """The memory the agent would put in ``task``'s prompt (nothing when memory-free)."""
-        return self.deps.retrieve(task)
+    def retrieve(self, task: Task, policy: LLM | None = None) -> Retrieval:
+        """The memory the agent puts in ``task``'s prompt, trusted for ``policy`` (default: the current one);
+        nothing when memory-free."""
+        deps = self._deps_for(policy) if policy is not None else self.deps
+        return deps.retrieve(task)
 
     def complete(self, prompt: str, task: Task | None = None) -> Generation:
         """One completion of a rendered ``prompt``, decoded with the session's settings (and ``task``'s own)."""
         generation = generation_for(task, self.config.generation) if task is not None else self.config.generation
-        return self.llm.generate([prompt], generation)[0]
+        return self.policy.generate([prompt], generation)[0]
+
+    def verify(self, task: Task, answer: str) -> Verdict:
+        """``task``'s verifier on ``answer`` (its final answer extracted as the task's format asks)."""
+        from procmem.verifiers import build_verifier
+
+        return build_verifier(task).verify(extract_answer(answer, task.answer_format))
 
     def record(self, episode: Episode) -> None:
         """Record a finished episode to memory (and reflect on it, with ``config.reflect``)."""
-        if self.deps.recorder is not None:
-            self.deps.recorder(episode)
+        recorder = self.deps.recorder
+        if recorder is not None:
+            recorder(episode)
 
     def reflect(self, *, max_calls: int | None = None) -> ReflectionReport:
         """The batch reflection job with this session's model: insights for the problems recorded since their last
@@ -149,12 +171,12 @@ class AgentSession:
         if self.memory is None:
             raise ProcmemError("this session has no memory to reflect on", where="AgentSession",
                                fix="open it with a memory (AgentSession.open(..., memory=True))")
-        return self.memory.reflect(self.llm, max_calls=max_calls)
+        return self.memory.reflect(self.policy, max_calls=max_calls)
 
     # -- lifetime -----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the batcher and close the memory this session opened."""
+        """Stop the batcher and close what this session opened."""
         self._closing.close()
 
     def __enter__(self) -> AgentSession:

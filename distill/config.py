@@ -42,6 +42,12 @@ class TraceConfig(Config):
     keep_per_problem: int = Field(default=2, ge=1, le=64,
                                   description="Most distinct verified answers kept per problem.")
     seed: int = Field(default=0, description="Sampling seed of the teacher.")
+    canonical_answers: bool = Field(default=True,
+                                    description="Train on each verified answer in the canonical form its task's "
+                                                "verifier read it as (a `numeric:` verifier that accepted `57.` "
+                                                "trains `57`; for a reasoned task only the part after `Answer:`); "
+                                                "false trains the raw text. Verifiers without a canonical form "
+                                                "(regex, math, code) always keep the raw text.")
 
 
 class LoraSettings(Config):
@@ -72,7 +78,16 @@ class TrainSettings(Config):
     warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up steps (then linear decay).")
     weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (None: torch's default).")
+    threads: int | None = Field(default=None, ge=1,
+                                description="CPU threads of the whole `procmem distill` job (teacher, training, "
+                                            "gate), shared by its processes under --processes N. None: half the "
+                                            "usable cores (at least 1), leaving the rest to a `procmem serve` on "
+                                            "the same machine.")
+    nice: int = Field(default=10, ge=0, le=19,
+                      description="Niceness `procmem distill` runs at (os.nice raises its own process to it "
+                                  "before it works), so a `procmem serve` on the same machine keeps answering "
+                                  "while it trains: the kernel gives serve the CPU first. 0 leaves the priority "
+                                  "alone.")
 
 
 class SelfDistillSettings(Config):
@@ -101,10 +116,27 @@ class GateConfig(Config):
     """The promotion gate: memory-free, greedy, same items and seed for candidate and baseline; paired tests."""
 
     test_suites: tuple[str, ...] = Field(default=(), description="Suites whose test split is evaluated; empty: the "
-                                                         "suites of the training episodes.")
+                                         "suites of the training episodes, each on its own test split, or, for a "
+                                         "suite without one (`serve`: the calls of `procmem serve`), on its "
+                                         "held-out verified episodes (see heldout_share).")
     n_test: int = Field(default=100, ge=1, description="Test items per suite (see the power note in "
                                                        "docs/concepts/distillation.md: 40 items cannot show a "
-                                                       "10-point gain at level 0.05).")
+                                                       "10-point gain at level 0.05); for held-out episodes, the "
+                                                       "newest this many.")
+    heldout_share: float = Field(default=0.2, ge=0.0, lt=1.0,
+                                 description="With no test_suites, for a trained suite without a test split (such "
+                                             "as `serve`): the share of its verified questions held out of "
+                                             "training and re-asked by the gate, memory-free, with each episode's "
+                                             "own verifier. A hash of the question text decides, so a question is "
+                                             "held out on every run or never. Episodes judged wrong without a "
+                                             "correction (verifier `regex:(?!)`) cannot be re-scored and are never "
+                                             "held out. 0: hold nothing out (such a suite cannot be gated).")
+    min_heldout: int = Field(default=20, ge=1,
+                             description="Fewest held-out episodes the gate needs per such suite (at most "
+                                         "n_test, the most it re-asks). With fewer, "
+                                         "`distill` refuses before building traces or training (status "
+                                         "`skipped`, the reason names the count) and promotes nothing; the next "
+                                         "run, after more verified traffic, tries again.")
     holdout_suites: tuple[str, ...] = Field(default=
         ("rg:letter_counting?min_words=1&max_words=3", "rg:syllogism"),
         description="General-ability holdout: suites never trained on (ones seen in training are skipped).")

@@ -15,25 +15,42 @@ baseline passes, under "no difference" ``wins ~ Binomial(wins + losses, 1/2)``.
 
 ``level = 1.0`` turns both tests off (the point estimates alone decide).
 
+**Held-out production episodes.** A suite without a test split of its own (``serve``: the verified calls of
+``procmem serve``) is gated on its own verified episodes that training never saw: :func:`held_out` picks a
+share (``heldout_share``) of its questions by a hash of their normalised text, so the same questions are held
+out on every run; :func:`split_held_out` takes every episode of those questions out of training and turns each
+question into one gate item, the newest re-scorable episode's task with its own verifier. Episodes judged
+wrong without a correction (:data:`UNSCORABLE_VERIFIERS`) cannot be re-scored and are never held out.
+
 The decision's records (:class:`GateReport`, :class:`SuiteResult`, :class:`PairedTest`) and its table live
 with the adapter registry (:mod:`procmem.core.registry`), whose manifests store them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from procmem.agent.scoring import score_tasks
-from procmem.core import GenerationConfig, Task
+from procmem.core import Episode, GenerationConfig, ProcmemError, Task
+from procmem.core.feedback import NO_KNOWN_ANSWER
+from procmem.core.keys import normalize_question
 from procmem.core.prompts import ANSWER_STOP
 from procmem.core.registry import GateReport, PairedTest, SuiteResult, gate_table
 from procmem.distill.config import GateConfig
 from procmem.llm import LLM
+from procmem.verifiers import build_verifier
 
-__all__ = ["GateReport", "PairedTest", "SuiteResult", "SuiteScores", "compare", "evaluate", "gate_table", "mcnemar"]
+__all__ = ["UNSCORABLE_VERIFIERS", "GateReport", "PairedTest", "SuiteResult", "SuiteScores", "compare", "evaluate",
+           "gate_table", "held_out", "mcnemar", "split_held_out"]
+
+UNSCORABLE_VERIFIERS = frozenset({NO_KNOWN_ANSWER})
+"""Verifier specs nothing passes (:data:`~procmem.core.feedback.NO_KNOWN_ANSWER`, ``regex:(?!)``: an answer judged
+wrong without a correction): an episode with one cannot be re-scored, so it is never a gate item."""
 
 
 class SuiteScores(BaseModel):
@@ -116,3 +133,46 @@ def _paired(baseline: Mapping[str, SuiteScores], candidate: Mapping[str, SuiteSc
         return None
     return mcnemar([p for suite in suites for p in baseline[suite].passed],
                    [p for suite in suites for p in candidate[suite].passed])
+
+
+def held_out(question: str, share: float) -> bool:
+    """Whether ``question`` falls in the held-out ``share``: decided by a SHA-256 of its normalised text (case
+    and spacing aside), so it is the same on every run and in every process, and repeats of a question go
+    the same way."""
+    if share <= 0.0:
+        return False
+    digest = hashlib.sha256(normalize_question(question).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
+
+
+def _rescorable(task: Task) -> bool:
+    if task.verifier.strip() in UNSCORABLE_VERIFIERS:
+        return False
+    try:
+        build_verifier(task)
+    except ProcmemError:
+        return False
+    return True
+
+
+def split_held_out(episodes: Iterable[Episode], suites: Collection[str], config: GateConfig
+                   ) -> tuple[list[Episode], dict[str, list[Task]]]:
+    """Hold out ``config.heldout_share`` of the questions of ``suites``' episodes for the gate.
+
+    A question is held out when :func:`held_out` picks it and one of its episodes in ``suites`` can be re-scored
+    (its verifier builds and is not in :data:`UNSCORABLE_VERIFIERS`). Returns the episodes left to train on (every
+    episode of a held-out question is removed, in any suite, so nothing of it is trained on) and, per suite of
+    ``suites``, the gate items: one task per held-out question, from its newest re-scorable episode, at most the
+    newest ``config.n_test``, oldest first. Every suite of ``suites`` has an entry, possibly empty.
+    """
+    episodes = list(episodes)
+    newest: dict[str, Episode] = {}
+    for episode in sorted(episodes, key=lambda e: (e.finished_at, e.id)):
+        task = episode.task
+        if task.suite in suites and held_out(task.prompt, config.heldout_share) and _rescorable(task):
+            newest[normalize_question(task.prompt)] = episode
+    items: dict[str, list[Task]] = defaultdict(list)
+    for episode in sorted(newest.values(), key=lambda e: (e.finished_at, e.id)):
+        items[episode.task.suite].append(episode.task)
+    train = [e for e in episodes if normalize_question(e.task.prompt) not in newest]
+    return train, {suite: items[suite][-config.n_test:] for suite in suites}

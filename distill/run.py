@@ -10,7 +10,13 @@ stage, and training from its last checkpoint. A run with different settings aban
 afresh.
 
 The watermark (``<home>/distill/watermark.json``) holds the episode ids of the last successful run;
-a run starts only when at least ``min_new_episodes`` episodes arrived since. Run directories, their typed
+a run starts only when at least ``min_new_episodes`` episodes arrived since.
+
+What the gate will score is settled first (:func:`plan_gate`), before any teacher trace or training: the test
+items (each trained suite's test split, the configured ``gate.test_suites``, or, for a suite without a test
+split such as ``serve``, its held-out verified episodes, which are then left out of training) and the
+general-ability holdout. When too few episodes are held out (``gate.min_heldout``) the run is refused at once:
+``skipped``, with the count in the reason, nothing trained and the watermark unmoved. Run directories, their typed
 ``run.json`` and the watermark live in :mod:`.storage`; the adapter manifest in :mod:`.manifest`; the
 long-running scheduler (``--every 6h``) in :mod:`.scheduler`.
 """
@@ -18,7 +24,8 @@ long-running scheduler (``--every 6h``) in :mod:`.scheduler`.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -33,8 +40,8 @@ from procmem.core.keys import normalize_question, policy_version
 from procmem.core.progress import progress_bar
 from procmem.core.registry import GateReport, gate_table, promote, promotion_state, resolve_adapter
 from procmem.distill import distributed
-from procmem.distill.config import DistillConfig
-from procmem.distill.gate import SuiteScores, compare, evaluate
+from procmem.distill.config import DistillConfig, GateConfig, TrainSettings
+from procmem.distill.gate import UNSCORABLE_VERIFIERS, SuiteScores, compare, evaluate, split_held_out
 from procmem.distill.manifest import register_candidate, registered_version
 from procmem.distill.storage import (
     finish_run,
@@ -53,6 +60,7 @@ __all__ = [
     "DistillBusy",
     "DistillDeps",
     "DistillResult",
+    "GatePlan",
     "LLMFactory",
     "TaskLoader",
     "build_run_traces",
@@ -60,6 +68,8 @@ __all__ = [
     "default_deps",
     "distill_lock",
     "gate_candidate",
+    "job_threads",
+    "plan_gate",
     "run_distillation",
 ]
 
@@ -102,6 +112,8 @@ class DistillResult:
     problems: int = 0
     traces: int = 0
     rejected_traces: int = 0
+    held_out: int = 0
+    """Verified episodes held out of training for the gate (suites without a test split, such as ``serve``)."""
     train: dict[str, Any] | None = None
     gate: GateReport | None = None
 
@@ -206,6 +218,7 @@ def _run_locked(config: DistillConfig, home: Home, deps: DistillDeps, force: boo
                 quiet: bool, workers: _Workers | None = None) -> DistillResult:
     run = unfinished_run(home, config)
     resumed = run is not None
+    plan: GatePlan | None = None
     if run is None:
         episodes = collect_episodes(deps.episodes())
         new = new_episode_count(home, episodes)
@@ -213,31 +226,45 @@ def _run_locked(config: DistillConfig, home: Home, deps: DistillDeps, force: boo
             return DistillResult(status="skipped", reason=f"{new} new episodes since the last run "
                                  f"(min_new_episodes={config.min_new_episodes})", new_episodes=new,
                                  episodes=len(episodes))
+        plan = plan_gate(config, deps, episodes, console=console)
+        if plan.refusal:  # known before any teacher trace or training: refuse now, and leave the watermark
+            console.print(f"[yellow]distill refused: {plan.refusal}[/]")
+            return DistillResult(status="skipped", reason=plan.refusal, new_episodes=new, episodes=len(episodes),
+                                 held_out=plan.held_out)
         run = new_run(home, config, episodes, new)
-        console.print(f"distill run {run.name}: {len(episodes)} train episodes, {new} new")
+        console.print(f"distill run {run.name}: {len(episodes)} train episodes, {new} new"
+                      + (f", {plan.held_out} held out for the gate" if plan.held_out else ""))
     else:
         console.print(f"resuming distill run {run.name} at stage {read_state(run).stage}")
     try:
-        return _advance(run, config, home, deps, force, resumed, console, quiet, workers)
+        return _advance(run, config, home, deps, force, resumed, console, quiet, workers, plan)
     except BaseException as err:
         update_state(run, error=f"{type(err).__name__}: {err}", failed_at=utc_now())
         raise
 
 
 def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, force: bool, resumed: bool,
-             console: Console, quiet: bool, workers: _Workers | None = None) -> DistillResult:
+             console: Console, quiet: bool, workers: _Workers | None = None,
+             plan: GatePlan | None = None) -> DistillResult:
     state = read_state(run)
     episodes = [Episode.from_dict(row) for row in read_jsonl(run / "episodes.jsonl")]
     parent_version = _parent_version(home, config)
     parent_dir = resolve_adapter(home, parent_version) if parent_version else None
     base = DistillResult(status="skipped", run_id=run.name, resumed=resumed, new_episodes=state.new_episodes,
                          episodes=len(episodes))
+    if plan is None:  # a resumed run: the same episodes and settings give the same plan
+        plan = plan_gate(config, deps, episodes, console=console)
+        if plan.refusal:
+            update_state(run, stage="abandoned", error=plan.refusal)
+            return _replace(base, reason=plan.refusal, held_out=plan.held_out)
+    base = _replace(base, held_out=plan.held_out)
+    trained = plan.train_episodes
 
     build = load_trace_build(run / "traces")
     if build is None:
         teacher = deps.llm_factory(parent_dir, parent_version)
         retriever = deps.retriever if isinstance(deps.retriever, Retriever) else deps.retriever(policy_version(teacher))
-        build = build_run_traces(episodes, teacher, retriever, config, console=console, quiet=quiet)
+        build = build_run_traces(trained, teacher, retriever, config, console=console, quiet=quiet)
         del teacher
         _release(deps.model_dir)
         save_trace_build(build, run / "traces")
@@ -258,14 +285,15 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
 
     report = _load_gate(run)
     if report is None:
-        report = gate_candidate(train.adapter_dir, config, home, deps, episodes, console=console, quiet=quiet)
+        report = gate_candidate(train.adapter_dir, config, home, deps, trained, plan=plan, console=console,
+                                quiet=quiet)
         write_json(run / "gate.json", report.model_dump(mode="json"))
         update_state(run, stage="gated")
     console.print(gate_table(report))
 
     forced = force and not report.passed
     manifest = registered_version(home, run.name) or register_candidate(
-        train, build, episodes, report, config, home, deps.model_dir, run_id=run.name, parent=parent_version,
+        train, build, trained, report, config, home, deps.model_dir, run_id=run.name, parent=parent_version,
         forced=forced)
     update_state(run, stage="registered", version=manifest.version)
     promoted = report.passed or force
@@ -334,31 +362,130 @@ def build_run_traces(episodes: Sequence[Episode], teacher: LLM, retriever: Retri
                             on_progress=lambda n: progress.advance(bar, n))
 
 
-def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: DistillDeps,
-                   episodes: Sequence[Episode], *, console: Console | None = None, quiet: bool = False) -> GateReport:
-    """Evaluate the candidate and the promoted adapter (or the base) on the same held-out items."""
+@dataclass(frozen=True)
+class GatePlan:
+    """What the gate will score, settled before the teacher and training run (:func:`plan_gate`)."""
+
+    test: dict[str, list[Task]]
+    """Test items per suite: a test split, or the suite's held-out verified episodes."""
+    holdout: dict[str, list[Task]]
+    """General-ability holdout items per suite (suites never trained on)."""
+    train_episodes: list[Episode]
+    """The run's episodes minus those of held-out questions: what the teacher and training see."""
+    from_episodes: tuple[str, ...] = ()
+    """The suites gated on held-out episodes (no test split of their own)."""
+    held_out: int = 0
+    """Episodes held out of training (every episode of a held-out question)."""
+    excluded: int = 0
+    """Loaded test items skipped because their question is among the training episodes."""
+    refusal: str = ""
+    """Why the run cannot be gated (too few held-out episodes); empty when it can."""
+
+
+def plan_gate(config: DistillConfig, deps: DistillDeps, episodes: Sequence[Episode], *,
+              console: Console | None = None) -> GatePlan:
+    """Load the gate's items and hold out production episodes, before anything is trained.
+
+    With ``gate.test_suites`` set, those suites' test splits are the test items. Otherwise each trained suite
+    is tested on its own test split, and a suite without one (it does not load as a suite, or has no test items:
+    ``serve``) on its held-out verified episodes (:func:`~procmem.distill.gate.split_held_out`), which training
+    then never sees. Fewer than ``gate.min_heldout`` of them is a refusal (``GatePlan.refusal``), not an error.
+    """
+    gate = config.gate
+    warn = (console or Console(stderr=True)).print
     trained = sorted({e.task.suite for e in episodes})
-    test_suites = list(config.gate.test_suites) or trained
-    if not test_suites:
+    test: dict[str, list[Task]] = {}
+    from_episodes: list[str] = []
+    if gate.test_suites:
+        for suite in gate.test_suites:
+            test[suite] = _load(deps, suite, "test", gate.n_test)
+    else:
+        for suite in trained:
+            tasks = _try_load(deps, suite, gate.n_test)
+            if tasks:
+                test[suite] = tasks
+            else:
+                from_episodes.append(suite)
+    train_episodes, held = split_held_out(episodes, from_episodes, gate)
+    test.update(held)
+    held_out = len(episodes) - len(train_episodes)
+    refusal = _heldout_refusal(episodes, held, gate)
+    if refusal:
+        return GatePlan(test=test, holdout={}, train_episodes=train_episodes, from_episodes=tuple(from_episodes),
+                        held_out=held_out, refusal=refusal)
+    if not test:
         raise ProcmemError("no test suites for the gate", where="gate.test_suites",
                            fix="set gate.test_suites to suite specs with a test split")
-    holdout = [s for s in config.gate.holdout_suites if s not in trained] if config.gate.n_holdout else []
-    for skipped in set(config.gate.holdout_suites) & set(trained):
-        (console or Console(stderr=True)).print(f"[yellow]holdout suite {skipped} was trained on: skipped[/]")
-    trained_questions = {normalize_question(e.task.prompt) for e in episodes}
-    suites: dict[str, list[Task]] = {}
+    trained_now = sorted({e.task.suite for e in train_episodes})
+    holdout_names = [s for s in gate.holdout_suites if s not in trained_now] if gate.n_holdout else []
+    for skipped in set(gate.holdout_suites) & set(trained_now):
+        warn(f"[yellow]holdout suite {skipped} was trained on: skipped[/]")
+    holdout = {suite: _load(deps, suite, "test", gate.n_holdout) for suite in holdout_names}
+    trained_questions = {normalize_question(e.task.prompt) for e in train_episodes}
     excluded = 0
-    for names, n in ((test_suites, config.gate.n_test), (holdout, config.gate.n_holdout)):
-        for suite in names:
-            tasks = _load(deps, suite, "test", n)
-            suites[suite] = [t for t in tasks if normalize_question(t.prompt) not in trained_questions]
-            excluded += len(tasks) - len(suites[suite])
-            if not suites[suite]:
+    for loaded in (test, holdout):
+        for suite, tasks in loaded.items():
+            if suite in from_episodes:
+                continue
+            kept = [t for t in tasks if normalize_question(t.prompt) not in trained_questions]
+            excluded += len(tasks) - len(kept)
+            if not kept:
                 raise ProcmemError(f"every test item of {suite!r} was trained on", where="gate",
                                    fix="give the suite a test split disjoint from its train split")
+            loaded[suite] = kept
     if excluded:
-        (console or Console(stderr=True)).print(f"[yellow]gate: {excluded} test items skipped: their question "
-                                                "was in the training episodes[/]")
+        warn(f"[yellow]gate: {excluded} test items skipped: their question was in the training episodes[/]")
+    for suite in from_episodes:
+        warn(f"gate: suite {suite!r} has no test split: {len(test[suite])} held-out verified episodes "
+             f"(gate.heldout_share={gate.heldout_share:g}), left out of training")
+    return GatePlan(test=test, holdout=holdout, train_episodes=train_episodes, from_episodes=tuple(from_episodes),
+                    held_out=held_out, excluded=excluded)
+
+
+def _try_load(deps: DistillDeps, suite: str, n: int) -> list[Task]:
+    """A trained suite's test split, or [] when it has none (it is not a loadable suite: ``serve``)."""
+    try:
+        return deps.load_tasks(suite, "test", n)
+    except ProcmemError:
+        return []
+
+
+def _heldout_refusal(episodes: Sequence[Episode], held: Mapping[str, Sequence[Task]], gate: GateConfig) -> str:
+    """Why the held-out episodes cannot gate the run, or ''. At most ``n_test`` items are re-asked, so a
+    ``min_heldout`` above it asks for ``n_test``."""
+    minimum = min(gate.min_heldout, gate.n_test)
+    short = {suite: len(items) for suite, items in held.items() if len(items) < minimum}
+    if not short:
+        return ""
+    need = f"gate.min_heldout={gate.min_heldout}" + (
+        f" (capped by gate.n_test={gate.n_test})" if gate.n_test < gate.min_heldout else "")
+    parts = []
+    for suite, count in sorted(short.items()):
+        questions = {normalize_question(e.task.prompt) for e in episodes if e.task.suite == suite}
+        unscorable = {normalize_question(e.task.prompt) for e in episodes
+                      if e.task.suite == suite and e.task.verifier.strip() in UNSCORABLE_VERIFIERS}
+        parts.append(f"suite {suite!r} has no test split and {count} held-out verified episodes, fewer than "
+                     f"{need} (gate.heldout_share={gate.heldout_share:g} of its {len(questions)} verified "
+                     f"questions, of which {len(unscorable)} were judged wrong without a correction and cannot be "
+                     "re-scored)")
+    return ("; ".join(parts) + ": nothing was trained or promoted. Collect more verified calls (feedback or a "
+            "verifier on each), lower gate.min_heldout, raise gate.heldout_share, or name suites with a test split "
+            "in gate.test_suites")
+
+
+def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: DistillDeps,
+                   episodes: Sequence[Episode], *, plan: GatePlan | None = None, console: Console | None = None,
+                   quiet: bool = False) -> GateReport:
+    """Evaluate the candidate and the promoted adapter (or the base) on the same held-out items.
+
+    ``plan`` is what :func:`plan_gate` settled before training (default: planned now from ``episodes``).
+    """
+    if plan is None:
+        plan = plan_gate(config, deps, episodes, console=console)
+        if plan.refusal:
+            raise ProcmemError(f"the gate cannot score this run: {plan.refusal}", where="gate",
+                               fix="see gate.min_heldout and gate.test_suites")
+    suites = {**plan.test, **plan.holdout}
     baseline_version = promotion_state(home.adapters).current
     baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
     scores: list[dict[str, SuiteScores]] = []
@@ -371,9 +498,9 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
             scores.append(evaluate(llm, suites, config.gate, on_progress=partial(progress.advance, bar)))
             del llm
             _release(deps.model_dir)
-    report = compare(scores[0], scores[1], test_suites=test_suites, holdout_suites=holdout, config=config.gate,
-                     baseline_name=baseline_version or "base")
-    return report.model_copy(update={"excluded": excluded})
+    report = compare(scores[0], scores[1], test_suites=list(plan.test), holdout_suites=list(plan.holdout),
+                     config=config.gate, baseline_name=baseline_version or "base")
+    return report.model_copy(update={"excluded": plan.excluded})
 
 
 def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:
@@ -388,12 +515,20 @@ def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:
 
 
 def _parent_version(home: Home, config: DistillConfig) -> str | None:
-    if config.parent == "none":
-        return None
-    if config.parent == "promoted":
-        return promotion_state(home.adapters).current
-    resolve_adapter(home, config.parent)  # checks it exists
-    return config.parent
+    from procmem.llm import choose_policy
+
+    return choose_policy(home, model=config.model, adapter=config.parent).version
+
+
+def job_threads(settings: TrainSettings) -> int:
+    """The CPU threads each process of a distill job uses: ``settings.threads`` (default: half the usable cores,
+    at least 1) shared among the job's processes."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    total = settings.threads or max(1, usable // 2)
+    return max(1, total // max(1, distributed.world_size()))
 
 
 def _load_gate(run: Path) -> GateReport | None:
@@ -406,7 +541,7 @@ def _load_gate(run: Path) -> GateReport | None:
 
 def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = None) -> DistillDeps:
     """The real dependencies: the home's memory, the configured local model, the task suites."""
-    from procmem.llm import load_llm
+    from procmem.llm import open_policy
     from procmem.memory import open_memory
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
@@ -415,7 +550,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     model_dir = _model_dir(config.model, home)
 
     def llm_factory(adapter: Path | None, version: str | None) -> LLM:
-        return load_llm(config.model, models_dir=home.models, adapter=adapter)
+        return open_policy(home, model=config.model, adapter=adapter or "none", version=version)
 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
         return load_suite(suite, split=split, n=n, check=build_verifier)

@@ -6,6 +6,13 @@ attempts (never the failed answers themselves). It samples ``k`` candidates; the
 the passing ones. Each kept trace trains the student on the memory-free prompt, rendered exactly as
 at inference (``render_prompt(question)``), followed by ``render_completion(answer)``.
 
+**The canonical answer.** The answer trained on is the verified answer in the canonical form the task's
+verifier read it as (:func:`~procmem.verifiers.canonical_answer`), where the verifier defines one: a
+``numeric:`` verifier that accepted ``57.`` trains ``57``, so a lenient verifier's accepted noise is not taught
+to the model. Only the answer is canonicalised (for a ``reasoned`` task, the part after ``Answer:``); a verifier
+without a canonical form (``regex:``, ``math:``, ``code``) keeps the raw text. ``traces.canonical_answers =
+false`` turns it off. The raw text is kept in ``Trace.raw_answer``.
+
 Problems are ordered: never solved first, then solved after a failure, then solved at once.
 Every trace keeps its provenance: the episodes it came from and the memory entries that conditioned it.
 """
@@ -31,14 +38,16 @@ from procmem.core import (
     render_completion,
     render_prompt,
 )
+from procmem.core.feedback import is_correction
 from procmem.core.fileio import hash_strings, read_jsonl, write_jsonl
 from procmem.core.keys import policy_version
 from procmem.core.prompts import ANSWER_STOP
 from procmem.core.registry import MemorySnapshot
 from procmem.distill.config import TraceConfig
 from procmem.llm import LLM, generate_for_tasks
-from procmem.memory import Retriever, group_problems
-from procmem.verifiers import build_verifier
+from procmem.memory import Retriever
+from procmem.memory._problems import group_problems
+from procmem.verifiers import Verifier, build_verifier, canonical_answer
 
 __all__ = [
     "HIDDEN_ANSWER",
@@ -55,6 +64,7 @@ __all__ = [
     "save_trace_build",
     "success_traces",
     "teacher_prompt",
+    "training_answer",
     "training_items",
 ]
 
@@ -135,6 +145,8 @@ class Trace(Example):
     feedback: str = ""
     teacher: str = ""
     """Policy that wrote it: ``model_id@adapter``."""
+    raw_answer: str = ""
+    """The answer as it was written, where ``answer`` is its canonical form (empty when they are the same)."""
 
 
 @dataclass(frozen=True)
@@ -181,8 +193,7 @@ def _item(episodes: list[Episode], max_feedback: int) -> TrainingItem:
             feedback.append(text)
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
-    corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts
-                                      if a.verdict.passed and a.verdict.details.get("correction")))
+    corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts if is_correction(a)))
     return TrainingItem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
                         feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
                         failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)),
@@ -245,9 +256,11 @@ def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retr
         outputs = generate_for_tasks(teacher, requests, base)
         for index, (problem, ctx) in enumerate(chunk):
             texts = [o.text for o in outputs[index * config.k:(index + 1) * config.k]]
-            good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy)
-            if problem.corrections:  # a person's verified answer trains the student as it is
-                fixed, _ = _judge(problem, ctx, problem.corrections, len(problem.corrections), "correction")
+            good, bad = _judge(problem, ctx, texts, config.keep_per_problem, policy,
+                               canonical=config.canonical_answers)
+            if problem.corrections:  # a person's verified answer trains the student (in canonical form)
+                fixed, _ = _judge(problem, ctx, problem.corrections, len(problem.corrections), "correction",
+                                  canonical=config.canonical_answers, given=True)
                 good = [*fixed, *(t for t in good if t.answer not in {f.answer for f in fixed})]
             kept.extend(good)
             rejected.extend(bad)
@@ -273,22 +286,33 @@ def _context(problem: TrainingItem, retriever: Retriever, k: int) -> TeacherCont
 
 
 def _judge(problem: TrainingItem, ctx: TeacherContext, texts: Sequence[str], keep: int,
-           policy: str) -> tuple[list[Trace], list[Trace]]:
+           policy: str, *, canonical: bool = True, given: bool = False) -> tuple[list[Trace], list[Trace]]:
+    """Verify ``texts`` (completions; ``given``: answers a person gave, which a reasoned task reads whole when
+    they have no ``Answer:`` line) and split them into kept traces and rejected ones."""
     verifier = build_verifier(problem.task)
     kept: list[Trace] = []
     rejected: list[Trace] = []
     seen: set[str] = set()
     for sample, text in enumerate(texts):
-        answer = extract_answer(text, ctx.answer_format)
-        verdict = verifier.verify(answer)
+        raw = extract_answer(text, ctx.answer_format) or (text.strip() if given else "")
+        verdict = verifier.verify(raw)
         status: TraceStatus = "failed"
+        answer = raw
         if verdict.passed:
+            answer = training_answer(verifier, raw) if canonical else raw
             status = "duplicate" if answer in seen or len(kept) >= keep else "kept"
             seen.add(answer)
         trace = Trace(**asdict(ctx), completion=render_completion(answer, ctx.answer_format), answer=answer,
-                      sample=sample, score=verdict.score, status=status, feedback=verdict.feedback, teacher=policy)
+                      sample=sample, score=verdict.score, status=status, feedback=verdict.feedback, teacher=policy,
+                      raw_answer=raw if answer != raw else "")
         (kept if status == "kept" else rejected).append(trace)
     return kept, rejected
+
+
+def training_answer(verifier: Verifier, answer: str) -> str:
+    """What a verified ``answer`` trains: its canonical form where the verifier gives one, else the answer."""
+    form = canonical_answer(verifier, answer)
+    return form if form is not None else answer
 
 
 def _memory_snapshot(contexts: Sequence[TeacherContext]) -> MemorySnapshot:
@@ -315,23 +339,36 @@ def load_trace_build(directory: Path) -> TraceBuild | None:
     return TraceBuild(kept, rejected, contexts, _memory_snapshot(contexts))
 
 
-def success_traces(episodes: Iterable[Episode], keep_per_problem: int) -> TraceBuild:
+def success_traces(episodes: Iterable[Episode], keep_per_problem: int, *, canonical: bool = True) -> TraceBuild:
     """RFT's data: the distinct verified answers of the agent's own episodes (at most ``keep_per_problem`` per
-    task, the same cap the teacher's traces have), as memory-free examples."""
+    task, the same cap the teacher's traces have), as memory-free examples, each in its canonical form unless
+    ``canonical`` is False."""
     kept: list[Trace] = []
     seen: set[tuple[str, str]] = set()
     for episode in sorted(episodes, key=lambda e: (e.task.id, e.id)):
         per_task = sum(task_id == episode.task.id for task_id, _ in seen)
-        if not episode.passed or (episode.task.id, episode.attempts[-1].answer) in seen or per_task >= keep_per_problem:
+        if not episode.passed or per_task >= keep_per_problem:
             continue
-        answer = episode.attempts[-1].answer
+        raw = episode.attempts[-1].answer
+        answer = _canonical_success(episode.task, raw) if canonical else raw
+        if (episode.task.id, answer) in seen:
+            continue
         seen.add((episode.task.id, answer))
         prompt = render_prompt(episode.task.prompt, answer_format=episode.task.answer_format)
         kept.append(Trace(task_id=episode.task.id, suite=episode.task.suite, prompt=prompt, teacher_prompt=prompt,
                           episode_ids=(episode.id,), answer_format=episode.task.answer_format,
                           completion=render_completion(answer, episode.task.answer_format), answer=answer, sample=0,
-                          score=1.0, status="kept", teacher=episode.policy_version))
+                          score=1.0, status="kept", teacher=episode.policy_version,
+                          raw_answer=raw if answer != raw else ""))
     return TraceBuild(tuple(kept), (), ())
+
+
+def _canonical_success(task: Task, answer: str) -> str:
+    try:
+        verifier = build_verifier(task)
+    except ProcmemError:  # the episode's verifier no longer builds: its answer stays as it was recorded
+        return answer
+    return training_answer(verifier, answer)
 
 
 def export_traces(traces: Iterable[Trace], fmt: ExportFormat) -> list[dict[str, Any]]:

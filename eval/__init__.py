@@ -1,5 +1,6 @@
-"""The evidence: experiments comparing the memory-free student with base, base+memory, RFT and controls,
-and benchmark scripts (``eval/bench_*.py``). eval sits on top: it may import every other package."""
+"""The evidence: experiments comparing the memory-free student with base, base+memory, RFT and controls.
+The benchmark scripts sit apart, in ``eval/bench/`` (``procmem.eval.bench``); nothing of theirs is exported here.
+eval sits on top: it may import every other package."""
 
 from procmem.eval.config import ARM_SPECS, ARMS, TRAINED_ARMS, Arm, ArmSpec, EvalConfig
 from procmem.eval.experiment import (

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from procmem.core.config import Config
+from procmem.agent.config import SessionJob
 from procmem.distill.config import DistillConfig
 
 __all__ = ["ARMS", "ARM_SPECS", "TRAINED_ARMS", "Arm", "ArmSpec", "EvalConfig", "TeacherMemory", "TrainsOn"]
@@ -54,11 +55,17 @@ TRAINED_ARMS: tuple[Arm, ...] = tuple(name for name, spec in ARM_SPECS.items() i
 """Arms that train an adapter each round; the others only evaluate the base model."""
 
 
-class EvalConfig(Config):
+class EvalConfig(SessionJob):
     """One experiment: R rounds of collect -> reflect -> distill -> evaluate, for every arm and seed."""
 
-    model: str = Field(default="local:default", description="Base model: 'local:default', 'local:tiny' or "
-                                                            "'local:/path/to/hf_dir'.")
+    SESSION_KEYS: ClassVar[Mapping[str, str]] = {**SessionJob.SESSION_KEYS, "max_tokens": "generation.max_tokens"}
+    SESSION_DEFAULTS: ClassVar[Mapping[str, Any]] = {"concurrency": 16, "generation": {"max_tokens": 16}}
+    """The agent session of every arm (``[session]``; configs written before it keep ``model``, ``attempts``,
+    ``memory_k``, ``max_tokens`` and ``concurrency`` at the top level): the base model, attempts per train task
+    during collection, memory entries in agent and teacher prompts, the most new tokens per answer (agent, teacher
+    and test; with answer_format 'reasoned' the task's own budget) and agent tasks at once. Its ``adapter`` is
+    not used: each arm's policy is the adapter it trained."""
+
     train_suites: tuple[str, ...] = Field(min_length=1, description="Task suites trained on (their train split) and "
                                                                    "tested on (their held-out test split).")
     holdout_suites: tuple[str, ...] = Field(default=(), description="General-ability suites, never trained on: the "
@@ -69,7 +76,8 @@ class EvalConfig(Config):
     train_pool: float = Field(default=2.0, ge=1.0, le=10.0, description="Size of the train pool each seed draws "
                                                                        "its n_train items from, in units of n_train.")
     n_dev: int = Field(default=40, ge=0, description="Dev items per suite: the first n_dev held-out items, used "
-                                                     "only by eval/calibrate.py (every choice), never scored here.")
+                                                     "only by eval/bench/calibrate.py (every choice), never scored "
+                                                     "here.")
     n_test: int = Field(default=24, ge=1, description="Test items per suite and seed: seed number i (its position "
                                                       "in `seeds`) gets the i-th block of n_test held-out items "
                                                       "after the dev items, so seeds' test items are disjoint.")
@@ -92,12 +100,6 @@ class EvalConfig(Config):
     seeds: tuple[int, ...] = Field(default=(0, 1, 2), min_length=1, description="Training/sampling seeds; CIs "
                                                                                "are bootstrapped over them.")
     arms: tuple[Arm, ...] = Field(default=ARMS, min_length=1, description="Arms to run (see README, Evidence).")
-    attempts: int = Field(default=2, ge=1, le=10, description="Agent attempts per train task during collection.")
-    memory_k: int = Field(default=3, ge=0, le=32, description="Memory entries in agent and teacher prompts.")
-    max_tokens: int = Field(default=16, ge=1, le=2048, description="Most new tokens per answer: agent, teacher "
-                                                                  "and test (with answer_format 'reasoned' it is "
-                                                                  "the task's own budget, so every stage uses it).")
-    concurrency: int = Field(default=16, ge=1, le=256, description="Agent tasks at once; the model batches them.")
     reflect_max_calls: int = Field(default=64, ge=0, description="Reflection LLM calls per round (0: no reflection).")
     bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples for the 95% CIs.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Traces, LoRA and training settings "

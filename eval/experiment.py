@@ -17,7 +17,7 @@ round with ``evaluate_every_round``). Every arm is run for every seed: no row is
 
 **Splits.** Train items come from each suite's train split (a per-seed draw of ``n_train`` from a pool);
 dev and test items from its held-out split: the first ``n_dev`` held-out items are dev (only
-``eval/calibrate.py`` reads them), then seed number i gets the i-th block of ``n_test``. Train, dev and
+``eval/bench/calibrate.py`` reads them), then seed number i gets the i-th block of ``n_test``. Train, dev and
 every seed's test items are disjoint (:func:`load_splits`).
 
 **Matched budgets.** With ``train_examples`` set, each trained arm's verified traces are subsampled or
@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from procmem.agent import BATCH, AgentSession, SessionConfig, score_tasks
-from procmem.core import Episode, GenerationConfig, ProcmemError, Task
+from procmem.core import Episode, GenerationConfig, Home, ProcmemError, Task
 from procmem.core.fileio import read_json, write_json
 from procmem.core.keys import policy_version
 from procmem.core.progress import progress_bar
@@ -62,7 +62,7 @@ from procmem.distill import (
     training_items,
 )
 from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
-from procmem.llm import LLM, load_llm, local_model_dir
+from procmem.llm import LLM, local_model_dir, open_policy
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
@@ -132,7 +132,7 @@ def _prepared(config: EvalConfig, tasks: list[Task]) -> list[Task]:
     if config.answer_format != "reasoned":
         return tasks
     extra = {"answer_format": "reasoned",
-             "generation": {"stop": list(REASONED_STOP), "max_tokens": config.max_tokens}}
+             "generation": {"stop": list(REASONED_STOP), "max_tokens": config.session.generation.max_tokens}}
     return [dataclasses.replace(t, metadata={**t.metadata, **extra}) for t in tasks]
 
 
@@ -308,8 +308,8 @@ class Experiment:
         tasks = [task for group in suites.train.values() for task in group]
         policy = self._adapter("pmd", seed, round_ - 1)
         if not summary.exists():
-            settings = SessionConfig(model=self.config.model, attempts=self.config.attempts,
-                                     memory_k=self.config.memory_k, concurrency=self.config.concurrency,
+            settings = SessionConfig(model=self.config.session.model, attempts=self.config.session.attempts,
+                                     memory_k=self.config.session.memory_k, concurrency=self.config.session.concurrency,
                                      generation=self._generation())
             with AgentSession(self._llm(policy), settings, memory=memory) as session, \
                     SqliteSaver.from_conn_string(str(self._seed_dir(seed) / "threads.sqlite")) as saver, \
@@ -432,26 +432,26 @@ class Experiment:
         total = sum(len(tasks) for tasks in suites.values())
         with self._bar(label, total) as advance:
             scored = score_tasks(llm, suites, self._generation(), retriever=retriever,
-                                 memory_k=self.config.memory_k, on_progress=advance)
+                                 memory_k=self.config.session.memory_k, on_progress=advance)
         tokens = sum(item.completion_tokens for items in scored.values() for item in items)
         return {suite: [item.passed for item in items] for suite, items in scored.items()}, tokens
 
     # -- plumbing -----------------------------------------------------------------------------------
 
     def _generation(self) -> GenerationConfig:
-        return GenerationConfig(max_tokens=self.config.max_tokens, temperature=0.0)
+        return GenerationConfig(max_tokens=self.config.session.generation.max_tokens, temperature=0.0)
 
     def _base_dir(self) -> Path:
         if self._model_dir is None:
-            self._model_dir = local_model_dir(self.config.model, models_dir=self.out / "models")
+            self._model_dir = local_model_dir(self.config.session.model, models_dir=self.out / "models")
         return self._model_dir
 
     def _llm(self, adapter: Path | None) -> LLM:
         """The base model, with ``adapter`` labelled by where it was trained (``seed0/round1/pmd``), so that
         episodes and memory trust tell the rounds' policies apart."""
         version = "/".join(adapter.relative_to(self.out).parts[:3]) if adapter is not None else None
-        return load_llm(self.config.model, models_dir=self.out / "models", adapter=adapter, adapter_version=version,
-                        max_batch_size=BATCH)
+        return open_policy(Home(self.out), model=self.config.session.model, adapter=adapter or "none", version=version,
+                           max_batch_size=BATCH)
 
     def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
         """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms)."""
@@ -486,13 +486,22 @@ class Experiment:
         """An output directory holds one experiment: resuming with a different config would mix results."""
         saved = self.out / _CONFIG_FILE
         current = self.config.model_dump(mode="json")
-        if saved.exists() and read_json(saved) != current:
+        if saved.exists() and _normalized(read_json(saved)) != current:
             raise ProcmemError("this output directory holds an experiment with a different config",
                                where=str(self.out), fix="use a new --out directory, or the same config to resume")
         write_json(saved, current)
 
     def _bar(self, label: str, total: int) -> _Bar:
         return _Bar(self._progress, label, total)
+
+
+def _normalized(saved: Any) -> Any:
+    """A saved config as this version writes it (older files keep the session's keys at the top level, and lack
+    fields added since, which take their defaults)."""
+    try:
+        return EvalConfig.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        return saved
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,7 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         "",
         f"- command: `{results['meta'].get('command', '')}`",
         f"- date: {results['meta'].get('date', '')}, commit {results['meta'].get('commit', '')}",
-        f"- model {config.model}; train suites {', '.join(config.train_suites)}; "
+        f"- model {config.session.model}; train suites {', '.join(config.train_suites)}; "
         f"holdout {', '.join(config.holdout_suites) or 'none'}",
         f"- {config.rounds} round(s), seeds finished {results['meta']['seeds_finished']} of "
         f"{list(config.seeds)}, {config.n_train} train / {config.n_test} test / "

@@ -8,11 +8,24 @@ The agent's view::
     prompt = render_prompt(task.prompt, memory=found.text)     # procmem.core
     memory.after_episode(episode, reflector=llm)               # record, count, reflect inline
 
-Layers: :mod:`.base` (protocols) ← :mod:`.embedding`, :mod:`.chroma_store`, :mod:`.numpy_store` (stores by
-level) ← :mod:`.experiences` (level 1) ← :mod:`.entries`, :mod:`.problems`, :mod:`.reflection`,
-:mod:`.consolidation` (levels 2-3) ← :mod:`.hygiene` (the rules, and writes and eviction that apply them) ←
-:mod:`.retrieval` (the seam, every retriever and THE renderer), :mod:`.learning` (reflection and
-consolidation jobs), :mod:`.transfer` (export/import) ← :mod:`.procedural` (the facade over all of it).
+This package exports what a user calls (``__all__``): the memory (:func:`open_memory`,
+:class:`ProceduralMemory`, :class:`MemoryConfig`), the store seam (:class:`MemoryStore`,
+:class:`VectorMemoryStore`, :class:`VectorStoreBase`, :class:`MemoryRecord`, ...) with its two stores
+(:class:`ChromaStore`, :class:`InMemoryStore`), the embedder seam (:class:`Embedder`,
+:class:`HashingEmbedder`, :func:`default_embedder`) and the retrieval seam (:class:`Retriever`,
+:class:`Retrieval`, :class:`NoMemory`).
+
+Public modules are the ones you configure or plug into: :mod:`.base` (the store seam and :data:`Scalar`),
+:mod:`.config` (:class:`MemoryConfig` and its sections), :mod:`.embedding` (``MiniLMEmbedder``,
+``LlamaCppEmbedder``), :mod:`.chroma_store` (``HNSW``, ``local_chroma_server``) and :mod:`.numpy_store`. The
+``_``-prefixed modules are the machinery, internal to procmem.
+
+Layers: :mod:`.base` (protocols, and :class:`VectorStoreBase` for stores) ← :mod:`.embedding`,
+:mod:`.chroma_store`, :mod:`.numpy_store` (stores by level) ← :mod:`._experiences` (level 1) ←
+:mod:`._entries`, :mod:`._problems`, :mod:`._reflection`, :mod:`._consolidation`, :mod:`._feedback_lessons`
+(levels 2-3) ← :mod:`._hygiene` (the rules, and writes and eviction that apply them) ← :mod:`._retrieval`
+(the seam, every retriever and THE renderer), :mod:`._learning` (reflection and consolidation jobs),
+:mod:`._transfer` (export/import) ← :mod:`._procedural` (the facade over all of it).
 """
 
 from __future__ import annotations
@@ -20,6 +33,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from procmem.memory._learning import ReflectionReport
+from procmem.memory._procedural import ProceduralMemory
+from procmem.memory._retrieval import NoMemory, Retrieval, Retriever
 from procmem.memory.base import (
     LEVELS,
     Embedder,
@@ -27,116 +43,36 @@ from procmem.memory.base import (
     MemoryRecord,
     MemoryStore,
     MetadataChange,
-    Scalar,
     ScoredRecord,
     VectorMemoryStore,
+    VectorStoreBase,
 )
-from procmem.memory.chroma_store import ChromaStore, local_chroma_server
-from procmem.memory.config import HygieneConfig, MemoryConfig, ReflectionConfig, RetrievalConfig
-from procmem.memory.embedding import (
-    MINILM_DIM,
-    HashingEmbedder,
-    LlamaCppEmbedder,
-    MiniLMEmbedder,
-    default_embedder,
-)
-from procmem.memory.entries import (
-    ENTRY_LEVELS,
-    KINDS,
-    Entry,
-    EntryLevel,
-    Kind,
-    Status,
-    entry_id,
-)
-from procmem.memory.experiences import EXPERIENCE, ExperienceMemory
-from procmem.memory.hygiene import PruneReport
-from procmem.memory.learning import ReflectionReport
+from procmem.memory.chroma_store import ChromaStore
+from procmem.memory.config import MemoryConfig
+from procmem.memory.embedding import HashingEmbedder, default_embedder
 from procmem.memory.numpy_store import InMemoryStore
-from procmem.memory.problems import Grouping, Problem, group_problems
-from procmem.memory.procedural import AfterEpisode, ProceduralMemory
-from procmem.memory.reflection import (
-    ParsedItem,
-    ParsedReflection,
-    parse_reflection,
-    pattern_prompt,
-    reflection_primer,
-    reflection_prompt,
-)
-from procmem.memory.retrieval import (
-    ADVICE_HEADER,
-    DEFAULT_MAX_CHARS,
-    Advice,
-    ExperienceRetriever,
-    MemoryContext,
-    NoMemory,
-    ProceduralRetriever,
-    Retrieval,
-    Retriever,
-    WorkedExample,
-    fit_context,
-    fit_memory,
-    render_memory,
-)
 
 __all__ = [
-    "ADVICE_HEADER",
-    "DEFAULT_MAX_CHARS",
-    "ENTRY_LEVELS",
-    "EXPERIENCE",
-    "KINDS",
     "LEVELS",
-    "MINILM_DIM",
-    "Advice",
-    "AfterEpisode",
     "ChromaStore",
     "Embedder",
-    "Entry",
-    "EntryLevel",
-    "ExperienceMemory",
-    "ExperienceRetriever",
-    "Grouping",
     "HashingEmbedder",
-    "HygieneConfig",
     "InMemoryStore",
-    "Kind",
     "Level",
-    "LlamaCppEmbedder",
     "MemoryConfig",
-    "MemoryContext",
     "MemoryRecord",
     "MemoryStore",
     "MetadataChange",
-    "MiniLMEmbedder",
     "NoMemory",
-    "ParsedItem",
-    "ParsedReflection",
-    "Problem",
     "ProceduralMemory",
-    "ProceduralRetriever",
-    "PruneReport",
-    "ReflectionConfig",
     "ReflectionReport",
     "Retrieval",
-    "RetrievalConfig",
     "Retriever",
-    "Scalar",
     "ScoredRecord",
-    "Status",
     "VectorMemoryStore",
-    "WorkedExample",
+    "VectorStoreBase",
     "default_embedder",
-    "entry_id",
-    "fit_context",
-    "fit_memory",
-    "group_problems",
-    "local_chroma_server",
     "open_memory",
-    "parse_reflection",
-    "pattern_prompt",
-    "reflection_primer",
-    "reflection_prompt",
-    "render_memory",
 ]
 
 

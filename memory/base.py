@@ -5,6 +5,7 @@ memory/ knows nothing about models beyond :class:`Embedder`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "Scalar",
     "ScoredRecord",
     "VectorMemoryStore",
+    "VectorStoreBase",
 ]
 
 Level = Literal["experience", "insight", "pattern"]
@@ -122,4 +124,55 @@ class VectorMemoryStore(MemoryStore, Protocol):
         processes and hosts for a Chroma server (a lease lock kept on the server)."""
         ...
 
+    def close(self) -> None: ...
+
+
+class VectorStoreBase(ABC):
+    """A base class for a :class:`VectorMemoryStore`: it writes :meth:`query` once (embed the text with the
+    store's own ``embedder``, then :meth:`query_vector`), and leaves every other method to the subclass.
+
+    Subclass it to write a store of your own, and check it with
+    :class:`procmem.testing.MemoryStoreConformance` (docs: *Extend procmem*).
+    """
+
+    @property
+    @abstractmethod
+    def embedder(self) -> Embedder: ...
+
+    @abstractmethod
+    def upsert(self, records: Sequence[MemoryRecord]) -> None: ...
+
+    @abstractmethod
+    def upsert_vectors(self, records: Sequence[MemoryRecord], vectors: npt.ArrayLike) -> None: ...
+
+    @abstractmethod
+    def update(self, level: Level, ids: Sequence[str], change: MetadataChange) -> list[MemoryRecord]: ...
+
+    @abstractmethod
+    def get(self, level: Level, ids: Sequence[str]) -> list[MemoryRecord]: ...
+
+    @abstractmethod
+    def delete(self, level: Level, ids: Sequence[str]) -> None: ...
+
+    def query(
+        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]:
+        """The ``k`` records of ``level`` (matching ``where``) nearest to ``text``, nearest first."""
+        return self.query_vector(level, self.embedder.embed([text])[0], k=k, where=where)
+
+    @abstractmethod
+    def query_vector(
+        self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
+    ) -> list[ScoredRecord]: ...
+
+    @abstractmethod
+    def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]: ...
+
+    @abstractmethod
+    def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int: ...
+
+    @abstractmethod
+    def exclusive(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
     def close(self) -> None: ...

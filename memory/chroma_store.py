@@ -14,7 +14,7 @@ Two ways to reach Chroma:
   write) holds a lease lock kept on the server itself (:class:`_ServerLock`), so that no update is lost.
 
 Search: HNSW with parameters tuned for recall (:data:`HNSW`; recall@5 >= 0.95 at 100k entries, see
-``eval/bench_memory.py``). A level of the embedded store small enough (:data:`EXACT_MAX`) is mirrored
+``eval/bench/bench_memory.py``). A level of the embedded store small enough (:data:`EXACT_MAX`) is mirrored
 in process memory (:class:`~procmem.memory.numpy_store.InMemoryStore`) and searched exactly there: faster
 than Chroma below that size, and exact. The mirror follows this process's writes and is dropped when
 another process writes (the generation token changes); while other processes keep writing, none is rebuilt.
@@ -62,7 +62,15 @@ from procmem.memory._records import (
     set_metadata,
     unique,
 )
-from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, Scalar, ScoredRecord
+from procmem.memory.base import (
+    Embedder,
+    Level,
+    MemoryRecord,
+    MetadataChange,
+    Scalar,
+    ScoredRecord,
+    VectorStoreBase,
+)
 from procmem.memory.embedding import embed_array
 from procmem.memory.numpy_store import InMemoryStore
 
@@ -87,7 +95,7 @@ _INCLUDE: Any = ["documents", "metadatas"]
 
 HNSW: dict[str, int] = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
 """HNSW parameters of new collections (M, build and search beam widths); Chroma's defaults are (16, 100, 100).
-Measured recall@5 (``eval/bench_memory.py``): random 384-d vectors, the hardest case, 0.78 at 20k entries
+Measured recall@5 (``eval/bench/bench_memory.py``): random 384-d vectors, the hardest case, 0.78 at 20k entries
 (defaults: 0.34); see docs/benchmarks.md for MiniLM embeddings. ``ef_search`` is also raised on collections
 made with Chroma's default; :meth:`ChromaStore.set_ef_search` changes it."""
 
@@ -415,7 +423,7 @@ def _check_directory(path: Path) -> None:
                            fix="choose a writable location") from err
 
 
-class ChromaStore:
+class ChromaStore(VectorStoreBase):
     """:class:`~procmem.memory.base.VectorMemoryStore` on Chroma. Thread-safe; use it as a context manager or
     call :meth:`close` to release the Chroma client.
 
@@ -581,11 +589,6 @@ class ChromaStore:
             return [self._record(level, i, *by_id[i]) for i in ids if i in by_id]
 
         return self._read(level, op)
-
-    def query(
-        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
-    ) -> list[ScoredRecord]:
-        return self.query_vector(level, embed_array(self._embedder, [text])[0], k=k, where=where)
 
     def query_vector(
         self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None

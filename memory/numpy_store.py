@@ -27,7 +27,15 @@ from procmem.memory._records import (
     matches,
     unique,
 )
-from procmem.memory.base import Embedder, Level, MemoryRecord, MetadataChange, Scalar, ScoredRecord
+from procmem.memory.base import (
+    Embedder,
+    Level,
+    MemoryRecord,
+    MetadataChange,
+    Scalar,
+    ScoredRecord,
+    VectorStoreBase,
+)
 from procmem.memory.embedding import embed_array
 
 __all__ = ["InMemoryStore"]
@@ -118,7 +126,7 @@ def _where(key: _WhereKey) -> dict[str, Scalar]:
     return {name: value for name, _, value in key}
 
 
-class InMemoryStore:
+class InMemoryStore(VectorStoreBase):
     """:class:`~procmem.memory.base.VectorMemoryStore` in process memory, with exact cosine search.
 
     Thread-safe. Records come back as copies; payloads round-trip through JSON (tuples become lists).
@@ -166,11 +174,6 @@ class InMemoryStore:
             table = self._table(level)
             for entry_id in ids:
                 table.remove(entry_id)
-
-    def query(
-        self, level: Level, text: str, *, k: int, where: Mapping[str, Scalar] | None = None
-    ) -> list[ScoredRecord]:
-        return self.query_vector(level, embed_array(self._embedder, [text])[0], k=k, where=where)
 
     def query_vector(
         self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None

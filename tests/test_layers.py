@@ -33,6 +33,7 @@ RANKS: dict[str, int] = {
     "procmem.agent": 3,
     "procmem.distill": 4,
     "procmem.serve": 5,
+    "procmem.testing": 5,  # the conformance suites check the seams of memory, llm, verifiers and distill
     "procmem.eval": 6,  # the experiment and the benchmarks measure every layer, the gateway too
     "procmem.cli": 7,
 }
@@ -154,6 +155,7 @@ def test_the_source_tree_keeps_the_layer_rule() -> None:
     ("procmem.tasks.bad", "from importlib import import_module\nimport_module('procmem.verifiers.rg')\n", "upward"),
     ("procmem.verifiers.bad", "from procmem.memory import open_memory\n", "sideways"),
     ("procmem.serve.bad", "from procmem.eval import experiment\n", "upward"),
+    ("procmem.testing.bad", "from procmem.serve import app\n", "sideways"),
     ("procmem.memory.bad", "from procmem.gadgets import x\n", "without a rank"),
 ])
 def test_a_violating_module_is_reported(module: str, source: str, expected: str) -> None:

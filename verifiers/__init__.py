@@ -11,7 +11,9 @@ A task's ``verifier`` field is a spec ``kind:argument``; :func:`build_verifier` 
 - ``code:...``: run against tests in a sandbox (``procmem.verifiers.code``, when installed).
 
 Each module's docstring documents its spec. A new kind registers itself with
-:func:`register_verifier` and is imported here.
+:func:`register_verifier` and is imported here. A verifier may give the canonical form of a passing
+answer (an optional ``canonical`` method, asked through :func:`canonical_answer`): ``numeric:`` and ``exact:``
+do, and ``rg:`` where the entry stores its answer.
 """
 
 from importlib import import_module
@@ -21,6 +23,7 @@ from procmem.verifiers.base import (
     Verifier,
     VerifierFactory,
     build_verifier,
+    canonical_answer,
     reference_answer,
     register_verifier,
     verifier_kinds,
@@ -44,6 +47,7 @@ __all__ = [
     "Verifier",
     "VerifierFactory",
     "build_verifier",
+    "canonical_answer",
     "reference_answer",
     "register_verifier",
     "verifier_kinds",

@@ -4,10 +4,15 @@ Normalization (applied to both sides): Unicode NFKC, strip, casefold, collapse r
 one space, and drop one trailing period. So ``exact:New York`` accepts ``new  york.`` but not
 ``New York City``. Everything after the first ``:`` is the gold answer, colons included
 (``exact:3:45``). Use ``regex:`` for several accepted answers.
+
+The canonical form of a passing answer (:meth:`ExactVerifier.canonical`, what distillation trains on) is the
+gold as written, on one line, without a sentence's closing period: ``exact:1.`` (a served answer someone
+approved) trains ``1``; an abbreviation keeps its period (``U.S.``).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -16,6 +21,9 @@ from procmem.verifiers._feedback import describe_form, fail, malformed_spec, wro
 from procmem.verifiers.base import register_verifier
 
 __all__ = ["ExactVerifier", "normalize"]
+
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:[^\W\d_]\.)+[^\W\d_]$")
+"""``U.S``, ``e.g``: what is left of an abbreviation whose last period was taken away."""
 
 
 def normalize(text: str) -> str:
@@ -38,6 +46,15 @@ class ExactVerifier:
             return Verdict(passed=True, score=1.0)
         return fail(wrong_answer_feedback(answer.strip(), describe_form(normalize(self.gold))),
                     secrets=(self.gold, normalize(self.gold)))
+
+    def canonical(self, answer: str) -> str | None:
+        """The gold as written, single-spaced, without a closing period, for a passing ``answer``; else None."""
+        if normalize(answer) != normalize(self.gold):
+            return None
+        form = " ".join(self.gold.split())
+        if form.endswith(".") and not form.endswith("..") and not _ABBREVIATION.search(form[:-1]):
+            form = form[:-1].rstrip()
+        return form or None
 
 
 @register_verifier("exact")

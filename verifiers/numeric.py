@@ -8,6 +8,10 @@
 - The gold and the answer may be an integer, a decimal (``3.14``, ``.5``, ``1e-3``) or a fraction
   (``1/3``); answers may group thousands with commas (``1,234``). Nothing else is read as a number:
   ``the answer is 42`` fails with feedback asking for a bare number.
+
+The canonical form of a passing answer (:meth:`NumericVerifier.canonical`, what distillation trains on) is the
+value it was read as, written plainly: ``42.``, ``+42``, ``42.0`` and ``4.2e1`` are ``42``; ``1,234`` is ``1234``;
+``3/4`` and ``.750`` are ``0.75``; ``1/3`` stays ``1/3``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from procmem.core import Task, Verdict
 from procmem.verifiers._feedback import fail, malformed_spec, show
 from procmem.verifiers.base import register_verifier
 
-__all__ = ["NumericVerifier", "parse_number"]
+__all__ = ["NumericVerifier", "canonical_number", "parse_number"]
 
 _SYNTAX = "numeric:<number>[?tol=<abs>][&rel=<rel>], e.g. numeric:42 or numeric:3.14?tol=0.01"
 _NUMBER = re.compile(
@@ -29,6 +33,8 @@ _NUMBER = re.compile(
 )
 _MAX_DIGITS = 400
 _MAX_EXPONENT = 1000
+_MAX_CANONICAL = 40
+"""Longer plain renderings (``1e300``) are not canonical forms: the answer keeps its own text."""
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -71,6 +77,29 @@ class NumericVerifier:
             return Verdict(passed=True, score=1.0)
         what = "value" if not (self.tol or self.rel) else "value (within the allowed tolerance)"
         return fail([f"{show(got)} is not the correct {what}", f"that is not the correct {what}"], secrets)
+
+    def canonical(self, answer: str) -> str | None:
+        """The value a passing ``answer`` was read as, written plainly (``57.`` -> ``57``); None if it fails."""
+        value = parse_number(answer)
+        if value is None or abs(value - self.gold) > max(self.tol, self.rel * abs(self.gold)):
+            return None
+        return canonical_number(value)
+
+
+def canonical_number(value: Fraction) -> str | None:
+    """``value`` as an integer, else an exact decimal, else ``p/q``; None when that is unreasonably long."""
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value.denominator == 1:
+        text = str(value.numerator)
+    else:
+        places = next((k for k in range(_MAX_CANONICAL) if (10**k) % value.denominator == 0), None)
+        if places is None:
+            text = f"{value.numerator}/{value.denominator}"
+        else:
+            digits = str(value.numerator * 10**places // value.denominator).rjust(places + 1, "0")
+            text = f"{digits[:-places]}.{digits[-places:]}"
+    return sign + text if len(text) <= _MAX_CANONICAL else None
 
 
 def _plain(value: Fraction) -> str:

@@ -13,6 +13,9 @@ config), checks that it is the same question, and scores with ``dataset.score_an
 - a pass is a score of exactly 1.0; partial credit is kept as the score but fails;
 - a scorer that raises on junk (``prime_factorization`` does) counts as 0.
 
+The canonical form of a passing answer (:meth:`RGVerifier.canonical`, what distillation trains on) is the
+entry's stored gold answer, when it has one (and the scorer passes it).
+
 Datasets in :data:`procmem.tasks.rg.REFUSED_DATASETS` have broken scoring and are refused with a clear
 error. Building datasets and entries is the task suite's job (:mod:`procmem.tasks.rg`); this module scores.
 """
@@ -69,6 +72,13 @@ class RGVerifier:
         if score == 1.0:
             return Verdict(passed=True, score=1.0)
         return fail(_messages(got, gold if isinstance(gold, str) else None, score, raw is None), secrets, score)
+
+    def canonical(self, answer: str) -> str | None:
+        """The stored gold answer for a passing ``answer`` (None without one, or for a failing answer)."""
+        reference = self.reference
+        if reference is None or not self.verify(answer).passed:
+            return None
+        return reference if reference == answer.strip() or self.verify(reference).passed else None
 
 
 def _messages(got: str, gold: str | None, score: float, raised: bool) -> list[str]:

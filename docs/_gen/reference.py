@@ -226,10 +226,12 @@ def _nested_config(annotation: Any) -> type | None:
 
 
 def top_level_configs() -> list[type]:
-    """The configs no other config holds as a section: the ones a job loads from a TOML file."""
+    """The configs no other config holds as a section: the ones a job loads from a TOML file (a base class of
+    job configs, such as ``SessionJob``, is not one)."""
     classes = config_classes()
     nested = {_nested_config(f.annotation) for c in classes for f in c.model_fields.values()}  # type: ignore[attr-defined]
-    return [c for c in classes if c not in nested]
+    bases = {base for c in classes for base in c.__mro__[1:]}
+    return [c for c in classes if c not in nested and c not in bases]
 
 
 def _type_name(annotation: Any) -> str:

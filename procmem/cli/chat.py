@@ -1,9 +1,10 @@
 """``procmem chat``: an interactive REPL over the agent, with threads persisted in SQLite.
 
-Earlier turns of the thread are in the prompt (the conversation format of ``procmem serve``, see
-:mod:`procmem.serve.prompting`). ``/good``, ``/bad`` and ``/correct TEXT`` judge the last answer the way feedback
-to ``procmem serve`` does: the turn becomes a verified episode in memory (a correction is a verified passing
-answer that distillation trains on). ``/memory`` shows the memory entries the last answer used.
+Earlier turns of the thread are in the prompt (the agent's conversation format, the one ``procmem serve`` uses:
+:mod:`procmem.agent.conversation`). ``/good``, ``/bad`` and ``/correct TEXT`` judge the last answer through the
+same feedback-to-episode rule as feedback to ``procmem serve`` (:mod:`procmem.core.feedback`): the turn becomes a
+verified episode in memory (a correction is a verified passing answer that distillation trains on). ``/memory``
+shows the memory entries the last answer used.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from procmem.cli.common import (
     ADAPTER_HELP,
     ENGINE_HELP,
     MODEL_HELP,
-    adapter_for,
     home_of,
     open_checkpointer,
     out_console,
 )
-from procmem.core import Attempt, Episode, GenerationConfig, ProcmemError, Task, Verdict, new_id, utc_now
+from procmem.core import Episode, GenerationConfig, ProcmemError, Task, new_id, utc_now
+from procmem.core.feedback import Feedback, feedback_episode
 
 if TYPE_CHECKING:
     from procmem.agent import AgentSession
@@ -83,9 +84,10 @@ def chat(
     home = home_of(ctx)
     from procmem.core import config_from_flags
 
-    settings = config_from_flags(SessionConfig, {"model": model, "engine": engine, "attempts": attempts,
+    settings = config_from_flags(SessionConfig, {"model": model, "engine": engine, "adapter": adapter,
+                                                 "attempts": attempts,
                                                  "generation": GenerationConfig(max_tokens=max_tokens)})
-    with AgentSession.open(settings, home, adapter=adapter_for(home, model, adapter)) as session, \
+    with AgentSession.open(settings, home) as session, \
             open_checkpointer(home) as saver:
         agent = session.graph(checkpointer=saver, stream=True)
         config: Any = {"configurable": {"thread_id": f"chat:{thread}"}}
@@ -157,15 +159,14 @@ class _Repl:
 
     def _ask(self, line: str) -> None:
         from procmem.agent import initial_state
-        from procmem.serve.prompting import chat_question
-        from procmem.serve.protocol import ChatMessage
+        from procmem.agent.conversation import Message, conversation_task
 
         messages = []
         for question, answer in self.turns[-self.history:] if self.history > 0 else []:
-            messages += [ChatMessage(role="user", content=question), ChatMessage(role="assistant", content=answer)]
-        messages.append(ChatMessage(role="user", content=line))
-        task = Task(id=f"chat-{new_id()[:8]}", prompt=chat_question(messages), verifier=self.spec, suite="chat",
-                    metadata={"chat_line": line})
+            messages += [Message("user", question), Message("assistant", answer)]
+        messages.append(Message("user", line))
+        task = conversation_task(messages, id=f"chat-{new_id()[:8]}", suite="chat", verifier=self.spec,
+                                 metadata={"chat_line": line})
         self.spec = ""
         start = initial_state(task)
         _run_turn(self.agent, self.config, task, start)
@@ -182,7 +183,15 @@ class _Repl:
         if turn is None:
             out_console.print("nothing to judge yet: ask something first", highlight=False, markup=False)
             return
-        episode = _judged_episode(turn, self.session.llm, passed=passed, correction=correction)
+        feedback = Feedback(passed=None if correction is not None else passed, correction=correction,
+                            comment="" if passed or correction is not None else "the user said it is wrong")
+        recorded = turn.recorded
+        episode = feedback_episode(
+            recorded.task if recorded is not None else turn.task, turn.answer, [feedback],
+            attempts=recorded.attempts if recorded is not None else (), model_id=self.session.policy.model_id,
+            adapter_version=self.session.policy.adapter_version, memory_ids=turn.memory_ids, id=turn.episode_id,
+            started_at=turn.started_at, finished_at=utc_now())
+        assert episode is not None  # feedback always verifies
         self.session.record(episode)
         turn.judged = True
         if correction is not None:
@@ -203,35 +212,6 @@ class _Repl:
             text = " ".join(record.text.split())[:100] if record is not None else "(no longer in memory)"
             level = record.level if record is not None else "?"
             out_console.print(f"  {entry_id[:12]}  {level:10s} {text}", highlight=False, markup=False)
-
-
-def _judged_episode(turn: _Turn, llm: Any, *, passed: bool, correction: str | None) -> Episode:
-    """The turn as a verified episode: the agent's own (if a verifier judged it) or the answer judged by the
-    user, plus a correction as a passing attempt marked ``details.correction`` (as serve records it)."""
-    from procmem.serve.episodes import NO_KNOWN_ANSWER
-
-    if turn.recorded is not None:
-        attempts = list(turn.recorded.attempts)
-        task = turn.recorded.task
-    else:
-        verdict = Verdict(passed=passed, score=float(passed), feedback="" if passed else "the user said it is wrong",
-                          details={"source": "user"})
-        attempts = [Attempt(turn.answer, verdict)]
-        task = turn.task
-    verifier = task.verifier
-    if correction is not None:
-        if not turn.recorded:
-            attempts[0] = Attempt(turn.answer, Verdict(passed=False, score=0.0, feedback="corrected by the user",
-                                                       details={"source": "user"}))
-        attempts.append(Attempt(correction, Verdict(passed=True, score=1.0, details={"correction": True,
-                                                                                    "source": "user"})))
-        verifier = verifier or f"exact:{correction}"
-    elif not verifier:
-        verifier = f"exact:{turn.answer}" if passed else NO_KNOWN_ANSWER
-    return Episode(task=Task(id=task.id, prompt=task.prompt, verifier=verifier, suite=task.suite, split="train",
-                             metadata=dict(task.metadata)), attempts=tuple(attempts), model_id=llm.model_id,
-                   adapter_version=llm.adapter_version, memory_ids=turn.memory_ids, id=turn.episode_id,
-                   started_at=turn.started_at, finished_at=utc_now())
 
 
 def _attach_verifier(spec: str) -> str:

@@ -6,13 +6,12 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from procmem.core import Home, ProcmemError
+from procmem.core import Home
 
 __all__ = [
     "ADAPTER_HELP",
@@ -20,7 +19,6 @@ __all__ = [
     "ENGINE_HELP",
     "MODEL_HELP",
     "SUITE_HELP",
-    "adapter_for",
     "err_console",
     "home_of",
     "open_checkpointer",
@@ -64,16 +62,3 @@ def open_checkpointer(home: Home) -> Iterator[Any]:
 
 
 ADAPTER_HELP = "none | promoted (default: the current promoted version, if any) | vN | an adapter directory."
-
-
-def adapter_for(home: Home, model: str, adapter: str) -> Path | None:
-    """The adapter directory to load for ``--adapter`` (None: the bare model). Remote models take none:
-    the default ``promoted`` then quietly means the bare model, an explicit version is an error."""
-    from procmem.core.registry import resolve_adapter
-
-    if not model.startswith("local:"):
-        if adapter not in ("none", "promoted"):
-            raise ProcmemError(f"--adapter {adapter} needs a local model, not {model}", where="--adapter",
-                               fix="drop --adapter, or use --model local:...")
-        return None
-    return resolve_adapter(home, adapter)

@@ -83,6 +83,7 @@ def distill(
                            where="--processes", fix="drop --processes under `accelerate launch`")
     cfg = _distill_config(config, {"model": model, "objective": objective, "parent": parent,
                                    "min_new_episodes": min_new_episodes})
+    _beside_serve(cfg)
     home = home_of(ctx)
     from procmem.distill import default_deps, parse_interval, run_distillation, run_every
 
@@ -98,6 +99,27 @@ def distill(
     run_every(cfg, home, interval, deps_factory=lambda: default_deps(cfg, home, chroma_url=chroma_url),
               max_ticks=ticks, force=force, console=err_console,
               on_result=lambda result: _report(result, json_out))
+
+
+def _beside_serve(cfg: DistillConfig) -> None:
+    """Run as a good neighbour of a live `procmem serve`: lower this process's priority (``train.nice``) and cap
+    its CPU threads (``train.threads``, default half the usable cores), so the gateway keeps answering."""
+    import contextlib
+    import os
+
+    if cfg.train.nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):  # not allowed here: run at the normal priority
+            current = os.nice(0)
+            if current < cfg.train.nice:  # at least this nice, once (a second run in-process adds nothing)
+                os.nice(cfg.train.nice - current)
+    from procmem.distill.run import job_threads
+
+    threads = job_threads(cfg.train)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries that read it when they start
+        os.environ.setdefault(name, str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _relaunch(processes: int) -> NoReturn:

@@ -20,7 +20,6 @@ from procmem.cli.common import (
     ADAPTER_HELP,
     CHROMA_URL_HELP,
     MODEL_HELP,
-    adapter_for,
     err_console,
     home_of,
     out_console,
@@ -31,7 +30,8 @@ from procmem.core.keys import policy_version
 from procmem.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from procmem.memory import EntryLevel, Kind, Level, MemoryRecord, ProceduralMemory
+    from procmem.memory import Level, MemoryRecord, ProceduralMemory
+    from procmem.memory._entries import EntryLevel, Kind
 
 __all__ = ["LEVEL_NAMES", "memory_app", "parse_since"]
 
@@ -97,7 +97,8 @@ def _record_dict(record: MemoryRecord) -> dict[str, Any]:
 @memory_app.command()
 def stats(ctx: typer.Context, chroma_url: ChromaUrl = None, json_out: JsonOut = False) -> None:
     """Count the entries at each level, and active vs retired insights and patterns."""
-    from procmem.memory import ENTRY_LEVELS, LEVELS
+    from procmem.memory import LEVELS
+    from procmem.memory._entries import ENTRY_LEVELS
 
     counts = _memory(ctx, chroma_url).status_counts()
     if json_out:
@@ -124,7 +125,8 @@ def list_entries(
     json_out: JsonOut = False,
 ) -> None:
     """List memory records, newest first (all levels unless --level)."""
-    from procmem.memory import ENTRY_LEVELS, LEVELS
+    from procmem.memory import LEVELS
+    from procmem.memory._entries import ENTRY_LEVELS
 
     if status is not None and status not in ("active", "retired"):
         raise ProcmemError(f"unknown status {status!r}", where="--status", fix="use active or retired")
@@ -177,7 +179,7 @@ def show(
 
 def _show_dict(record: MemoryRecord) -> dict[str, Any]:
     from procmem.core import Episode
-    from procmem.memory import Entry
+    from procmem.memory._entries import Entry
 
     if record.level == "experience":
         episode = Episode.from_dict(record.payload)
@@ -236,7 +238,7 @@ def reflect(
 ) -> None:
     """(Re)build insights by self-reflection on judged problems (decoded under a grammar on llama.cpp) and from
     the verifier's feedback, then consolidate patterns. Idempotent."""
-    from procmem.llm import load_llm
+    from procmem.llm import open_policy
     from procmem.memory import open_memory
 
     cutoff = parse_since(since) if since else None
@@ -244,7 +246,7 @@ def reflect(
     memory = open_memory(home.chroma, url=chroma_url)
 
     err_console.print(f"loading model {model} ...", highlight=False)
-    llm = load_llm(model, models_dir=home.models, adapter=adapter_for(home, model, adapter))
+    llm = open_policy(home, model=model, adapter=adapter)
     with progress_bar(err_console) as progress:
         bar = progress.add_task("reflecting", total=None)
         report = memory.reflect(llm, since=cutoff, max_calls=max_calls, consolidate=patterns, feedback=feedback,

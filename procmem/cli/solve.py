@@ -16,7 +16,6 @@ from procmem.cli.common import (
     ENGINE_HELP,
     MODEL_HELP,
     SUITE_HELP,
-    adapter_for,
     err_console,
     home_of,
     open_checkpointer,
@@ -42,16 +41,15 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     """Solve ``config.n`` tasks of ``config.suite``; returns the report, the memory counts afterwards and,
     with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
     its episode: at most one more LLM call per task)."""
-    from procmem.agent import AgentSession, SessionConfig
+    from procmem.agent import AgentSession
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
 
     tasks = load_suite(config.suite, split=cast(Split, config.split), n=config.n, check=build_verifier)
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
-    err_console.print(f"loading model {config.model} ...", highlight=False)
-    settings = SessionConfig(reflect=reflect, **config.model_dump(include=set(SessionConfig.model_fields)))
-    adapter = adapter_for(home, config.model, config.adapter)
-    with AgentSession.open(settings, home, adapter=adapter, chroma_url=chroma_url) as session, \
+    err_console.print(f"loading model {config.session.model} ...", highlight=False)
+    settings = config.session.model_copy(update={"reflect": True}) if reflect else config.session
+    with AgentSession.open(settings, home, chroma_url=chroma_url) as session, \
             open_checkpointer(home) as saver:
         with progress_bar(err_console, quiet=quiet) as progress:
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
@@ -62,7 +60,7 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
 
 
 def _report_table(config: SolveConfig, report: SolveReport) -> Table:
-    table = Table(title=escape(f"{config.suite} [{config.split}] on {config.model}"))
+    table = Table(title=escape(f"{config.suite} [{config.split}] on {config.session.model}"))
     for column in ("n", "passed", "accuracy", "mean attempts", "wall time", "tokens/s"):
         table.add_column(column, justify="right")
     table.add_row(str(report.n), str(report.passed), f"{report.accuracy:.1%}", f"{report.mean_attempts:.2f}",
@@ -73,7 +71,7 @@ def _report_table(config: SolveConfig, report: SolveReport) -> Table:
 def _summary(config: SolveConfig, report: SolveReport, run_id: str, stats: dict[str, int],
              reflection: ReflectionReport | None) -> dict[str, object]:
     return {
-        "suite": config.suite, "split": config.split, "model": config.model, "run_id": run_id,
+        "suite": config.suite, "split": config.split, "model": config.session.model, "run_id": run_id,
         "n": report.n, "passed": report.passed, "accuracy": report.accuracy,
         "mean_attempts": report.mean_attempts, "wall_time_s": report.wall_time_s,
         "tokens_per_s": report.tokens_per_s, "episodes_recorded": report.n - report.resumed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from procmem.core.errors import ProcmemError
+from procmem.core.errors import ContextLengthError, ProcmemError
 from procmem.core.home import Home
 from procmem.core.prompts import PriorAttempt, extract_answer, render_completion, render_prompt
 from procmem.core.redact import RedactingFilter, install_log_redaction, redact, redact_obj
@@ -23,6 +23,7 @@ __all__ = [
     "AnswerFormat",
     "Attempt",
     "Config",
+    "ContextLengthError",
     "Episode",
     "GenerationConfig",
     "Home",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -93,7 +93,7 @@ def load_config(cls: type[C], path: str | Path, **overrides: object) -> C:
         key = ".".join(str(p) for p in first["loc"])
         line = _line_of_key(text, str(first["loc"][-1])) if first["loc"] else None
         raise ProcmemError(f"{key}: {first['msg']}", where=f"{path}:{line}" if line else str(path),
-                           fix=_field_help(cls, str(first["loc"][0])) if first["loc"] else None) from err
+                           fix=_field_help(cls, first["loc"]) if first["loc"] else None) from err
 
 
 def config_from_flags(cls: type[C], flags: dict[str, object]) -> C:
@@ -103,10 +103,10 @@ def config_from_flags(cls: type[C], flags: dict[str, object]) -> C:
         return cls.model_validate({k: v for k, v in flags.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
+        name = str(first["loc"][-1]) if first["loc"] else ""  # a nested setting's flag is its own name
         flag = "--" + name.replace("_", "-") if name else "the command line"
         raise ProcmemError(f"{first['msg']} (got {first.get('input')!r})", where=flag,
-                           fix=_field_help(cls, name) if name else None) from err
+                           fix=_field_help(cls, first["loc"]) if name else None) from err
 
 
 def _line_from_message(message: str) -> int | None:
@@ -122,8 +122,16 @@ def _line_of_key(text: str, key: str) -> int | None:
     return None
 
 
-def _field_help(cls: type[Config], name: str) -> str | None:
-    field = cls.model_fields.get(name)
+def _field_help(cls: type[Config], loc: tuple[int | str, ...]) -> str | None:
+    """The help of the setting at ``loc`` (``("session", "attempts")`` for a nested one)."""
+    owner: Any = cls
+    name, field = str(loc[0]), None
+    for part in loc:
+        fields = getattr(owner, "model_fields", {})
+        if str(part) not in fields:
+            break
+        name, field = str(part), fields[str(part)]
+        owner = field.annotation
     if field is None:
         return f"'{name}' is not a setting; valid ones: {', '.join(cls.model_fields)}"
     return f"{name}: {field.description}" if field.description else None

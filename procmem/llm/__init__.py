@@ -1,6 +1,8 @@
 """The model layer: the :class:`LLM` seam and its backends.
 
-``load_llm(spec, models_dir=...)`` turns a ``--model`` string into an LLM:
+``open_policy(home, model=..., adapter=...)`` opens "the model this home should serve" (the one policy loader every
+front end calls, :mod:`procmem.llm.policy`); :class:`PolicyHost` keeps a long-running session on the promoted
+version. Under them, ``load_llm(spec, models_dir=...)`` turns a ``--model`` string into an LLM:
 
 - ``local:default``: the bundled Gemma 3 270M (converted once from its GGUF, then cached);
 - ``local:default-f32`` (``-f16``, ``-q8_0``, ``-q4_k_m``): the same model with the llama.cpp engine's weights in
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from procmem.core.errors import ProcmemError
 from procmem.core.llm import ENGINES, LLM, Generation
+from procmem.llm._limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQUENCE_TOKENS
 from procmem.llm.batching import MicroBatcher
 from procmem.llm.bundled import (
     BUNDLED_MODEL_ID,
@@ -52,6 +55,7 @@ from procmem.llm.llamacpp import (
     prefer_passive_openmp,
 )
 from procmem.llm.per_task import generate_for_tasks
+from procmem.llm.policy import Limits, PolicyChoice, PolicyHost, choose_policy, open_policy
 from procmem.llm.tiny import build_tiny_model
 
 if TYPE_CHECKING:
@@ -64,12 +68,16 @@ __all__ = [
     "PRECISIONS",
     "EngineConfig",
     "Generation",
+    "Limits",
     "LiteLLM",
     "LlamaCppLLM",
     "LocalLLM",
     "MicroBatcher",
+    "PolicyChoice",
+    "PolicyHost",
     "Precision",
     "build_tiny_model",
+    "choose_policy",
     "ensure_bundled_model",
     "ensure_tiny_model",
     "generate_for_tasks",
@@ -77,6 +85,7 @@ __all__ = [
     "load_llm",
     "load_model_and_tokenizer",
     "local_model_dir",
+    "open_policy",
 ]
 
 MODEL_SPEC_FORMS = ("local:default (or local:default-f32, -f16, -q8_0), local:tiny, local:/path/to/hf_model_dir, "
@@ -96,10 +105,17 @@ def __getattr__(name: str) -> Any:
 
 
 def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None,
-             adapter_version: str | None = None, max_batch_size: int = 16, engine: str = "auto") -> LLM:
+             adapter_version: str | None = None, max_batch_size: int = 16, engine: str = "auto",
+             max_batch_tokens: int | None = None, max_sequence_tokens: int | None = None) -> LLM:
     """The LLM named by ``spec`` (see the module docstring); ``adapter`` is a LoRA directory or None, labelled
     ``adapter_version`` in episodes (default: the directory's name); ``engine`` is one of :data:`ENGINES`.
-    ``max_batch_size`` bounds a batch (llama.cpp: sequences at once).
+    ``max_batch_size`` bounds a batch (llama.cpp: sequences at once). For transformers, ``max_batch_tokens`` bounds
+    a batch's memory: rows x (longest prompt + new tokens) (default
+    :data:`~procmem.llm._limits.DEFAULT_MAX_BATCH_TOKENS`), and ``max_sequence_tokens`` one sequence's prompt +
+    completion below the model's context (default :data:`~procmem.llm._limits.DEFAULT_MAX_SEQUENCE_TOKENS`); the
+    llama.cpp engine sizes its KV cache once, at start, from ``max_sequence_tokens`` (its ``n_ctx_per_seq``, default
+    4096) and ignores ``max_batch_tokens``. A prompt that leaves no room for an answer raises
+    :class:`~procmem.core.errors.ContextLengthError` before anything is allocated.
 
     Bad specs, missing directories, a missing engine and missing API keys raise :class:`~procmem.core.ProcmemError`.
     """
@@ -109,12 +125,14 @@ def load_llm(spec: str, *, models_dir: str | os.PathLike[str], adapter: str | os
     rest = rest.strip()
     if kind == "local" and rest:
         if _uses_llamacpp(rest, engine):
-            return _load_llamacpp(spec, rest, Path(models_dir), adapter, adapter_version, max_batch_size)
+            return _load_llamacpp(spec, rest, Path(models_dir), adapter, adapter_version, max_batch_size,
+                                  max_sequence_tokens)
         from procmem.llm.local import LocalLLM
 
         path, model_id = _local_dir(spec, rest, Path(models_dir))
         return LocalLLM(path, adapter=adapter, adapter_version=adapter_version, model_id=model_id,
-                        max_batch_size=max_batch_size)
+                        max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+                        max_sequence_tokens=max_sequence_tokens or DEFAULT_MAX_SEQUENCE_TOKENS)
     if kind == "litellm" and rest:
         if adapter is not None:
             raise ProcmemError(f"{spec}: a LoRA adapter can only be applied to a local model", where="--adapter",
@@ -149,7 +167,7 @@ def _built_in(rest: str) -> tuple[str | None, Precision | None]:
 
 
 def _load_llamacpp(spec: str, rest: str, models_dir: Path, adapter: str | os.PathLike[str] | None,
-                   adapter_version: str | None, max_batch_size: int) -> LLM:
+                   adapter_version: str | None, max_batch_size: int, max_sequence_tokens: int | None = None) -> LLM:
     name, precision = _built_in(rest)
     if name == "default":
         path, model_id = ensure_bundled_gguf(models_dir, precision or "q4_k_m"), BUNDLED_MODEL_ID
@@ -162,7 +180,8 @@ def _load_llamacpp(spec: str, rest: str, models_dir: Path, adapter: str | os.Pat
                                where="--model", fix="pass local:/path/to/model.gguf, or use --engine transformers")
         model_id = path.stem
     return LlamaCppLLM(path, model_id=model_id, adapter=adapter, adapter_version=adapter_version,
-                       config=EngineConfig(n_seq_max=max_batch_size))
+                       config=EngineConfig(n_seq_max=max_batch_size, **(
+                           {"n_ctx_per_seq": max_sequence_tokens} if max_sequence_tokens else {})))
 
 
 def local_model_dir(spec: str, *, models_dir: str | os.PathLike[str]) -> Path:

@@ -40,9 +40,13 @@ class MicroBatcher:
     wrapped LLM may split further). The oldest request waits at most ``max_wait_s`` for company.
 
     If a batched call raises, every request in it is retried alone, so an error reaches only the
-    caller whose prompts caused it. ``stream`` passes straight through. Batching happens inside the
-    ``with`` block; outside it, calls go straight to the wrapped LLM. An LLM that batches concurrent
-    calls itself (``continuous_batching = True``, e.g. the llama.cpp engine) gets every call directly.
+    caller whose prompts caused it. A wrapped LLM with ``check_prompts`` (the local engines) checks each
+    call's prompts before it is queued, so a prompt over the context is refused at once, in the caller's
+    thread, and never joins (or splits) a batch. The wrapped LLM bounds a batch's memory itself
+    (:class:`~procmem.llm.LocalLLM`'s ``max_batch_tokens`` cuts a merged batch into smaller ones).
+    ``stream`` passes straight through. Batching happens inside the ``with`` block; outside it, calls go
+    straight to the wrapped LLM. An LLM that batches concurrent calls itself (``continuous_batching = True``,
+    e.g. the llama.cpp engine) gets every call directly.
     """
 
     def __init__(self, llm: LLM, max_batch: int = 8, max_wait_s: float = 0.05) -> None:
@@ -104,6 +108,9 @@ class MicroBatcher:
         prompts = list(prompts)
         if not prompts:
             return []
+        if self._worker is None or self._closing:
+            return self.llm.generate(prompts, config)
+        self.check_prompts(prompts, config)  # refused before it is queued (the direct call checks itself)
         request = _Request(prompts, config)
         with self._cond:
             batching = self._worker is not None and not self._closing
@@ -116,6 +123,13 @@ class MicroBatcher:
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         return self.llm.stream(prompt, config)
+
+    def check_prompts(self, prompts: Sequence[str], config: GenerationConfig) -> None:
+        """The wrapped LLM's ``check_prompts`` (raises :class:`~procmem.core.errors.ContextLengthError` for a
+        prompt over its context), or nothing if it has none."""
+        check = getattr(self.llm, "check_prompts", None)
+        if callable(check):
+            check(prompts, config)
 
     # ------------------------------------------------------------------------------------ worker
 

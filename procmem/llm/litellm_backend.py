@@ -58,6 +58,9 @@ class LiteLLM:
             raise ProcmemError("empty litellm model string", where="--model",
                                fix="use litellm:<provider>/<model>, e.g. litellm:openai/gpt-4o-mini")
         self._model = model.strip()
+        self.served = self._model
+        """The model name requests send: the model, or a LoRA adapter a vLLM server loaded (:meth:`with_adapter`)."""
+        self._adapter_version: str | None = None
         self.api_base = api_base or os.environ.get(API_BASE_ENV) or None
         self._api_key = api_key
         self.timeout_s = timeout_s
@@ -72,7 +75,32 @@ class LiteLLM:
 
     @property
     def adapter_version(self) -> str | None:
-        return None
+        return self._adapter_version
+
+    def with_adapter(self, version: str, path: str) -> LiteLLM:
+        """The same server answering with LoRA ``version``, loaded at run time by vLLM's
+        ``POST /v1/load_lora_adapter`` (the server needs ``--enable-lora`` and
+        ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``); requests then name the adapter as the model."""
+        import httpx
+
+        if not self.api_base:
+            raise ProcmemError("no api_base to load the adapter into", where=f"litellm:{self._model}",
+                               fix=f"set {API_BASE_ENV} to the vLLM server, e.g. http://localhost:8000/v1")
+        base = self.api_base.rstrip("/")
+        try:
+            response = httpx.post(f"{base}/load_lora_adapter", json={"lora_name": version, "lora_path": path},
+                                  timeout=120)
+        except httpx.HTTPError as err:
+            raise ProcmemError(f"cannot reach {base}: {err}", where=f"litellm:{self._model}",
+                               fix="start the vLLM server or fix the address") from err
+        if response.status_code >= 400:
+            raise ProcmemError(f"vLLM refused the adapter: {response.text[:200]}", where=base,
+                               fix="start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True")
+        other = LiteLLM(self._model, self.api_base, api_key=self._api_key, timeout_s=self.timeout_s,
+                        num_retries=self.num_retries, max_concurrency=self.max_concurrency)
+        other.served = f"{self._model.split('/', 1)[0]}/{version}"
+        other._adapter_version = version
+        return other
 
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[Generation]:
         """Complete every prompt (concurrently, up to ``max_concurrency`` requests in flight)."""
@@ -118,7 +146,7 @@ class LiteLLM:
 
     def _call(self, prompt: str, config: GenerationConfig, *, stream: bool) -> Any:
         kwargs: dict[str, Any] = {
-            "model": self._model,
+            "model": self.served,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,

@@ -9,8 +9,10 @@ the prompts being read in.
 Each request has its own sampler (greedy, or temperature + top-p + a seeded draw, after an optional GBNF
 grammar that masks every token the grammar does not allow), its own stop strings and token budget, so a batch's
 sequences do not influence one another: under greedy decoding each equals
-its solo run. An error in one request (a prompt longer than the context, a failing sampler) ends that
-request only.
+its solo run. An error in one request (a failing sampler) ends that request only. A prompt that leaves no room
+in a sequence's context (``n_ctx_per_seq``) for a new token is refused with
+:class:`~procmem.core.errors.ContextLengthError` in the caller's thread, before it is submitted; a completion that
+fills the context ends there (``finish_reason="length"``).
 
 LoRA adapters are GGUF LoRA files (:mod:`procmem.llm.gguf_io` writes them from PEFT directories).
 :meth:`LlamaCppLLM.set_adapter` swaps the adapter at run time without reloading the base model: requests
@@ -41,7 +43,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field
 
 from procmem.core.config import Config, GenerationConfig
-from procmem.core.errors import ProcmemError
+from procmem.core.errors import ContextLengthError, ProcmemError
 from procmem.core.llm import Generation
 from procmem.llm._stops import cut_at_stop, filter_stream, find_stop
 
@@ -185,6 +187,17 @@ class LlamaCppLLM:
         return self._config
 
     @property
+    def context_length(self) -> int:
+        """Most prompt + new tokens one sequence holds (``n_ctx_per_seq`` as llama.cpp sized it)."""
+        return int(self._n_ctx_seq)
+
+    @property
+    def sequence_limit(self) -> int:
+        """Most prompt + new tokens one sequence holds: :attr:`context_length` (the KV cache is allocated once, when
+        the engine starts, so concurrent requests cannot grow it)."""
+        return int(self._n_ctx_seq)
+
+    @property
     def threads(self) -> int:
         """The CPU threads llama.cpp decodes with."""
         return self._threads
@@ -199,8 +212,9 @@ class LlamaCppLLM:
 
     def _generate(self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False,
                   adapter: _Adapter | None) -> list[Generation]:
-        requests = [self._submit(self._encode(p), config.for_prompt(i), ignore_eos=ignore_eos, adapter=adapter)
-                    for i, p in enumerate(prompts)]
+        encoded = [self._encode_checked(p) for p in prompts]  # refuse before submitting any
+        requests = [self._submit(tokens, config.for_prompt(i), ignore_eos=ignore_eos, adapter=adapter)
+                    for i, tokens in enumerate(encoded)]
         errors = [r.future.exception() for r in requests]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
@@ -209,12 +223,20 @@ class LlamaCppLLM:
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         """Yield the completion of ``prompt`` in pieces as they are decoded; their concatenation equals
-        ``generate``'s text for greedy decoding. Closing the iterator early ends the sequence."""
+        ``generate``'s text for greedy decoding. Closing the iterator early ends the sequence. A prompt that leaves
+        no room for an answer raises :class:`ContextLengthError` when the first piece is asked for, before it is
+        submitted (:meth:`check_prompts` checks it beforehand)."""
         return self._stream(prompt, config, adapter=self._adapter)
 
+    def check_prompts(self, prompts: Sequence[str], config: GenerationConfig) -> None:
+        """Raise :class:`ContextLengthError` if a prompt leaves no room for a new token in a sequence."""
+        for prompt in prompts:
+            self._encode_checked(prompt)
+
     def _stream(self, prompt: str, config: GenerationConfig, *, adapter: _Adapter | None) -> Iterator[str]:
+        tokens = self._encode_checked(prompt)
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        request = self._submit(self._encode(prompt), config, pieces=pieces, adapter=adapter)
+        request = self._submit(tokens, config, pieces=pieces, adapter=adapter)
 
         def raw() -> Iterator[str]:
             while (piece := pieces.get()) is not None:
@@ -324,6 +346,19 @@ class LlamaCppLLM:
                                where="--model", fix="lower n_seq_max or n_ctx_per_seq")
         return model, ctx
 
+    def _encode_checked(self, prompt: str) -> list[int]:
+        tokens = self._encode(prompt)
+        error = self._too_long(len(tokens))
+        if error is not None:
+            raise error
+        return tokens
+
+    def _too_long(self, prompt_tokens: int) -> ContextLengthError | None:
+        if prompt_tokens < self._n_ctx_seq:
+            return None
+        return ContextLengthError(prompt_tokens, self._n_ctx_seq, model=self._model_id,
+                                  fix="shorten the prompt (fewer memory examples), or raise n_ctx_per_seq")
+
     def _encode(self, prompt: str) -> list[int]:
         data = prompt.encode("utf-8")
         size = len(data) + 8
@@ -426,11 +461,8 @@ class LlamaCppLLM:
             self._slots[request.seq_id] = request
 
     def _check(self, request: _Request) -> ProcmemError | None:
-        if len(request.tokens) >= self._n_ctx_seq:
-            return ProcmemError(f"the prompt has {len(request.tokens)} tokens; {self._model_id} holds "
-                                f"{self._n_ctx_seq} per sequence", where="prompt",
-                                fix="shorten the prompt (fewer memory examples) or raise n_ctx_per_seq")
-        return None
+        """A backstop for requests submitted without :meth:`_encode_checked`."""
+        return self._too_long(len(request.tokens))
 
     def _step(self) -> None:
         """One decode over every running sequence: a token for each generating one, prompt chunks for the rest."""
@@ -623,6 +655,9 @@ class PinnedAdapter:
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         return self.engine._stream(prompt, config, adapter=self._adapter)
+
+    def check_prompts(self, prompts: Sequence[str], config: GenerationConfig) -> None:
+        self.engine.check_prompts(prompts, config)
 
     def close(self) -> None:
         """Nothing to free: the engine belongs to whoever pinned it."""

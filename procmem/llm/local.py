@@ -3,6 +3,13 @@
 Batches prompts with left padding, decodes greedily or by sampling, and ends each row at its first stop
 string or EOS; a batch ends as soon as every row has. fp32 on CPU; CUDA is used when present.
 
+Memory is bounded before anything is allocated: a prompt that fills a sequence (the model's context, or
+``max_sequence_tokens`` if smaller) raises :class:`~procmem.core.errors.ContextLengthError`; a completion that would
+run past it ends there (``finish_reason="length"``), as on the llama.cpp engine; and a call's prompts run in
+sub-batches whose padded size (rows x (longest prompt + new tokens)) stays within ``max_batch_tokens``.
+Attention memory grows with the square of a row's length: without these bounds one 60,000-token prompt to the
+tiny model took 24 GB.
+
 Decoding follows :class:`~procmem.core.GenerationConfig` only: the model's own generation defaults
 (``generation_config.json``: top-k, repetition penalty, ...) are ignored, so that ``temperature=0`` is
 plain greedy decoding whatever model is loaded.
@@ -30,11 +37,20 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers.utils import logging as hf_logging
 
 from procmem.core.config import GenerationConfig
-from procmem.core.errors import ProcmemError
+from procmem.core.errors import ContextLengthError, ProcmemError
 from procmem.core.llm import Generation
+from procmem.llm._limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_SEQUENCE_TOKENS
 from procmem.llm._stops import cut_at_stop, filter_stream, refuse_grammar
 
 __all__ = ["LocalLLM", "load_model_and_tokenizer"]
+
+_NO_LIMIT = 10**9  # tokenizers without a length limit report model_max_length as 1e30
+_SKIP_TOKENIZING = 8
+"""A prompt whose bytes alone prove at least 8x more tokens than a sequence holds is refused without tokenizing it
+(the tiny model's byte tokenizer takes ~4 s per MB on this machine); a shorter one is tokenized for an exact count."""
+_NORMALIZER_SLACK = 4
+"""A normalizer may shorten a text before it is tokenized (NFKC composes characters): the cheap pre-check's bound
+on the tokens of a text assumes 4x fewer bytes than it has, so it never refuses a prompt that would fit."""
 
 MODEL_FORMS = "use local:default, local:tiny or local:/path/to/hf_model_dir (a directory with config.json)"
 _ADAPTER_FIX = "pass a LoRA adapter directory written by `procmem distill` (or peft's save_pretrained) for this model"
@@ -77,18 +93,22 @@ class LocalLLM:
         adapter: str | os.PathLike[str] | None = None,
         *,
         max_batch_size: int = 16,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_sequence_tokens: int = DEFAULT_MAX_SEQUENCE_TOKENS,
         model_id: str | None = None,
         adapter_version: str | None = None,
     ) -> None:
         model, tokenizer = load_model_and_tokenizer(path, adapter=adapter)
         self._init(model, tokenizer, model_id=model_id or Path(path).expanduser().name,
                    adapter_version=adapter_version or (Path(adapter).name if adapter is not None else None),
-                   max_batch_size=max_batch_size)
+                   max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                   max_sequence_tokens=max_sequence_tokens)
 
     @classmethod
     def from_loaded(
         cls, model: Any, tokenizer: PreTrainedTokenizerBase, *, model_id: str,
         adapter_version: str | None = None, max_batch_size: int = 16,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_sequence_tokens: int = DEFAULT_MAX_SEQUENCE_TOKENS,
     ) -> LocalLLM:
         """Wrap an already loaded model (e.g. one distill just trained) without reloading it.
 
@@ -96,13 +116,24 @@ class LocalLLM:
         """
         self = cls.__new__(cls)
         self._init(model, tokenizer, model_id=model_id, adapter_version=adapter_version,
-                   max_batch_size=max_batch_size)
+                   max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                   max_sequence_tokens=max_sequence_tokens)
         return self
 
     def _init(self, model: Any, tokenizer: PreTrainedTokenizerBase, *, model_id: str,
-              adapter_version: str | None, max_batch_size: int) -> None:
+              adapter_version: str | None, max_batch_size: int, max_batch_tokens: int,
+              max_sequence_tokens: int) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if max_batch_tokens < 2 or max_sequence_tokens < 2:
+            raise ValueError("max_batch_tokens and max_sequence_tokens must be >= 2")
+        self.max_batch_tokens = max_batch_tokens
+        """Most tokens one batch holds: rows x (longest prompt + new tokens)."""
+        self.max_sequence_tokens = max_sequence_tokens
+        """Most prompt + new tokens one sequence holds (see :attr:`sequence_limit`)."""
+        self.context_length = _context_length(model, tokenizer)
+        """The model's context (``max_position_embeddings``, or the tokenizer's ``model_max_length`` if smaller)."""
+        self._token_bytes: int | None = None
         self._model = model
         self._tokenizer = tokenizer
         self._model_id = model_id
@@ -133,33 +164,72 @@ class LocalLLM:
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
 
+    @property
+    def sequence_limit(self) -> int:
+        """Most prompt + new tokens one sequence holds: the least of the model's context, ``max_sequence_tokens`` and
+        ``max_batch_tokens``. A prompt must leave room for one new token; a completion ends (``length``) there."""
+        return min(self.context_length, self.max_sequence_tokens, self.max_batch_tokens)
+
     def generate(
         self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False
     ) -> list[Generation]:
         """Complete every prompt; one :class:`Generation` per prompt, in order.
 
-        Prompts are sorted by length and run in sub-batches of ``max_batch_size`` to limit padding.
+        Prompts are sorted by length and run in sub-batches of at most ``max_batch_size`` rows and
+        ``max_batch_tokens`` tokens (rows x (longest prompt + new tokens)) to limit padding and memory.
+        A prompt that fills :attr:`sequence_limit` raises :class:`ContextLengthError` before any runs; one
+        whose completion would overflow it runs alone and ends there.
         ``ignore_eos`` (benchmarks only) makes every row run to ``max_tokens`` unless a stop string ends it.
         """
         refuse_grammar(config, "transformers")
         prompts = list(prompts)
         if not prompts:
             return []
+        ids = self._encode_checked(prompts, config)
         results: dict[int, Generation] = {}
         with self._lock, torch.inference_mode():
             _seed(config)
-            ids = [self._encode(p) for p in prompts]
             order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-            for start in range(0, len(order), self.max_batch_size):
-                chunk = order[start:start + self.max_batch_size]
-                batch = self._generate_batch([ids[i] for i in chunk], config, ignore_eos)
+            for chunk in self._batches(order, [len(i) for i in ids], config.max_tokens):
+                rows = [ids[i] for i in chunk]
+                batch = self._generate_batch(rows, self._fitted(config, max(map(len, rows))), ignore_eos)
                 results.update(zip(chunk, batch, strict=True))
         return [results[i] for i in range(len(prompts))]
 
+    def check_prompts(self, prompts: Sequence[str], config: GenerationConfig) -> None:
+        """Raise :class:`ContextLengthError` if a prompt leaves no room for a new token; allocates nothing."""
+        self._encode_checked(list(prompts), config)
+
+    def _batches(self, order: list[int], lengths: list[int], max_tokens: int) -> Iterator[list[int]]:
+        """``order`` (ascending lengths) cut into batches within ``max_batch_size`` and ``max_batch_tokens``.
+        A row whose completion the sequence limit cuts short runs alone, so that no row is cut for its neighbour."""
+        limit = self.sequence_limit
+        chunk: list[int] = []
+        for index in order:
+            cut = lengths[index] + max_tokens > limit
+            padded = min(lengths[index] + max_tokens, limit)  # the longest row so far: order is ascending
+            if chunk and (cut or len(chunk) >= self.max_batch_size
+                          or (len(chunk) + 1) * padded > self.max_batch_tokens):
+                yield chunk
+                chunk = []
+            chunk.append(index)
+        if chunk:
+            yield chunk
+
+    def _fitted(self, config: GenerationConfig, longest: int) -> GenerationConfig:
+        """``config`` with ``max_tokens`` cut to what the sequence limit leaves after a ``longest``-token prompt."""
+        room = self.sequence_limit - longest
+        return config if config.max_tokens <= room else config.model_copy(update={"max_tokens": room})
+
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
         """Yield the completion of ``prompt`` in pieces; for greedy decoding their concatenation equals
-        ``generate``'s text. Closing the iterator early cancels the generation."""
+        ``generate``'s text. Closing the iterator early cancels the generation.
+
+        A prompt that leaves no room for an answer raises :class:`ContextLengthError` when the first piece is asked
+        for, before anything is allocated (:meth:`check_prompts` checks it beforehand)."""
         refuse_grammar(config, "transformers")
+        ids = self._encode_checked([prompt], config)[0]
+        config = self._fitted(config, len(ids))
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         errors: list[BaseException] = []
@@ -168,7 +238,6 @@ class LocalLLM:
             try:
                 with self._lock, torch.inference_mode():
                     _seed(config)
-                    ids = self._encode(prompt)
                     input_ids = torch.tensor([ids], device=self._model.device)
                     tracker = _StopTracker(self._tokenizer, config.stop, self._eos_ids, len(ids), rows=1,
                                            cancel=cancel)
@@ -188,6 +257,37 @@ class LocalLLM:
             thread.join()
         if errors:
             raise errors[0]
+
+    def _encode_checked(self, prompts: list[str], config: GenerationConfig) -> list[list[int]]:
+        """The prompts' token ids; raises :class:`ContextLengthError` for the first that leaves no room for a new
+        token, without tokenizing a text so long that it cannot fit (a token covers at most
+        :meth:`_max_token_bytes` bytes)."""
+        limit = self.sequence_limit
+        per_token = _NORMALIZER_SLACK * self._max_token_bytes()
+        for prompt in prompts:
+            fewest = len(prompt.encode("utf-8", "surrogatepass")) // per_token
+            if fewest >= _SKIP_TOKENIZING * limit:  # far over: not worth seconds of tokenizing for the exact count
+                raise ContextLengthError(fewest, limit, model=self._model_id, at_least=True, fix=self._fix())
+        ids = [self._encode(p) for p in prompts]
+        for tokens in ids:
+            if len(tokens) >= limit:
+                raise ContextLengthError(len(tokens), limit, model=self._model_id, fix=self._fix())
+        return ids
+
+    def _fix(self) -> str:
+        if self.sequence_limit < self.context_length:
+            return (f"shorten the prompt: it must leave room for the answer (max_sequence_tokens="
+                    f"{self.max_sequence_tokens} and max_batch_tokens={self.max_batch_tokens} bound a sequence below "
+                    f"the model's context of {self.context_length})")
+        return "shorten the prompt: it must leave room for the answer"
+
+    def _max_token_bytes(self) -> int:
+        """The most UTF-8 bytes a vocabulary entry spells (an upper bound on the input bytes one token covers:
+        byte-level and SentencePiece spellings are at least as long as the bytes they stand for)."""
+        if self._token_bytes is None:
+            vocab = self._tokenizer.get_vocab()
+            self._token_bytes = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1) or 1
+        return self._token_bytes
 
     def _encode(self, prompt: str) -> list[int]:
         ids: list[int] = self._tokenizer(prompt)["input_ids"]
@@ -275,6 +375,15 @@ class _StopTracker(StoppingCriteria):
         """The row's whole completion so far: confirms a hit in the window (whose first token may decode
         differently without its left context, e.g. half a UTF-8 character)."""
         return str(self._tokenizer.decode(row[self._prompt_len:].tolist(), skip_special_tokens=True))
+
+
+def _context_length(model: Any, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most positions the model takes: ``max_position_embeddings``, or the tokenizer's limit if smaller."""
+    config = _base_model(model).config
+    limits = [getattr(config, "max_position_embeddings", None), getattr(config, "n_positions", None),
+              getattr(tokenizer, "model_max_length", None)]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < _NO_LIMIT]
+    return min(known, default=_NO_LIMIT)
 
 
 def _load_base(path: Path) -> tuple[Any, PreTrainedTokenizerBase]:

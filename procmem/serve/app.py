@@ -18,23 +18,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from procmem.core import Home, ProcmemError, new_id, redact, redact_obj, utc_now
+from procmem.agent.conversation import conversation_task, memory_allowed
+from procmem.core import GenerationConfig, Home, ProcmemError, Task, new_id, redact, redact_obj, utc_now
+from procmem.llm import PolicyHost
 from procmem.memory import Retrieval
-from procmem.serve.backends import ChatBackend, ChatInput
+from procmem.serve.backends import ChatBackend, ChatInput, backend_for
 from procmem.serve.calllog import CallLog, CallRecord, CallStatus
 from procmem.serve.config import LOOPBACK_HOSTS, ServeConfig
 from procmem.serve.keys import KeyStore, Scope, keys_path
 from procmem.serve.metrics import Metrics
-from procmem.serve.prompting import memory_allowed, query_text
 from procmem.serve.protocol import (
     ApiError,
     ChatRequest,
     completion_chunk,
     completion_object,
+    conversation,
     parse_chat_request,
     parse_feedback,
 )
-from procmem.serve.wiring import DEFAULT_TENANT, MemoryWorker, ModelHost, TenantMemories, generation_from
+from procmem.serve.wiring import DEFAULT_TENANT, SERVE_SUITE, MemoryWorker, TenantSessions
 
 __all__ = ["EPISODE_HEADER", "VERSION_HEADER", "Gateway", "calls_path"]
 
@@ -54,15 +56,18 @@ def calls_path(home: Home) -> Any:
 class Gateway:
     """The server's state and its routes; :meth:`app` is the ASGI application."""
 
-    def __init__(self, config: ServeConfig, home: Home, *, host: ModelHost | None = None) -> None:
+    def __init__(self, config: ServeConfig, home: Home, *, host: PolicyHost | None = None) -> None:
         self.config = config
         self.home = home
         self.metrics = Metrics()
         self.log = CallLog(calls_path(home))
         self.keys = KeyStore(keys_path(home))
-        self.memories = TenantMemories(home)
-        self.worker = MemoryWorker(self.log, self.memories, on_written=self.metrics.memory_episode)
-        self.host = host or ModelHost(config, home)
+        session = config.session
+        self.host = host or PolicyHost.open(home, model=session.model, adapter=session.adapter, engine=session.engine,
+                                            limits=session.limits, max_wait_s=config.max_wait_ms / 1000,
+                                            watch_s=config.watch_s)
+        self.sessions = TenantSessions(self.host, session, home)
+        self.worker = MemoryWorker(self.log, self.sessions, on_written=self.metrics.memory_episode)
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="procmem-serve")
         self._inflight: set[tuple[str, str]] = set()
         self._inflight_lock = threading.Lock()
@@ -100,7 +105,7 @@ class Gateway:
         self.host.close()
         self.worker.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.memories.close()
+        self.sessions.close()
         self.log.close()
 
     def _wrap(self, path: str, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -109,9 +114,9 @@ class Gateway:
                 response: Response = await handler(request)
             except ApiError as err:
                 response = JSONResponse(err.body(), status_code=err.status)
-            except ProcmemError as err:
-                response = JSONResponse(ApiError(502, redact(str(err)), fix="", code="backend_error",
-                                                 kind="server_error").body(), status_code=502)
+            except ProcmemError as err:  # a prompt over the context is the caller's (400), others the backend's (502)
+                error = ApiError.from_backend(err)
+                response = JSONResponse(error.body(), status_code=error.status)
             self.metrics.request(path, response.status_code)
             return response
 
@@ -167,7 +172,7 @@ class Gateway:
 
     def _check_model(self, name: str, backend: ChatBackend) -> None:
         version = backend.adapter_version or "base"
-        known = {backend.model_id, self.config.model, "procmem", f"{backend.model_id}@{version}"}
+        known = {backend.model_id, self.config.session.model, "procmem", f"{backend.model_id}@{version}"}
         if name not in known:
             raise ApiError(404, f"unknown model {name!r}", param="model", code="model_not_found",
                            fix=f"use {backend.model_id!r} or 'procmem' (see GET /v1/models)")
@@ -178,7 +183,9 @@ class Gateway:
         started, started_at = time.perf_counter(), utc_now()
         tenant = self.tenant(request, "chat")
         req = parse_chat_request(await self._body(request))
-        backend = self.host.current  # this request's policy, to its end (hot swap)
+        session = self.sessions.get(tenant)
+        policy = session.policy  # this request's policy, to its end (hot swap)
+        backend = backend_for(policy)
         self._check_model(req.model, backend)
         if req.wants_tools and not backend.supports_tools:
             raise ApiError(400, f"{backend.model_id} does not support tools or tool messages", param="tools",
@@ -201,15 +208,19 @@ class Gateway:
                                code="episode_in_progress", fix="wait for it, or use another episode id")
             self._inflight.add(key)
         try:
-            use_memory = (self.config.memory and request.headers.get("x-procmem-memory", "on").lower() != "off"
-                          and memory_allowed(req.messages))
-            found = (await self._run(self.memories.retrieve, tenant, query_text(req.messages), self.config.memory_k,
-                                     backend) if use_memory else Retrieval())
-            chat_input = ChatInput(req.messages, found.text, generation_from(req, self.config.max_tokens),
-                                   tools=req.tools, tool_choice=req.tool_choice)
+            messages = conversation(req.messages)
+            task = conversation_task(messages, id=request.headers.get("x-procmem-task-id") or episode_id,
+                                     suite=SERVE_SUITE, verifier=verifier)
+            use_memory = request.headers.get("x-procmem-memory", "on").lower() != "off" and memory_allowed(messages)
+            found = await self._run(session.retrieve, task, policy) if use_memory else Retrieval()
+            chat_input = ChatInput(messages, [m.model_dump(exclude_none=True) for m in req.messages], found.text,
+                                   _generation(req, session.config.generation.max_tokens), tools=req.tools,
+                                   tool_choice=req.tool_choice)
             base = _CallBase(episode_id=episode_id, tenant=tenant, request=request, req=req, backend=backend,
                              found=found, chat_input=chat_input, verifier=verifier, started=started,
                              started_at=started_at)
+            if req.stream:  # a stream's status is sent with its first byte: refuse what cannot fit before it
+                await self._run(backend.check, chat_input)
         except BaseException:
             self._release(key)
             raise
@@ -238,7 +249,6 @@ class Gateway:
         if not isinstance(spec, str) or not spec.strip():
             raise ApiError(400, "metadata.procmem_verifier must be a verifier spec string", param="metadata",
                            code="invalid_verifier", fix="e.g. 'numeric:42' or 'exact:Paris'")
-        from procmem.core import Task
         from procmem.verifiers import build_verifier
 
         try:
@@ -408,8 +418,8 @@ class Gateway:
         self.tenant(request, "chat")
         backend = self.host.current
         info = {"object": "model", "created": 0, "owned_by": "procmem",
-                "procmem": {"model": self.config.model, "adapter_version": backend.adapter_version or "base",
-                            "pinned": self.config.adapter != "promoted"}}
+                "procmem": {"model": self.config.session.model, "adapter_version": backend.adapter_version or "base",
+                            "pinned": self.config.session.adapter != "promoted"}}
         return JSONResponse({"object": "list", "data": [{"id": backend.model_id, **info},
                                                         {"id": "procmem", **info}]})
 
@@ -441,6 +451,13 @@ class _CallBase:
         self.verifier = verifier
         self.started = started
         self.started_at = started_at
+
+
+def _generation(request: ChatRequest, default_max_tokens: int) -> GenerationConfig:
+    """The request's decoding parameters."""
+    max_tokens = request.max_completion_tokens or request.max_tokens or default_max_tokens
+    return GenerationConfig(max_tokens=max_tokens, temperature=request.temperature or 0.0,
+                            top_p=request.top_p or 1.0, stop=request.stops, seed=request.seed)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -1,5 +1,7 @@
-"""What answers a chat request: a prompt backend (any :class:`~procmem.llm.LLM`, the local model batched by the
-MicroBatcher) or, for ``litellm:`` models, the messages themselves (tools pass through)."""
+"""What answers a chat request over the session's current policy: a prompt backend (any
+:class:`~procmem.llm.LLM`; the local model batched by the policy host) or, for ``litellm:`` models, the messages
+themselves (tools pass through). :func:`backend_for` picks one per request; the prompt formats are the agent's
+(:mod:`procmem.agent.conversation`)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from procmem.agent.conversation import TURN_STOP, Message, render_chat, with_memory
 from procmem.core import GenerationConfig, ProcmemError
-from procmem.llm import LLM
-from procmem.serve.prompting import render_chat, with_memory
-from procmem.serve.protocol import ChatMessage
+from procmem.llm import LLM, LiteLLM
 
-__all__ = ["TURN_STOP", "Answer", "ChatBackend", "ChatInput", "LiteLLMChatBackend", "PromptBackend"]
-
-TURN_STOP = "\nQuestion:"
-"""A base model's answer always ends where it would start the next question."""
+__all__ = ["Answer", "ChatBackend", "ChatInput", "LiteLLMChatBackend", "PromptBackend", "backend_for"]
 
 
 @dataclass(frozen=True)
 class ChatInput:
     """A request as a backend needs it."""
 
-    messages: Sequence[ChatMessage]
+    messages: Sequence[Message]
+    """The conversation, as text."""
+    raw: Sequence[dict[str, Any]]
+    """The messages as the client sent them (a chat backend passes them on, tool calls included)."""
     memory: str
     generation: GenerationConfig
     tools: list[dict[str, Any]] | None = None
@@ -40,6 +41,14 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def backend_for(policy: LLM) -> ChatBackend:
+    """The backend that answers with ``policy`` (the session's current one, read once per request)."""
+    inner = getattr(policy, "llm", policy)  # a MicroBatcher's model
+    if isinstance(inner, LiteLLM):
+        return LiteLLMChatBackend(inner)
+    return PromptBackend(policy, tokenizer=getattr(inner, "tokenizer", None))
+
+
 class ChatBackend(Protocol):
     model_id: str
     adapter_version: str | None
@@ -47,6 +56,11 @@ class ChatBackend(Protocol):
 
     def sent(self, request: ChatInput) -> str:
         """What the model is sent for ``request`` (recorded in the episode)."""
+        ...
+
+    def check(self, request: ChatInput) -> None:
+        """Refuse a request the model cannot take (a prompt over its context: ContextLengthError) before any
+        answer starts, so that a stream can still be answered with a 400."""
         ...
 
     def complete(self, request: ChatInput) -> Answer: ...
@@ -57,20 +71,18 @@ class ChatBackend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def close(self) -> None: ...
-
 
 class PromptBackend:
-    """A completion :class:`~procmem.llm.LLM` behind the chat API (see :mod:`procmem.serve.prompting`)."""
+    """A completion :class:`~procmem.llm.LLM` behind the chat API (its prompt:
+    :func:`~procmem.agent.conversation.render_chat`)."""
 
     supports_tools = False
 
-    def __init__(self, llm: LLM, *, tokenizer: Any = None, on_close: Any = None) -> None:
+    def __init__(self, llm: LLM, *, tokenizer: Any = None) -> None:
         self.llm = llm
         self.model_id = llm.model_id
         self.adapter_version = llm.adapter_version
         self._tokenizer = tokenizer
-        self._on_close = on_close
 
     def sent(self, request: ChatInput) -> str:
         return render_chat(request.messages, request.memory)
@@ -78,6 +90,11 @@ class PromptBackend:
     def _config(self, request: ChatInput) -> GenerationConfig:
         stops = request.generation.stop or ("\n",)
         return request.generation.model_copy(update={"stop": (*stops, TURN_STOP)})
+
+    def check(self, request: ChatInput) -> None:
+        check = getattr(self.llm, "check_prompts", None)
+        if check is not None:
+            check([self.sent(request)], self._config(request))
 
     def complete(self, request: ChatInput) -> Answer:
         out = self.llm.generate([self.sent(request)], self._config(request))[0]
@@ -91,34 +108,27 @@ class PromptBackend:
             return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         return (len(text) + 3) // 4
 
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
-
 
 class LiteLLMChatBackend:
-    """A ``litellm:`` model called with the messages (memory in the system message); tools pass through.
-
-    For a vLLM server started with ``--enable-lora``, :meth:`load_adapter` calls its runtime
-    ``POST /v1/load_lora_adapter`` and later requests name the adapter as the model.
-    """
+    """A ``litellm:`` model called with the messages (memory in the system message); tools pass through. A vLLM
+    server's runtime LoRA adapter (:meth:`~procmem.llm.LiteLLM.with_adapter`) is named as the model."""
 
     supports_tools = True
 
-    def __init__(self, model: str, *, api_base: str | None = None, adapter_version: str | None = None) -> None:
-        from procmem.llm import LiteLLM
-
-        self._llm = LiteLLM(model, api_base)  # checks the provider and its API key now
-        self.model_id = model
-        self.adapter_version = adapter_version
-        self._served = model
+    def __init__(self, llm: LiteLLM) -> None:
+        self._llm = llm
+        self.model_id = llm.model_id
+        self.adapter_version = llm.adapter_version
 
     def sent(self, request: ChatInput) -> str:
-        return json.dumps(with_memory(request.messages, request.memory), ensure_ascii=False)
+        return json.dumps(with_memory(request.raw, request.memory), ensure_ascii=False)
+
+    def check(self, request: ChatInput) -> None:
+        """The provider judges the context itself."""
 
     def _kwargs(self, request: ChatInput, stream: bool) -> dict[str, Any]:
         gen = request.generation
-        kwargs: dict[str, Any] = {"model": self._served, "messages": with_memory(request.messages, request.memory),
+        kwargs: dict[str, Any] = {"model": self._llm.served, "messages": with_memory(request.raw, request.memory),
                                   "max_tokens": gen.max_tokens, "temperature": gen.temperature, "stream": stream,
                                   "timeout": self._llm.timeout_s, "drop_params": True}
         if gen.temperature > 0:
@@ -166,25 +176,3 @@ class LiteLLMChatBackend:
 
     def count_tokens(self, text: str) -> int:
         return (len(text) + 3) // 4
-
-    def with_adapter(self, version: str, path: str) -> LiteLLMChatBackend:
-        """A backend for the same server that answers with LoRA ``version``, loaded at run time by vLLM's
-        ``POST /v1/load_lora_adapter`` (the server needs ``--enable-lora`` and
-        ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``); requests then name the adapter as the model."""
-        import httpx
-
-        if not self._llm.api_base:
-            raise ProcmemError("no api_base to load the adapter into", where=f"litellm:{self.model_id}",
-                               fix="set PROCMEM_API_BASE to the vLLM server, e.g. http://localhost:8000/v1")
-        base = self._llm.api_base.rstrip("/")
-        response = httpx.post(f"{base}/load_lora_adapter", json={"lora_name": version, "lora_path": path},
-                              timeout=120)
-        if response.status_code >= 400:
-            raise ProcmemError(f"vLLM refused the adapter: {response.text[:200]}", where=base,
-                               fix="start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True")
-        other = LiteLLMChatBackend(self.model_id, api_base=self._llm.api_base, adapter_version=version)
-        other._served = f"{self.model_id.split('/', 1)[0]}/{version}"
-        return other
-
-    def close(self) -> None:
-        return None

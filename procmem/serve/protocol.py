@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from procmem.agent.conversation import Message
+from procmem.core import ContextLengthError, ProcmemError, redact
+
 __all__ = [
+    "MAX_DEPTH",
     "ApiError",
     "ChatMessage",
     "ChatRequest",
     "FeedbackRequest",
     "completion_chunk",
     "completion_object",
+    "conversation",
     "message_text",
     "parse_chat_request",
     "parse_feedback",
@@ -34,6 +41,19 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    @classmethod
+    def from_backend(cls, err: ProcmemError) -> ApiError:
+        """The answer to a backend's error: 400 ``context_length_exceeded`` for a prompt over the model's context
+        (the caller's input is at fault), else 502 ``backend_error``."""
+        if isinstance(err, ContextLengthError):
+            tokens = f"at least {err.prompt_tokens}" if err.at_least else str(err.prompt_tokens)
+            return cls(400, f"the messages come to {tokens} prompt tokens (with the prompt format and procedural "
+                       f"memory), but {err.model} holds {err.limit} tokens per request, prompt and answer "
+                       "together", param="messages", code="context_length_exceeded",
+                       fix=f"shorten the messages or send fewer, to well under {err.limit} tokens, so the answer "
+                       "has room; header X-Procmem-Memory: off leaves procedural memory out")
+        return cls(502, redact(str(err)), fix="", code="backend_error", kind="server_error")
 
 
 class ChatMessage(BaseModel):
@@ -120,15 +140,26 @@ class FeedbackRequest(BaseModel):
         return self.score if self.score is not None else (1.0 if self.verdict_passed() else 0.0)
 
 
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays a request body may have (OpenAI requests, tool schemas included, need a
+dozen levels; deeper bodies would exhaust Python's recursion limit in the JSON parser or later)."""
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
 def _parse(model: type[BaseModel], raw: bytes, what: str) -> Any:
     try:
         data = json.loads(raw)
+    except RecursionError as err:  # nested ~1000 deep: the parser's own limit
+        raise _too_deep(_deep_field(raw), what) from err
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the body is not valid JSON: {err}", fix=f"send a JSON object ({what})",
                        code="invalid_json") from err
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", fix=f"send a JSON object ({what})",
                        code="invalid_json")
+    deep = _deep_path(data)
+    if deep is not None:
+        raise _too_deep(deep, what)
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -138,8 +169,67 @@ def _parse(model: type[BaseModel], raw: bytes, what: str) -> Any:
                        fix=f"see {what} in docs/reference/http-api.md") from err
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+def _too_deep(where: str | None, what: str) -> ApiError:
+    at = f" at {where}" if where else ""
+    field = re.split(r"[.\[]", where, maxsplit=1)[0] if where else None
+    return ApiError(400, f"the body nests objects and arrays more than {MAX_DEPTH} levels deep{at}", param=field,
+                    code="nesting_too_deep", fix=f"send {what} with at most {MAX_DEPTH} levels of nesting")
+
+
+def _deep_path(data: Any) -> str | None:
+    """Where ``data`` first nests deeper than :data:`MAX_DEPTH` (e.g. ``metadata.a[0]``), or None (no recursion)."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(item, dict | list):
+                where = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+                if depth + 1 > MAX_DEPTH:
+                    return _short(where)
+                stack.append((item, depth + 1, where))
+    return None
+
+
+def _deep_field(raw: bytes) -> str | None:
+    """The top-level field of a body too deep to parse, found by scanning its brackets (strings skipped)."""
+    text = raw.decode("utf-8", "replace")
+    depth, field = 0, None
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return field
+        elif token in "]}":
+            depth -= 1
+        elif depth == 1 and text[match.end():match.end() + 64].lstrip().startswith(":"):
+            field = token[1:-1][:64]
+    return field
+
+
+def _short(path: str, keep: int = 48) -> str:
+    return path if len(path) <= keep else f"{path[:keep]}..."
+
+
+def parse_chat_request(raw: bytes, *, text_only: bool = True) -> ChatRequest:
+    """The request in ``raw``, or :class:`ApiError` 400 saying what is wrong and where. With ``text_only`` (models
+    that read text: every backend but a multimodal ``litellm:`` one) a content part other than text (an image,
+    audio, a file) is refused rather than dropped."""
     request: ChatRequest = _parse(ChatRequest, raw, "the chat completions request")
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            kind = part.get("type")
+            if kind != "text" and text_only:
+                raise ApiError(400, f"messages[{i}].content[{j}] is a content part of type {str(kind)[:40]!r}, but "
+                               "this model takes text only", param=f"messages[{i}].content[{j}].type",
+                               code="unsupported_content",
+                               fix="send text parts ({\"type\": \"text\", \"text\": ...}) or a string; describe "
+                               "an image, audio or file in words")
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ApiError(400, f"messages[{i}].content[{j}] is a text part without a string 'text'",
+                               param=f"messages[{i}].content[{j}].text", code="invalid_value",
+                               fix='give each text part a string: {"type": "text", "text": "..."}')
     return request
 
 
@@ -176,3 +266,9 @@ def completion_chunk(*, completion_id: str, created: int, model: str, delta: dic
     if usage is not None:
         chunk["usage"] = usage
     return chunk
+
+
+def conversation(messages: Sequence[ChatMessage | dict[str, Any]]) -> list[Message]:
+    """The request's messages (or a call log's copy of them) as the agent's conversation."""
+    parsed = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in messages]
+    return [Message(role=m.role, text=message_text(m)) for m in parsed]

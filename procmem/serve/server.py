@@ -26,6 +26,10 @@ def run_server(config: ServeConfig, home: Home, *, announce: bool = True) -> Non
     from procmem.serve.app import Gateway
 
     keyed = check_bind(config, home)
+    if announce:
+        session = config.session
+        print(f"procmem serve: loading {session.model} (engine {session.engine}, adapter {session.adapter}); a fresh "
+              "home converts the bundled model once, which takes a minute or two ...", flush=True)
     gateway = Gateway(config, home)
     backend = gateway.host.current
     if announce:

@@ -1,12 +1,10 @@
-"""All of serve's model and memory wiring in one place: the loaded policy (with hot swap), one procedural
-memory per tenant, and the worker that turns verified calls into memory episodes.
+"""Serve's sessions: one agent session per tenant over one shared policy host, and the worker that turns verified
+calls into memory episodes through them.
 
-**Hot swap.** With ``adapter = "promoted"`` a watcher thread reads ``adapters/promoted.json`` every
-``watch_s``; when the version changes it loads the new policy in the background and then replaces the
-current reference in one assignment. A request takes the reference once, when it starts, so in-flight
+**Hot swap.** The :class:`~procmem.llm.PolicyHost` follows the registry's promoted version (``adapter =
+"promoted"``) and swaps it atomically; a request reads ``session.policy`` once, when it starts, so in-flight
 requests finish on the version they started with, and every episode records the version that answered it.
-The old policy's batcher serves what it has queued and stops; the old model is freed when its last request
-ends. ``--adapter vN`` (or ``none``) pins a version and nothing is watched.
+``--adapter vN`` (or ``none``) pins a version and nothing is watched.
 
 **Tenants.** The default tenant (no API keys, or keys of tenant ``default``) uses the home's own memory
 (``PROCMEM_HOME/chroma``), the one ``memory reflect`` and ``distill --once`` read. Any other tenant has its own
@@ -20,24 +18,22 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from procmem.core import GenerationConfig, Home, ProcmemError, Task, extract_answer
-from procmem.core.keys import policy_version
-from procmem.memory import NoMemory, ProceduralMemory, Retrieval, open_memory
-from procmem.serve.backends import ChatBackend, LiteLLMChatBackend, PromptBackend
-from procmem.serve.calllog import CallLog
-from procmem.serve.config import ServeConfig
-from procmem.serve.episodes import memory_episode, serve_task
-from procmem.verifiers import build_verifier
+from procmem.agent import AgentSession, SessionConfig
+from procmem.agent.conversation import conversation_task
+from procmem.core import Episode, Home, ProcmemError, Task, Verdict
+from procmem.core.feedback import Feedback, feedback_episode
+from procmem.llm import PolicyHost
+from procmem.memory import open_memory
+from procmem.serve.calllog import CallLog, CallRecord, FeedbackRecord
+from procmem.serve.protocol import conversation
 
-if TYPE_CHECKING:
-    from procmem.llm.llamacpp import LlamaCppLLM
-
-__all__ = ["DEFAULT_TENANT", "MemoryWorker", "ModelHost", "TenantMemories", "check_tenant", "generation_from",
-           "load_backend"]
+__all__ = ["DEFAULT_TENANT", "SERVE_SUITE", "MemoryWorker", "TenantSessions", "call_episode", "call_task",
+           "check_tenant"]
 
 DEFAULT_TENANT = "default"
+SERVE_SUITE = "serve"
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _log = logging.getLogger("procmem.serve")
 
@@ -49,143 +45,65 @@ def check_tenant(name: str) -> str:
     return name
 
 
-def load_backend(config: ServeConfig, home: Home, version: str | None, *,
-                 engine: LlamaCppLLM | None = None) -> tuple[ChatBackend, LlamaCppLLM | None]:
-    """The backend for ``config.model`` with adapter ``version`` (None: the base model), and the llama.cpp engine
-    under it if there is one. Given a running ``engine``, the adapter is swapped onto it (the base model stays
-    loaded); each backend pins the adapter it was made with, so a request keeps the version it started on."""
-    from procmem.core.registry import resolve_adapter
-    from procmem.llm import MicroBatcher, load_llm
-    from procmem.llm.llamacpp import LlamaCppLLM
+class TenantSessions:
+    """One :class:`~procmem.agent.AgentSession` per tenant (its own memory), all over one policy host."""
 
-    if config.model.startswith("litellm:"):
-        backend = LiteLLMChatBackend(config.model.removeprefix("litellm:"))
-        if version is not None and config.model.startswith("litellm:hosted_vllm/"):
-            path = resolve_adapter(home, version)
-            return backend.with_adapter(version, str(path)), None
-        return backend, None
-    adapter = resolve_adapter(home, version) if version is not None else None
-    if engine is not None:
-        engine.set_adapter(adapter, version=version)
-        llm: Any = engine.pinned()
-    else:
-        llm = load_llm(config.model, models_dir=home.models, adapter=adapter, max_batch_size=config.max_batch)
-        if isinstance(llm, LlamaCppLLM):
-            engine, llm = llm, llm.pinned()
-    batcher = MicroBatcher(llm, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000)
-    batcher.start()
-    return PromptBackend(batcher, tokenizer=getattr(llm, "tokenizer", None), on_close=batcher.close), engine
-
-
-def _wanted_version(config: ServeConfig, home: Home) -> str | None:
-    from procmem.core.registry import promotion_state
-
-    if config.adapter == "none" or (config.model.startswith("litellm:") and not config.model.startswith(
-            "litellm:hosted_vllm/")):
-        return None
-    if config.adapter == "promoted":
-        return promotion_state(home.adapters).current
-    return config.adapter
-
-
-class ModelHost:
-    """The current policy, swapped atomically when the promoted version changes."""
-
-    def __init__(self, config: ServeConfig, home: Home) -> None:
+    def __init__(self, host: PolicyHost, config: SessionConfig, home: Home, *, chroma_url: str | None = None) -> None:
+        self.host = host
         self.config = config
         self.home = home
-        self._current, self._engine = load_backend(config, home, _wanted_version(config, home))
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self.swaps = 0
-        self._failed: tuple[str | None] | None = None
-        """The version whose load failed last (a 1-tuple: None is the base model)."""
-
-    @property
-    def current(self) -> ChatBackend:
-        """Read once per request: the request keeps this backend to its end."""
-        return self._current
-
-    def start(self) -> None:
-        if self.config.adapter == "promoted" and self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, name="procmem-serve-watch", daemon=True)
-            self._watcher.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=10)
-        self._current.close()
-        if self._engine is not None:
-            self._engine.close()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.config.watch_s):
-            try:
-                self.refresh()
-            except Exception as err:  # a bad promotion must not take the server down: keep serving
-                _log.error("hot swap failed, still serving %s: %s", self._current.adapter_version or "base", err)
-
-    def refresh(self) -> bool:
-        """Swap to the promoted version if it changed; True when it did."""
-        wanted = _wanted_version(self.config, self.home)
-        if wanted == self._current.adapter_version or (wanted,) == self._failed:
-            return False
-        try:
-            new, self._engine = load_backend(self.config, self.home, wanted, engine=self._engine)
-        except Exception:
-            self._failed = (wanted,)  # not retried every tick: only when the pointer moves again
-            raise
-        self._failed = None
-        old, self._current = self._current, new
-        self.swaps += 1
-        _log.warning("serving adapter %s (was %s)", wanted or "base", old.adapter_version or "base")
-        old.close()  # its batcher serves what it queued; requests still holding it finish on it
-        return True
-
-
-class TenantMemories:
-    """One :class:`ProceduralMemory` per tenant, opened on first use."""
-
-    def __init__(self, home: Home, *, chroma_url: str | None = None) -> None:
-        self.home = home
         self.chroma_url = chroma_url
-        self._open: dict[str, ProceduralMemory] = {}
+        self._open: dict[str, AgentSession] = {}
         self._lock = threading.Lock()
 
     def path(self, tenant: str) -> Path:
         return self.home.chroma if tenant == DEFAULT_TENANT else self.home.root / "tenants" / tenant / "chroma"
 
-    def get(self, tenant: str) -> ProceduralMemory:
+    def get(self, tenant: str) -> AgentSession:
         with self._lock:
-            memory = self._open.get(tenant)
-            if memory is None:
+            session = self._open.get(tenant)
+            if session is None:
                 memory = open_memory(self.path(tenant), url=self.chroma_url if tenant == DEFAULT_TENANT else None)
-                self._open[tenant] = memory
-            return memory
-
-    def retrieve(self, tenant: str, text: str, k: int, backend: ChatBackend) -> Retrieval:
-        """The agent's retrieval for a question ``text``, trusted for the serving policy (co-evolution)."""
-        if k <= 0 or not text.strip():
-            return NoMemory().retrieve(Task(id="q", prompt=text, verifier=""), 0)
-        memory = self.get(tenant)
-        policy = policy_version(backend)
-        return memory.retriever(policy=policy).retrieve(Task(id="serve-query", prompt=text, verifier=""), k)
+                session = AgentSession(self.host, self.config, memory=memory)
+                self._open[tenant] = session
+            return session
 
     def close(self) -> None:
         with self._lock:
-            for memory in self._open.values():
-                memory.close()
+            for session in self._open.values():
+                session.close()
+                if session.memory is not None:
+                    session.memory.close()
             self._open.clear()
 
 
-class MemoryWorker:
-    """Background thread: judges calls that named a verifier, and writes verified calls to their tenant's
-    memory. It works from the call log, so a restart catches up with whatever is pending."""
+def call_task(call: CallRecord) -> Task:
+    """The task a call answered: its conversation as one question, in the ``serve`` suite."""
+    metadata = {"source": "serve", "tenant": call.tenant, "session_id": call.session_id, "user": call.user}
+    return conversation_task(conversation(call.messages), id=call.task_id or call.id, suite=SERVE_SUITE,
+                             verifier=call.verifier, metadata=metadata)
 
-    def __init__(self, log: CallLog, memories: TenantMemories, *, on_written: Any = None) -> None:
+
+def call_episode(call: CallRecord, task: Task, feedback: list[FeedbackRecord], verdict: Verdict | None
+                 ) -> Episode | None:
+    """The memory episode of a finished call (:func:`~procmem.core.feedback.feedback_episode`), or None while it
+    is unverified (or did not complete)."""
+    if call.status != "complete":
+        return None
+    return feedback_episode(task, call.response.strip(), [Feedback.from_dict(f.body) for f in feedback],
+                            verdict=verdict, prompt_tokens=int(call.usage.get("prompt_tokens", 0)),
+                            completion_tokens=int(call.usage.get("completion_tokens", 0)), model_id=call.model_id,
+                            adapter_version=call.adapter_version, memory_ids=call.memory_ids, id=call.id,
+                            started_at=call.started_at, finished_at=call.finished_at)
+
+
+class MemoryWorker:
+    """Background thread: judges calls that named a verifier, and records verified calls through their tenant's
+    session. It works from the call log, so a restart catches up with whatever is pending."""
+
+    def __init__(self, log: CallLog, sessions: TenantSessions, *, on_written: Any = None) -> None:
         self.log = log
-        self.memories = memories
+        self.sessions = sessions
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,22 +139,17 @@ class MemoryWorker:
             call = self.log.get(tenant, episode_id)
             if call is None:
                 continue
-            if call.verifier and call.verdict is None and call.status == "complete":
-                task = serve_task(call)
-                verdict = build_verifier(task).verify(extract_answer(call.response, task.answer_format))
-                self.log.set_verdict(tenant, episode_id, verdict.to_dict())
-                continue  # the revision moved: picked up again with its verdict
-            episode = memory_episode(call, self.log.feedback(tenant, episode_id))
+            session = self.sessions.get(tenant)
+            task = call_task(call)
+            verdict = Verdict.from_dict(call.verdict) if call.verdict is not None else None
+            if call.verifier and verdict is None and call.status == "complete":
+                verdict = session.verify(task, call.response)
+                self.log.set_verdict(tenant, episode_id, verdict.to_dict())  # shown by GET /v1/episodes/{id}
+                revision += 1
+            episode = call_episode(call, task, self.log.feedback(tenant, episode_id), verdict)
             if episode is not None:
-                self.memories.get(tenant).after_episode(episode)
+                session.record(episode)
                 if self._on_written is not None:
                     self._on_written()
             self.log.mark_memorized(tenant, episode_id, revision)
         return len(pending)
-
-
-def generation_from(request: Any, default_max_tokens: int) -> GenerationConfig:
-    """The request's decoding parameters as a :class:`GenerationConfig`."""
-    max_tokens = request.max_completion_tokens or request.max_tokens or default_max_tokens
-    return GenerationConfig(max_tokens=max_tokens, temperature=request.temperature or 0.0,
-                            top_p=request.top_p or 1.0, stop=request.stops, seed=request.seed)

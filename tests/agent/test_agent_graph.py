@@ -11,7 +11,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from procmem.agent import AgentDeps, solve_tasks
 from procmem.core import Attempt, Episode, GenerationConfig, Home, Task, Verdict
 from procmem.llm import MicroBatcher
-from procmem.memory import ExperienceRetriever, open_memory
+from procmem.memory import open_memory
+from procmem.memory._retrieval import ExperienceRetriever
 from procmem.verifiers import build_verifier
 
 GEN = GenerationConfig(max_tokens=6)

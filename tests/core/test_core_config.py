@@ -12,7 +12,7 @@ def test_config_loads_from_toml_and_overrides_win(tmp_path: Path) -> None:
     path = tmp_path / "solve.toml"
     path.write_text('suite = "builtin:arith"\nn = 5\n[generation]\nmax_tokens = 7\n')
     config = load_config(SolveConfig, path, n=3, model=None)
-    assert (config.suite, config.n, config.generation.max_tokens) == ("builtin:arith", 3, 7)
+    assert (config.suite, config.n, config.session.generation.max_tokens) == ("builtin:arith", 3, 7)
 
 
 def test_bad_value_names_file_line_and_field(tmp_path: Path) -> None:

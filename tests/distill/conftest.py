@@ -21,6 +21,22 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def niceness(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """`procmem distill` renices its own process (train.nice): run in-process by CliRunner, that would be the test
+    runner's. ``os.nice`` is recorded instead: the increments asked for, in order."""
+    import os
+
+    asked: list[int] = []
+
+    def nice(increment: int) -> int:
+        asked.append(increment)
+        return sum(asked)
+
+    monkeypatch.setattr(os, "nice", nice)
+    return asked
+
+
 @pytest.fixture
 def tiny_config() -> DistillConfig:
     """Small, deterministic settings (no LoRA dropout) that train the tiny model in a fraction of a second."""

@@ -58,10 +58,12 @@ def solved(home: Home, suite_file: Path) -> Home:
     return home
 
 
-def test_distill_once_registers_v1_and_adapters_ls_lists_it(solved: Home, config_file: Path, tmp_path: Path) -> None:
+def test_distill_once_registers_v1_and_adapters_ls_lists_it(solved: Home, config_file: Path, tmp_path: Path,
+                                                             niceness: list[int]) -> None:
     home = solved
     result = _invoke(home, "distill", "--once", "--json", "--config", str(config_file))
     assert result.exit_code == 0, result.output
+    assert niceness == [0, 10]  # niced by default (train.nice), beside a live `procmem serve`
     out = _last_json(result.stdout)
     assert out["status"] == "promoted" and out["version"] == "v1" and out["promoted"] is True
     assert out["traces"] >= 1 and out["problems"] == 6 and out["episodes"] == 6
@@ -84,6 +86,7 @@ def test_distill_once_registers_v1_and_adapters_ls_lists_it(solved: Home, config
 
     again = _invoke(home, "distill", "--once", "--json", "--config", str(config_file))
     assert again.exit_code == 0 and _last_json(again.stdout)["status"] == "skipped"
+    assert niceness == [0, 10, 0]  # already at train.nice: not reniced again
 
     for fmt, key in (("openai", "messages"), ("trl", "prompt")):
         target = tmp_path / f"{fmt}.jsonl"

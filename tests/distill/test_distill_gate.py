@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from procmem.core import GenerationConfig, Task
+from procmem.core import Attempt, Episode, GenerationConfig, Task, Verdict
 from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table, mcnemar
 from procmem.distill.gate import SuiteScores
 from procmem.llm import Generation, LocalLLM
@@ -182,3 +182,47 @@ def test_evaluate_decodes_each_task_with_its_own_settings(tiny_model_dir: Path) 
     assert scores["mixed"].passed == (True, True)
     assert sorted((c.max_tokens, c.stop) for c in llm.configs) == [(3, ("\n",)), (6, ("\n\n\n",))]
     assert all(c.temperature == 0.0 for c in llm.configs)
+
+
+# ------------------------------------------------------------------------ held-out production episodes
+
+
+def _calls(n: int, verifier: str = "exact:yes", start: int = 0) -> list[Episode]:
+    return [Episode(task=Task(id=f"c{i}", prompt=f"Question number {i}?", verifier=verifier, suite="serve"),
+                    attempts=(Attempt("yes", Verdict(passed=verifier == "exact:yes", score=1.0)),), model_id="m",
+                    id=f"e{i}", finished_at=f"2026-01-01T00:00:{i % 60:02d}") for i in range(start, start + n)]
+
+
+def test_held_out_questions_are_a_stable_share_decided_by_the_question_text() -> None:
+    from procmem.distill.gate import held_out
+
+    questions = [f"Question number {i}?" for i in range(2000)]
+    picked = [q for q in questions if held_out(q, 0.2)]
+    assert 0.17 < len(picked) / len(questions) < 0.23
+    assert picked == [q for q in questions if held_out(q, 0.2)]  # the same on every call (and run)
+    assert all(held_out(q.upper().replace(" ", "  "), 0.2) for q in picked)  # case and spacing aside
+    assert not any(held_out(q, 0.0) for q in questions)
+    assert set(picked) <= {q for q in questions if held_out(q, 0.5)}  # a larger share only adds questions
+
+
+def test_split_held_out_keeps_every_episode_of_a_held_out_question_out_of_training() -> None:
+    from procmem.distill.gate import held_out, split_held_out
+
+    config = GateConfig(heldout_share=0.3, n_test=1000)
+    episodes = [*_calls(60), *_calls(60, verifier="regex:(?!)", start=60)]
+    repeat = next(e for e in episodes[:60] if held_out(e.task.prompt, 0.3))
+    asked_again = Episode(task=Task(id="again", prompt=repeat.task.prompt.upper(), verifier="exact:no", suite="other"),
+                          attempts=repeat.attempts, model_id="m", id="again")
+    train, items = split_held_out([*episodes, asked_again], ["serve"], config)
+    held = [e for e in episodes[:60] if held_out(e.task.prompt, 0.3)]
+    assert [t.id for t in items["serve"]] == [e.task.id for e in held]
+    # judged wrong without a correction: never held out, always trained on
+    assert {e.id for e in episodes[60:]} <= {e.id for e in train}
+    assert not {e.id for e in held} & {e.id for e in train} and asked_again not in train
+    assert len(train) == len(episodes) - len(held)
+    # stable: other episodes around them do not change which are held out; the cap keeps the newest
+    again, _ = split_held_out(list(reversed(episodes)), ["serve"], config)
+    assert {e.id for e in again} == {e.id for e in train}
+    _, capped = split_held_out(episodes, ["serve"], config.model_copy(update={"n_test": 2}))
+    assert [t.id for t in capped["serve"]] == [t.id for t in items["serve"]][-2:]
+    assert split_held_out(episodes, ["absent"], config)[1] == {"absent": []}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from procmem.distill import DistillConfig, Example, Objective, completion_logits, make_objective
-from procmem.distill.objectives import MixedObjective, SelfDistillObjective, SftObjective
+from procmem.distill.objectives import (
+    ForwardingObjective,
+    MixedObjective,
+    ObjectiveLoss,
+    SelfDistillObjective,
+    SftObjective,
+)
+from procmem.testing import ObjectiveConformance
 
 STUDENT = "Question: What is 2 + 3?\nAnswer:"
 TEACHER = "Question: What is 1 + 1?\nAnswer: 2\n\nQuestion: What is 2 + 3?\nAnswer:"
@@ -232,23 +240,45 @@ def test_rollouts_are_cut_after_their_own_stop_string(lora_model: tuple[Any, Any
     assert objective._cut([*ids[:2], eos, *ids[2:]], ("\n",)) == [*ids[:2], eos]
 
 
-@pytest.mark.parametrize("name", ["sft", "self-distill", "mixed"])
-def test_objective_conformance(name: str, lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
-    from objective_conformance import check_objective
+class TestBuiltinObjectives(ObjectiveConformance):
+    """Each built-in objective, and a ForwardingObjective around one, on a fresh LoRA model of the tiny base."""
 
-    model, tokenizer = lora_model
-    batch = TRACES if name != "self-distill" else PROBLEMS
-    check_objective(make_objective(name, tokenizer, tiny_config), model, batch)
+    @pytest.fixture(params=["sft", "self-distill", "mixed", "forwarding"])
+    def name(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def model(self, lora_model: tuple[Any, Any]) -> Any:
+        return lora_model[0]
+
+    @pytest.fixture
+    def objective(self, name: str, lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> Objective:
+        if name == "forwarding":
+            return ForwardingObjective(make_objective("self-distill", lora_model[1], tiny_config))
+        return make_objective(name, lora_model[1], tiny_config)
+
+    @pytest.fixture
+    def batch(self, name: str) -> list[Example]:
+        return PROBLEMS if name in ("self-distill", "forwarding") else TRACES
 
 
-def test_a_forwarding_objective_conforms_as_the_one_it_wraps(lora_model: tuple[Any, Any],
-                                                            tiny_config: DistillConfig) -> None:
-    from objective_conformance import check_objective
-
-    from procmem.distill.objectives import ForwardingObjective
-
-    model, tokenizer = lora_model
-    inner = make_objective("self-distill", tokenizer, tiny_config)
-    forwarding = ForwardingObjective(inner)
+def test_a_forwarding_objective_is_named_as_the_one_it_wraps(lora_model: tuple[Any, Any],
+                                                              tiny_config: DistillConfig) -> None:
+    forwarding = ForwardingObjective(make_objective("self-distill", lora_model[1], tiny_config))
     assert forwarding.name == "self-distill"
-    check_objective(forwarding, model, PROBLEMS)
+
+
+def test_the_suite_catches_a_loss_that_does_not_reach_the_weights(lora_model: tuple[Any, Any],
+                                                                  tiny_config: DistillConfig) -> None:
+    """The suite must be able to fail: an objective whose loss is cut from the graph is rejected."""
+    model, tokenizer = lora_model
+
+    class Detached(ForwardingObjective):
+        def loss(self, model: Any, batch: Sequence[Example]) -> ObjectiveLoss:
+            out = super().loss(model, batch)
+            return replace(out, loss=out.loss.detach().requires_grad_())
+
+    suite = TestBuiltinObjectives()
+    with pytest.raises(AssertionError, match="does not reach the trainable weights"):
+        suite.test_one_step_trains_the_lora_weights_and_only_them(
+            Detached(make_objective("sft", tokenizer, tiny_config)), model, TRACES)

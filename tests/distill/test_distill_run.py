@@ -24,7 +24,9 @@ from procmem.distill import (
     run_every,
 )
 from procmem.llm import LLM, LocalLLM
-from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
+from procmem.memory import ChromaStore, HashingEmbedder
+from procmem.memory._experiences import ExperienceMemory
+from procmem.memory._retrieval import ExperienceRetriever
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
 
@@ -32,7 +34,8 @@ from procmem.verifiers import build_verifier
 class World:
     """Real parts around a run: recorded episodes in Chroma, the tiny model, JSONL task suites.
 
-    ``fail_task_loads`` makes the next that many suite loads fail (a crash in the gate stage).
+    ``fail_gate_loads`` makes the next that many loads of the candidate model fail (a crash in the gate stage:
+    the gate's suites are loaded before training, so a failing suite load stops a run before it starts).
     """
 
     def __init__(self, root: Path, model_dir: Path, suite: Path) -> None:
@@ -40,7 +43,7 @@ class World:
         self.suite = suite
         self.memory = ExperienceMemory(ChromaStore.embedded(root / "chroma", HashingEmbedder()))
         self.loads: list[tuple[Path | None, str | None]] = []
-        self.fail_task_loads = 0
+        self.fail_gate_loads = 0
         self.solve()
 
     def solve(self) -> list[Episode]:
@@ -59,13 +62,13 @@ class World:
                            llm_factory=self._llm, model_dir=self.model_dir, load_tasks=self._tasks)
 
     def _llm(self, adapter: Path | None, version: str | None) -> LLM:
+        if version == "candidate" and self.fail_gate_loads:
+            self.fail_gate_loads -= 1
+            raise RuntimeError("the model server is down")
         self.loads.append((adapter, version))
         return LocalLLM(self.model_dir, adapter=adapter, adapter_version=version, model_id="tiny")
 
     def _tasks(self, suite: str, split: Split, n: int) -> list[Task]:
-        if self.fail_task_loads:
-            self.fail_task_loads -= 1
-            raise RuntimeError("the task server is down")
         return load_suite(suite, split=split, n=n)
 
 
@@ -162,12 +165,12 @@ def test_the_lock_stops_a_second_job(home: Home, world: World, run_config: Disti
 def test_an_interrupted_run_resumes_at_the_stage_it_reached(
     home: Home, world: World, run_config: DistillConfig
 ) -> None:
-    world.fail_task_loads = 1
-    with pytest.raises(RuntimeError, match="task server is down"):
+    world.fail_gate_loads = 1
+    with pytest.raises(RuntimeError, match="model server is down"):
         run_distillation(run_config, home, deps=world.deps(), quiet=True)
     (run,) = (home.root / "distill" / "runs").iterdir()
     meta = json.loads((run / "run.json").read_text())
-    assert meta["stage"] == "trained" and "task server is down" in meta["error"]
+    assert meta["stage"] == "trained" and "model server is down" in meta["error"]
     adapter = run / "train" / "adapter" / "adapter_model.safetensors"
     trained_at = adapter.stat().st_mtime_ns
 
@@ -180,7 +183,7 @@ def test_an_interrupted_run_resumes_at_the_stage_it_reached(
 def test_a_run_with_other_settings_abandons_the_unfinished_one(
     home: Home, world: World, run_config: DistillConfig
 ) -> None:
-    world.fail_task_loads = 1
+    world.fail_gate_loads = 1
     with pytest.raises(RuntimeError):
         run_distillation(run_config, home, deps=world.deps(), quiet=True)
     other = run_config.model_copy(update={"train": run_config.train.model_copy(update={"lr": 5e-3})})
@@ -191,7 +194,7 @@ def test_a_run_with_other_settings_abandons_the_unfinished_one(
 
 
 def test_the_scheduler_skips_logs_failures_and_retries(home: Home, world: World, run_config: DistillConfig) -> None:
-    world.fail_task_loads = 1
+    world.fail_gate_loads = 1
     sleeps: list[float] = []
     seen: list[DistillResult] = []
     results = run_every(run_config, home, 3600.0, deps_factory=world.deps, max_ticks=3, sleep=sleeps.append,
@@ -201,7 +204,7 @@ def test_the_scheduler_skips_logs_failures_and_retries(home: Home, world: World,
     assert results[0].resumed  # the failed tick's run was resumed by the next tick
     log = [json.loads(line) for line in (home.root / "distill" / "log.jsonl").read_text().splitlines()]
     assert [entry["event"] for entry in log] == ["failed", "promoted", "skipped"]
-    assert "task server is down" in log[0]["error"] and log[1]["result"]["version"] == "v1"
+    assert "model server is down" in log[0]["error"] and log[1]["result"]["version"] == "v1"
 
 
 def test_only_one_scheduler_runs_per_home(home: Home, run_config: DistillConfig) -> None:
@@ -226,3 +229,83 @@ def test_the_gate_skips_test_items_whose_question_was_trained_on(
     result = run_distillation(run_config.model_copy(update={"gate": gate}), home, deps=world.deps(), quiet=True)
     assert result.gate is not None and result.gate.excluded == 2
     assert [row.n for row in result.gate.rows] == [3]
+
+
+# ------------------------------------------------------------------ a serve-fed home: held-out production episodes
+
+NOTHING_PASSES = "regex:(?!)"
+
+
+def _serve_episodes(n: int, *, verifier: str = "regex:(?s).*", start: int = 0) -> list[Episode]:
+    """Verified calls of ``procmem serve``: suite ``serve`` (no test split), one question each."""
+    episodes = []
+    for i in range(start, start + n):
+        task = Task(id=f"call-{i}", prompt=f"Tell me about item {i}.", verifier=verifier, suite="serve",
+                    metadata={"source": "serve"})
+        answer = "an answer"
+        episodes.append(Episode(task=task, attempts=(Attempt(answer, build_verifier(task).verify(answer)),),
+                                model_id="tiny"))
+    return episodes
+
+
+def _serve_config(run_config: DistillConfig, **gate: object) -> DistillConfig:
+    return run_config.model_copy(update={"gate": run_config.gate.model_copy(
+        update={"heldout_share": 0.5, "min_heldout": 3, **gate})})
+
+
+def test_a_suite_without_a_test_split_is_gated_on_its_held_out_episodes_which_never_train(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    from procmem.distill.gate import held_out
+
+    serve = _serve_episodes(16)
+    judged_wrong = [e for e in _serve_episodes(16, verifier=NOTHING_PASSES, start=100)]
+    world.memory.record_many([*serve, *judged_wrong])
+    config = _serve_config(run_config)
+    result = run_distillation(config, home, deps=world.deps(), quiet=True)
+
+    held = [e for e in serve if held_out(e.task.prompt, 0.5)]
+    assert 3 <= len(held) < 16  # the hash holds out about half
+    assert result.held_out == len(held) and result.episodes == 6 + 32
+    assert result.gate is not None and result.status in ("promoted", "rejected")
+    rows = {row.suite: row for row in result.gate.rows}
+    assert rows["serve"].kind == "test" and rows["serve"].n == min(len(held), config.gate.n_test)  # the newest
+    assert rows[str(world.suite)].kind == "test"  # a suite with a test split still uses it
+    # Nothing of a held-out question was trained on; episodes judged wrong without a correction are never held out.
+    manifest = read_manifest(home.adapters, result.version or "")
+    trained_ids = set(manifest.dataset.episode_ids)
+    assert not trained_ids & {e.id for e in held}
+    assert {e.id for e in judged_wrong} <= trained_ids
+    run = home.root / "distill" / "runs" / (result.run_id or "")
+    traced = {json.loads(line)["task_id"] for name in ("traces.jsonl", "rejected.jsonl")
+              for line in (run / "traces" / name).read_text().splitlines()}
+    assert traced and not traced & {e.task.id for e in held}
+
+
+def test_too_few_held_out_episodes_refuse_before_any_teacher_or_training(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    world.memory.record_many([*_serve_episodes(4), *_serve_episodes(6, verifier=NOTHING_PASSES, start=50)])
+    config = _serve_config(run_config, min_heldout=50)
+    result = run_distillation(config, home, deps=world.deps(), quiet=True)
+    assert result.status == "skipped" and not result.promoted and result.version is None and result.held_out <= 4
+    assert "suite 'serve' has no test split" in result.reason
+    assert "gate.min_heldout=50 (capped by gate.n_test=6)" in result.reason
+    assert "judged wrong without a correction" in result.reason and "gate.test_suites" in result.reason
+    assert world.loads == []  # no teacher, no training, no gate model was loaded
+    assert not (home.root / "distill" / "runs").exists() or not list((home.root / "distill" / "runs").iterdir())
+    assert promotion_state(home.adapters).current is None
+
+    # Nothing moved the watermark: once the gate can be satisfied, the same episodes are new to the next run.
+    again = run_distillation(_serve_config(run_config, min_heldout=1), home, deps=world.deps(), quiet=True)
+    assert again.new_episodes == 16 and again.gate is not None
+
+
+def test_a_configured_test_suite_still_gates_a_serve_fed_home(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    world.memory.record_many(_serve_episodes(4))
+    config = _serve_config(run_config, test_suites=(str(world.suite),), min_heldout=50)
+    result = run_distillation(config, home, deps=world.deps(), quiet=True)
+    assert result.gate is not None and [row.suite for row in result.gate.rows] == [str(world.suite)]
+    assert len(read_manifest(home.adapters, result.version or "").dataset.episode_ids) == 10  # nothing held out

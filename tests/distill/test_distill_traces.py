@@ -12,7 +12,9 @@ from procmem.core import Attempt, Episode, GenerationConfig, Task, render_comple
 from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, training_items
 from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
 from procmem.llm import Generation, LocalLLM
-from procmem.memory import ChromaStore, ExperienceMemory, ExperienceRetriever, HashingEmbedder
+from procmem.memory import ChromaStore, HashingEmbedder
+from procmem.memory._experiences import ExperienceMemory
+from procmem.memory._retrieval import ExperienceRetriever
 from procmem.verifiers import build_verifier
 
 WRONG = "forty-two-wrong"
@@ -233,3 +235,50 @@ def test_code_tasks_keep_multi_line_answers_with_their_own_decoding(teacher: Loc
             assert trace.completion == render_completion(trace.answer, "code") and trace.completion.endswith(CODE_STOP)
         else:
             assert "\n" not in trace.answer
+
+
+# ------------------------------------------------------------------------------------ the canonical answer
+
+
+def test_verifiers_give_the_canonical_form_of_a_passing_answer() -> None:
+    from procmem.verifiers import canonical_answer
+
+    def forms(spec: str, *answers: str) -> list[str | None]:
+        verifier = build_verifier(Task(id="t", prompt="q", verifier=spec))
+        return [canonical_answer(verifier, a) for a in answers]
+
+    assert forms("numeric:57", "57.", "+57", "5.7e1", "57.0", "56", "fifty-seven") == ["57"] * 4 + [None, None]
+    assert forms("numeric:0.75", "3/4", ".750") == ["0.75", "0.75"]
+    assert forms("numeric:1/3?tol=0.01", "1/3", "0.333") == ["1/3", "0.333"]
+    assert forms("numeric:1,234", "1,234") == ["1234"]
+    assert forms("exact:1.", "1", "1.", "2") == ["1", "1", None]  # a served answer someone approved
+    assert forms("exact:New  York", "new york.") == ["New York"]
+    assert forms("exact:U.S.", "u.s.") == ["U.S."]  # an abbreviation keeps its period
+    assert forms("regex:\\d+\\.?", "57.") == [None]  # a pattern has no canonical form: keep the raw text
+
+
+def test_training_texts_are_the_canonical_answers_of_corrections_and_successes(teacher: LocalLLM) -> None:
+    from procmem.core import Verdict
+    from procmem.distill import success_traces
+
+    line = Task(id="line", prompt="What is 50 + 7?", verifier="numeric:57", suite="s")
+    reasoned = Task(id="reasoned", prompt="What is 50 + 8?", verifier="numeric:58", suite="s",
+                    metadata={"answer_format": "reasoned"})
+    corrected = [Episode(task=task, model_id="tiny", id=f"ep-{task.id}", attempts=(
+        Attempt("wrong", build_verifier(task).verify("wrong")),
+        Attempt(correction, Verdict(passed=True, score=1.0, details={"correction": True}))))
+        for task, correction in ((line, "57."), (reasoned, "58."))]
+    items = training_items(corrected)
+    config = TraceConfig(k=1, max_tokens=2, memory_k=0)  # no memory: the retriever is never asked
+    build = build_traces(items, teacher, None, config)  # type: ignore[arg-type]
+    fixed = {t.task_id: t for t in build.kept if t.teacher == "correction"}
+    assert (fixed["line"].answer, fixed["line"].completion, fixed["line"].raw_answer) == ("57", " 57\n", "57.")
+    # A reasoned task: only the final answer is canonicalised, after its Answer: mark.
+    assert (fixed["reasoned"].answer, fixed["reasoned"].completion) == ("58", "Answer: 58\n\n")
+
+    raw = build_traces(items, teacher, None, config.model_copy(update={"canonical_answers": False}))  # type: ignore[arg-type]
+    assert {t.answer for t in raw.kept if t.teacher == "correction"} == {"57.", "58."}
+
+    # RFT's successes: "57." and "57" are one answer, trained as "57".
+    successes = success_traces([_episode(line, "57."), _episode(line, "wrong", "57")], keep_per_problem=2)
+    assert [(t.answer, t.completion) for t in successes.kept] == [("57", " 57\n")]

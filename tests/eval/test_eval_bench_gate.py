@@ -1,4 +1,4 @@
-"""eval/bench_gate.py runs end to end at a toy size on the tiny model: sampled runs of one model, the real
+"""eval/bench/bench_gate.py runs end to end at a toy size on the tiny model: sampled runs of one model, the real
 gate decision between them, and the power table; and the A/A test between retrains under other seeds."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[2] / "eval" / "bench"
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_gate", REPO / "eval" / "bench_gate.py")
+    spec = importlib.util.spec_from_file_location("bench_gate", BENCH / "bench_gate.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,4 +1,4 @@
-"""eval/bench_memory.py runs end to end at a toy size and reports every figure (no timing is asserted:
+"""eval/bench/bench_memory.py runs end to end at a toy size and reports every figure (no timing is asserted:
 speed belongs in the benchmark's own output, not in tests)."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[2] / "eval" / "bench"
 
 
 def test_the_memory_benchmark_reports_latency_recall_writes_and_retrieval() -> None:
-    spec = importlib.util.spec_from_file_location("bench_memory", REPO / "eval" / "bench_memory.py")
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "bench_memory.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

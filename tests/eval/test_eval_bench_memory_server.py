@@ -1,4 +1,4 @@
-"""eval/bench_memory_server.py runs end to end at a toy size against a real chroma server and reports every
+"""eval/bench/bench_memory_server.py runs end to end at a toy size against a real chroma server and reports every
 figure (no timing is asserted)."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[2] / "eval" / "bench"
 
 
 def test_the_server_benchmark_reports_throughput_and_latency_while_writing() -> None:
-    spec = importlib.util.spec_from_file_location("bench_memory_server", REPO / "eval" / "bench_memory_server.py")
+    spec = importlib.util.spec_from_file_location("bench_memory_server", BENCH / "bench_memory_server.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

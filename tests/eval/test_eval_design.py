@@ -55,7 +55,7 @@ def test_calibration_loads_dev_items_only_and_they_are_the_dev_items_of_the_expe
     dev_only = load_splits(config, dev_only=True)
     assert all(not by_suite.get(SUM) for by_suite in dev_only.test.values())  # no test item is even loaded
     assert [t.id for t in dev_only.dev[SUM]] == [t.id for t in load_splits(config).dev[SUM]]
-    calibrate = (REPO / "eval" / "calibrate.py").read_text()
+    calibrate = (REPO / "eval" / "bench" / "calibrate.py").read_text()
     assert "dev_only=True" in calibrate and 'split="test"' not in calibrate and ".test[" not in calibrate
 
 

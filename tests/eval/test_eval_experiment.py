@@ -162,10 +162,16 @@ def test_seeds_can_run_in_separate_processes_and_the_report_covers_what_finished
 
 
 def _toml(config: EvalConfig) -> str:
-    """``config`` as TOML (what `procmem eval --config` reads): its top-level fields, then smoke.toml's
-    [distill] tables (which ``_config`` leaves as they are). JSON scalars and arrays are valid TOML."""
-    top = config.model_dump(mode="json", exclude={"distill"})
-    lines = [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+    """``config`` as TOML (what `procmem eval --config` reads): its top-level fields, its [session] tables, then
+    smoke.toml's [distill] tables (which ``_config`` leaves as they are). JSON scalars and arrays are valid TOML
+    (None is not: those keys are left to their defaults)."""
+    def table(values: dict[str, object]) -> list[str]:
+        return [f"{key} = {json.dumps(value)}" for key, value in values.items()
+                if value is not None and not isinstance(value, dict)]
+
+    data = config.model_dump(mode="json", exclude={"distill"})
+    session = data.pop("session")
+    lines = [*table(data), "[session]", *table(session), "[session.generation]", *table(session["generation"])]
     smoke = (REPO / "eval" / "configs" / "smoke.toml").read_text()
     return "\n".join(lines) + "\n\n" + smoke[smoke.index("[distill]"):]
 
@@ -204,7 +210,7 @@ def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Pat
     from procmem.distill import load_trace_build
     from procmem.eval import ARM_SPECS, Experiment
     from procmem.eval.experiment import load_suites
-    from procmem.memory import ProceduralRetriever
+    from procmem.memory._retrieval import ProceduralRetriever
 
     config = _config(tmp_path, seeds=(0,), rounds=2, arms=("pmd", "pmd-frozen", "placebo"))
     out = tmp_path / "out"

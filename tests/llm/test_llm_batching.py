@@ -6,10 +6,12 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
-from llm_conformance import GREEDY, PROMPTS, LLMConformance
 
 from procmem.core import GenerationConfig
 from procmem.llm import LLM, Generation, LocalLLM, MicroBatcher
+from procmem.testing import LLMConformance
+
+PROMPTS, GREEDY = LLMConformance.PROMPTS, LLMConformance.GREEDY
 
 
 class Recorder:

@@ -6,11 +6,13 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from llm_conformance import GREEDY, PROMPTS, LLMConformance
 from openai_stub import OpenAIStub
 
 from procmem.core import GenerationConfig, ProcmemError
 from procmem.llm import LiteLLM
+from procmem.testing import LLMConformance
+
+PROMPTS, GREEDY = LLMConformance.PROMPTS, LLMConformance.GREEDY
 
 MODEL = "openai/stub-model"
 

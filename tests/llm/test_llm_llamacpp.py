@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_conformance import GREEDY, PROMPTS, LLMConformance
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs llama-cpp-python (pip install procmem[llamacpp])")
 
 from procmem.core import GenerationConfig, ProcmemError
 from procmem.llm import EngineConfig, LlamaCppLLM, LocalLLM, MicroBatcher, load_llm
 from procmem.llm.gguf_io import GGUF_LORA_NAME, write_gguf_lora
+from procmem.testing import LLMConformance
+
+PROMPTS, GREEDY = LLMConformance.PROMPTS, LLMConformance.GREEDY
 
 SLOTS = 4
 CONTEXT = 256

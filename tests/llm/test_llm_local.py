@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from llm_conformance import GREEDY, PROMPTS, LLMConformance
 
 from procmem.core import GenerationConfig, ProcmemError
 from procmem.llm import LocalLLM, load_model_and_tokenizer
+from procmem.testing import LLMConformance
+
+PROMPTS, GREEDY = LLMConformance.PROMPTS, LLMConformance.GREEDY
 
 
 class TestLocalLLMConformance(LLMConformance):

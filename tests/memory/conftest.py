@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from procmem.memory import MemoryConfig, MiniLMEmbedder, ProceduralMemory, default_embedder, open_memory
+from procmem.memory import MemoryConfig, ProceduralMemory, default_embedder, open_memory
+from procmem.memory.embedding import MiniLMEmbedder
 
 
 @pytest.fixture(scope="session")

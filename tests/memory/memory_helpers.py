@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, Verdict
-from procmem.memory import Entry, entry_id
+from procmem.memory._entries import Entry, entry_id
 
 SUM_REFLECTION = ("STRATEGY: Add the ones digits first, then the tens digits, and carry when needed.\n"
                   "LESSON: The answer was written in words -> answer with the number in digits only.")

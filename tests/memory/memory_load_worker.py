@@ -15,15 +15,9 @@ import sys
 import time
 
 from procmem.core import Attempt, Episode, Task, Verdict
-from procmem.memory import (
-    ChromaStore,
-    Entry,
-    HashingEmbedder,
-    HygieneConfig,
-    MemoryConfig,
-    ProceduralMemory,
-    entry_id,
-)
+from procmem.memory import ChromaStore, HashingEmbedder, MemoryConfig, ProceduralMemory
+from procmem.memory._entries import Entry, entry_id
+from procmem.memory.config import HygieneConfig
 
 SHARED = [("insight", "strategy", "Add the ones digits first, then the tens, and carry."),
           ("insight", "lesson", "The answer was written in words: answer in digits only."),

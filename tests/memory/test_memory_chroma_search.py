@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from memory_store_conformance import MemoryStoreConformance
 
 from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord
 from procmem.memory import chroma_store as chroma_module
+from procmem.testing import MemoryStoreConformance
 
 
 class TestChromaStoreThroughHnsw(MemoryStoreConformance):

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from procmem.cli import app
 from procmem.cli.memory_cmd import parse_since
 from procmem.core import Home, ProcmemError
-from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
+from procmem.memory import ProceduralMemory, open_memory
+from procmem.memory.embedding import MiniLMEmbedder
 
 
 def _run(home: Home, *args: str) -> Any:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord, ProceduralMemory, local_chroma_server
+from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord, ProceduralMemory
+from procmem.memory.chroma_store import local_chroma_server
 
 WRITES = 60  # records per writer process, written in batches of BATCH so that the writers interleave
 BATCH = 6

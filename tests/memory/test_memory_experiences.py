@@ -7,18 +7,10 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Attempt, Episode, ProcmemError, Task, Verdict, render_prompt
-from procmem.memory import (
-    ExperienceMemory,
-    ExperienceRetriever,
-    MiniLMEmbedder,
-    NoMemory,
-    Retrieval,
-    Retriever,
-    WorkedExample,
-    fit_memory,
-    open_memory,
-    render_memory,
-)
+from procmem.memory import NoMemory, Retrieval, Retriever, open_memory
+from procmem.memory._experiences import ExperienceMemory
+from procmem.memory._retrieval import ExperienceRetriever, WorkedExample, fit_memory, render_memory
+from procmem.memory.embedding import MiniLMEmbedder
 
 
 def _episode(task_id: str, prompt: str, *, passed: bool = True, split: str = "train", answer: str = "42",

@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 from memory_helpers import entry, episode
 
-from procmem.memory import (
-    HygieneConfig,
-    MemoryConfig,
-    MiniLMEmbedder,
-    ProceduralMemory,
-    open_memory,
-)
-from procmem.memory.hygiene import should_retire, trust
+from procmem.memory import MemoryConfig, ProceduralMemory, open_memory
+from procmem.memory._hygiene import should_retire, trust
+from procmem.memory.config import HygieneConfig
+from procmem.memory.embedding import MiniLMEmbedder
 
 CARRY = "Add the ones digits first, then carry into the tens."
 CARRY_PARAPHRASE = "Add the units digits first and carry to the tens digit."  # MiniLM cosine 0.91

@@ -13,9 +13,17 @@ from typer.testing import CliRunner
 
 from procmem.cli import app
 from procmem.core import Attempt, Episode, Home, Task, Verdict
-from procmem.memory import MiniLMEmbedder, ProceduralMemory, group_problems, open_memory, parse_reflection
-from procmem.memory.feedback_lessons import feedback_lessons
-from procmem.memory.reflection import reflection_generation, reflection_grammar, reflection_primer, reflection_prompt
+from procmem.memory import ProceduralMemory, open_memory
+from procmem.memory._feedback_lessons import feedback_lessons
+from procmem.memory._problems import group_problems
+from procmem.memory._reflection import (
+    parse_reflection,
+    reflection_generation,
+    reflection_grammar,
+    reflection_primer,
+    reflection_prompt,
+)
+from procmem.memory.embedding import MiniLMEmbedder
 
 
 def _problems(memory: ProceduralMemory) -> list[Any]:
@@ -211,7 +219,7 @@ def _letters(task_id: str, word: str, answers: list[str], passed: bool) -> Episo
 
 
 def test_each_prompt_shows_few_examples_far_from_its_problem_and_varied_across_problems() -> None:
-    from procmem.memory.reflection import _REFLECTION_EXAMPLES, _SHOWN_EXAMPLES, reflection_examples
+    from procmem.memory._reflection import _REFLECTION_EXAMPLES, _SHOWN_EXAMPLES, reflection_examples
 
     problems = group_problems([_letters(f"l{i}", word, ["2"], True)
                                for i, word in enumerate(["banana", "paperwork", "data set", "alpaca", "a cat"])])
@@ -223,7 +231,7 @@ def test_each_prompt_shows_few_examples_far_from_its_problem_and_varied_across_p
 
 
 def test_the_grammar_opens_a_lesson_with_the_failed_answer_and_a_strategy_with_a_word_of_the_question() -> None:
-    from procmem.memory.reflection import problem_anchors
+    from procmem.memory._reflection import problem_anchors
 
     failed = group_problems([_letters("f", "paperwork", ["1", "1"], False)])[0]
     assert problem_anchors(failed)[:4] == ("times", "letter", "appear", "text")
@@ -239,7 +247,7 @@ def test_under_the_grammar_the_tiny_model_speaks_of_its_own_problem(tmp_path: Pa
     word of its question: it cannot be a worked example copied word for word."""
     pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
     from procmem.llm import EngineConfig, LlamaCppLLM
-    from procmem.memory.reflection import problem_anchors
+    from procmem.memory._reflection import problem_anchors
 
     problems = sorted(group_problems([_letters("f", "paperwork", ["1", "7"], False),
                                       _letters("p", "banana", ["3"], True)]), key=lambda p: p.has_pass)
@@ -257,7 +265,7 @@ def test_the_vocabulary_trie_matches_its_words_and_no_other(tmp_path: Path, tiny
     """The trie writes each shared prefix once; under it the random model writes only listed words."""
     pytest.importorskip("llama_cpp", reason="the grammar runs on the llama.cpp engine")
     from procmem.llm import EngineConfig, LlamaCppLLM
-    from procmem.memory.reflection import _trie
+    from procmem.memory._reflection import _trie
 
     words = ("a", "an", "and", "answer", "add", "by")
     assert _trie(words) == '("a" ("dd" | "n" ("d" | "swer")?)? | "by")'
@@ -278,7 +286,7 @@ def test_under_the_grammar_every_word_is_a_procedure_word_or_the_problems_own(tm
     import re
 
     from procmem.llm import EngineConfig, LlamaCppLLM
-    from procmem.memory.reflection import _VOCABULARY, pattern_grammar, problem_anchors
+    from procmem.memory._reflection import _VOCABULARY, pattern_grammar, problem_anchors
 
     problems = sorted(group_problems([_letters("f", "paperwork", ["1", "7"], False),
                                       _letters("p", "banana", ["3"], True)]), key=lambda p: p.has_pass)
@@ -301,7 +309,7 @@ def test_advice_words_are_said_without_a_copula() -> None:
     literals, groups, ``|`` and ``?``, the same in a regular expression."""
     import re
 
-    from procmem.memory.reflection import _ADVICE_RULES, _COPULAS, _VOCABULARY, _VOCABULARY_RULES
+    from procmem.memory._reflection import _ADVICE_RULES, _COPULAS, _VOCABULARY, _VOCABULARY_RULES
 
     def words_of(name: str) -> re.Pattern[str]:
         body = next(r for r in _VOCABULARY_RULES if r.startswith(f"{name} ::= ")).split(" ::= ", 1)[1]

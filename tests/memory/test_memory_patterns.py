@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 from memory_helpers import SUM_PATTERN, SUMS, ScriptedPolicy, entry, episode
 
-from procmem.memory import MemoryConfig, ProceduralMemory, ReflectionConfig
-from procmem.memory.consolidation import cluster_insights
+from procmem.memory import MemoryConfig, ProceduralMemory
+from procmem.memory._consolidation import cluster_insights
+from procmem.memory.config import ReflectionConfig
 
 DIGITS_A = "Answer with the number only, without any words."
 DIGITS_B = "Give only the final number as the answer, no extra words."  # MiniLM cosine 0.74 to DIGITS_A

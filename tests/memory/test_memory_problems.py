@@ -6,7 +6,7 @@ from memory_helpers import episode
 
 from procmem.core import Episode
 from procmem.core.keys import problem_key
-from procmem.memory import group_problems
+from procmem.memory._problems import group_problems
 
 
 def _episodes() -> list[Episode]:

@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 from memory_helpers import SUM_LESSON_COMPLETION, SUM_REFLECTION, SUMS, ScriptedPolicy, episode
 
-from procmem.memory import (
-    ProceduralMemory,
-    group_problems,
-    parse_reflection,
-    reflection_prompt,
-)
+from procmem.memory import ProceduralMemory
+from procmem.memory._problems import group_problems
+from procmem.memory._reflection import parse_reflection, reflection_prompt
 
 # --- the parser on fixed texts ------------------------------------------------------------------------
 
@@ -271,7 +268,7 @@ def test_the_real_tiny_model_goes_through_the_pipeline_unparseable_counted_and_s
 
 
 def _example_advice() -> list[str]:
-    from procmem.memory.reflection import _REFLECTION_EXAMPLES
+    from procmem.memory._reflection import _REFLECTION_EXAMPLES
 
     return [line for example in _REFLECTION_EXAMPLES for line in example.splitlines()
             if line.startswith(("LESSON:", "STRATEGY:"))]

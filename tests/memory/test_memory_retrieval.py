@@ -8,18 +8,17 @@ from memory_helpers import entry, episode
 
 from procmem.core import Task
 from procmem.core.keys import problem_key
-from procmem.memory import (
+from procmem.memory import ProceduralMemory, Retriever
+from procmem.memory._entries import suite_family
+from procmem.memory._retrieval import (
     ADVICE_HEADER,
     Advice,
     MemoryContext,
-    ProceduralMemory,
     ProceduralRetriever,
-    Retriever,
     WorkedExample,
     fit_context,
     render_memory,
 )
-from procmem.memory.entries import suite_family
 
 SUM, SPELL = "What is 23 + 45?", "Spell the word 'house' backwards."
 CARRY = "Add the ones digits first, then carry into the tens."

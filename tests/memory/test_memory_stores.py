@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from memory_store_conformance import MemoryStoreConformance
 
 from procmem.core import ProcmemError
 from procmem.memory import ChromaStore, HashingEmbedder, InMemoryStore, MemoryRecord
+from procmem.testing import MemoryStoreConformance
 
 
 class TestInMemoryStore(MemoryStoreConformance):

@@ -9,7 +9,8 @@ import pytest
 from memory_helpers import SUMS, ScriptedPolicy, entry, episode
 
 from procmem.core import ProcmemError
-from procmem.memory import MiniLMEmbedder, ProceduralMemory, open_memory
+from procmem.memory import ProceduralMemory, open_memory
+from procmem.memory.embedding import MiniLMEmbedder
 
 
 @pytest.fixture

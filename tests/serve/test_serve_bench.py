@@ -1,4 +1,4 @@
-"""A smoke run of eval/bench_serve.py on the tiny model: it runs end to end and reports every figure."""
+"""A smoke run of eval/bench/bench_serve.py on the tiny model: it runs end to end and reports every figure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_serve_reports_latency_throughput_and_write_cost() -> None:
-    from procmem.eval.bench_serve import main
+    from procmem.eval.bench.bench_serve import main
 
     results = main(["--model", "local:tiny", "--tokens", "2", "--n", "2", "--calls", "1"])
     assert set(results["latency_ms"]) == {"direct", "serve_memory_off", "serve_memory_on"}

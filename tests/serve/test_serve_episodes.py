@@ -1,15 +1,16 @@
-"""From the call log to memory and to distillation: what is verified, feedback order, corrections."""
+"""From the call log to memory and to distillation (the one feedback-to-episode rule, procmem.core.feedback):
+what is verified, feedback order, corrections."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from procmem.core import GenerationConfig
+from procmem.agent.conversation import Message, chat_question, memory_allowed, with_memory
+from procmem.core import Episode, GenerationConfig
+from procmem.core.feedback import NO_KNOWN_ANSWER
 from procmem.serve.calllog import CallLog, CallRecord
-from procmem.serve.episodes import NO_KNOWN_ANSWER, memory_episode
-from procmem.serve.prompting import chat_question, memory_allowed, with_memory
-from procmem.serve.protocol import ChatMessage
+from procmem.serve.wiring import call_episode, call_task
 
 
 def _call(episode_id: str = "e1", **changes: object) -> CallRecord:
@@ -21,13 +22,17 @@ def _call(episode_id: str = "e1", **changes: object) -> CallRecord:
     return replace(call, **changes)  # type: ignore[arg-type]
 
 
+def memory_episode(call: CallRecord, log: CallLog) -> Episode | None:
+    return call_episode(call, call_task(call), log.feedback(call.tenant, call.id), None)
+
+
 def test_unverified_or_incomplete_calls_never_become_memory(tmp_path: Path) -> None:
     log = CallLog(tmp_path / "calls.sqlite")
     log.record(_call())
-    assert memory_episode(_call(), log.feedback("default", "e1")) is None
+    assert memory_episode(_call(), log) is None
     log.add_feedback("default", "e1", "f", {"passed": False})
-    assert memory_episode(_call(status="incomplete"), log.feedback("default", "e1")) is None
-    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    assert memory_episode(_call(status="incomplete"), log) is None
+    episode = memory_episode(_call(), log)
     assert episode is not None and not episode.passed and episode.task.verifier == NO_KNOWN_ANSWER
 
 
@@ -37,7 +42,7 @@ def test_feedback_before_its_episode_is_kept_and_attached_once(tmp_path: Path) -
     assert not log.add_feedback("default", "e1", "fb", {"correction": "5"})  # same id: nothing changes
     assert log.record(_call()) and not log.record(_call())
     assert log.pending() == [("default", "e1", 1)]
-    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    episode = memory_episode(_call(), log)
     assert episode is not None and episode.passed and episode.adapter_version == "v1"
     assert [a.answer for a in episode.attempts] == ["5", "4"]
     assert episode.attempts[1].verdict.details["correction"] is True and episode.task.verifier == "exact:4"
@@ -52,7 +57,7 @@ def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Pat
     log = CallLog(tmp_path / "calls.sqlite")
     log.record(_call())
     log.add_feedback("default", "e1", "fb", {"correction": "4", "source": "human"})
-    episode = memory_episode(_call(), log.feedback("default", "e1"))
+    episode = memory_episode(_call(), log)
     assert episode is not None
     problems = training_items([episode])
     build = build_traces(problems, LocalLLM(tiny_model_dir), NoMemory(), TraceConfig(k=1, max_tokens=2))
@@ -62,20 +67,18 @@ def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_memory_goes_in_the_system_message_only_after_a_user_turn() -> None:
-    user = ChatMessage(role="user", content="hi")
-    call = ChatMessage(role="assistant", content=None, tool_calls=[{"id": "c", "type": "function",
-                                                                   "function": {"name": "f", "arguments": "{}"}}])
-    tool = ChatMessage(role="tool", content="42", tool_call_id="c")
+    user, call, tool = Message("user", "hi"), Message("assistant", ""), Message("tool", "42")
     assert memory_allowed([user]) and not memory_allowed([user, call, tool]) and not memory_allowed([user, call])
-    sent = with_memory([ChatMessage(role="system", content="Be brief."), user], "Question: a\nAnswer: b")
+    sent = with_memory([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                       "Question: a\nAnswer: b")
     assert len(sent) == 2 and sent[0]["content"].startswith("Be brief.\n\n<procmem-memory>\n")
     assert sent[0]["content"].endswith("</procmem-memory>") and sent[1] == {"role": "user", "content": "hi"}
-    added = with_memory([user], "M")
+    added = with_memory([{"role": "user", "content": "hi"}], "M")
     assert added[0] == {"role": "system", "content": "<procmem-memory>\nM\n</procmem-memory>"}
 
 
 def test_a_conversation_becomes_the_agents_question_format() -> None:
-    messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="2+2?"),
-                ChatMessage(role="assistant", content="4"), ChatMessage(role="user", content="and 3+3?")]
+    messages = [Message("system", "Be brief."), Message("user", "2+2?"), Message("assistant", "4"),
+                Message("user", "and 3+3?")]
     assert chat_question(messages) == "Be brief.\n\n2+2?\nAnswer: 4\nQuestion: and 3+3?"
     assert GenerationConfig().stop == ("\n",)

@@ -12,9 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "llm"))
 from openai_stub import OpenAIStub
 
+from procmem.agent.conversation import Message
 from procmem.core import GenerationConfig, ProcmemError
+from procmem.llm import LiteLLM
 from procmem.serve.backends import ChatInput, LiteLLMChatBackend
-from procmem.serve.protocol import ChatMessage
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
 
@@ -27,12 +28,13 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIStub]:
 
 
 def _input(memory: str = "Question: 1+1?\nAnswer: 2") -> ChatInput:
-    return ChatInput([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="2+2?")],
-                     memory, GenerationConfig(max_tokens=5, stop=()), tools=TOOLS, tool_choice="auto")
+    raw = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    return ChatInput([Message(m["role"], m["content"]) for m in raw], raw, memory,
+                     GenerationConfig(max_tokens=5, stop=()), tools=TOOLS, tool_choice="auto")
 
 
 def test_memory_goes_in_the_system_message_and_tools_pass_through(stub: OpenAIStub) -> None:
-    backend = LiteLLMChatBackend("openai/stub-model", api_base=stub.api_base)
+    backend = LiteLLMChatBackend(LiteLLM("openai/stub-model", api_base=stub.api_base))
     answer = backend.complete(_input())
     sent = stub.requests[-1]
     assert answer.text and answer.completion_tokens > 0
@@ -44,7 +46,7 @@ def test_memory_goes_in_the_system_message_and_tools_pass_through(stub: OpenAISt
 
 
 def test_a_vllm_adapter_is_loaded_at_run_time_and_a_refusal_is_one_clear_error(stub: OpenAIStub) -> None:
-    backend = LiteLLMChatBackend("hosted_vllm/base-model", api_base=stub.api_base)
+    llm = LiteLLM("hosted_vllm/base-model", api_base=stub.api_base)
     with pytest.raises(ProcmemError, match=r"vLLM refused the adapter.*--enable-lora"):
-        backend.with_adapter("v2", "/adapters/v2")  # the stub has no such route: as a vLLM without --enable-lora
+        llm.with_adapter("v2", "/adapters/v2")  # the stub has no such route: as a vLLM without --enable-lora
     assert stub.requests[-1] == {"path": "/v1/load_lora_adapter", "lora_name": "v2", "lora_path": "/adapters/v2"}

@@ -1,4 +1,5 @@
-"""Hot swap in-process: follow promote and rollback (back to the base model too); a pinned version stays."""
+"""Hot swap in-process (procmem.llm.PolicyHost, which serve and chat sessions share): follow promote and rollback
+(back to the base model too); a pinned version stays."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from pathlib import Path
 from serve_helpers import register_adapters
 
 from procmem.core import Home
-from procmem.serve import ServeConfig
-from procmem.serve.wiring import ModelHost
+from procmem.llm import PolicyHost
 
 
 def test_the_host_follows_promote_and_rollback_and_a_pin_stays(tmp_path: Path) -> None:
@@ -17,8 +17,8 @@ def test_the_host_follows_promote_and_rollback_and_a_pin_stays(tmp_path: Path) -
     home_dir = tmp_path / "home"
     register_adapters(home_dir, 2)
     home = Home(home_dir)
-    host = ModelHost(ServeConfig(model="local:tiny", adapter="promoted"), home)
-    pinned = ModelHost(ServeConfig(model="local:tiny", adapter="v1"), home)
+    host = PolicyHost.open(home, model="local:tiny", adapter="promoted")
+    pinned = PolicyHost.open(home, model="local:tiny", adapter="v1")
     try:
         assert host.current.adapter_version is None and not host.refresh()
         promote(home.adapters, "v1")
@@ -48,7 +48,7 @@ def test_on_llama_cpp_a_swap_reuses_the_engine_and_each_backend_keeps_its_adapte
     home_dir = tmp_path / "home"
     register_adapters(home_dir, 1)
     home = Home(home_dir)
-    host = ModelHost(ServeConfig(model=f"local:{tiny_gguf}", adapter="promoted"), home)
+    host = PolicyHost.open(home, model=f"local:{tiny_gguf}", adapter="promoted")
     greedy = GenerationConfig(max_tokens=4, temperature=0.0)
     try:
         engine, before = host._engine, host.current
@@ -57,7 +57,7 @@ def test_on_llama_cpp_a_swap_reuses_the_engine_and_each_backend_keeps_its_adapte
         promote(home.adapters, "v1")
         assert host.refresh() and host.current.adapter_version == "v1"
         assert host._engine is engine and engine._model is model, "the base model stayed loaded"
-        old, new = before.llm, host.current.llm  # type: ignore[attr-defined]
+        old, new = before, host.current
         assert isinstance(old.llm, PinnedAdapter) and isinstance(new.llm, PinnedAdapter)
         assert (old.llm.adapter_version, new.llm.adapter_version) == (None, "v1")
         assert engine.adapter_version == "v1", "new requests on the engine get the promoted adapter"
