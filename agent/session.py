@@ -28,9 +28,9 @@ from langgraph.types import Checkpointer
 from procmem.agent.config import SessionConfig
 from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, initial_state
 from procmem.agent.runner import SolveReport, solve_tasks
-from procmem.core import Episode, Home, ProcmemError, Task, Verdict, extract_answer, generation_for
+from procmem.core import Episode, Home, ProcmemError, Task, Verdict, extract_answer
 from procmem.core.keys import policy_version
-from procmem.llm import LLM, Generation, PolicyHost
+from procmem.llm import LLM, PolicyHost
 from procmem.memory import NoMemory, ProceduralMemory, ReflectionReport, Retrieval
 
 __all__ = ["AgentSession", "Reply", "SessionConfig"]
@@ -147,11 +147,6 @@ class AgentSession:
         nothing when memory-free."""
         deps = self._deps_for(policy) if policy is not None else self.deps
         return deps.retrieve(task)
-
-    def complete(self, prompt: str, task: Task | None = None) -> Generation:
-        """One completion of a rendered ``prompt``, decoded with the session's settings (and ``task``'s own)."""
-        generation = generation_for(task, self.config.generation) if task is not None else self.config.generation
-        return self.policy.generate([prompt], generation)[0]
 
     def verify(self, task: Task, answer: str) -> Verdict:
         """``task``'s verifier on ``answer`` (its final answer extracted as the task's format asks)."""

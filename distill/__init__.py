@@ -3,19 +3,34 @@
 collect episodes -> build corrected traces (teacher with memory + feedback, verifier-filtered) ->
 train (sft / self-distill / mixed) -> gate (memory-free, held-out) -> register ``vN`` -> promote.
 distill trains and never serves.
+
+The job's view::
+
+    config = DistillConfig(model="local:default", gate=GateConfig(test_suites=("builtin:arith",)))
+    result = run_distillation(config, home)              # one run, resumed if one was interrupted
+    print(result.status, result.version, result.reason)  # promoted | rejected | skipped
+    run_every(config, home, 6 * 3600)                    # or periodically (``procmem distill --every 6h``)
+
+This package exports what a user calls (``__all__``): the job (:func:`run_distillation`,
+:class:`DistillResult`, :class:`DistillDeps` with :func:`default_deps`, :func:`run_every`), the configs as you set
+them (:class:`DistillConfig` and its sections :class:`TraceConfig`, :class:`LoraSettings`,
+:class:`TrainSettings`, :class:`SelfDistillSettings`, :class:`MixedSettings`, :class:`GateConfig`) and the
+objectives (the :class:`Objective` seam, :class:`ObjectiveLoss`, :class:`Example`, :class:`ForwardingObjective`,
+the built-ins :class:`SftObjective`, :class:`SelfDistillObjective`, :class:`MixedObjective`, and
+:func:`make_objective`). The adapter registry (promote, rollback, manifests, the gate's records) is
+:mod:`procmem.core.registry`.
+
+Public modules are the configs and the steps of a run, each usable on its own: :mod:`.config`,
+:mod:`.objectives` (the seam and the built-ins), :mod:`.traces` (``training_items``, ``build_traces``,
+``success_traces``: the one trace builder), :mod:`.train` (``train_adapter``, ``load_trainable_model``) and
+:mod:`.gate` (``evaluate``, ``compare``, ``mcnemar``). The ``_``-prefixed modules are the machinery, internal
+to procmem: :mod:`._run` (the stage machine, the job lock, ``DistillBusy``), :mod:`._scheduler` (``--every``),
+:mod:`._storage` (``RunState``, run directories, the watermark), :mod:`._manifest` (building and registering a
+manifest) and :mod:`._distributed` (processes under ``accelerate launch``).
 """
 
-from procmem.core.registry import (
-    AdapterManifest,
-    PromotionState,
-    list_adapters,
-    promote,
-    promotion_state,
-    read_manifest,
-    register_adapter,
-    resolve_adapter,
-    rollback,
-)
+from procmem.distill._run import DistillDeps, DistillResult, default_deps, run_distillation
+from procmem.distill._scheduler import run_every
 from procmem.distill.config import (
     DistillConfig,
     GateConfig,
@@ -25,7 +40,6 @@ from procmem.distill.config import (
     TraceConfig,
     TrainSettings,
 )
-from procmem.distill.gate import GateReport, PairedTest, SuiteResult, compare, evaluate, gate_table, mcnemar
 from procmem.distill.objectives import (
     ForwardingObjective,
     MixedObjective,
@@ -33,82 +47,29 @@ from procmem.distill.objectives import (
     ObjectiveLoss,
     SelfDistillObjective,
     SftObjective,
-    completion_logits,
     make_objective,
 )
-from procmem.distill.run import DistillBusy, DistillDeps, DistillResult, default_deps, distill_lock, run_distillation
-from procmem.distill.scheduler import parse_interval, run_every
-from procmem.distill.storage import RunStage, RunState, latest_run_dir
-from procmem.distill.traces import (
-    Example,
-    TeacherContext,
-    Trace,
-    TraceBuild,
-    TrainingItem,
-    build_traces,
-    export_traces,
-    load_trace_build,
-    save_trace_build,
-    success_traces,
-    training_items,
-)
-from procmem.distill.train import TrainResult, load_trainable_model, train_adapter
+from procmem.distill.traces import Example
 
 __all__ = [
-    "AdapterManifest",
-    "DistillBusy",
     "DistillConfig",
     "DistillDeps",
     "DistillResult",
     "Example",
     "ForwardingObjective",
     "GateConfig",
-    "GateReport",
     "LoraSettings",
     "MixedObjective",
     "MixedSettings",
     "Objective",
     "ObjectiveLoss",
-    "PairedTest",
-    "PromotionState",
-    "RunStage",
-    "RunState",
     "SelfDistillObjective",
     "SelfDistillSettings",
     "SftObjective",
-    "SuiteResult",
-    "TeacherContext",
-    "Trace",
-    "TraceBuild",
     "TraceConfig",
-    "TrainResult",
     "TrainSettings",
-    "TrainingItem",
-    "build_traces",
-    "compare",
-    "completion_logits",
     "default_deps",
-    "distill_lock",
-    "evaluate",
-    "export_traces",
-    "gate_table",
-    "latest_run_dir",
-    "list_adapters",
-    "load_trace_build",
-    "load_trainable_model",
     "make_objective",
-    "mcnemar",
-    "parse_interval",
-    "promote",
-    "promotion_state",
-    "read_manifest",
-    "register_adapter",
-    "resolve_adapter",
-    "rollback",
     "run_distillation",
     "run_every",
-    "save_trace_build",
-    "success_traces",
-    "train_adapter",
-    "training_items",
 ]

@@ -40,13 +40,12 @@ from procmem.core import Episode, GenerationConfig, ProcmemError, Task
 from procmem.core.feedback import NO_KNOWN_ANSWER
 from procmem.core.keys import normalize_question
 from procmem.core.prompts import ANSWER_STOP
-from procmem.core.registry import GateReport, PairedTest, SuiteResult, gate_table
+from procmem.core.registry import GateReport, PairedTest, SuiteResult
 from procmem.distill.config import GateConfig
 from procmem.llm import LLM
 from procmem.verifiers import build_verifier
 
-__all__ = ["UNSCORABLE_VERIFIERS", "GateReport", "PairedTest", "SuiteResult", "SuiteScores", "compare", "evaluate",
-           "gate_table", "held_out", "mcnemar", "split_held_out"]
+__all__ = ["UNSCORABLE_VERIFIERS", "SuiteScores", "compare", "evaluate", "held_out", "mcnemar", "split_held_out"]
 
 UNSCORABLE_VERIFIERS = frozenset({NO_KNOWN_ANSWER})
 """Verifier specs nothing passes (:data:`~procmem.core.feedback.NO_KNOWN_ANSWER`, ``regex:(?!)``: an answer judged

@@ -10,7 +10,7 @@ scheduler, the RNG states, the objective's state and the step (which fixes the d
 It is written into a fresh directory that is renamed into place, then the ``latest`` pointer is
 replaced atomically: a kill at any moment leaves the previous checkpoint intact.
 
-Started in several processes by ``accelerate launch`` (see :mod:`.distributed`), every process runs this loop on
+Started in several processes by ``accelerate launch`` (see :mod:`._distributed`), every process runs this loop on
 the same global batches: each takes a contiguous shard of the step's ``batch_size`` examples, DDP averages the
 gradients, and each shard's loss is weighted by its share of the batch's answer tokens, so the update is the one
 a single process makes on the whole batch (exactly so for ``sft`` and ``self-distill``, whose losses are token
@@ -40,7 +40,7 @@ from torch import nn
 from procmem.core import ProcmemError
 from procmem.core.fileio import atomic_write_text, hash_strings, read_json, write_json
 from procmem.core.progress import progress_bar
-from procmem.distill import distributed
+from procmem.distill import _distributed as distributed
 from procmem.distill.config import DistillConfig, TrainSettings
 from procmem.distill.objectives import Example, Objective, ObjectiveLoss, make_objective
 from procmem.distill.traces import TraceBuild

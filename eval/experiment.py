@@ -52,15 +52,15 @@ from procmem.core.fileio import read_json, write_json
 from procmem.core.keys import policy_version
 from procmem.core.progress import progress_bar
 from procmem.core.prompts import REASONED_STOP
-from procmem.distill import (
+from procmem.distill.traces import (
     TraceBuild,
     build_traces,
     load_trace_build,
     save_trace_build,
     success_traces,
-    train_adapter,
     training_items,
 )
+from procmem.distill.train import train_adapter
 from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
 from procmem.llm import LLM, local_model_dir, open_policy
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory

@@ -130,7 +130,7 @@ def test_every_installed_package_directory_is_checked() -> None:
             "procmem.eval"} <= names
     modules = {module for module, _, _ in source_modules()}
     for expected in ("procmem.core.registry", "procmem.cli.app", "procmem.agent.graph", "procmem.memory.base",
-                     "procmem.distill.run", "procmem.verifiers.rg", "procmem.eval.experiment", "procmem.tasks.rg"):
+                     "procmem.distill._run", "procmem.verifiers.rg", "procmem.eval.experiment", "procmem.tasks.rg"):
         assert expected in modules
     assert len(modules) > 60
 
@@ -148,7 +148,7 @@ def test_the_source_tree_keeps_the_layer_rule() -> None:
     ("procmem.llm.bad", "from procmem.tasks import load_suite\n", "sideways"),
     ("procmem.core.bad", "from procmem.llm import LLM\n", "upward"),
     ("procmem.memory.bad", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                           "    from procmem.distill import Trace\n", "upward"),
+                           "    from procmem.distill.traces import Trace\n", "upward"),
     ("procmem.memory.bad", "def f():\n    from procmem.cli import app\n", "upward"),
     ("procmem.memory.bad", "from ..agent import graph\n", "upward"),
     ("procmem.memory.bad", "from .. import distill\n", "upward"),

@@ -22,6 +22,9 @@ docs/benchmarks.md the figures measured. Nothing is imported from here by the li
   ``solve`` and ``memory reflect``;
 - ``bench_memory_server``: episodes/s of concurrent writer processes on a Chroma server, and query latency
   while they write;
+- ``bench_production``: the production loop as a user runs it (an app of 16 ``openai`` users with feedback,
+  ``procmem serve``, ``memory reflect`` and ``distill --once`` on a schedule): accuracy per adapter version,
+  latency idle and while distilling, feedback lost, failed requests;
 - ``bench_sandbox``: code verifications per second, with the sandbox's minimal root against without it;
 - ``bench_serve``: what ``procmem serve`` adds to a call's latency, and its throughput with concurrent
   clients against the engine's own batching;

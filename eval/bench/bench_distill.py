@@ -44,8 +44,9 @@ from rich.console import Console
 from rich.table import Table
 
 from procmem.core import Home, render_completion, render_prompt
-from procmem.distill import DistillConfig, Example, load_trainable_model
+from procmem.distill import DistillConfig, Example
 from procmem.distill.objectives import SftObjective
+from procmem.distill.train import load_trainable_model
 
 __all__ = ["BenchResult", "main", "run_bench"]
 

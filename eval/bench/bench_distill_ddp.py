@@ -1,7 +1,7 @@
 """Benchmark: distillation's training in one process vs two processes under accelerate (CPU, gloo).
 
 The same SFT examples (reasoning-gym ``chain_sum``, as in ``eval/bench/bench_distill.py``), the same global batch
-and seed, LoRA dropout 0, trained by :func:`~procmem.distill.train_adapter` in three fresh processes:
+and seed, LoRA dropout 0, trained by :func:`~procmem.distill.train.train_adapter` in three fresh processes:
 
 1. one process, one torch thread (the reference);
 2. one process, two torch threads (what one process makes of two cores);
@@ -10,7 +10,7 @@ and seed, LoRA dropout 0, trained by :func:`~procmem.distill.train_adapter` in t
 
 It prints every step's loss for 1 and 3, the largest absolute difference between their LoRA weights (and, for
 scale, between 1 and 2, which differ only by the threads' summation order), the training time (from the first
-step to the last, as :class:`~procmem.distill.TrainResult` measures it) and the wall time of each command
+step to the last, as :class:`~procmem.distill.train.TrainResult` measures it) and the wall time of each command
 (start-up and model loading included), the load average, and saves a PNG of the two loss curves.
 
 Run::
@@ -45,8 +45,10 @@ def _worker(config_file: Path, model_dir: Path, work: Path, n_examples: int) -> 
     """One training process (of one or of an ``accelerate launch``): writes ``work/train_result.json``."""
     import torch
 
-    from procmem.distill import DistillConfig, TraceBuild, train_adapter
+    from procmem.distill import DistillConfig
     from procmem.distill.objectives import Example, ForwardingObjective, make_objective
+    from procmem.distill.traces import TraceBuild
+    from procmem.distill.train import train_adapter
     from procmem.eval.bench.bench_distill import make_examples
 
     class FixedExamples(ForwardingObjective):
@@ -73,7 +75,7 @@ def run_bench(model: str, examples: int, batch: int, epochs: int, out: Path) -> 
     from safetensors.torch import load_file
 
     from procmem.distill import DistillConfig
-    from procmem.distill.distributed import launch_command
+    from procmem.distill._distributed import launch_command
 
     out.mkdir(parents=True, exist_ok=True)
     model_dir = _model_dir(model)

@@ -52,7 +52,7 @@ from procmem.distill.gate import SuiteScores, compare
 
 if TYPE_CHECKING:
     from procmem.core import Task
-    from procmem.distill import TraceBuild
+    from procmem.distill.traces import TraceBuild
 
 __all__ = ["a_a_rate", "clopper_pearson", "main", "power", "reference_build", "retrain_a_a"]
 
@@ -124,7 +124,8 @@ def retrain_a_a(args: argparse.Namespace) -> dict[str, Any]:
     (see the module docstring). Cached under ``args.out``; returns (and prints) the figures."""
     from procmem.core.config import load_config
     from procmem.core.fileio import write_json
-    from procmem.distill import save_trace_build, train_adapter
+    from procmem.distill.traces import save_trace_build
+    from procmem.distill.train import train_adapter
     from procmem.eval.config import EvalConfig
     from procmem.eval.experiment import match_budget
     from procmem.llm import local_model_dir
@@ -209,7 +210,7 @@ def reference_build(tasks: Sequence[Task]) -> TraceBuild:
     """One fixed SFT training set: each task's reference answer rendered as the completion of its memory-free
     prompt (the ``Trace`` form RFT's verified successes take). Tasks without a reference answer are skipped."""
     from procmem.core.prompts import render_completion, render_prompt
-    from procmem.distill import Trace, TraceBuild
+    from procmem.distill.traces import Trace, TraceBuild
     from procmem.verifiers import reference_answer
 
     kept = []

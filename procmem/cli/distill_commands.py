@@ -71,7 +71,7 @@ def distill(
     if once == (every is not None):
         raise ProcmemError("pass exactly one of --once and --every INTERVAL", where="procmem distill",
                            fix="e.g. `procmem distill --once` or `procmem distill --every 6h`")
-    from procmem.distill.distributed import is_main_process, world_size
+    from procmem.distill._distributed import is_main_process, world_size
 
     if every is not None and (world_size() > 1 or (processes or 1) > 1):
         raise ProcmemError("--every runs in one process", where="procmem distill --every",
@@ -85,7 +85,8 @@ def distill(
                                    "min_new_episodes": min_new_episodes})
     _beside_serve(cfg)
     home = home_of(ctx)
-    from procmem.distill import default_deps, parse_interval, run_distillation, run_every
+    from procmem.distill import default_deps, run_distillation, run_every
+    from procmem.distill._scheduler import parse_interval
 
     if once:
         result = run_distillation(cfg, home, deps=lambda: default_deps(cfg, home, chroma_url=chroma_url),
@@ -112,7 +113,7 @@ def _beside_serve(cfg: DistillConfig) -> None:
             current = os.nice(0)
             if current < cfg.train.nice:  # at least this nice, once (a second run in-process adds nothing)
                 os.nice(cfg.train.nice - current)
-    from procmem.distill.run import job_threads
+    from procmem.distill._run import job_threads
 
     threads = job_threads(cfg.train)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries that read it when they start
@@ -127,7 +128,7 @@ def _relaunch(processes: int) -> NoReturn:
     import os
     import sys
 
-    from procmem.distill.distributed import launch_command
+    from procmem.distill._distributed import launch_command
 
     args, skip = [], False
     for arg in sys.argv[1:]:
@@ -176,7 +177,8 @@ def export(
 ) -> None:
     """Write the verified traces of a distill run as fine-tuning JSONL."""
     from procmem.core.fileio import write_jsonl
-    from procmem.distill import export_traces, latest_run_dir, load_trace_build
+    from procmem.distill._storage import latest_run_dir
+    from procmem.distill.traces import export_traces, load_trace_build
 
     if fmt not in ("openai", "trl"):
         raise ProcmemError(f"unknown export format {fmt!r}", where="--format", fix="use openai or trl")

@@ -5,11 +5,12 @@ them, honest token counts, and state that survives a checkpoint round trip.
 
 Use it by subclassing :class:`ObjectiveConformance` in a ``test_*.py`` file and providing three fixtures:
 ``objective`` (the objective under test), ``model`` (a fresh trainable LoRA model, e.g. from
-:func:`procmem.distill.load_trainable_model`) and ``batch`` (the :class:`~procmem.distill.Example` s of one
+:func:`procmem.distill.train.load_trainable_model`) and ``batch`` (the :class:`~procmem.distill.Example` s of one
 step)::
 
     import pytest
-    from procmem.distill import DistillConfig, Example, load_trainable_model
+    from procmem.distill import DistillConfig, Example
+    from procmem.distill.train import load_trainable_model
     from procmem.llm.tiny import build_tiny_model
     from procmem.testing import ObjectiveConformance
 

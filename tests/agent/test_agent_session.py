@@ -46,15 +46,16 @@ def test_requests_from_several_threads_share_one_model_and_are_batched(spy: Any,
     memory.close()
 
 
-def test_the_steps_of_one_request_retrieve_complete_and_record(spy: Any, home: Home) -> None:
+def test_the_steps_of_one_request_retrieve_verify_and_record(spy: Any, home: Home) -> None:
+    """The steps the gateway calls per request: retrieve (trusted for the answering policy), verify, record."""
     memory = open_memory(home.chroma)
     with AgentSession(spy, SETTINGS, memory=memory) as session:
         first = session.answer(_task(2, "regex:(?s).*")).episode
         assert first is not None
-        found = session.retrieve(_task(3))
+        found = session.retrieve(_task(3), session.policy)
         assert found.entry_ids == (first.id,) and "What is 2 + 2?" in found.text
-        out = session.complete("Question: What is 3 + 3?\nAnswer:")
-        assert out.completion_tokens >= 1
+        assert session.verify(_task(3, "numeric:6"), "6").passed
+        assert not session.verify(_task(3, "numeric:6"), "Answer: 7").passed
         session.record(first)  # idempotent: the same episode is not stored twice
     assert memory.stats()["experience"] == 1
     memory.close()

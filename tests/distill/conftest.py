@@ -51,7 +51,7 @@ def tiny_config() -> DistillConfig:
 @pytest.fixture
 def lora_model(tiny_model_dir: Path, tiny_config: DistillConfig) -> tuple[Any, Any]:
     """A fresh PEFT LoRA model on the tiny base (its B matrices start at zero: output == base)."""
-    from procmem.distill import load_trainable_model
+    from procmem.distill.train import load_trainable_model
 
     return load_trainable_model(tiny_model_dir, tiny_config, None)
 

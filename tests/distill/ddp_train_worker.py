@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_distill_train import make_build  # noqa: E402
 
 from procmem.core.fileio import write_json  # noqa: E402
-from procmem.distill import DistillConfig, train_adapter  # noqa: E402
-from procmem.distill.distributed import rank  # noqa: E402
+from procmem.distill import DistillConfig  # noqa: E402
+from procmem.distill._distributed import rank  # noqa: E402
 from procmem.distill.objectives import ForwardingObjective, Objective, make_objective  # noqa: E402
+from procmem.distill.train import train_adapter  # noqa: E402
 
 
 class LoggedObjective(ForwardingObjective):

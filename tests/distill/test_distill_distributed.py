@@ -24,9 +24,10 @@ from test_distill_cli import CONFIG
 from test_distill_train import make_build
 
 from procmem.core import Home
-from procmem.distill import DistillConfig, train_adapter
-from procmem.distill.distributed import launch_command
+from procmem.distill import DistillConfig
+from procmem.distill._distributed import launch_command
 from procmem.distill.objectives import make_objective
+from procmem.distill.train import train_adapter
 
 pytestmark = pytest.mark.slow
 

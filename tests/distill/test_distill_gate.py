@@ -10,8 +10,9 @@ import pytest
 from rich.console import Console
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, Verdict
-from procmem.distill import GateConfig, GateReport, compare, evaluate, gate_table, mcnemar
-from procmem.distill.gate import SuiteScores
+from procmem.core.registry import GateReport, gate_table
+from procmem.distill import GateConfig
+from procmem.distill.gate import SuiteScores, compare, evaluate, mcnemar
 from procmem.llm import Generation, LocalLLM
 
 

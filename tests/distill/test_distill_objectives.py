@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from procmem.distill import DistillConfig, Example, Objective, completion_logits, make_objective
+from procmem.distill import DistillConfig, Example, Objective, make_objective
 from procmem.distill.objectives import (
     ForwardingObjective,
     MixedObjective,
     ObjectiveLoss,
     SelfDistillObjective,
     SftObjective,
+    completion_logits,
 )
 from procmem.testing import ObjectiveConformance
 

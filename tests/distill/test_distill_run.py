@@ -11,18 +11,9 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Attempt, Episode, Home, Split, Task
-from procmem.core.registry import base_model_hash
-from procmem.distill import (
-    DistillBusy,
-    DistillConfig,
-    DistillDeps,
-    DistillResult,
-    list_adapters,
-    promotion_state,
-    read_manifest,
-    run_distillation,
-    run_every,
-)
+from procmem.core.registry import base_model_hash, list_adapters, promotion_state, read_manifest
+from procmem.distill import DistillConfig, DistillDeps, DistillResult, run_distillation, run_every
+from procmem.distill._run import DistillBusy
 from procmem.llm import LLM, LocalLLM
 from procmem.memory import ChromaStore, HashingEmbedder
 from procmem.memory._experiences import ExperienceMemory

@@ -8,8 +8,17 @@ import pytest
 from pydantic import ValidationError
 
 from procmem.core import Attempt, Episode, Home, Task, Verdict
-from procmem.distill import DistillConfig, RunState, latest_run_dir
-from procmem.distill.storage import finish_run, new_episode_count, new_run, read_state, unfinished_run, update_state
+from procmem.distill import DistillConfig
+from procmem.distill._storage import (
+    RunState,
+    finish_run,
+    latest_run_dir,
+    new_episode_count,
+    new_run,
+    read_state,
+    unfinished_run,
+    update_state,
+)
 
 
 def _episodes(n: int) -> list[Episode]:

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, render_completion, render_prompt
-from procmem.distill import TraceConfig, build_traces, export_traces, load_trace_build, training_items
-from procmem.distill.traces import HIDDEN_ANSWER, hide_answer, save_trace_build
+from procmem.distill import TraceConfig
+from procmem.distill.traces import (
+    HIDDEN_ANSWER,
+    build_traces,
+    export_traces,
+    hide_answer,
+    load_trace_build,
+    save_trace_build,
+    training_items,
+)
 from procmem.llm import Generation, LocalLLM
 from procmem.memory import ChromaStore, HashingEmbedder
 from procmem.memory._experiences import ExperienceMemory
@@ -259,7 +267,7 @@ def test_verifiers_give_the_canonical_form_of_a_passing_answer() -> None:
 
 def test_training_texts_are_the_canonical_answers_of_corrections_and_successes(teacher: LocalLLM) -> None:
     from procmem.core import Verdict
-    from procmem.distill import success_traces
+    from procmem.distill.traces import success_traces
 
     line = Task(id="line", prompt="What is 50 + 7?", verifier="numeric:57", suite="s")
     reasoned = Task(id="reasoned", prompt="What is 50 + 8?", verifier="numeric:58", suite="s",

@@ -15,16 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from procmem.distill import DistillConfig, TeacherContext, TraceBuild, train_adapter
+from procmem.distill import DistillConfig
 from procmem.distill.objectives import ForwardingObjective, Objective, make_objective
-from procmem.distill.traces import Trace
+from procmem.distill.traces import TeacherContext, Trace, TraceBuild
+from procmem.distill.train import train_adapter
 
 _SCRIPT = '''
 import json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from procmem.distill import DistillConfig, train_adapter
+from procmem.distill import DistillConfig
+from procmem.distill.train import train_adapter
 from procmem.distill.objectives import ForwardingObjective, make_objective
 sys.path.insert(0, {tests!r})
 from test_distill_train import make_build

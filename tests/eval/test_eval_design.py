@@ -8,7 +8,7 @@ from pathlib import Path
 from eval_helpers import jsonl_suite
 
 from procmem.core import load_config
-from procmem.distill import Trace, TraceBuild
+from procmem.distill.traces import Trace, TraceBuild
 from procmem.eval import (
     ARMS,
     EvalConfig,

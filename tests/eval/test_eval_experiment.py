@@ -207,7 +207,7 @@ def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Pat
     lacks round 2's episodes."""
     import contextlib
 
-    from procmem.distill import load_trace_build
+    from procmem.distill.traces import load_trace_build
     from procmem.eval import ARM_SPECS, Experiment
     from procmem.eval.experiment import load_suites
     from procmem.memory._retrieval import ProceduralRetriever

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from procmem.core import Home
-from procmem.distill import read_manifest
+from procmem.core.registry import read_manifest
 from procmem.memory import open_memory
 
 PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "pipeline.py"

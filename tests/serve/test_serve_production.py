@@ -88,7 +88,7 @@ def test_kill_9_during_a_burst_keeps_every_finished_episode(tmp_path: Path) -> N
 
 
 def test_promoting_v2_while_clients_call_swaps_without_a_failure(tmp_path: Path) -> None:
-    from procmem.distill import promote
+    from procmem.core.registry import promote
 
     home = tmp_path / "home"
     register_adapters(home, 2)

@@ -12,7 +12,7 @@ from procmem.llm import PolicyHost
 
 
 def test_the_host_follows_promote_and_rollback_and_a_pin_stays(tmp_path: Path) -> None:
-    from procmem.distill import promote, rollback
+    from procmem.core.registry import promote, rollback
 
     home_dir = tmp_path / "home"
     register_adapters(home_dir, 2)
@@ -42,7 +42,7 @@ def test_on_llama_cpp_a_swap_reuses_the_engine_and_each_backend_keeps_its_adapte
     """A GGUF model runs on one llama.cpp engine for the server's life: a promotion swaps the adapter onto it
     (no reload), and a request still holding the old backend is answered, and labelled, by the old adapter."""
     from procmem.core import GenerationConfig
-    from procmem.distill import promote
+    from procmem.core.registry import promote
     from procmem.llm.llamacpp import LlamaCppLLM, PinnedAdapter
 
     home_dir = tmp_path / "home"

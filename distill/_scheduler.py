@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from procmem.core import Home, ProcmemError, redact, utc_now
+from procmem.distill._run import DistillBusy, DistillDeps, DistillResult, default_deps, run_distillation
+from procmem.distill._storage import distill_dir
 from procmem.distill.config import DistillConfig
-from procmem.distill.run import DistillBusy, DistillDeps, DistillResult, default_deps, run_distillation
-from procmem.distill.storage import distill_dir
 
 __all__ = ["parse_interval", "run_every"]
 
@@ -39,7 +39,7 @@ def run_every(config: DistillConfig, home: Home, interval_s: float, *,
               deps_factory: Callable[[], DistillDeps] | None = None, max_ticks: int | None = None,
               force: bool = False, sleep: Callable[[float], None] = time.sleep, console: Console | None = None,
               quiet: bool = False, on_result: Callable[[DistillResult], None] | None = None) -> list[DistillResult]:
-    """Run :func:`~procmem.distill.run.run_distillation` every ``interval_s`` seconds (forever unless ``max_ticks``).
+    """Run :func:`~procmem.distill._run.run_distillation` every ``interval_s`` seconds (forever unless ``max_ticks``).
 
     Only one scheduler per home (a second one exits with :class:`DistillBusy`). Each tick builds its
     dependencies afresh (``deps_factory``, default :func:`default_deps`), so it sees new episodes. A

@@ -17,8 +17,8 @@ items (each trained suite's test split, the configured ``gate.test_suites``, or,
 split such as ``serve``, its held-out verified episodes, which are then left out of training) and the
 general-ability holdout. When too few episodes are held out (``gate.min_heldout``) the run is refused at once:
 ``skipped``, with the count in the reason, nothing trained and the watermark unmoved. Run directories, their typed
-``run.json`` and the watermark live in :mod:`.storage`; the adapter manifest in :mod:`.manifest`; the
-long-running scheduler (``--every 6h``) in :mod:`.scheduler`.
+``run.json`` and the watermark live in :mod:`._storage`; the adapter manifest in :mod:`._manifest`; the
+long-running scheduler (``--every 6h``) in :mod:`._scheduler`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ from procmem.core import Episode, Home, ProcmemError, Split, Task, utc_now
 from procmem.core.fileio import read_json, read_jsonl, write_json
 from procmem.core.keys import normalize_question, policy_version
 from procmem.core.progress import progress_bar
-from procmem.core.registry import GateReport, gate_table, promote, promotion_state, resolve_adapter
-from procmem.distill import distributed
-from procmem.distill.config import DistillConfig, GateConfig, TrainSettings
-from procmem.distill.gate import UNSCORABLE_VERIFIERS, SuiteScores, compare, evaluate, split_held_out
-from procmem.distill.manifest import register_candidate, registered_version
-from procmem.distill.storage import (
+from procmem.core.registry import GateReport, gate_table, promote
+from procmem.distill import _distributed as distributed
+from procmem.distill._manifest import register_candidate, registered_version
+from procmem.distill._storage import (
     finish_run,
     new_episode_count,
     new_run,
@@ -51,9 +49,11 @@ from procmem.distill.storage import (
     unfinished_run,
     update_state,
 )
+from procmem.distill.config import DistillConfig, GateConfig, TrainSettings
+from procmem.distill.gate import UNSCORABLE_VERIFIERS, SuiteScores, compare, evaluate, split_held_out
 from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, save_trace_build, training_items
 from procmem.distill.train import ObjectiveFactory, train_adapter
-from procmem.llm import LLM
+from procmem.llm import LLM, choose_policy
 from procmem.memory import Retriever
 
 __all__ = [
@@ -140,7 +140,7 @@ def run_distillation(config: DistillConfig, home: Home, *, deps: DistillDeps | C
     A second job while one runs raises :class:`DistillBusy` at once instead of waiting.
 
     Started by ``accelerate launch`` in several processes, the main process runs the job and the others only
-    help it train (see :mod:`.distributed`); their result is ``skipped`` with the training figures.
+    help it train (see :mod:`._distributed`); their result is ``skipped`` with the training figures.
     """
     console = console or Console(stderr=True, quiet=quiet)
     if distributed.world_size() > 1 and not distributed.is_main_process():
@@ -248,8 +248,8 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
              plan: GatePlan | None = None) -> DistillResult:
     state = read_state(run)
     episodes = [Episode.from_dict(row) for row in read_jsonl(run / "episodes.jsonl")]
-    parent_version = _parent_version(home, config)
-    parent_dir = resolve_adapter(home, parent_version) if parent_version else None
+    parent = choose_policy(home, model=config.model, adapter=config.parent)
+    parent_version, parent_dir = parent.version, parent.adapter_dir
     base = DistillResult(status="skipped", run_id=run.name, resumed=resumed, new_episodes=state.new_episodes,
                          episodes=len(episodes))
     if plan is None:  # a resumed run: the same episodes and settings give the same plan
@@ -486,8 +486,8 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
             raise ProcmemError(f"the gate cannot score this run: {plan.refusal}", where="gate",
                                fix="see gate.min_heldout and gate.test_suites")
     suites = {**plan.test, **plan.holdout}
-    baseline_version = promotion_state(home.adapters).current
-    baseline_dir = resolve_adapter(home, baseline_version) if baseline_version else None
+    baseline = choose_policy(home, model=config.model, adapter="promoted")
+    baseline_version, baseline_dir = baseline.version, baseline.adapter_dir
     scores: list[dict[str, SuiteScores]] = []
     total = sum(len(t) for t in suites.values())
     with progress_bar(console, quiet=quiet) as progress:
@@ -512,12 +512,6 @@ def _load(deps: DistillDeps, suite: str, split: Split, n: int) -> list[Task]:
     if not tasks:
         raise ProcmemError(f"suite {suite!r} has no {split} items", where="gate", fix="use another suite")
     return tasks
-
-
-def _parent_version(home: Home, config: DistillConfig) -> str | None:
-    from procmem.llm import choose_policy
-
-    return choose_policy(home, model=config.model, adapter=config.parent).version
 
 
 def job_threads(settings: TrainSettings) -> int:

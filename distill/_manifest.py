@@ -17,8 +17,8 @@ from procmem.core.registry import (
     list_adapters,
     register_adapter,
 )
+from procmem.distill._storage import distill_dir
 from procmem.distill.config import DistillConfig
-from procmem.distill.storage import distill_dir
 from procmem.distill.traces import TraceBuild
 from procmem.distill.train import TrainResult
 
