@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="procmem-bench-serve-") as scratch:
         home = Home(Path(scratch) / "home").ensure()
         port = _free_port()
-        config = ServeConfig(model=args.model, adapter="none", port=port, max_tokens=args.tokens,
-                             **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {}))
+        config = ServeConfig.model_validate({
+            "port": port,
+            "session": {"model": args.model, "adapter": "none", "generation": {"max_tokens": args.tokens}},
+            **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {})})
         results["max_wait_ms"] = config.max_wait_ms
         gateway = Gateway(config, home)
         server = uvicorn.Server(uvicorn.Config(gateway.app(), host="127.0.0.1", port=port, log_level="warning"))

@@ -139,10 +139,10 @@ def demo(
     model: Annotated[str, typer.Option(help="The model to run.")] = "local:default",
 ) -> None:
     """The quickstart: solve easy sums on the bundled model, record them, show the memory."""
-    from procmem.agent.config import SolveConfig
+    from procmem.agent.config import SessionConfig, SolveConfig
 
     home = home_of(ctx)
-    cfg = SolveConfig(suite=DEMO_SUITE, n=n, attempts=2, model=model)
+    cfg = SolveConfig(suite=DEMO_SUITE, n=n, session=SessionConfig(model=model, attempts=2))
     out_console.print(f"[bold]procmem demo[/]: {n} tasks of {DEMO_SUITE} on {model}; home {home.root}")
     report, stats, _ = run_solve(cfg, home, run_id=new_id()[:12])
     out_console.print(_report_table(cfg, report))

@@ -52,10 +52,6 @@ class PolicyChoice:
     version: str | None
     """The label episodes record (``v3``, an adapter directory's name); None: the base model."""
 
-    @property
-    def remote(self) -> bool:
-        return self.model.startswith("litellm:")
-
 
 def _takes_adapters(model: str) -> bool:
     return model.startswith("local:") or model.startswith("litellm:hosted_vllm/")

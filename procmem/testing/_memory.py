@@ -47,6 +47,11 @@ QUESTIONS = [
 ]
 
 
+def _bad(value: Any) -> Any:
+    """A value of the wrong type on purpose: what a store must refuse with a ValueError."""
+    return value
+
+
 def _rec(i: int, level: Any = "experience", **metadata: Any) -> MemoryRecord:
     meta = {"n": i, "passed": i % 2 == 0, "split": "train" if i < 4 else "test", **metadata}
     return MemoryRecord(id=f"r{i}", level=level, text=QUESTIONS[i], metadata=meta,
@@ -159,7 +164,7 @@ class MemoryStoreConformance:
         assert store.query("experience", QUESTIONS[0], k=1, where={"status": "retired"})[0].record == r0
         assert store.update("experience", [], bump) == []
         with pytest.raises(ValueError):
-            store.update("experience", ["r2"], lambda r: {"bad": [1]})
+            store.update("experience", ["r2"], lambda r: _bad({"bad": [1]}))
         with pytest.raises(ValueError):
             store.update("experience", ["r2"], lambda r: {"_procmem_payload": "x"})
         assert store.get("experience", ["r2"]) == [records[2]]
@@ -267,9 +272,9 @@ class MemoryStoreConformance:
 
     @pytest.mark.parametrize("bad", [
         MemoryRecord(id="", level="experience", text="no id"),
-        MemoryRecord(id="x", level="nonsense", text="bad level"),
-        MemoryRecord(id="x", level="experience", text="t", metadata={"list": [1, 2]}),
-        MemoryRecord(id="x", level="experience", text="t", metadata={"none": None}),
+        MemoryRecord(id="x", level=_bad("nonsense"), text="bad level"),
+        MemoryRecord(id="x", level="experience", text="t", metadata=_bad({"list": [1, 2]})),
+        MemoryRecord(id="x", level="experience", text="t", metadata=_bad({"none": None})),
         MemoryRecord(id="x", level="experience", text="t", metadata={"_procmem_payload": "mine"}),
         MemoryRecord(id="x", level="experience", text="t", payload={"f": float("nan")}),
         MemoryRecord(id="x", level="experience", text="t", payload={"o": object()}),
@@ -283,11 +288,11 @@ class MemoryStoreConformance:
 
     def test_unknown_levels_and_bad_filters_are_value_errors(self, store: MemoryStore) -> None:
         with pytest.raises(ValueError):
-            store.count("episodes")
+            store.count(_bad("episodes"))
         with pytest.raises(ValueError):
-            store.query("experiences", "q", k=1)
+            store.query(_bad("experiences"), "q", k=1)
         with pytest.raises(ValueError):
-            list(store.scan("experience", where={"k": [1]}))
+            list(store.scan("experience", where=_bad({"k": [1]})))
 
     # --- vector stores ----------------------------------------------------------------------------
 

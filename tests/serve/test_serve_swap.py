@@ -68,3 +68,31 @@ def test_on_llama_cpp_a_swap_reuses_the_engine_and_each_backend_keeps_its_adapte
     finally:
         host.close()
     assert engine._closing, "closing the host closes its engine"
+
+
+def test_choose_policy_is_the_one_rule_for_which_adapter_a_home_serves(tmp_path: Path) -> None:
+    """none | promoted | vN | a directory, for local models; a remote model takes none (promoted quietly means the
+    bare model, an explicit version is a located error); ``version`` relabels a candidate before registration."""
+    import pytest
+
+    from procmem.core import ProcmemError
+    from procmem.core.registry import promote
+    from procmem.llm import choose_policy
+
+    home_dir = tmp_path / "home"
+    register_adapters(home_dir, 2)
+    home = Home(home_dir)
+    assert choose_policy(home, model="local:tiny", adapter="promoted").version is None  # nothing promoted yet
+    promote(home.adapters, "v1")
+    promote(home.adapters, "v2")
+    promoted = choose_policy(home, model="local:tiny", adapter="promoted")
+    assert (promoted.version, promoted.adapter_dir) == ("v2", home.adapters / "v2")
+    assert choose_policy(home, model="local:tiny", adapter="v1").version == "v1"
+    assert choose_policy(home, model="local:tiny", adapter="none").adapter_dir is None
+    candidate = choose_policy(home, model="local:tiny", adapter=str(home.adapters / "v1"), version="candidate")
+    assert (candidate.version, candidate.adapter_dir) == ("candidate", home.adapters / "v1")
+    assert choose_policy(home, model="litellm:openai/x", adapter="promoted").adapter_dir is None
+    with pytest.raises(ProcmemError, match="needs a local model"):
+        choose_policy(home, model="litellm:openai/x", adapter="v1")
+    with pytest.raises(ProcmemError, match=r"v9 does not exist.*known versions: v1, v2"):
+        choose_policy(home, model="local:tiny", adapter="v9")
