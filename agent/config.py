@@ -81,12 +81,21 @@ class SessionJob(Config):
             given = given.model_dump(exclude_unset=True)
         if not isinstance(given, dict):
             return data
-        session = {**cls.SESSION_DEFAULTS, **given}
+        session = _merged(dict(cls.SESSION_DEFAULTS), given)
         for key, field in cls.SESSION_KEYS.items():
             if key in data:
                 _set_path(session, field, data.pop(key))
         data["session"] = session
         return data
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``, table by table (a file's ``[session.generation] temperature`` keeps a job's
+    default ``max_tokens``)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _set_path(target: dict[str, Any], dotted: str, value: Any) -> None:
