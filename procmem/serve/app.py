@@ -183,7 +183,7 @@ class Gateway:
         started, started_at = time.perf_counter(), utc_now()
         tenant = self.tenant(request, "chat")
         req = parse_chat_request(await self._body(request))
-        session = self.sessions.get(tenant)
+        session = await self._run(self.sessions.get, tenant)  # a tenant's first call opens its memory
         policy = session.policy  # this request's policy, to its end (hot swap)
         backend = backend_for(policy)
         self._check_model(req.model, backend)
