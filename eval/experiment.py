@@ -62,7 +62,7 @@ from procmem.distill.traces import (
 )
 from procmem.distill.train import train_adapter
 from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
-from procmem.llm import LLM, local_model_dir, open_policy
+from procmem.llm import LLM, Limits, local_model_dir, open_policy
 from procmem.memory import ProceduralMemory, Retrieval, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
@@ -451,7 +451,7 @@ class Experiment:
         episodes and memory trust tell the rounds' policies apart."""
         version = "/".join(adapter.relative_to(self.out).parts[:3]) if adapter is not None else None
         return open_policy(Home(self.out), model=self.config.session.model, adapter=adapter or "none", version=version,
-                           max_batch_size=BATCH)
+                           limits=Limits(max_batch_size=BATCH))
 
     def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
         """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms)."""

@@ -60,7 +60,7 @@ def calibrate_suite(config: Any, suite: str, n_seed: int, home: Any) -> dict[str
     from procmem.agent import BATCH, AgentSession, score_tasks
     from procmem.core.keys import policy_version
     from procmem.eval.experiment import _prepared, load_splits
-    from procmem.llm import open_policy
+    from procmem.llm import Limits, open_policy
     from procmem.memory import default_embedder, open_memory
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
@@ -69,7 +69,7 @@ def calibrate_suite(config: Any, suite: str, n_seed: int, home: Any) -> dict[str
     started = time.perf_counter()
     dev = load_splits(cfg, dev_only=True).dev[suite]
     train = _prepared(cfg, load_suite(suite, split="train", n=n_seed, check=build_verifier))
-    llm = open_policy(home, model=cfg.session.model, adapter="none", max_batch_size=BATCH)
+    llm = open_policy(home, model=cfg.session.model, adapter="none", limits=Limits(max_batch_size=BATCH))
     generation = GenerationConfig(max_tokens=cfg.session.generation.max_tokens, temperature=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         memory = open_memory(Path(tmp) / "memory", embedder=default_embedder())

@@ -87,11 +87,10 @@ class Limits:
 
 
 def open_policy(home: Home, *, model: str, adapter: str | os.PathLike[str] = "promoted", engine: Engine = "auto",
-                version: str | None = None, max_batch_size: int = 16, limits: Limits | None = None) -> LLM:
-    """Load the policy ``model`` + ``adapter`` (see :func:`choose_policy`); ``max_batch_size`` bounds a batch (and
-    ``limits``, when given, every memory bound)."""
+                version: str | None = None, limits: Limits = Limits()) -> LLM:
+    """Load the policy ``model`` + ``adapter`` (see :func:`choose_policy`) within ``limits``."""
     choice = choose_policy(home, model=model, adapter=str(adapter), engine=engine, version=version)
-    return _load(choice, home, limits or Limits(max_batch_size=max_batch_size))
+    return _load(choice, home, limits)
 
 
 def _load(choice: PolicyChoice, home: Home, limits: Limits, *, engine: LlamaCppLLM | None = None) -> Any:
@@ -133,11 +132,9 @@ class PolicyHost:
 
     @classmethod
     def open(cls, home: Home, *, model: str, adapter: str = "promoted", engine: Engine = "auto",
-             max_batch: int = 16, max_wait_s: float = 0.05, watch_s: float = 1.0,
-             limits: Limits | None = None) -> PolicyHost:
-        """Load the home's policy (see :func:`choose_policy`); ``limits`` bound its memory (default: ``max_batch``
-        sequences, the default token bounds)."""
-        limits = limits or Limits(max_batch_size=max_batch)
+             limits: Limits = Limits(), max_wait_s: float = 0.05, watch_s: float = 1.0) -> PolicyHost:
+        """Load the home's policy (see :func:`choose_policy`); ``limits`` bound its memory (``max_batch_size`` is
+        also the batcher's batch)."""
         follow = _Follow(home, model, adapter, engine, watch_s, limits)
         llm, loaded_engine = _load_keeping_engine(follow.choice(), home, limits, None)
         host = cls(llm, max_batch=limits.max_batch_size, max_wait_s=max_wait_s)
