@@ -30,6 +30,9 @@ class ItemScore:
     answer: str
     passed: bool
     completion_tokens: int
+    well_formed: bool | None = None
+    """Whether the answer had the expected form (the verifier's ``details["well_formed"]``; None when it does
+    not say)."""
 
 
 def score_tasks(llm: LLM, suites: Mapping[str, Sequence[Task]], generation: GenerationConfig, *,
@@ -48,8 +51,10 @@ def score_tasks(llm: LLM, suites: Mapping[str, Sequence[Task]], generation: Gene
             requests = [(task, _prompt(task, retriever, memory_k)) for task in chunk]
             for task, out in zip(chunk, generate_for_tasks(llm, requests, generation), strict=True):
                 answer = extract_answer(out.text, task.answer_format)
-                items.append(ItemScore(task.id, answer, build_verifier(task).verify(answer).passed,
-                                       out.completion_tokens))
+                verdict = build_verifier(task).verify(answer)
+                formed = verdict.details.get("well_formed")
+                items.append(ItemScore(task.id, answer, verdict.passed, out.completion_tokens,
+                                       formed if isinstance(formed, bool) else None))
             if on_progress is not None:
                 on_progress(len(chunk))
         results[suite] = items

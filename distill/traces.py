@@ -59,10 +59,12 @@ __all__ = [
     "TrainingItem",
     "build_traces",
     "export_traces",
+    "feedback_contexts",
     "hide_answer",
     "load_trace_build",
     "save_trace_build",
     "success_traces",
+    "teacher_contexts",
     "teacher_prompt",
     "training_answer",
     "training_items",
@@ -90,6 +92,9 @@ class TrainingItem:
     corrections: tuple[str, ...] = ()
     """Verified answers a person gave (passing attempts marked ``details.correction``, e.g. sent to
     ``procmem serve`` as feedback): each becomes a trace itself when the task's verifier passes it."""
+    failed_attempts: tuple[PriorAttempt, ...] = ()
+    """The latest failed attempts, answer and raw feedback, oldest first (at most ``max_feedback``): what the
+    episode-local (SDPO) teacher reads (:func:`feedback_contexts`)."""
 
 
 _C = TypeVar("_C", bound="TeacherContext")
@@ -194,10 +199,13 @@ def _item(episodes: list[Episode], max_feedback: int) -> TrainingItem:
     solved = any(e.passed for e in episodes)
     rank = 0 if not solved else (1 if failed_attempts else 2)
     corrections = tuple(dict.fromkeys(a.answer for e in episodes for a in e.attempts if is_correction(a)))
+    latest = failed_attempts[-max_feedback:] if max_feedback else []
     return TrainingItem(task=episodes[-1].task, episode_ids=tuple(e.id for e in episodes),
                         feedback=tuple(reversed(feedback[:max_feedback])), rank=rank,
                         failed_answers=tuple(dict.fromkeys(a.answer for a in failed_attempts)),
-                        corrections=corrections)
+                        corrections=corrections,
+                        failed_attempts=tuple(PriorAttempt(feedback=a.verdict.feedback, answer=a.answer)
+                                              for a in latest))
 
 
 _QUOTED = re.compile(r"'([^']*)'(\s*\(\d+ characters\))?")
@@ -244,7 +252,7 @@ def teacher_prompt(problem: TrainingItem, memory_text: str) -> str:
 def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retriever, config: TraceConfig, *,
                  on_progress: Callable[[int], None] | None = None) -> TraceBuild:
     """Sample ``config.k`` teacher candidates per problem and keep the ones the verifier passes."""
-    contexts = [_context(problem, retriever, config.memory_k) for problem in problems]
+    contexts = teacher_contexts(problems, retriever, config.memory_k)
     policy = policy_version(teacher)
     kept: list[Trace] = []
     rejected: list[Trace] = []
@@ -269,17 +277,34 @@ def build_traces(problems: Sequence[TrainingItem], teacher: LLM, retriever: Retr
     return TraceBuild(tuple(kept), tuple(rejected), tuple(contexts), _memory_snapshot(contexts))
 
 
-def _context(problem: TrainingItem, retriever: Retriever, k: int) -> TeacherContext:
-    found = retriever.retrieve(problem.task, k) if k > 0 else None
-    memory_text = found.text if found is not None else ""
+def teacher_contexts(problems: Sequence[TrainingItem], retriever: Retriever, memory_k: int) -> list[TeacherContext]:
+    """PMD's teacher view of each problem: the memory ``retriever`` gives for it (``memory_k`` entries) and the
+    verifier feedback of its failed attempts, never the failed answers (:func:`teacher_prompt`)."""
+    contexts = []
+    for problem in problems:
+        found = retriever.retrieve(problem.task, memory_k) if memory_k > 0 else None
+        contexts.append(_context(problem, teacher_prompt(problem, found.text if found is not None else ""),
+                                 tuple(found.entry_ids) if found is not None else ()))
+    return contexts
+
+
+def feedback_contexts(problems: Sequence[TrainingItem]) -> list[TeacherContext]:
+    """The episode-local (SDPO) teacher view of each problem: its own latest failed attempt(s) and their verifier
+    feedback, as the agent's retry prompt shows them, and nothing from any other episode (no memory). A problem
+    solved at once has no feedback: its teacher prompt is the student's."""
+    return [_context(problem, render_prompt(problem.task.prompt, prior=problem.failed_attempts,
+                                            answer_format=problem.task.answer_format), ())
+            for problem in problems]
+
+
+def _context(problem: TrainingItem, teacher_text: str, memory_ids: tuple[str, ...]) -> TeacherContext:
     decoding = generation_for(problem.task, GenerationConfig(stop=(ANSWER_STOP,)))
     override = problem.task.metadata.get("generation")  # the task's own decoding needs, see generation_for
     max_tokens = override.get("max_tokens") if isinstance(override, Mapping) else None
     return TeacherContext(
         task_id=problem.task.id, suite=problem.task.suite,
         prompt=render_prompt(problem.task.prompt, answer_format=problem.task.answer_format),
-        teacher_prompt=teacher_prompt(problem, memory_text),
-        memory_ids=tuple(found.entry_ids) if found is not None else (), episode_ids=problem.episode_ids,
+        teacher_prompt=teacher_text, memory_ids=memory_ids, episode_ids=problem.episode_ids,
         answer_format=problem.task.answer_format, stop=decoding.stop,
         max_tokens=int(max_tokens) if max_tokens is not None else None,
     )

@@ -1,14 +1,14 @@
-"""The evidence: experiments comparing the memory-free student with base, base+memory, RFT and controls.
+"""The evidence: the memory-free PMD student against base, base+memory, the episode-local RFT and SDPO, and ablations.
 The benchmark scripts sit apart, in ``eval/bench/`` (``procmem.eval.bench``); nothing of theirs is exported here.
 eval sits on top: it may import every other package."""
 
-from procmem.eval.config import ARM_SPECS, ARMS, TRAINED_ARMS, Arm, ArmSpec, EvalConfig
+from procmem.eval.config import ARM_SPECS, ARMS, PAPER_ARMS, TRAINED_ARMS, Arm, ArmSpec, EvalConfig
 from procmem.eval.experiment import (
     ArmScores,
     Experiment,
-    PlaceboRetriever,
     Splits,
     Suites,
+    budget_rows,
     finished_scores,
     load_splits,
     load_suites,
@@ -34,6 +34,7 @@ __all__ = [
     "ARMS",
     "ARM_SPECS",
     "COMPARISONS",
+    "PAPER_ARMS",
     "RESULTS_SCHEMA",
     "TRAINED_ARMS",
     "Arm",
@@ -42,11 +43,11 @@ __all__ = [
     "Difference",
     "EvalConfig",
     "Experiment",
-    "PlaceboRetriever",
     "Splits",
     "Suites",
     "Summary",
     "bootstrap_ci",
+    "budget_rows",
     "differences",
     "finished_scores",
     "load_splits",

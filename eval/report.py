@@ -10,14 +10,18 @@ from typing import Any
 
 from procmem.core.fileio import atomic_write_text, read_json, write_json
 from procmem.eval.config import ARMS, Arm, EvalConfig
-from procmem.eval.experiment import ArmScores, load_splits, stage_dir, stage_timings, trace_counts
+from procmem.eval.experiment import ArmScores, budget_rows, load_splits, stage_dir, stage_timings, trace_counts
 
 __all__ = ["COMPARISONS", "RESULTS_SCHEMA", "Difference", "Summary", "bootstrap_ci", "differences",
            "majority_baselines", "paired_bootstrap", "summarise", "write_report"]
 
-RESULTS_SCHEMA = "procmem.eval.results/2"
-COMPARISONS: tuple[tuple[Arm, Arm], ...] = (("pmd", "rft"), ("pmd", "base"), ("pmd", "pmd-frozen"),
-                                            ("pmd", "placebo"))
+RESULTS_SCHEMA = "procmem.eval.results/3"
+COMPARISONS: tuple[tuple[Arm, Arm], ...] = (
+    ("pmd", "base"), ("pmd", "rft"), ("pmd", "sdpo"), ("pmd", "pmd-frozen-memory"), ("pmd", "pmd-frozen-policy"),
+    ("pmd", "pmd-no-reflection"), ("pmd", "base+memory"), ("sdpo", "rft"), ("rft", "base"), ("sdpo", "base"),
+    ("pmd-self-distill", "pmd-sft"), ("pmd-self-distill", "pmd-mixed"), ("pmd-mixed", "pmd-sft"),
+    ("pmd-self-distill", "base"), ("pmd-mixed", "base"), ("pmd-sft", "base"),
+)
 """The paired differences the report gives a CI for (final round), when both arms ran."""
 
 
@@ -33,6 +37,10 @@ class Summary:
     holdout_ci95: tuple[float, float] | None
     per_suite: dict[str, float]
     per_suite_ci95: dict[str, tuple[float, float]]
+    well_formed: dict[str, float | None]
+    """Per suite, the share of answers in the expected form (None where the verifier does not say)."""
+    correct_when_well_formed: dict[str, float | None]
+    """Per suite, the accuracy among well-formed answers: procedure learning apart from format learning."""
     tokens: float
     """Mean completion tokens generated while evaluating, per seed."""
     wall_time_s: float
@@ -146,6 +154,8 @@ def _summary(arm: str, round_: int, group: Sequence[ArmScores], resamples: int) 
         per_suite={suite: _mean([s.test[suite] for s in group]) for suite in suites},
         per_suite_ci95={suite: bootstrap_ci([s.test[suite] for s in group], resamples=resamples)
                         for suite in suites},
+        well_formed={suite: _form_share(group, suite)[0] for suite in suites},
+        correct_when_well_formed={suite: _form_share(group, suite)[1] for suite in suites},
         tokens=sum(s.tokens for s in group) / len(group),
         wall_time_s=sum(s.wall_time_s for s in group) / len(group),
         train_examples=sum(s.train_examples for s in group) / len(group),
@@ -153,6 +163,17 @@ def _summary(arm: str, round_: int, group: Sequence[ArmScores], resamples: int) 
         distinct_traces=sum(s.distinct_traces for s in group) / len(group),
         seeds=len(group),
     )
+
+
+def _form_share(group: Sequence[ArmScores], suite: str) -> tuple[float | None, float | None]:
+    """(share of well-formed answers, accuracy among them) on ``suite``, pooled over seeds; None where the
+    verifier does not say."""
+    pairs = [(formed, passed) for s in group
+             for formed, passed in zip(s.well_formed.get(suite, []), s.test[suite], strict=False) if formed is not None]
+    if not pairs:
+        return None, None
+    formed = [passed for ok, passed in pairs if ok]
+    return len(formed) / len(pairs), (sum(formed) / len(formed) if formed else None)
 
 
 def _flat(by_suite: dict[str, list[bool]]) -> list[bool]:
@@ -170,9 +191,10 @@ def majority_baselines(config: EvalConfig) -> dict[str, dict[str, Any] | None]:
     None for a suite whose verifier holds no gold answer as text."""
     from procmem.verifiers import build_verifier, reference_answer
 
-    splits = load_splits(config, with_train=False)
+    dev = config.score_on == "dev"
+    splits = load_splits(config, with_train=False, dev_only=dev)
     pooled: dict[str, list[Any]] = {}
-    for by_suite in [*splits.test.values(), *splits.holdout.values()]:
+    for by_suite in [*([splits.dev] if dev else splits.test.values()), *splits.holdout.values()]:
         for suite, items in by_suite.items():
             pooled.setdefault(suite, []).extend(items)
     baselines: dict[str, dict[str, Any] | None] = {}
@@ -203,6 +225,7 @@ def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, 
     results["uplift"] = _stage_rows(out, config, "uplift.json")
     results["stage_timings_s"] = stage_timings(config, out)
     results["traces"] = trace_counts(config, out)
+    results["budgets"] = budget_rows(config, out)
     write_json(out / "results.json", results)
     _plot_rounds(summaries, out / "accuracy_by_round.png")
     _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
@@ -219,7 +242,6 @@ def _results(summaries: Sequence[Summary], config: EvalConfig, out: Path, meta: 
         "final_round": config.rounds,
         "arms": {arm: _summary_dict(s) for arm, s in final.items()},
         "rounds": [_summary_dict(s) for s in summaries],
-        "collection": _stage_rows(out, config, "collect.json"),
         "majority_baseline": majority_baselines(config),
     }
 
@@ -261,6 +283,7 @@ def _ci(ci: tuple[float, float] | None) -> str:
 
 def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[str, Any]) -> str:
     final = [s for s in summaries if s.round == config.rounds]
+    items = "dev items (the run that makes choices)" if config.score_on == "dev" else "held-out test items"
     lines = [
         "# procmem evaluation",
         "",
@@ -269,12 +292,16 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         f"- model {config.session.model}; train suites {', '.join(config.train_suites)}; "
         f"holdout {', '.join(config.holdout_suites) or 'none'}",
         f"- {config.rounds} round(s), seeds finished {results['meta']['seeds_finished']} of "
-        f"{list(config.seeds)}, {config.n_train} train / {config.n_test} test / "
-        f"{config.n_holdout} holdout items per suite; PMD objective `{config.distill.objective}`",
+        f"{list(config.seeds)}, {config.n_train} train / "
+        f"{config.n_dev if config.score_on == 'dev' else config.n_test} scored / {config.n_holdout} holdout items per "
+        f"suite{' (a new block of train items each round)' if config.new_items_each_round else ''}; "
+        f"PMD recipe `{config.pmd_recipe}`, self-distillation teacher `{config.distill.self_distill.teacher}`",
+        "- episode-local arms (`rft`, `sdpo`) collect **without memory**; PMD arms collect with their memory "
+        "(see *Training budgets per round*: `with memory`)",
         "",
-        f"## Round {config.rounds}: pass@1 on held-out test items (%, 95% bootstrap CI over seeds and items)",
+        f"## Round {config.rounds}: pass@1 on {items} (%, 95% bootstrap CI over seeds and items)",
         "",
-        "| arm | test acc | 95% CI | holdout acc | 95% CI | seeds | train examples | eval tokens | wall time (s) |",
+        "| arm | accuracy | 95% CI | holdout acc | 95% CI | seeds | train examples | eval tokens | wall time (s) |",
         "|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for s in final:
@@ -282,17 +309,22 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
                      f"{_ci(s.holdout_ci95)} | {s.seeds} | {s.train_examples:.0f} | {s.tokens:.0f} | "
                      f"{s.wall_time_s:.0f} |")
     baselines = results["majority_baseline"]
-    lines += ["", f"Majority-answer baseline (always the most common gold answer, same items): test "
+    lines += ["", f"Majority-answer baseline (always the most common gold answer, same items): "
               f"{_pct(_pooled_baseline(baselines, config.train_suites))}, holdout "
               f"{_pct(_pooled_baseline(baselines, config.holdout_suites))}."]
     suites = sorted(final[0].per_suite) if final else []
-    lines += ["", "## Per task (test acc % [95% CI], final round)", "",
+    lines += ["", "## Per task (accuracy % [95% CI], final round)", "",
               "| arm | " + " | ".join(map(_short, suites)) + " |", "|---|" + "---:|" * len(suites)]
     for s in final:
         lines.append(f"| {s.arm} | " + " | ".join(f"{_pct(s.per_suite[x])} {_ci(s.per_suite_ci95[x])}"
                                                  for x in suites) + " |")
     lines.append("| *majority answer* | " + " | ".join(_baseline_cell(baselines.get(x)) for x in suites) + " |")
-    lines += ["", "## By round (test acc %)", "", "| arm | " + " | ".join(f"r{r}" for r in
+    lines += ["", "## Format and procedure, final round (% of answers well-formed / % correct when well-formed)", "",
+              "| arm | " + " | ".join(map(_short, suites)) + " |", "|---|" + "---:|" * len(suites)]
+    for s in final:
+        lines.append(f"| {s.arm} | " + " | ".join(
+            f"{_pct(s.well_formed.get(x))} / {_pct(s.correct_when_well_formed.get(x))}" for x in suites) + " |")
+    lines += ["", "## By round (accuracy %)", "", "| arm | " + " | ".join(f"r{r}" for r in
               range(1, config.rounds + 1)) + " |", "|---|" + "---:|" * config.rounds]
     for arm in dict.fromkeys(s.arm for s in summaries):
         row = {s.round: s for s in summaries if s.arm == arm}
@@ -304,20 +336,25 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
     for d in results["differences"]:
         cells = " | ".join(f"{_pct(d['per_suite'][x])} {_ci(tuple(d['per_suite_ci95'][x]))}" for x in suites)
         lines.append(f"| {d['arm']} - {d['versus']} | {_pct(d['difference'])} | {_ci(tuple(d['ci95']))} | {cells} |")
-    lines += ["", "## Training budgets, final round (mean per seed)", "",
-              "| arm | examples trained | optimizer steps | distinct verified traces |", "|---|---:|---:|---:|"]
-    for s in final:
-        if s.train_examples:
-            lines.append(f"| {s.arm} | {s.train_examples:.0f} | {s.train_steps:.0f} | {s.distinct_traces:.0f} |")
-    lines += ["", "## Training data per round (problems with a verified trace; rft: the agent's own successes)", "",
-              "| seed | round | arm | problems given to the teacher | candidates | problems verified | "
+    lines += ["", "## Training budgets per round (per seed: collection, then training)", "",
+              "| seed | round | arm | with memory | problems | attempts | collect tokens | collect acc | objective | "
+              "examples | steps | distinct problems | rollouts | trained tokens |",
+              "|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for row in results["budgets"]:
+        lines.append(f"| {row['seed']} | {row['round']} | {row['arm']} | {'yes' if row['with_memory'] else 'no'} | "
+                     f"{row['problems']} | {row['attempts']} | {row['collect_tokens']} | "
+                     f"{_pct(row['collect_accuracy'])} | {row.get('objective', 'n/a')} | {row.get('examples', 0)} | "
+                     f"{row.get('steps', 0)} | {row.get('distinct_problems', 0)} | {row.get('rollouts', 0)} | "
+                     f"{row.get('trained_tokens', 0)} |")
+    lines += ["", "## Traces per round (SFT data: verified traces; the teacher's candidates where it wrote any)", "",
+              "| seed | round | arm | problems seen by the teacher | candidates | problems with a trace | "
               + " | ".join(map(_short, config.train_suites)) + " |", "|---:|---:|---|---:|---:|---:|"
               + "---:|" * len(config.train_suites)]
     for row in results["traces"]:
         lines.append(f"| {row['seed']} | {row['round']} | {row['arm']} | {row['problems'] or 'n/a'} | "
                      f"{row['candidates'] or 'n/a'} | {row['verified_problems']} | "
                      + " | ".join(str(row["verified_by_suite"].get(x, 0)) for x in config.train_suites) + " |")
-    lines += ["", "## Memory uplift on train items (the round's policy with memory vs memory-free, %)", "",
+    lines += ["", "## Memory uplift on the round's train items (PMD's policy with memory vs memory-free, %)", "",
               "| seed | round | suite | n | with memory | memory-free | uplift |",
               "|---:|---:|---|---:|---:|---:|---:|"]
     for row in results["uplift"]:
@@ -328,11 +365,6 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
     for row in results["stage_timings_s"]:
         lines.append(f"- seed {row['seed']} round {row['round']}: " + ", ".join(
             f"{k} {v:.0f}" for k, v in row.items() if k not in ("seed", "round") and isinstance(v, int | float)))
-    lines += ["", "## Collection (the agent with memory, train split)", "",
-              "| seed | round | accuracy | mean attempts | tokens | wall time (s) |", "|---:|---:|---:|---:|---:|---:|"]
-    for row in results["collection"]:
-        lines.append(f"| {row['seed']} | {row['round']} | {_pct(row['accuracy'])} | {row['mean_attempts']:.2f} | "
-                     f"{row['tokens']} | {row['wall_time_s']:.0f} |")
     lines += ["", "![accuracy by round](accuracy_by_round.png)", "", "![accuracy by task](accuracy_by_task.png)", ""]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ A task's ``verifier`` field is a spec ``kind:argument``; :func:`build_verifier` 
 - ``regex:<pattern>``: the whole answer matches a Python regular expression;
 - ``math:<LaTeX>``: mathematical equality, judged by math-verify;
 - ``rg:<dataset>``: reasoning-gym's scorer, for tasks from an ``rg:`` suite;
+- ``ledger:<number>``: an amount in a house format (sign, two decimals) that only the feedback states;
 - ``code:...``: run against tests in a sandbox (``procmem.verifiers.code``, when installed).
 
 Each module's docstring documents its spec. A new kind registers itself with
@@ -29,6 +30,7 @@ from procmem.verifiers.base import (
     verifier_kinds,
 )
 from procmem.verifiers.exact import ExactVerifier
+from procmem.verifiers.ledger import LedgerVerifier
 from procmem.verifiers.math import MathVerifier
 from procmem.verifiers.numeric import NumericVerifier
 from procmem.verifiers.regex import RegexVerifier
@@ -40,6 +42,7 @@ if find_spec("procmem.verifiers.code") is not None:
 
 __all__ = [
     "ExactVerifier",
+    "LedgerVerifier",
     "MathVerifier",
     "NumericVerifier",
     "RGVerifier",

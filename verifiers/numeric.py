@@ -12,6 +12,9 @@
 The canonical form of a passing answer (:meth:`NumericVerifier.canonical`, what distillation trains on) is the
 value it was read as, written plainly: ``42.``, ``+42``, ``42.0`` and ``4.2e1`` are ``42``; ``1,234`` is ``1234``;
 ``3/4`` and ``.750`` are ``0.75``; ``1/3`` stays ``1/3``.
+
+``details["well_formed"]`` says whether the answer was read as a number at all (a report splits format from
+correctness with it).
 """
 
 from __future__ import annotations
@@ -69,14 +72,16 @@ class NumericVerifier:
         got = answer.strip()
         secrets = (self.gold_text, _plain(self.gold))
         if not got:
-            return fail(["the answer is empty; expected a number on one line"], secrets)
+            return _formed(fail(["the answer is empty; expected a number on one line"], secrets), False)
         value = parse_number(got)
         if value is None:
-            return fail([f"expected a number, got {show(got)}", "expected a bare number and nothing else"], secrets)
+            return _formed(fail([f"expected a number, got {show(got)}", "expected a bare number and nothing else"],
+                                secrets), False)
         if abs(value - self.gold) <= max(self.tol, self.rel * abs(self.gold)):
-            return Verdict(passed=True, score=1.0)
+            return Verdict(passed=True, score=1.0, details={"well_formed": True})
         what = "value" if not (self.tol or self.rel) else "value (within the allowed tolerance)"
-        return fail([f"{show(got)} is not the correct {what}", f"that is not the correct {what}"], secrets)
+        return _formed(fail([f"{show(got)} is not the correct {what}", f"that is not the correct {what}"], secrets),
+                       True)
 
     def canonical(self, answer: str) -> str | None:
         """The value a passing ``answer`` was read as, written plainly (``57.`` -> ``57``); None if it fails."""
@@ -84,6 +89,11 @@ class NumericVerifier:
         if value is None or abs(value - self.gold) > max(self.tol, self.rel * abs(self.gold)):
             return None
         return canonical_number(value)
+
+
+def _formed(verdict: Verdict, well_formed: bool) -> Verdict:
+    return Verdict(passed=verdict.passed, score=verdict.score, feedback=verdict.feedback,
+                   details={"well_formed": well_formed})
 
 
 def canonical_number(value: Fraction) -> str | None:

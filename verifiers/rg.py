@@ -11,7 +11,9 @@ config), checks that it is the same question, and scores with ``dataset.score_an
 
 - the answer is stripped first (reasoning-gym gives ``' 1'`` only 0.5);
 - a pass is a score of exactly 1.0; partial credit is kept as the score but fails;
-- a scorer that raises on junk (``prime_factorization`` does) counts as 0.
+- a scorer that raises on junk (``prime_factorization`` does) counts as 0;
+- where the gold has a simple form (an integer, a number, one word), ``details["well_formed"]`` says whether
+  the answer has it.
 
 The canonical form of a passing answer (:meth:`RGVerifier.canonical`, what distillation trains on) is the
 entry's stored gold answer, when it has one (and the scorer passes it).
@@ -69,9 +71,12 @@ class RGVerifier:
         except Exception:
             raw = None
         score = 0.0 if raw is None or not math.isfinite(raw) else min(1.0, max(0.0, raw))
+        form = describe_form(gold if isinstance(gold, str) else None)
+        details = {"well_formed": bool(got) and not form_mismatch(form, got)} if form is not None else {}
         if score == 1.0:
-            return Verdict(passed=True, score=1.0)
-        return fail(_messages(got, gold if isinstance(gold, str) else None, score, raw is None), secrets, score)
+            return Verdict(passed=True, score=1.0, details=details)
+        verdict = fail(_messages(got, gold if isinstance(gold, str) else None, score, raw is None), secrets, score)
+        return Verdict(passed=False, score=verdict.score, feedback=verdict.feedback, details=details)
 
     def canonical(self, answer: str) -> str | None:
         """The stored gold answer for a passing ``answer`` (None without one, or for a failing answer)."""

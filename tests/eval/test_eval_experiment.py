@@ -10,17 +10,19 @@ from eval_helpers import jsonl_suite
 from typer.testing import CliRunner
 
 from procmem.cli import app
-from procmem.core import ProcmemError, Task, load_config
+from procmem.core import ProcmemError, load_config
 from procmem.eval import (
     ARMS,
+    PAPER_ARMS,
     RESULTS_SCHEMA,
     EvalConfig,
-    PlaceboRetriever,
     bootstrap_ci,
+    budget_rows,
+    match_budget,
     run_experiment,
     trace_counts,
 )
-from procmem.memory import Retrieval
+from procmem.memory import open_memory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,40 +41,141 @@ def _config(tmp_path: Path, **overrides: object) -> EvalConfig:
 
 
 def test_every_arm_scores_the_same_items_each_round_and_a_rerun_resumes(tmp_path: Path) -> None:
-    config = _config(tmp_path, seeds=(0,), rounds=2)
+    config = _config(tmp_path, seeds=(0,), rounds=2, arms=ARMS, train_examples=4)
     out = tmp_path / "out"
     scores = run_experiment(config, out, quiet=True)
 
-    # every arm has its own rows; pmd-frozen starts in round 2 (in round 1 it IS pmd, and is never scored twice)
-    assert {(s.arm, s.round) for s in scores} == {(arm, r) for arm in ARMS for r in (1, 2)} - {("pmd-frozen", 1)}
-    assert not (out / "seed0" / "round1" / "pmd-frozen").exists()
+    # every arm has its own rows; the frozen ablations start in round 2 (in round 1 they ARE pmd, never scored twice)
+    late = {("pmd-frozen-memory", 1), ("pmd-frozen-policy", 1)}
+    assert {(s.arm, s.round) for s in scores} == {(arm, r) for arm in ARMS for r in (1, 2)} - late
+    assert not (out / "seed0" / "round1" / "pmd-frozen-memory").exists()
     for s in scores:
         assert [len(v) for v in s.test.values()] == [3, 3]
         assert s.test[config.train_suites[0]] == [True] * 3  # any answer passes
         assert s.test[config.train_suites[1]] == [False] * 3
-    rft = [s for s in scores if s.arm == "rft"]
-    keep = config.distill.traces.keep_per_problem
-    assert rft[0].train_examples == 3  # round 1: the three verified "easy" successes, nothing else
-    assert 3 <= rft[1].train_examples <= 3 * keep  # round 2 adds distinct verified answers, capped per task
-    assert (out / "seed0" / "round2" / "rft" / "train" / "adapter" / "adapter_config.json").exists()
-    assert (out / "seed0" / "memory-frozen").is_dir()
-    reflection = json.loads((out / "seed0" / "round1" / "reflect.json").read_text())
+    # matched budgets: every trained arm trains on exactly train_examples examples each round
+    trained = [s for s in scores if s.arm not in ("base", "base+memory")]
+    assert {(s.train_examples, s.train_steps) for s in trained} == {(4, 2)}
+    # memory tracks: round 1's memory (reflected, and as collected), then one track per arm that writes its own
+    seed = out / "seed0"
+    for track in ("memory-r1", "memory-r1-unreflected", "memory-pmd", "memory-pmd-no-reflection", "memory-base"):
+        assert (seed / track).is_dir(), track
+    assert not (seed / "memory-pmd-frozen-memory").exists()  # it reads memory-r1 and never writes it
+    experiences = {}
+    for track in ("memory-r1", "memory-pmd", "memory-base", "memory-pmd-no-reflection"):
+        opened = open_memory(seed / track)
+        try:
+            experiences[track] = opened.stats()["experience"]
+        finally:
+            opened.close()
+    assert experiences["memory-r1"] == 6  # round 1's six problems, never written again
+    assert experiences["memory-pmd"] == experiences["memory-base"] == experiences["memory-pmd-no-reflection"] == 12
+    reflection = json.loads((seed / "round1" / "collect-memory" / "reflect.json").read_text())
     assert reflection["calls"] <= config.reflect_max_calls and reflection["stats"]["experience"] >= 6
+    assert (seed / "round2" / "pmd" / "reflect.json").exists()
+    assert not (seed / "round2" / "pmd-no-reflection" / "reflect.json").exists()
     by_arm = {s.arm: s for s in scores if s.round == 1}
     assert by_arm["base+memory"].holdout == {}
+    # on-policy: from round 2 each trained arm collects its own episodes, the episode-local ones without memory
+    budgets = {(row["arm"], row["round"]): row for row in budget_rows(config, out)}
+    for arm in ("rft", "sdpo"):
+        assert not budgets[(arm, 1)]["with_memory"] and not budgets[(arm, 2)]["with_memory"]
+        assert json.loads((seed / "round2" / arm / "collect.json").read_text())["policy"].endswith(
+            f"round1/{arm}/train/adapter")
+    for arm in ("pmd", "pmd-frozen-memory", "pmd-frozen-policy", "pmd-no-reflection"):
+        assert budgets[(arm, 2)]["with_memory"], arm
+    assert budgets[("rft", 2)]["objective"] == "sft" and budgets[("sdpo", 2)]["objective"] == "self-distill"
+    assert budgets[("pmd", 2)]["objective"] == config.pmd_recipe
+    assert budgets[("pmd-mixed", 2)]["objective"] == "mixed" and budgets[("pmd-sft", 2)]["objective"] == "sft"
+    assert budgets[("sdpo", 2)]["rollouts"] == 4 and budgets[("rft", 2)]["rollouts"] == 0
     traces = {(row["arm"], row["round"]): row for row in trace_counts(config, out)}
-    assert set(traces) == {(arm, r) for arm in ("rft", "pmd", "placebo") for r in (1, 2)} | {("pmd-frozen", 2)}
-    easy, hard = config.train_suites
+    easy = config.train_suites[0]
     assert traces[("rft", 1)] == {"seed": 0, "round": 1, "arm": "rft", "problems": 0, "candidates": 0,
                                   "verified_problems": 3, "verified_by_suite": {easy: 3}}
-    teacher = traces[("pmd", 1)]
-    assert teacher["problems"] == 6 and teacher["candidates"] == 6 * config.distill.traces.k
-    assert teacher["verified_by_suite"] == {easy: 3} and hard not in teacher["verified_by_suite"]
+    teacher = traces[("pmd-sft", 1)]  # own successes on "easy", the teacher's candidates for the unsolved "hard"
+    assert teacher["problems"] == 6 and teacher["candidates"] == 3 + 3 * config.distill.traces.k
+    assert teacher["verified_by_suite"] == {easy: 3}
 
-    stamp = (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns
+    stamp = (seed / "round1" / "rft" / "scores.json").stat().st_mtime_ns
     again = run_experiment(config, out, quiet=True)
     assert again == scores
-    assert (out / "seed0" / "round1" / "rft" / "scores.json").stat().st_mtime_ns == stamp
+    assert (seed / "round1" / "rft" / "scores.json").stat().st_mtime_ns == stamp
+
+
+def test_the_episode_local_arms_read_no_memory_and_each_teacher_sees_its_own_context(tmp_path: Path) -> None:
+    """rft and sdpo: no retrieved entry in the prompts they collect with, their teacher contexts or their training
+    examples. The sdpo teacher reads the episode's own failed attempt and feedback; the pmd teacher reads memory."""
+    from procmem.core import Episode
+    from procmem.core.fileio import read_jsonl
+    from procmem.distill.traces import load_trace_build
+
+    config = _config(tmp_path, seeds=(0,), rounds=2, arms=("rft", "sdpo", "pmd"), train_examples=4)
+    out = tmp_path / "out"
+    run_experiment(config, out, quiet=True)
+    seed = out / "seed0"
+    memory = open_memory(seed / "memory-pmd")
+    try:
+        entries = {e.id: e.text for level in ("insight", "pattern") for e in memory.entries(level)}
+        assert entries  # the pmd arm's memory holds reflected advice the episode-local arms must never read
+    finally:
+        memory.close()
+
+    def episodes(stage: Path) -> list[Episode]:
+        return [Episode.from_dict(row) for row in read_jsonl(stage / "episodes.jsonl")]
+
+    for arm in ("rft", "sdpo"):
+        for stage in (seed / "round1" / "collect-none", seed / "round2" / arm):
+            collected = episodes(stage)
+            assert collected and all(e.memory_ids == () for e in collected), stage
+        for round_ in (1, 2):
+            build = load_trace_build(seed / f"round{round_}" / arm / "traces")
+            assert build is not None
+            units = [*build.kept, *build.contexts]
+            assert units, (arm, round_)
+            for unit in units:
+                assert unit.memory_ids == ()
+                assert not any(text in unit.teacher_prompt or text in unit.prompt for text in entries.values())
+                assert "Advice from past problems" not in unit.teacher_prompt
+
+    sdpo = load_trace_build(seed / "round2" / "sdpo" / "traces")
+    own = {e.id: e for e in episodes(seed / "round2" / "sdpo")}
+    assert sdpo is not None
+    failed = [c for c in sdpo.contexts if not own[c.episode_ids[0]].passed]
+    assert failed
+    for context in failed:
+        episode = own[context.episode_ids[0]]
+        attempt = episode.attempts[-1]
+        assert f"Previous answer: {attempt.answer}" in context.teacher_prompt
+        assert f"Feedback: {attempt.verdict.feedback}" in context.teacher_prompt
+        others = [e for e in own.values() if e.task.id != episode.task.id]
+        assert not any(f"Question: {e.task.prompt}" in context.teacher_prompt for e in others)
+
+    pmd = load_trace_build(seed / "round2" / "pmd" / "traces")
+    assert pmd is not None and pmd.contexts
+    for context in pmd.contexts:
+        question = context.prompt.splitlines()[0]
+        assert context.memory_ids and context.teacher_prompt.index(question) > 0  # retrieved memory, then the question
+    assert any("Advice from past problems" in c.teacher_prompt for c in pmd.contexts)  # reflected advice too
+
+
+def test_match_budget_draws_the_units_each_objective_trains_on() -> None:
+    from procmem.distill.traces import TeacherContext, Trace, TraceBuild
+
+    def trace(i: int) -> Trace:
+        return Trace(task_id=f"t{i}", prompt="p", teacher_prompt="p", completion=" x\n", answer="x", sample=0,
+                     score=1.0, status="kept")
+
+    build = TraceBuild(tuple(trace(i) for i in range(3)), (),
+                       tuple(TeacherContext(task_id=f"c{i}", prompt="p", teacher_prompt="t") for i in range(5)))
+    sft = match_budget(build, 7, seed=1, objective="sft")
+    assert len(sft.kept) == 7 and sft.contexts == build.contexts
+    assert [t.task_id for t in sft.kept[:6]] == ["t0", "t1", "t2"] * 2  # every trace in turn, then a sample
+    distill = match_budget(build, 4, seed=1, objective="self-distill")
+    assert len(distill.contexts) == 4 and len({c.task_id for c in distill.contexts}) == 4
+    assert distill.kept == build.kept
+    mixed = match_budget(build, 8, seed=1, objective="mixed")
+    assert (len(mixed.kept), len(mixed.contexts)) == (4, 4)
+    assert match_budget(build, 0, seed=1, objective="sft") == build
 
 
 def test_an_output_directory_refuses_a_different_config(tmp_path: Path) -> None:
@@ -88,21 +191,25 @@ def test_cli_runs_the_smoke_config_and_writes_the_report(tmp_path: Path) -> None
                                       "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     last = json.loads(result.stdout.strip().splitlines()[-1])
-    assert last["schema"] == RESULTS_SCHEMA and set(last["arms"]) == set(ARMS)
+    assert last["schema"] == RESULTS_SCHEMA and set(last["arms"]) == set(PAPER_ARMS)
     results = json.loads((out / "results.json").read_text())
-    for arm in ARMS:
+    for arm in PAPER_ARMS:
         row = results["arms"][arm]
         low, high = row["test_ci95"]
         assert 0.0 <= low <= row["test_accuracy"] <= high <= 1.0
         assert row["seeds"] == 2
-    assert len(results["collection"]) == 4  # 2 seeds x 2 rounds
+    assert len(results["budgets"]) == 2 * (4 * 2 + 2)  # 2 seeds x (4 arms in 2 rounds + 2 frozen arms in round 2)
     for png in ("accuracy_by_round.png", "accuracy_by_task.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| pmd |" in report and "accuracy_by_round.png" in report
     assert "Majority-answer baseline" in report and "| *majority answer* |" in report
-    assert len(results["traces"]) == 2 * (3 * 2 + 1)  # 2 seeds x (rft, pmd, placebo in 2 rounds + pmd-frozen)
-    assert "## Training data per round" in report and "| 0 | 1 | pmd |" in report
+    assert len(results["traces"]) == len(results["budgets"])
+    assert "## Training budgets per round" in report and "| 0 | 1 | pmd | yes |" in report
+    assert "| 0 | 2 | rft | no |" in report and "| 0 | 2 | sdpo | no |" in report
+    assert "## Format and procedure" in report
+    assert {(d["arm"], d["versus"]) for d in results["differences"]} >= {
+        ("pmd", v) for v in ("base", "rft", "sdpo", "pmd-frozen-memory", "pmd-frozen-policy", "pmd-no-reflection")}
     assert set(results["majority_baseline"]) == {*results["config"]["train_suites"],
                                                  *results["config"]["holdout_suites"]}
 
@@ -115,21 +222,6 @@ def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_items() -> None:
     assert low_few <= 0.5 <= high_few
     assert high_many - low_many < high_few - low_few
     assert bootstrap_ci([[True] * 4, [True] * 4], resamples=200) == (1.0, 1.0)
-
-
-def test_placebo_memory_comes_from_a_problem_of_another_suite() -> None:
-    asked: list[str] = []
-
-    class Recording:
-        def retrieve(self, task: Task, k: int) -> Retrieval:
-            asked.append(task.suite)
-            return Retrieval((f"entry-for-{task.id}",), f"memory of {task.id}")
-
-    pool = [Task(id=f"{suite}{i}", prompt="q", verifier="exact:1", suite=suite) for suite in "ab" for i in range(3)]
-    placebo = PlaceboRetriever(Recording(), pool, seed=0)
-    found = placebo.retrieve(pool[0], 2)
-    assert asked == ["b"] and found.text.startswith("memory of b")
-    assert placebo.retrieve(pool[0], 2) == found  # deterministic per task and seed
 
 
 def test_holdout_suites_may_not_be_trained_on() -> None:
@@ -195,54 +287,10 @@ def test_every_arm_is_one_spec_in_the_table() -> None:
 
     assert tuple(ARM_SPECS) == ARMS and set(ARMS) == set(get_args(Arm))
     assert all(spec.name == name for name, spec in ARM_SPECS.items())
-    assert tuple(a for a in ARMS if ARM_SPECS[a].trains_on != "nothing") == TRAINED_ARMS
-    for spec in ARM_SPECS.values():  # an arm that starts late is PMD before: it trains like PMD
+    assert tuple(a for a in ARMS if ARM_SPECS[a].learns != "nothing") == TRAINED_ARMS
+    for spec in ARM_SPECS.values():  # an arm that starts late is PMD before: it learns like PMD
         if spec.starts_in_round > 1:
-            assert spec.trains_on == ARM_SPECS["pmd"].trains_on
-
-
-def test_the_pmd_frozen_and_placebo_teachers_read_different_memory(tmp_path: Path) -> None:
-    """Same problems, same student prompts; the teacher's memory differs by arm: placebo reads another
-    problem's memory (end to end, in the saved traces), pmd-frozen a store frozen after round 1 that
-    lacks round 2's episodes."""
-    import contextlib
-
-    from procmem.distill.traces import load_trace_build
-    from procmem.eval import ARM_SPECS, Experiment
-    from procmem.eval.experiment import load_suites
-    from procmem.memory._retrieval import ProceduralRetriever
-
-    config = _config(tmp_path, seeds=(0,), rounds=2, arms=("pmd", "pmd-frozen", "placebo"))
-    out = tmp_path / "out"
-    run_experiment(config, out, quiet=True)
-    builds = {}
-    for arm in config.arms:
-        build = load_trace_build(out / "seed0" / "round2" / arm / "traces")
-        assert build is not None and build.contexts, arm
-        builds[arm] = {c.task_id: c for c in build.contexts}
-    pmd, frozen, placebo = builds["pmd"], builds["pmd-frozen"], builds["placebo"]
-    assert pmd.keys() == frozen.keys() == placebo.keys()
-    for task_id, context in pmd.items():
-        assert context.memory_ids, task_id  # the live teacher reads memory at all
-        assert frozen[task_id].prompt == placebo[task_id].prompt == context.prompt  # the student sees the same
-        assert placebo[task_id].memory_ids and set(placebo[task_id].memory_ids) != set(context.memory_ids)
-        assert placebo[task_id].teacher_prompt != context.teacher_prompt
-
-    # The stores behind the teachers: pmd's live memory holds both rounds' episodes, pmd-frozen's only
-    # round 1's. (At this toy size both rounds solve the same three problems, and retrieval shows one worked
-    # example per problem, so the two teachers' prompts coincide: the frozen arm separates only when later
-    # rounds solve new problems or reflect new insights.)
-    experiment = Experiment(config, out, quiet=True)
-    memory = experiment._memory(0)
-    try:
-        with contextlib.ExitStack() as opened:
-            stores = {}
-            for arm in config.arms:
-                retriever = experiment._teacher_retriever(ARM_SPECS[arm], 0, load_suites(config, 0), memory, "p",
-                                                          opened)
-                inner = getattr(retriever, "_inner", retriever)
-                assert isinstance(inner, ProceduralRetriever), arm
-                stores[arm] = inner.store.count("experience")
-    finally:
-        memory.close()
-    assert stores["pmd"] == stores["placebo"] > stores["pmd-frozen"] > 0, stores
+            assert spec.learns == ARM_SPECS["pmd"].learns and spec.recipe == ARM_SPECS["pmd"].recipe
+    assert ARM_SPECS["rft"].memory == ARM_SPECS["sdpo"].memory == "none"  # episode-local
+    with pytest.raises(ValueError, match="add 'pmd'"):
+        EvalConfig(train_suites=("builtin:arith",), arms=("base", "pmd-frozen-memory"))

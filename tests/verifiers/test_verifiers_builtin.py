@@ -135,10 +135,12 @@ def _rg(task: Task) -> RGVerifier:
 
 def test_rg_passes_only_a_full_score_and_strips_first(chain_task: Task) -> None:
     verifier, gold = build_verifier(chain_task), _gold(chain_task)
-    assert verifier.verify(f"  {gold} \n") == Verdict(passed=True, score=1.0)
+    assert verifier.verify(f"  {gold} \n") == Verdict(passed=True, score=1.0, details={"well_formed": True})
     partial = verifier.verify(f"{gold} is my answer")
     assert 0.0 < partial.score < 1.0 and not partial.passed
     assert partial.feedback == "expected an integer and nothing else"  # quoting the answer would show the gold
+    assert partial.details == {"well_formed": False}  # the form apart from the value: a report splits them
+    assert verifier.verify(str(int(gold) + 1)).details == {"well_formed": True}
 
 
 def test_reference_answers_come_from_verifiers_that_hold_one(chain_task: Task) -> None:
