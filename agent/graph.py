@@ -11,6 +11,7 @@ task enters once, redacted (:func:`initial_state`); the finished episode leaves 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from procmem.core import (
     render_prompt,
     utc_now,
 )
+from procmem.core.telemetry import StepTracer
 from procmem.llm import LLM
 from procmem.memory import NoMemory, Retrieval, Retriever
 from procmem.verifiers import build_verifier
@@ -58,6 +60,8 @@ class AgentDeps:
     memory_k: int = 3
     stream: bool = False
     """Emit answer text as it is generated (``stream_mode="custom"``), for ``procmem chat``."""
+    tracer: StepTracer | None = None
+    """Times each step and emits a recorded episode as OpenTelemetry spans (``procmem solve`` with tracing on)."""
 
     def retrieve(self, task: Task) -> Retrieval:
         """The memory that goes in ``task``'s prompt (``memory_k`` entries; none when it is 0)."""
@@ -103,7 +107,7 @@ def build_agent(deps: AgentDeps, *, checkpointer: Checkpointer = None) -> Any:
     graph = StateGraph(AgentState)
     graph.add_node("retrieve", _retrieve(deps))
     graph.add_node("generate", _generate(deps))
-    graph.add_node("verify", _verify)
+    graph.add_node("verify", _verify(deps))
     graph.add_node("record", _record(deps))
     graph.add_edge(START, "retrieve")
     graph.add_edge("retrieve", "generate")
@@ -127,9 +131,16 @@ def _accepting_state_types(checkpointer: Checkpointer) -> Checkpointer:
     return clone
 
 
+def _timed(deps: AgentDeps, state: AgentState, kind: str) -> contextlib.AbstractContextManager[None]:
+    """The step timed by the tracer (a no-op without one)."""
+    tracer = deps.tracer
+    return tracer.step(state["episode_id"], kind) if tracer is not None else contextlib.nullcontext()
+
+
 def _retrieve(deps: AgentDeps) -> _Node:
     def retrieve(state: AgentState) -> AgentState:
-        found = deps.retrieve(state["task"])
+        with _timed(deps, state, "retrieval"):
+            found = deps.retrieve(state["task"])
         return {"memory_ids": list(found.entry_ids), "memory_text": found.text}
 
     return retrieve
@@ -144,7 +155,8 @@ def _generate(deps: AgentDeps) -> _Node:
         generation = generation_for(task, deps.generation)
         if deps.stream:
             return _generate_streaming(deps, prompt, generation, task)
-        out = deps.llm.generate([prompt], generation)[0]
+        with _timed(deps, state, "generation"):
+            out = deps.llm.generate([prompt], generation)[0]
         answer = extract_answer(out.text, task.answer_format)
         return {"answer": answer, "tokens": (out.prompt_tokens, out.completion_tokens)}
 
@@ -166,13 +178,17 @@ def _has_verifier(state: AgentState) -> bool:
     return bool(state["task"].verifier)
 
 
-def _verify(state: AgentState) -> AgentState:
-    verdict = build_verifier(state["task"]).verify(state["answer"])
-    prompt_tokens, completion_tokens = state.get("tokens", (0, 0))
-    # Answers and feedback are reused as prompts and stored: API keys and tokens must never get in.
-    attempt = Attempt(state["answer"], verdict, prompt_tokens, completion_tokens)
-    attempt = Attempt.from_dict(redact_obj(attempt.to_dict()))
-    return {"attempts": [*state["attempts"], attempt]}
+def _verify(deps: AgentDeps) -> _Node:
+    def verify(state: AgentState) -> AgentState:
+        with _timed(deps, state, "verification"):
+            verdict = build_verifier(state["task"]).verify(state["answer"])
+        prompt_tokens, completion_tokens = state.get("tokens", (0, 0))
+        # Answers and feedback are reused as prompts and stored: API keys and tokens must never get in.
+        attempt = Attempt(state["answer"], verdict, prompt_tokens, completion_tokens)
+        attempt = Attempt.from_dict(redact_obj(attempt.to_dict()))
+        return {"attempts": [*state["attempts"], attempt]}
+
+    return verify
 
 
 def _route(deps: AgentDeps) -> Callable[[AgentState], str]:
@@ -196,6 +212,8 @@ def _record(deps: AgentDeps) -> _Node:
         )
         if deps.recorder is not None:
             deps.recorder(episode)
+        if deps.tracer is not None:
+            deps.tracer.finish(episode)
         return {"episode": episode.to_dict(), "turns": [episode.to_dict()]}
 
     return record

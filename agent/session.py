@@ -30,6 +30,7 @@ from procmem.agent.graph import AgentDeps, build_agent, episode_from_state, init
 from procmem.agent.runner import SolveReport, solve_tasks
 from procmem.core import Episode, Home, ProcmemError, Task, Verdict, extract_answer
 from procmem.core.keys import policy_version
+from procmem.core.telemetry import StepTracer
 from procmem.llm import LLM, PolicyHost
 from procmem.memory import NoMemory, ProceduralMemory, ReflectionReport, Retrieval
 
@@ -55,9 +56,11 @@ class AgentSession:
     """
 
     def __init__(self, policy: LLM | PolicyHost, config: SessionConfig | None = None, *,
-                 memory: ProceduralMemory | None = None) -> None:
+                 memory: ProceduralMemory | None = None, tracer: StepTracer | None = None) -> None:
         self.config = config or SessionConfig()
         self.memory = memory
+        self.tracer = tracer
+        """Emits each recorded episode as OpenTelemetry spans (:mod:`procmem.core.telemetry`); None: no tracing."""
         self.reflection = ReflectionReport() if self.config.reflect else None
         """What inline reflection did and cost (with ``config.reflect``)."""
         self._closing = contextlib.ExitStack()
@@ -69,9 +72,9 @@ class AgentSession:
 
     @classmethod
     def open(cls, config: SessionConfig, home: Home, *, chroma_url: str | None = None,
-             memory: bool = True) -> AgentSession:
+             memory: bool = True, tracer: StepTracer | None = None) -> AgentSession:
         """Load ``config``'s policy (``model``, ``engine``, ``adapter``) and open the home's memory (the Chroma
-        server at ``chroma_url`` when given; none with ``memory=False``)."""
+        server at ``chroma_url`` when given; none with ``memory=False``); ``tracer`` emits spans."""
         from procmem.memory import open_memory
 
         host = PolicyHost.open(home, model=config.model, adapter=config.adapter, engine=config.engine,
@@ -81,7 +84,7 @@ class AgentSession:
         except BaseException:
             host.close()
             raise
-        session = cls(host, config, memory=opened)
+        session = cls(host, config, memory=opened, tracer=tracer)
         session._closing.callback(host.close)
         if opened is not None:
             session._closing.callback(opened.close)
@@ -115,7 +118,7 @@ class AgentSession:
             else NoMemory(),
             recorder=memory.recorder(reflector=llm if config.reflect else None, cost=self.reflection)
             if memory is not None and config.record else None,
-            attempts=config.attempts, memory_k=config.memory_k,
+            attempts=config.attempts, memory_k=config.memory_k, tracer=self.tracer,
         )
         self._deps = (llm, deps)
         return deps
@@ -148,7 +151,8 @@ class AgentSession:
         deps = self._deps_for(policy) if policy is not None else self.deps
         return deps.retrieve(task)
 
-    def verify(self, task: Task, answer: str) -> Verdict:
+    @staticmethod
+    def verify(task: Task, answer: str) -> Verdict:
         """``task``'s verifier on ``answer`` (its final answer extracted as the task's format asks)."""
         from procmem.verifiers import build_verifier
 

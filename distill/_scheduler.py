@@ -59,7 +59,8 @@ def run_every(config: DistillConfig, home: Home, interval_s: float, *,
         tick = 0
         while max_ticks is None or tick < max_ticks:
             started = time.monotonic()
-            result = _tick(config, home, deps_factory or (lambda: default_deps(config, home)), force, console, quiet)
+            result = _tick(config, home, deps_factory or (lambda: default_deps(config, home)), force, console, quiet,
+                           interval_s)
             if result is not None:
                 results.append(result)
                 if on_result is not None:
@@ -74,24 +75,25 @@ def run_every(config: DistillConfig, home: Home, interval_s: float, *,
 
 
 def _tick(config: DistillConfig, home: Home, deps_factory: Callable[[], DistillDeps], force: bool,
-          console: Console, quiet: bool) -> DistillResult | None:
+          console: Console, quiet: bool, every_s: float | None = None) -> DistillResult | None:
     try:
         result = run_distillation(config, home, deps=deps_factory, force=force, console=console, quiet=quiet)
     except DistillBusy as err:
         console.print(f"[yellow]tick skipped: {escape(redact(str(err)))}[/]")
-        _log_tick(home, event="busy", message=str(err))
+        _log_tick(home, event="busy", message=str(err), every_s=every_s)
         return None
     except Exception as err:  # a failed run must not stop the scheduler; it is retried next tick
         console.print(f"[red]distill run failed: {type(err).__name__}: {escape(redact(str(err)))} "
                       "(retried at the next tick)[/]")
-        _log_tick(home, event="failed", error=f"{type(err).__name__}: {err}")
+        _log_tick(home, event="failed", error=f"{type(err).__name__}: {err}", every_s=every_s)
         return None
-    _log_tick(home, event=result.status, result=result.to_dict())
+    _log_tick(home, event=result.status, result=result.to_dict(), every_s=every_s)
     return result
 
 
 def _log_tick(home: Home, **entry: Any) -> None:
-    """Append one line to ``<home>/distill/log.jsonl`` (the scheduler's record of every tick)."""
+    """Append one line to ``<home>/distill/log.jsonl`` (the scheduler's record of every tick, with its interval
+    ``every_s``: the console tells from it when the next run is due)."""
     path = distill_dir(home) / "log.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = redact(json.dumps({"at": utc_now(), **entry}, sort_keys=True, default=str))  # errors may quote keys

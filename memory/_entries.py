@@ -121,6 +121,9 @@ class Entry:
     uses: int = 0
     stale_failures: int = 0
     status: Status = "active"
+    changes: tuple[Mapping[str, str], ...] = ()
+    """Every change an operator made, oldest first: ``{"at": ISO time, "by": who, "action": "add" | "edit" |
+    "retire" | "restore", ...}`` (an edit keeps the text it replaced under ``"before"``)."""
 
     def __post_init__(self) -> None:
         if self.level not in ENTRY_LEVELS:
@@ -163,6 +166,7 @@ class Entry:
             "problem_ids": list(self.problem_ids), "source_episode_ids": list(self.source_episode_ids),
             "source_entry_ids": list(self.source_entry_ids), "merged_ids": list(self.merged_ids),
             "evidence": {k: dict(v) for k, v in self.evidence.items()},
+            "changes": [dict(c) for c in self.changes],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +195,7 @@ class Entry:
                 merged_ids=_strings(payload.get("merged_ids", ())),
                 evidence={str(k): {str(a): int(b) for a, b in v.items()}
                           for k, v in dict(payload.get("evidence") or {}).items()},
+                changes=tuple({str(a): str(b) for a, b in dict(c).items()} for c in payload.get("changes") or ()),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"record {record.id!r} is not a memory entry: missing or bad {err}") from err
@@ -220,6 +225,7 @@ class Entry:
             harmful=self.harmful + other.harmful,
             uses=self.uses + other.uses,
             stale_failures=0 if revalidated else self.stale_failures + other.stale_failures,
+            changes=(*self.changes, *(c for c in other.changes if c not in self.changes)),
         )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from procmem.core import Episode, Task, utc_now
@@ -140,12 +140,13 @@ class ProceduralMemory(ExperienceMemory):
         """Write an insight or pattern, deduplicated (:func:`~procmem.memory._hygiene.write_entry`)."""
         return hygiene.write_entry(self.store, entry, self.config.hygiene)
 
-    def add_operator_entry(self, level: EntryLevel, text: str, *, scope: str,
-                           kind: Kind | None = None) -> tuple[Entry, Literal["added", "merged"]]:
+    def add_operator_entry(self, level: EntryLevel, text: str, *, scope: str, kind: Kind | None = None,
+                           by: str = "operator") -> tuple[Entry, Literal["added", "merged"]]:
         """Write an operator's procedure (a playbook line) for every task of ``scope`` (a suite spec or family,
         see :func:`~procmem.memory._entries.scope_matches`): an insight (``kind`` strategy, the default, or
         lesson) or a pattern, ``source="operator"``, train split (it comes from no test problem, so retrieval
-        gives it to train and test tasks of the scope alike). Deduplicated like every entry."""
+        gives it to train and test tasks of the scope alike). Deduplicated like every entry; ``by`` (who added
+        it) is recorded in its ``changes``."""
         text, scope = " ".join(text.split()), scope.strip()
         if not text:
             raise ValueError("an operator entry needs text")
@@ -155,8 +156,39 @@ class ProceduralMemory(ExperienceMemory):
         now = utc_now()
         entry = Entry(id=entry_id(level, kind, "train", f"scope:{scope}", text), level=level, kind=kind, text=text,
                       suite=scope, split="train", policy_version="operator", reflector="operator",
-                      method="operator", source="operator", scope=scope, created_at=now, updated_at=now)
+                      method="operator", source="operator", scope=scope, created_at=now, updated_at=now,
+                      changes=({"at": now, "by": by, "action": "add"},))
         return entry, self.write_entry(entry)
+
+    def retire_entry(self, entry_id: str, *, by: str) -> Entry:
+        """Retire an insight or pattern by hand: retrieval stops giving it; ``by`` and the time are recorded in
+        its ``changes`` (``procmem memory show``). Raises KeyError when no entry has that id."""
+        return self._curate(entry_id, by, "retire", status="retired")
+
+    def restore_entry(self, entry_id: str, *, by: str) -> Entry:
+        """Make a retired entry active again (its counters stay; the retirement rule may retire it again)."""
+        return self._curate(entry_id, by, "restore", status="active")
+
+    def edit_entry(self, entry_id: str, text: str, *, by: str) -> Entry:
+        """Replace an entry's text (re-embedded; its id, provenance and counters stay); the text it replaced is
+        kept in the change record."""
+        text = " ".join(text.split())
+        if not text:
+            raise ValueError("an entry needs text")
+        return self._curate(entry_id, by, "edit", text=text)
+
+    def _curate(self, entry_id: str, by: str, action: str, **changes: Any) -> Entry:
+        with self.store.exclusive():  # a counter update between the read and the write would be lost
+            entry = self.entry(entry_id)
+            if entry is None:
+                raise KeyError(entry_id)
+            now = utc_now()
+            record: dict[str, str] = {"at": now, "by": by, "action": action}
+            if "text" in changes and changes["text"] != entry.text:
+                record["before"] = entry.text
+            new = replace(entry, **changes, updated_at=now, changes=(*entry.changes, record))
+            self.store.upsert([new.to_record()])
+        return new
 
     def prune(self, *, policy: str | None = None, dry_run: bool = False) -> PruneReport:
         """Apply the retirement rule to every active entry (settings may have changed), then evict down

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import random
@@ -623,6 +624,24 @@ class ChromaStore(VectorStoreBase):
             if len(page["ids"]) < _SCAN_PAGE:
                 return
             offset += _SCAN_PAGE
+
+    def page(self, level: Level, *, offset: int, limit: int, where: Mapping[str, Scalar] | None = None
+             ) -> list[MemoryRecord]:
+        """Records ``offset`` to ``offset + limit`` (matching ``where``) in :meth:`scan`'s order, fetched as one page
+        (the console browses a level with it)."""
+        where = check_where(where)
+        if limit <= 0:
+            return []
+
+        def op(col: Any) -> list[MemoryRecord]:
+            mirror = self._mirror(level, col)
+            if mirror is not None:
+                return list(itertools.islice(mirror.scan(level, where=where), offset, offset + limit))
+            found = col.get(where=_chroma_where(where), limit=limit, offset=offset, include=_INCLUDE)
+            return [self._record(level, i, doc, meta) for i, doc, meta in
+                    zip(found["ids"], found["documents"], found["metadatas"], strict=True)]
+
+        return self._read(level, op)
 
     def count(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> int:
         where = check_where(where)

@@ -35,6 +35,7 @@ RANKS: dict[str, int] = {
     "procmem.serve": 5,
     "procmem.testing": 5,  # the conformance suites check the seams of memory, llm, verifiers and distill
     "procmem.eval": 6,  # the experiment and the benchmarks measure every layer, the gateway too
+    "procmem.integrations": 6,  # LiteLLM callback and MCP server: write through serve's ingest, honour its keys
     "procmem.cli": 7,
 }
 """Each package's rank: it may import packages of a lower rank only (and itself)."""

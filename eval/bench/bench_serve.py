@@ -16,7 +16,10 @@ In ONE process (so the ratios compare like with like), on the bundled model by d
 Targets (issue 10): added p50 latency <= max(5% of the direct call, 10 ms); throughput at 16 clients >= 0.8x the
 engine's batched throughput.
 
-    .venv/bin/python eval/bench/bench_serve.py [--model local:default] [--tokens 16] [--n 32] [--calls 2]
+``--trace`` turns OpenTelemetry on (issue 25): every call's spans, with message content, are exported over OTLP/HTTP
+to a sink this script runs on loopback (it reads and discards each request), so the added p50 includes the spans.
+
+    .venv/bin/python eval/bench/bench_serve.py [--model local:default] [--tokens 16] [--n 32] [--calls 2] [--trace]
 """
 
 from __future__ import annotations
@@ -51,13 +54,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from procmem.serve.app import Gateway
     from procmem.serve.backends import ChatInput, backend_for
 
-    results: dict[str, Any] = {"model": args.model, "tokens": args.tokens, "load_avg_start": load_average()}
+    results: dict[str, Any] = {"model": args.model, "tokens": args.tokens, "load_avg_start": load_average(),
+                               "tracing": args.trace}
+    sink = _OtlpSink() if args.trace else None
     with tempfile.TemporaryDirectory(prefix="procmem-bench-serve-") as scratch:
         home = Home(Path(scratch) / "home").ensure()
         port = _free_port()
         config = ServeConfig.model_validate({
             "port": port,
             "session": {"model": args.model, "adapter": "none", "generation": {"max_tokens": args.tokens}},
+            **({"telemetry": {"otlp_endpoint": sink.url, "capture_content": True}} if sink else {}),
             **({"max_wait_ms": args.max_wait_ms} if args.max_wait_ms is not None else {})})
         results["max_wait_ms"] = config.max_wait_ms
         gateway = Gateway(config, home)
@@ -93,6 +99,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             server.should_exit = True
             thread.join(timeout=60)
+            if sink is not None:
+                gateway.tracing.telemetry.flush()
+                results["otlp_export_requests"] = sink.requests
+                sink.close()
     lat = results["latency_ms"]
     added = lat["serve_memory_off"]["p50"] - lat["direct"]["p50"]
     results["added_p50_ms"] = round(added, 2)
@@ -114,7 +124,39 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=2, help="Calls per client in the throughput rows.")
     parser.add_argument("--max-wait-ms", type=float, default=None,
                         help="The batch window (ServeConfig.max_wait_ms; default: serve's default).")
+    parser.add_argument("--trace", action="store_true",
+                        help="OpenTelemetry on: spans (with content) exported over OTLP/HTTP to a loopback sink.")
     return parser.parse_args(argv)
+
+
+class _OtlpSink:
+    """An OTLP/HTTP endpoint on loopback that reads each export request, answers 200 and counts it."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _client(port: int, *, memory: bool) -> Any:
@@ -181,6 +223,9 @@ def _print(results: dict[str, Any]) -> None:
     print(f"model {results['model']}, {results['tokens']} new tokens per call, batch window "
           f"{results['max_wait_ms']} ms, load avg "
           f"{results['load_avg_start']} -> {results['load_avg_end']}")
+    if results.get("tracing"):
+        print(f"  OpenTelemetry on: spans with content exported over OTLP/HTTP "
+              f"({results.get('otlp_export_requests', 0)} export requests)")
     for name, row in lat.items():
         print(f"  latency {name:18s} p50 {row['p50']:9.2f} ms   p95 {row['p95']:9.2f} ms")
     print(f"  added p50 (serve, memory off) {results['added_p50_ms']} ms (budget {results['added_p50_budget_ms']} ms: "

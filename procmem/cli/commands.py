@@ -8,6 +8,18 @@ Chroma, LangGraph) is imported inside the command function that needs it. Type h
 under ``if TYPE_CHECKING:``. tests/cli/test_cli_import_weight.py checks it.
 """
 
-from procmem.cli import chat, distill_commands, eval_cmd, keys_cmd, memory_cmd, serve_cmd, solve, verify  # noqa: F401
+from procmem.cli import (  # noqa: F401
+    chat,
+    distill_commands,
+    eval_cmd,
+    export_cmd,
+    import_cmd,
+    keys_cmd,
+    mcp_cmd,
+    memory_cmd,
+    serve_cmd,
+    solve,
+    verify,
+)
 
 __all__: list[str] = []

@@ -294,11 +294,22 @@ def add_entry(
     if not " ".join(text.split()):
         raise ProcmemError("empty TEXT", where="TEXT", fix="write the procedure, e.g. 'Multiply digit by digit.'")
     entry, written = _memory(ctx, chroma_url).add_operator_entry(
-        cast("EntryLevel", level), text, scope=scope, kind=None if level == "pattern" else cast("Kind", kind))
+        cast("EntryLevel", level), text, scope=scope, kind=None if level == "pattern" else cast("Kind", kind),
+        by=f"cli: {_user()}")
     if json_out:
         print_json_line({"written": written, **entry.to_dict()})
         return
     out_console.print(f"{written} {entry.level} {entry.id} for {scope} (source operator)", highlight=False)
+
+
+def _user() -> str:
+    """Who runs the command (recorded in an entry's changes)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def _scope(value: str) -> str:

@@ -42,20 +42,24 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     with ``reflect``, what inline reflection did and cost (the policy reflects on each problem right after
     its episode: at most one more LLM call per task)."""
     from procmem.agent import AgentSession
+    from procmem.core.telemetry import StepTracer, Telemetry
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
 
+    telemetry = Telemetry.configure(service_name="procmem-solve")  # OTEL_EXPORTER_OTLP_ENDPOINT, else off
+    tracer = StepTracer(telemetry) if telemetry.enabled else None
     tasks = load_suite(config.suite, split=cast(Split, config.split), n=config.n, check=build_verifier)
     err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
     err_console.print(f"loading model {config.session.model} ...", highlight=False)
     settings = config.session.model_copy(update={"reflect": True}) if reflect else config.session
-    with AgentSession.open(settings, home, chroma_url=chroma_url) as session, \
+    with AgentSession.open(settings, home, chroma_url=chroma_url, tracer=tracer) as session, \
             open_checkpointer(home) as saver:
         with progress_bar(err_console, quiet=quiet) as progress:
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
             report = session.solve(tasks, checkpointer=saver, run_id=run_id, on_done=lambda _: progress.advance(bar))
         assert session.memory is not None
         stats = {str(level): count for level, count in session.memory.stats().items()}
+    telemetry.shutdown()  # sends the spans still batched
     return report, stats, session.reflection
 
 

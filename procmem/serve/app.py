@@ -16,20 +16,22 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from procmem.agent.conversation import conversation_task, memory_allowed
 from procmem.core import GenerationConfig, Home, ProcmemError, Task, new_id, redact, redact_obj, utc_now
 from procmem.llm import PolicyHost
 from procmem.memory import Retrieval
+from procmem.serve._telemetry import GatewayTracing
 from procmem.serve.backends import ChatBackend, ChatInput, backend_for
-from procmem.serve.calllog import CallLog, CallRecord, CallStatus
+from procmem.serve.calllog import CallLog, CallRecord, CallStatus, calls_path
 from procmem.serve.config import LOOPBACK_HOSTS, ServeConfig
-from procmem.serve.keys import KeyStore, Scope, keys_path
+from procmem.serve.keys import KeyRefused, KeyStore, Scope, authorize, bearer_token, keys_path
 from procmem.serve.metrics import Metrics
 from procmem.serve.protocol import (
     ApiError,
     ChatRequest,
+    FeedbackRequest,
     completion_chunk,
     completion_object,
     conversation,
@@ -46,11 +48,6 @@ VERSION_HEADER = "X-Procmem-Adapter-Version"
 _EPISODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _DISCONNECT_POLL_S = 0.25
 """While a stream waits for the model, how often it checks whether the client is still there."""
-_FIX_KEY = "send 'Authorization: Bearer <key>'; create a key with `procmem keys create`"
-
-
-def calls_path(home: Home) -> Any:
-    return home.root / "serve" / "calls.sqlite"
 
 
 class Gateway:
@@ -67,7 +64,9 @@ class Gateway:
                                             limits=session.limits, max_wait_s=config.max_wait_ms / 1000,
                                             watch_s=config.watch_s)
         self.sessions = TenantSessions(self.host, session, home)
-        self.worker = MemoryWorker(self.log, self.sessions, on_written=self.metrics.memory_episode)
+        self.tracing = GatewayTracing.from_config(config)  # OpenTelemetry: off unless an endpoint is configured
+        self.worker = MemoryWorker(self.log, self.sessions, on_written=self.metrics.memory_episode,
+                                   on_verdict=self.tracing.verification)
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="procmem-serve")
         self._inflight: set[tuple[str, str]] = set()
         self._inflight_lock = threading.Lock()
@@ -81,7 +80,7 @@ class Gateway:
     # --- the app --------------------------------------------------------------------------------
 
     def app(self) -> Starlette:
-        routes = [
+        routes: list[BaseRoute] = [
             Route(path, self._wrap(path, handler), methods=[method]) for path, handler, method in (
                 ("/v1/chat/completions", self.chat, "POST"),
                 ("/v1/models", self.models, "GET"),
@@ -90,6 +89,15 @@ class Gateway:
                 ("/healthz", self.healthz, "GET"),
                 ("/metrics", self.prometheus, "GET"))
         ]
+        if self.config.telemetry.receiver:  # OTLP/HTTP traces in (procmem/serve/_otlp_receiver.py)
+            from procmem.serve._otlp_receiver import receive_traces
+
+            routes.append(Route("/v1/traces", self._wrap("/v1/traces", lambda r: receive_traces(self, r)),
+                                methods=["POST"]))
+        if self.config.console.enabled:  # the web console at /ui (procmem/serve/console/)
+            from procmem.serve.console import console_routes
+
+            routes += console_routes(self)
         return Starlette(routes=routes, lifespan=self._lifespan)
 
     @asynccontextmanager
@@ -104,6 +112,7 @@ class Gateway:
     def close(self) -> None:
         self.host.close()
         self.worker.close()
+        self.tracing.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
         self.log.close()
@@ -131,20 +140,11 @@ class Gateway:
         """The caller's tenant; raises 401/403 for a missing, unknown or revoked key or a missing scope."""
         if not self.auth_required:
             return DEFAULT_TENANT
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing API key", fix=_FIX_KEY, code="missing_api_key", kind="authentication_error")
-        key = self.keys.lookup(token.strip())
-        if key is None:
-            raise ApiError(401, "unknown API key", fix=_FIX_KEY, code="invalid_api_key", kind="authentication_error")
-        if not key.active:
-            raise ApiError(401, f"API key {key.id} was revoked", fix="use another key, or create one with "
-                           "`procmem keys create`", code="revoked_api_key", kind="authentication_error")
-        if not key.allows(scope):
-            raise ApiError(403, f"API key {key.id} lacks the '{scope}' scope",
-                           fix=f"use a key created with --scopes including {scope}", code="insufficient_scope",
-                           kind="permission_error")
+        try:
+            key = authorize(self.keys, bearer_token(request.headers.get("authorization")), scope)
+        except KeyRefused as err:
+            raise ApiError(err.status, err.message, fix=err.fix or "", code=err.code,
+                           kind="permission_error" if err.status == 403 else "authentication_error") from None
         return key.tenant
 
     async def _body(self, request: Request) -> bytes:
@@ -181,6 +181,7 @@ class Gateway:
 
     async def chat(self, request: Request) -> Response:
         started, started_at = time.perf_counter(), utc_now()
+        marks = {"start": time.time_ns()}  # for the spans (procmem/serve/_telemetry.py)
         tenant = self.tenant(request, "chat")
         req = parse_chat_request(await self._body(request))
         session = await self._run(self.sessions.get, tenant)  # a tenant's first call opens its memory
@@ -212,13 +213,15 @@ class Gateway:
             task = conversation_task(messages, id=request.headers.get("x-procmem-task-id") or episode_id,
                                      suite=SERVE_SUITE, verifier=verifier)
             use_memory = request.headers.get("x-procmem-memory", "on").lower() != "off" and memory_allowed(messages)
+            marks["retrieval_start"] = time.time_ns()
             found = await self._run(session.retrieve, task, policy) if use_memory else Retrieval()
+            marks["retrieval_end"] = time.time_ns()
             chat_input = ChatInput(messages, [m.model_dump(exclude_none=True) for m in req.messages], found.text,
                                    _generation(req, session.config.generation.max_tokens), tools=req.tools,
                                    tool_choice=req.tool_choice)
             base = _CallBase(episode_id=episode_id, tenant=tenant, request=request, req=req, backend=backend,
                              found=found, chat_input=chat_input, verifier=verifier, started=started,
-                             started_at=started_at)
+                             started_at=started_at, marks=marks)
             if req.stream:  # a stream's status is sent with its first byte: refuse what cannot fit before it
                 await self._run(backend.check, chat_input)
         except BaseException:
@@ -276,6 +279,9 @@ class Gateway:
             task_id=headers.get("x-procmem-task-id"), user=req.user, metadata=redact_obj(req.metadata or {}),
             params=redact_obj(params), memory_ids=base.found.entry_ids, stream=req.stream, verifier=base.verifier,
             error=redact(error))
+        if self.tracing.enabled:  # the call's spans; the call keeps their traceparent
+            call = self.tracing.call(call, headers=headers, marks=base.marks, request_model=req.model,
+                                     sent=call.prompt)
         write = time.perf_counter()
         self.log.record(call)
         done = time.perf_counter()
@@ -382,6 +388,11 @@ class Gateway:
         tenant = self.tenant(request, "feedback")
         episode_id = request.path_params["episode_id"]
         body = parse_feedback(await self._body(request))
+        return JSONResponse(await self.record_feedback(tenant, episode_id, body))
+
+    async def record_feedback(self, tenant: str, episode_id: str, body: FeedbackRequest) -> dict[str, Any]:
+        """Attach feedback to an episode: the one path of ``POST /v1/episodes/{id}/feedback`` and the console.
+        Raises ApiError 404 for an episode that is neither recorded nor being answered."""
         call = await self._run(self.log.get, tenant, episode_id)
         with self._inflight_lock:
             in_flight = (tenant, episode_id) in self._inflight
@@ -394,8 +405,10 @@ class Gateway:
         if new:
             self.metrics.feedback_received()
             self.worker.wake()
-        return JSONResponse({"id": feedback_id, "object": "procmem.feedback", "episode_id": episode_id,
-                             "duplicate": not new, "attached": call is not None})
+            if call is not None:  # a span in the call's trace (when it was traced)
+                self.tracing.feedback(call, feedback_id, body.model_dump(exclude={"id"}))
+        return {"id": feedback_id, "object": "procmem.feedback", "episode_id": episode_id, "duplicate": not new,
+                "attached": call is not None}
 
     async def episode(self, request: Request) -> Response:
         tenant = self.tenant(request, "feedback")
@@ -440,7 +453,8 @@ class _CallBase:
     """What a call carries from its start to its record."""
 
     def __init__(self, *, episode_id: str, tenant: str, request: Request, req: ChatRequest, backend: ChatBackend,
-                 found: Retrieval, chat_input: ChatInput, verifier: str, started: float, started_at: str) -> None:
+                 found: Retrieval, chat_input: ChatInput, verifier: str, started: float, started_at: str,
+                 marks: dict[str, int] | None = None) -> None:
         self.episode_id = episode_id
         self.tenant = tenant
         self.request = request
@@ -451,6 +465,8 @@ class _CallBase:
         self.verifier = verifier
         self.started = started
         self.started_at = started_at
+        self.marks = marks or {}
+        """Wall-clock ns of the request's start and its retrieval, for its spans."""
 
 
 def _generation(request: ChatRequest, default_max_tokens: int) -> GenerationConfig:

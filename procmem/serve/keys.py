@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from procmem.core import Home, ProcmemError, utc_now
 from procmem.core.fileio import read_json, write_json
 
-__all__ = ["SCOPES", "ApiKey", "KeyStore", "Scope", "keys_path"]
+__all__ = ["SCOPES", "ApiKey", "KeyRefused", "KeyStore", "Scope", "authorize", "bearer_token", "keys_path"]
 
 Scope = Literal["chat", "feedback", "admin"]
 SCOPES: tuple[Scope, ...] = ("chat", "feedback", "admin")
@@ -49,6 +49,41 @@ class ApiKey(BaseModel):
 
 def keys_path(home: Home) -> Path:
     return home.root / "serve" / "keys.json"
+
+
+FIX_KEY = "send 'Authorization: Bearer <key>'; create a key with `procmem keys create`"
+
+
+class KeyRefused(ProcmemError):
+    """A key that may not do what was asked: ``status`` 401 (missing, unknown, revoked) or 403 (scope)."""
+
+    def __init__(self, status: int, message: str, *, code: str, fix: str = FIX_KEY) -> None:
+        super().__init__(message, fix=fix)
+        self.status = status
+        self.code = code
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None when absent or of another scheme)."""
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authorize(store: KeyStore, token: str | None, scope: Scope) -> ApiKey:
+    """The active key ``token`` names, if it has ``scope``; raises :class:`KeyRefused`. The one rule of the
+    gateway, the console and ``procmem mcp``."""
+    if not token:
+        raise KeyRefused(401, "missing API key", code="missing_api_key")
+    key = store.lookup(token)
+    if key is None:
+        raise KeyRefused(401, "unknown API key", code="invalid_api_key")
+    if not key.active:
+        raise KeyRefused(401, f"API key {key.id} was revoked", code="revoked_api_key",
+                         fix="use another key, or create one with `procmem keys create`")
+    if not key.allows(scope):
+        raise KeyRefused(403, f"API key {key.id} lacks the '{scope}' scope", code="insufficient_scope",
+                         fix=f"use a key created with --scopes including {scope}")
+    return key
 
 
 def _digest(key: str) -> str:

@@ -17,20 +17,21 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from procmem.agent import AgentSession, SessionConfig
 from procmem.agent.conversation import conversation_task
 from procmem.core import Episode, Home, ProcmemError, Task, Verdict
 from procmem.core.feedback import Feedback, feedback_episode
 from procmem.llm import PolicyHost
-from procmem.memory import open_memory
+from procmem.memory import ProceduralMemory, open_memory
 from procmem.serve.calllog import CallLog, CallRecord, FeedbackRecord
 from procmem.serve.protocol import conversation
 
-__all__ = ["DEFAULT_TENANT", "SERVE_SUITE", "MemoryWorker", "TenantSessions", "call_episode", "call_task",
-           "check_tenant"]
+__all__ = ["DEFAULT_TENANT", "SERVE_SUITE", "EpisodeSink", "MemorySessions", "MemoryWorker", "SessionSource",
+           "TenantSessions", "call_episode", "call_task", "check_tenant", "tenant_memory_path"]
 
 DEFAULT_TENANT = "default"
 SERVE_SUITE = "serve"
@@ -45,6 +46,62 @@ def check_tenant(name: str) -> str:
     return name
 
 
+def tenant_memory_path(home: Home, tenant: str) -> Path:
+    """A tenant's Chroma directory: the home's own for the default tenant, ``tenants/<tenant>/chroma`` else."""
+    return home.chroma if tenant == DEFAULT_TENANT else home.root / "tenants" / tenant / "chroma"
+
+
+class EpisodeSink(Protocol):
+    """What the memory worker asks of a tenant's session: judge an answer, record an episode."""
+
+    def verify(self, task: Task, answer: str) -> Verdict: ...
+
+    def record(self, episode: Episode) -> None: ...
+
+
+class SessionSource(Protocol):
+    """The tenants' sessions (:class:`TenantSessions`, or :class:`MemorySessions` where no model runs)."""
+
+    def get(self, tenant: str) -> EpisodeSink: ...
+
+
+class _MemorySink:
+    """A tenant's memory, judged and recorded without a model (imports, the LiteLLM callback, MCP)."""
+
+    verify = staticmethod(AgentSession.verify)
+
+    def __init__(self, memory: ProceduralMemory) -> None:
+        self.memory = memory
+
+    def record(self, episode: Episode) -> None:
+        self.memory.after_episode(episode)
+
+
+class MemorySessions:
+    """Every tenant's memory opened on demand, for recording verified calls where no policy is loaded."""
+
+    def __init__(self, home: Home, *, chroma_url: str | None = None) -> None:
+        self.home = home
+        self.chroma_url = chroma_url
+        self._open: dict[str, _MemorySink] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str) -> _MemorySink:
+        with self._lock:
+            sink = self._open.get(tenant)
+            if sink is None:
+                sink = _MemorySink(open_memory(tenant_memory_path(self.home, tenant),
+                                               url=self.chroma_url if tenant == DEFAULT_TENANT else None))
+                self._open[tenant] = sink
+            return sink
+
+    def close(self) -> None:
+        with self._lock:
+            for sink in self._open.values():
+                sink.memory.close()
+            self._open.clear()
+
+
 class TenantSessions:
     """One :class:`~procmem.agent.AgentSession` per tenant (its own memory), all over one policy host."""
 
@@ -57,7 +114,7 @@ class TenantSessions:
         self._lock = threading.Lock()
 
     def path(self, tenant: str) -> Path:
-        return self.home.chroma if tenant == DEFAULT_TENANT else self.home.root / "tenants" / tenant / "chroma"
+        return tenant_memory_path(self.home, tenant)
 
     def get(self, tenant: str) -> AgentSession:
         with self._lock:
@@ -79,7 +136,8 @@ class TenantSessions:
 
 def call_task(call: CallRecord) -> Task:
     """The task a call answered: its conversation as one question, in the ``serve`` suite."""
-    metadata = {"source": "serve", "tenant": call.tenant, "session_id": call.session_id, "user": call.user}
+    source = str(call.metadata.get("procmem_source") or "serve")  # imports say where they came from
+    metadata = {"source": source, "tenant": call.tenant, "session_id": call.session_id, "user": call.user}
     return conversation_task(conversation(call.messages), id=call.task_id or call.id, suite=SERVE_SUITE,
                              verifier=call.verifier, metadata=metadata)
 
@@ -101,13 +159,17 @@ class MemoryWorker:
     """Background thread: judges calls that named a verifier, and records verified calls through their tenant's
     session. It works from the call log, so a restart catches up with whatever is pending."""
 
-    def __init__(self, log: CallLog, sessions: TenantSessions, *, on_written: Any = None) -> None:
+    def __init__(self, log: CallLog, sessions: SessionSource, *, on_written: Any = None,
+                 on_verdict: Callable[[CallRecord, Verdict], None] | None = None) -> None:
         self.log = log
         self.sessions = sessions
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_written = on_written
+        self._on_verdict = on_verdict
+        """Told of each verifier's verdict (serve's tracing turns it into a span)."""
+        self._draining = threading.Lock()  # one drain at a time (the thread, and callers that flush)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="procmem-serve-memory", daemon=True)
@@ -134,6 +196,10 @@ class MemoryWorker:
 
     def drain(self, limit: int = 50) -> int:
         """Process up to ``limit`` pending calls; returns how many were processed."""
+        with self._draining:
+            return self._drain(limit)
+
+    def _drain(self, limit: int) -> int:
         pending = self.log.pending(limit)
         for tenant, episode_id, revision in pending:
             call = self.log.get(tenant, episode_id)
@@ -146,6 +212,8 @@ class MemoryWorker:
                 verdict = session.verify(task, call.response)
                 self.log.set_verdict(tenant, episode_id, verdict.to_dict())  # shown by GET /v1/episodes/{id}
                 revision += 1
+                if self._on_verdict is not None:
+                    self._on_verdict(call, verdict)
             episode = call_episode(call, task, self.log.feedback(tenant, episode_id), verdict)
             if episode is not None:
                 session.record(episode)
