@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from procmem.core import Home, ProcmemError
+from procmem.memory import Level
 from procmem.serve.config import LOOPBACK_HOSTS
 from procmem.serve.ingest import Ingest, checked_feedback
 from procmem.serve.keys import KeyRefused, KeyStore, Scope, authorize, bearer_token, keys_path
@@ -37,7 +38,7 @@ __all__ = ["TOOLS", "McpBackend", "build_server"]
 
 T = TypeVar("T")
 TOOLS = ("search_memory", "add_operator_entry", "get_episode", "send_feedback")
-LEVELS = ("experience", "insight", "pattern")
+LEVELS: tuple[Level, ...] = ("experience", "insight", "pattern")
 
 
 class McpBackend:
@@ -90,12 +91,12 @@ class McpBackend:
         if level is not None and level not in LEVELS:
             raise ProcmemError(f"unknown level {level!r}", where="level", fix=f"use one of {', '.join(LEVELS)}")
         memory = self.ingest(tenant).sessions.get(tenant).memory
-        results = []
-        for lvl in (level,) if level else LEVELS:
+        results: list[dict[str, Any]] = []
+        for lvl in [known for known in LEVELS if level in (None, known)]:
             for similarity, record in memory.search(query, level=lvl, k=k):
                 results.append({"id": record.id, "level": record.level, "similarity": round(similarity, 4),
                                 "text": record.text, "status": record.metadata.get("status")})
-        results.sort(key=lambda r: -r["similarity"])
+        results.sort(key=lambda r: -float(r["similarity"]))
         return {"query": query, "results": results[:k]}
 
     def add_operator_entry(self, tenant: str, text: str, scope: str = "serve", level: str = "insight",
@@ -111,8 +112,10 @@ class McpBackend:
                                fix="name the suite it applies to: serve (the gateway's and imported calls), or a "
                                "suite spec such as rg:products")
         memory = self.ingest(tenant).sessions.get(tenant).memory
-        entry, written = memory.add_operator_entry(level, text, scope=scope,
-                                                   kind=None if level == "pattern" else kind)
+        entry_level: Literal["insight", "pattern"] = "pattern" if level == "pattern" else "insight"
+        entry_kind: Literal["strategy", "lesson"] = "lesson" if kind == "lesson" else "strategy"
+        entry, written = memory.add_operator_entry(entry_level, text, scope=scope,
+                                                   kind=None if entry_level == "pattern" else entry_kind)
         return {"written": written, **entry.to_dict()}
 
     def get_episode(self, tenant: str, episode_id: str) -> dict[str, Any]:

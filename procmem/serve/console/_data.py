@@ -253,7 +253,7 @@ def episode_view(gateway: Gateway, tenant: str, episode_id: str) -> EpisodeView 
     used = []
     for entry_id in ids:
         found = memory.find(entry_id)
-        used.append((entry_id, found.level if found else "", found.text if found else ""))
+        used.append((entry_id, str(found.level) if found else "", found.text if found else ""))
     outcome = None
     if call is not None:
         row = log.row(tenant, episode_id)
@@ -316,10 +316,10 @@ def preview_retrieval(gateway: Gateway, tenant: str, question: str) -> list[tupl
                              suite=SERVE_SUITE)
     found = session.retrieve(task, session.policy)
     memory = memory_of(gateway, tenant)
-    rows = []
+    rows: list[tuple[str, str, str]] = []
     for entry_id in found.entry_ids:
         record = memory.find(entry_id)
-        rows.append((entry_id, record.level if record else "", record.text if record else ""))
+        rows.append((entry_id, str(record.level) if record else "", record.text if record else ""))
     return rows
 
 
@@ -437,7 +437,8 @@ def _run_view(run: Path, state: dict[str, Any]) -> RunView:
             continue
         done = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
         stages.append((stage, _iso(done)[:19].replace("T", " "),
-                       (done - previous).total_seconds() if previous is not None else None))
+                       # a stage's file can predate run.json's created_at by milliseconds: never "-0 s"
+                       max(0.0, (done - previous).total_seconds()) if previous is not None else None))
         previous = done
     train: dict[str, Any] = {}
     if (run / "train" / "train_result.json").exists():
