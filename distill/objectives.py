@@ -383,10 +383,12 @@ class MixedObjective:
         traces = [e for e in batch if e.completion is not None]
         problems = [e for e in batch if e.completion is None]
         parts: list[tuple[float, ObjectiveLoss]] = []
-        if traces:
-            parts.append((self.weights.sft_weight, self.sft.loss(model, traces)))
+        # Self-distillation first: an EMA teacher swaps the adapter's weights in place for its forward pass, which
+        # would invalidate a graph the SFT part had already built over those weights.
         if problems:
             parts.append((self.weights.self_distill_weight, self.self_distill.loss(model, problems)))
+        if traces:
+            parts.append((self.weights.sft_weight, self.sft.loss(model, traces)))
         if not parts:
             raise ValueError("mixed batch has nothing to train on")
         total = sum((weight * part.loss for weight, part in parts), torch.zeros(()))

@@ -221,6 +221,16 @@ def test_mixed_is_the_weighted_sum(lora_model: tuple[Any, Any], tiny_config: Dis
     torch.testing.assert_close(together.loss, expected)
 
 
+def test_mixed_with_an_ema_teacher_trains(lora_model: tuple[Any, Any], tiny_config: DistillConfig) -> None:
+    """The EMA teacher swaps the adapter's weights in place for its forward pass: the mixed step must still
+    backpropagate through its SFT part (it once failed with "modified by an inplace operation")."""
+    model, tokenizer = lora_model
+    mixed = MixedObjective(tokenizer, 128, _config(tiny_config, teacher="ema").self_distill, tiny_config.mixed)
+    model.train()
+    losses = _train(model, lambda: mixed.loss(model, [*TRACES, *PROBLEMS]).loss, steps=2)
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, not NaN
+
+
 def test_an_over_long_prompt_loses_its_head_with_a_warning(lora_model: tuple[Any, Any]) -> None:
     model, tokenizer = lora_model
     sft = SftObjective(tokenizer, max_len=24)
