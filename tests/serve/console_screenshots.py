@@ -1,14 +1,19 @@
-"""Screenshots of every console page, on a home with real traffic from the bundled model.
+"""Screenshots of every console page, on a home with real traffic from the bundled model and real distillation.
 
 ``python tests/serve/console_screenshots.py --out docs/guides/console`` (or the bundled test
 ``test_console_screenshots.py`` with ``PROCMEM_SCREENSHOTS_DIR``) starts ``procmem serve`` on ``local:default``
-(transformers engine) with an admin key, sends real traffic through the ``openai`` client (sums with a numeric
-verifier, questions without one, corrections and judgements as feedback, several sessions), adds operator entries,
-registers two adapters and promotes one, and photographs each page with headless Chromium.
+(transformers engine) with an admin key and plays the whole loop as an operator would:
 
-The adapters are zero-initialised LoRA adapters of the bundled model (PEFT's default: the B matrices start at zero,
-so v1 answers exactly as the base model), registered with a manifest that says so: the adapters page shows the
-registry's layout, not a trained model. Everything else on the screenshots is what the bundled model answered.
+1. half the traffic through the ``openai`` client (sums with a numeric verifier, questions without one that are
+   judged or corrected afterwards, several sessions) and two operator entries from the console's own form;
+2. ``procmem distill --once`` on that home (a small ``distill.toml``, below: up to 32 problems, a few dozen
+   optimizer steps, a small gate), which trains ``v1`` and gates it on the held-out served calls; when the gate
+   refuses it, ``procmem adapters promote v1 --force`` (a recorded forced promotion) so the gateway serves it;
+3. the other half of the traffic, answered by ``v1``, then ``procmem distill --once`` again (``v2``, from ``v1``);
+4. each page photographed with headless Chromium.
+
+Every figure on the screenshots is what the product computed: the answers, the verdicts, the training losses, the
+gate's report and the runs' stage times. The distillation is sized to take minutes, not to teach the model much.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ PAGES = (  # (file name, path or a function of the page's data, what to wait for
     ("adapter", "/ui/adapters/v1", "main"),
     ("promote", "/ui/adapters/v2/promote", "main"),
     ("runs", "/ui/runs", "main"),
+    ("run", "run", "main"),
 )
 
 
@@ -47,9 +53,12 @@ def screenshot_pages(page: Any, root: str, out: Path) -> list[Path]:
     first = page.get_attribute("#episode-rows a >> nth=0", "href")
     page.goto(f"{root}/ui/memory?level=insight")
     entry = page.get_attribute("#memory-list tbody a >> nth=0", "href")
+    page.goto(f"{root}/ui/runs")
+    newest = page.query_selector('a[href^="/ui/runs/distill/"]')  # none on a home that never distilled
+    run = newest.get_attribute("href") if newest is not None else None
     written = []
     for name, path, ready in PAGES:
-        target = {"episode": first, "entry": entry}.get(path, path)
+        target = {"episode": first, "entry": entry, "run": run}.get(path, path)
         if target is None:
             continue
         page.goto(f"{root}{target}")
@@ -61,77 +70,65 @@ def screenshot_pages(page: Any, root: str, out: Path) -> list[Path]:
     return written
 
 
-def _register_zero_adapters(home: Path, models: Path) -> None:
-    """Two zero-initialised LoRA adapters of the bundled model (they answer as the base model), with manifests
-    that say what they are."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+# The product's own distillation, sized for a few minutes on two loaded cores (production sizes: the distill.toml in
+# docs/guides/production.md). A serve-fed home has no test split: the gate re-asks the held-out share of the verified
+# calls (a hash of the question decides which), so min_heldout is lowered to what a few dozen calls hold out.
+DISTILL_TOML = """\
+model = "local:default"
+min_new_episodes = 1
 
-    from procmem.core import Home
-    from procmem.core.registry import (
-        AdapterManifest,
-        BaseModelInfo,
-        DatasetSnapshot,
-        GateReport,
-        MemorySnapshot,
-        PairedTest,
-        SuiteResult,
-        register_adapter,
-    )
-    from procmem.llm.bundled import ensure_bundled_model
+[traces]
+k = 2                # teacher candidates per problem
+max_problems = 32    # every problem of a few dozen calls (failed ones first)
+max_tokens = 16
 
-    root = Home(home).ensure()
-    source = home.parent / "zero-adapter"
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(ensure_bundled_model(models)),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    model.save_pretrained(str(source))
-    for number in (1, 2):
-        baseline = "base" if number == 1 else "v1"
-        rows = (SuiteResult(suite="serve", kind="test", n=40, baseline=0.30, candidate=0.30),
-                SuiteResult(suite="builtin:arith", kind="holdout", n=40, baseline=0.45, candidate=0.45))
-        # placeholder figures, not measured: a zero adapter answers as its baseline, so its gate cannot pass
-        gate = GateReport(baseline=baseline, rows=rows, test_baseline=0.30, test_candidate=0.30, holdout_baseline=0.45,
-                          holdout_candidate=0.45, min_improvement=0.02, max_holdout_drop=0.05, improved=False,
-                          holdout_ok=True, passed=False, level=0.05,
-                          test_stats=PairedTest(n=40, wins=0, losses=0, p_better=1.0, p_worse=1.0),
-                          holdout_stats=PairedTest(n=40, wins=0, losses=0, p_better=1.0, p_worse=1.0))
-        manifest = AdapterManifest(
-            version="v0", run_id="zero-initialised (screenshot script)",
-            base_model=BaseModelInfo(id="local:default", name="gemma3-270m", hash="sha256:not-hashed"),
-            objective="sft", objective_config={"note": "not trained: a zero-initialised LoRA for the screenshots"},
-            dataset=DatasetSnapshot(episode_ids=(), hash="sha256:0", n_traces=0, n_rejected=0, traces_hash="-"),
-            memory=MemorySnapshot(entry_ids=(), hash="sha256:0"),
-            metrics={"steps": 0, "note": "not trained", "losses": []}, gate=gate,
-            parent=None if number == 1 else "v1", created_at=f"2026-12-0{number}T06:00:00+00:00")
-        register_adapter(root.adapters, source, manifest)
+[lora]
+rank = 8
+alpha = 16
+
+[train]
+epochs = 4
+batch_size = 2
+lr = 3e-4
+
+[gate]
+heldout_share = 0.3  # of the verified questions, re-asked by the gate and never trained on
+min_heldout = 2
+n_test = 20
+holdout_suites = ["rg:letter_counting?min_words=1&max_words=3"]
+n_holdout = 10
+max_tokens = 16
+"""
 
 
 def build_home_and_screenshot(home: Path, out: Path, *, calls: int = 48) -> list[Path]:
-    """The whole job: a home with real traffic from the bundled model, then the screenshots."""
+    """The whole job: a home with real traffic from the bundled model and two real distillation runs, then the
+    screenshots."""
     import httpx
     import openai
     from console_helpers import launch_browser, sign_in
     from serve_helpers import Server, wait_for
 
     from procmem.core import Home
-    from procmem.llm.bundled import MODELS_CACHE_ENV
     from procmem.serve.keys import KeyStore, keys_path
 
-    models = Path(os.environ.get(MODELS_CACHE_ENV) or home / "models")
-    _register_zero_adapters(home, models)
+    Home(home).ensure()
     store = KeyStore(keys_path(Home(home)))
     admin = store.create("ops-admin", ["admin"], "default")[1]
     chat = store.create("app", ["chat", "feedback"], "default")[1]
     config = home.parent / "serve.toml"
     config.write_text('[session]\nmodel = "local:default"\nengine = "transformers"\n\n[session.generation]\n'
                       'max_tokens = 24\n\n[console]\ndistill_every = "6h"\n')
+    distill_toml = home.parent / "distill.toml"
+    distill_toml.write_text(DISTILL_TOML)
+    rng = random.Random(7)
+    sums = [(rng.randint(2, 60), rng.randint(2, 60)) for _ in range(calls)]  # drawn up front: threads race for rng
     with Server(home, "--config", str(config), "--model", "local:default") as server:
         client = openai.OpenAI(base_url=server.url, api_key=chat, max_retries=0, timeout=600)
         auth = {"Authorization": f"Bearer {chat}"}
-        rng = random.Random(7)
 
         def one(i: int) -> None:
-            a, b = rng.randint(2, 60), rng.randint(2, 60)
+            a, b = sums[i]
             verifier = i % 3 != 2
             raw = client.chat.completions.with_raw_response.create(
                 model="procmem", messages=[{"role": "user", "content": f"What is {a} + {b}?"}],
@@ -144,17 +141,23 @@ def build_home_and_screenshot(home: Path, out: Path, *, calls: int = 48) -> list
                 body = {"passed": True} if right else {"correction": str(a + b), "comment": "checked by hand"}
                 httpx.post(f"{server.url}/episodes/{episode}/feedback", json=body, headers=auth, timeout=60)
 
+        def serving() -> str:
+            return str(httpx.get(f"{server.root}/healthz", timeout=10).json()["adapter_version"])
+
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, range(calls // 2)))
         for text, scope in (("Add the ones digits first, then the tens, and carry when the ones pass nine.", "serve"),
                             ("Answer with the number alone on the last line.", "serve")):
             _add_entry_api(server.root, admin, text, scope)
-        from procmem.core.registry import promote
-
-        promote(Home(home).adapters, "v1", force=True, reason="screenshot script (a zero adapter: its gate fails)")
-        wait_for(lambda: httpx.get(f"{server.root}/healthz", timeout=10).json()["adapter_version"] == "v1", 120)
+        wait_for(lambda: _memorized(home), 300, every=1.0)  # distillation reads the verified calls from memory
+        first = _procmem(home, "distill", "--once", "--config", str(distill_toml), "--json")
+        if not first["promoted"]:  # the gate refused v1: promote it anyway, recorded as forced
+            _procmem(home, "adapters", "promote", first["version"], "--force", "--json")
+        wait_for(lambda: serving() == first["version"], 300, every=1.0)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, range(calls // 2, calls)))
+        wait_for(lambda: _memorized(home), 300, every=1.0)
+        _procmem(home, "distill", "--once", "--config", str(distill_toml), "--json")
         wait_for(lambda: _memory_count(server.root, admin) > 0, 120, every=1.0)
         browsers = launch_browser()
         browser = next(browsers)
@@ -164,6 +167,44 @@ def build_home_and_screenshot(home: Path, out: Path, *, calls: int = 48) -> list
             return screenshot_pages(page, server.root, out)
         finally:
             browsers.close()
+
+
+def _procmem(home: Path, *args: str) -> dict[str, Any]:
+    """Run ``procmem ARGS --json`` on ``home`` as an operator would; its last stdout line, parsed. Its stderr (the
+    distillation's progress and gate table) is appended to ``procmem.log`` beside the home and echoed."""
+    import json
+    import subprocess
+
+    from serve_helpers import PROCMEM
+
+    log = home.parent / "procmem.log"
+    with log.open("a") as handle:
+        handle.write(f"$ procmem {' '.join(args)}\n")
+        handle.flush()
+        done = subprocess.run([str(PROCMEM), *args], env={**os.environ, "PROCMEM_HOME": str(home)}, text=True,
+                              stdout=subprocess.PIPE, stderr=handle, timeout=1800)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"procmem {' '.join(args)} exited with {done.returncode}: {log.read_text()[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if args[0] == "distill":
+        print(f"procmem {' '.join(args)}: {result['status']} {result.get('version') or ''} "
+              f"{result.get('reason') or ''}".rstrip(), file=sys.stderr)
+        if result["status"] == "skipped":
+            raise RuntimeError(f"distillation was skipped: {result.get('reason')} (log: {log})")
+    return result
+
+
+def _memorized(home: Path) -> bool:
+    """Whether serve's memory worker has recorded every verified call (nothing pending in the call log)."""
+    from procmem.core import Home
+    from procmem.serve.calllog import CallLog, calls_path
+
+    log = CallLog(calls_path(Home(home)))
+    try:
+        return not log.pending(1)
+    finally:
+        log.close()
 
 
 def _add_entry_api(root: str, admin: str, text: str, scope: str) -> None:

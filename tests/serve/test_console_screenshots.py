@@ -1,6 +1,7 @@
 """The console's screenshots on the bundled model (PROCMEM_RUN_BUNDLED=1): real traffic through the openai client,
-then each page photographed by headless Chromium. With PROCMEM_SCREENSHOTS_DIR=docs/guides/console they replace the
-docs' screenshots; otherwise they go to a temporary directory and are only checked."""
+two real `procmem distill --once` runs on that home, then each page photographed by headless Chromium. With
+PROCMEM_SCREENSHOTS_DIR=docs/guides/console they replace the docs' screenshots; otherwise they go to a temporary
+directory and are only checked."""
 
 from __future__ import annotations
 

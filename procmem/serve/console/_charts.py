@@ -112,7 +112,10 @@ def loss_png(losses: Sequence[float]) -> bytes:
     if not losses:
         _empty(axes, "no loss curve in this manifest")
         return _png(figure)
+    from matplotlib.ticker import MaxNLocator
+
     axes.plot(range(1, len(losses) + 1), list(losses), color=_ACCENT, marker="o", markersize=3, linewidth=1.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axes.set_xlabel("optimizer step", color=_INK, fontsize=9)
     axes.set_ylabel("training loss", color=_INK, fontsize=9)
     return _png(figure)
