@@ -10,7 +10,7 @@ from eval_helpers import jsonl_suite
 from procmem.core import load_config
 from procmem.distill.traces import Trace, TraceBuild
 from procmem.eval import (
-    ARMS,
+    PAPER_ARMS,
     EvalConfig,
     bootstrap_ci,
     finished_scores,
@@ -85,12 +85,13 @@ def test_match_budget_subsamples_or_repeats_to_exactly_n_examples() -> None:
     assert match_budget(many, 0, seed=0) == many
 
 
-def test_matched_budgets_refuse_an_objective_with_extra_examples(tmp_path: Path) -> None:
-    import pytest
-
-    config = _config(tmp_path)  # smoke: objective mixed
-    with pytest.raises(ValueError, match="needs distill\\.objective"):
-        EvalConfig.model_validate({**config.model_dump(), "train_examples": 6})
+def test_matched_budgets_count_the_units_each_recipe_trains_on(tmp_path: Path) -> None:
+    """Budgets match for every recipe (SFT traces, self-distillation rollouts, half each for mixed), so a PMD
+    recipe with problems as examples is no longer refused."""
+    for recipe in ("sft", "mixed", "self-distill"):
+        config = EvalConfig.model_validate({**_config(tmp_path).model_dump(), "train_examples": 6,
+                                            "pmd_recipe": recipe})
+        assert config.train_examples == 6 and config.pmd_recipe == recipe
 
 
 def test_the_paired_bootstrap_uses_the_pairing() -> None:
@@ -107,21 +108,20 @@ def test_the_paired_bootstrap_uses_the_pairing() -> None:
 
 def test_every_arm_and_seed_is_scored_on_its_own_with_matched_budgets_and_resumes_after_a_kill(
         tmp_path: Path) -> None:
-    base = _config(tmp_path, seeds=(0, 1), rounds=2)
-    config = base.model_copy(update={"train_examples": 6,
-                                     "distill": base.distill.model_copy(update={"objective": "sft"})})
+    config = _config(tmp_path, seeds=(0, 1), rounds=2, train_examples=6)
     out = tmp_path / "out"
     scores = run_experiment(config, out, quiet=True)
     final = {(s.arm, s.seed): s for s in scores}
-    assert set(final) == {(arm, seed) for arm in ARMS for seed in (0, 1)}  # final round only, every arm and seed
+    assert set(final) == {(arm, seed) for arm in PAPER_ARMS for seed in (0, 1)}  # final round only, every arm, seed
     assert all(s.round == 2 for s in scores)
     for seed in (0, 1):
-        for arm in ARMS:
+        for arm in PAPER_ARMS:
             assert (out / f"seed{seed}" / "round2" / arm / "scores.json").exists()  # its own file, not a copy
         assert final[("base", seed)].item_ids == final[("pmd", seed)].item_ids
     assert final[("base", 0)].item_ids != final[("base", 1)].item_ids  # each seed its own test items
-    rft, pmd = final[("rft", 0)], final[("pmd", 0)]
-    assert rft.train_examples == pmd.train_examples == 6 and rft.train_steps == pmd.train_steps > 0
+    rft, sdpo, pmd = final[("rft", 0)], final[("sdpo", 0)], final[("pmd", 0)]
+    assert rft.train_examples == sdpo.train_examples == pmd.train_examples == 6  # traces or rollouts alike
+    assert rft.train_steps == sdpo.train_steps == pmd.train_steps > 0
     assert (out / "seed0" / "round1" / "uplift.json").exists() is False  # n_uplift 0: not measured
 
     # a kill during seed 1's final PMD training: its scores and adapter are gone; the rerun redoes only that
