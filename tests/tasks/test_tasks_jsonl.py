@@ -73,7 +73,8 @@ def test_a_bad_line_is_located_and_says_how_to_fix_it(tmp_path: Path, case: str)
 
 def test_unknown_verifier_kind_lists_the_known_kinds(tmp_path: Path) -> None:
     path = _write(tmp_path, {**GOOD, "verifier": "fuzzy:5"})
-    with pytest.raises(ProcmemError, match=r"exact:\.\.\., math:\.\.\., numeric:\.\.\., regex:\.\.\., rg:\.\.\."):
+    kinds = r"exact:\.\.\., ledger:\.\.\., math:\.\.\., numeric:\.\.\., regex:\.\.\., rg:\.\.\."
+    with pytest.raises(ProcmemError, match=kinds):
         load_suite(str(path), check=build_verifier)
 
 

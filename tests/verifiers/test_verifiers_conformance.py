@@ -64,6 +64,8 @@ def builtin_cases() -> list[VerifierCase]:
                      wrong=("0.6", "2", "x", "\\frac{1}{3}"), secrets=("\\frac{1}{2}",)),
         VerifierCase("math-poly", _task("math:x^2+2x+1"), right=("(x+1)^2", "$x^2 + 2x + 1$", "x^2+2*x+1"),
                      wrong=("x^2+1", "(x-1)^2", "2x"), secrets=("x^2+2x+1",)),
+        VerifierCase("ledger", _task("ledger:-37"), right=("-37.00", " -37.00 "),
+                     wrong=("-37", "-37.0", "37.00", "+37.00", "minus 37"), secrets=("-37.00",)),
         *_rg_cases(),
         *_code_cases(),
     ]
