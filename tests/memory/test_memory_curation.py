@@ -42,8 +42,9 @@ def test_memory_show_prints_who_changed_an_entry(tmp_path: Path) -> None:
     entry, _ = memory.add_operator_entry("insight", "Carry the tens.", scope="builtin:arith", by="cli: ops")
     memory.retire_entry(entry.id, by="console: admin (abc12345)")
     memory.close()
-    shown = subprocess.run([sys.executable, "-m", "procmem.cli", "--home", str(home.root), "memory", "show", entry.id,
-                            "--json"], capture_output=True, text=True, timeout=120)
+    # -P: the checkout's procmem/ must not shadow the installed package (which alone holds procmem.memory)
+    shown = subprocess.run([sys.executable, "-P", "-m", "procmem.cli", "--home", str(home.root), "memory", "show",
+                            entry.id, "--json"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout.strip().splitlines()[-1])
     assert data["status"] == "retired"
