@@ -10,8 +10,8 @@ The agent's view::
 
 This package exports what a user calls (``__all__``): the memory (:func:`open_memory`,
 :class:`ProceduralMemory`, :class:`MemoryConfig`), the store seam (:class:`MemoryStore`,
-:class:`VectorMemoryStore`, :class:`VectorStoreBase`, :class:`MemoryRecord`, ...) with its two stores
-(:class:`ChromaStore`, :class:`InMemoryStore`), the embedder seam (:class:`Embedder`,
+:class:`VectorMemoryStore`, :class:`VectorStoreBase`, :class:`MemoryRecord`, :class:`DistinctIndex`, ...) with its
+two stores (:class:`ChromaStore`, :class:`InMemoryStore`), the embedder seam (:class:`Embedder`,
 :class:`HashingEmbedder`, :func:`default_embedder`) and the retrieval seam (:class:`Retriever`,
 :class:`Retrieval`, :class:`NoMemory`).
 
@@ -38,6 +38,7 @@ from procmem.memory._procedural import ProceduralMemory
 from procmem.memory._retrieval import NoMemory, Retrieval, Retriever
 from procmem.memory.base import (
     LEVELS,
+    DistinctIndex,
     Embedder,
     Level,
     MemoryRecord,
@@ -55,6 +56,7 @@ from procmem.memory.numpy_store import InMemoryStore
 __all__ = [
     "LEVELS",
     "ChromaStore",
+    "DistinctIndex",
     "Embedder",
     "HashingEmbedder",
     "InMemoryStore",

@@ -12,6 +12,10 @@ Rules for what may become a worked example (enforced by :meth:`ExperienceMemory.
    skipped: the model must not copy a past answer to the very same problem
    (easy task suites repeat questions under new ids).
 4. **One example per task**, nearest first: repeated solves of one task do not crowd out the others.
+
+On a :class:`~procmem.memory.base.VectorMemoryStore` the examples come from one search of the
+:data:`~procmem.memory.base.EXAMPLES` index (verified train successes, one per problem), however many times each
+problem was solved.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import numpy.typing as npt
 
 from procmem.core import Episode, Task
 from procmem.core.keys import normalize_question, problem_key
-from procmem.memory.base import LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
+from procmem.memory.base import EXAMPLES, LEVELS, Level, MemoryRecord, MemoryStore, Scalar, VectorMemoryStore
+from procmem.memory.embedding import embed_array
 
 __all__ = ["EXAMPLE_FILTER", "EXPERIENCE", "ExperienceMemory", "pick_examples"]
 
 EXPERIENCE: Level = "experience"
-EXAMPLE_FILTER: dict[str, Scalar] = {"passed": True, "split": "train"}
+EXAMPLE_FILTER: dict[str, Scalar] = dict(EXAMPLES.where)
 """The metadata a worked example matches (rules 1 and 2; :func:`pick_examples` checks the payload too)."""
+_SPARE = 2
+"""Problems fetched beyond ``k``: the task's own, and one more in case another problem was posed under its id."""
 
 
 class ExperienceMemory:
@@ -72,16 +79,20 @@ class ExperienceMemory:
     def similar_successes(self, task: Task, k: int, *, vector: npt.ArrayLike | None = None) -> list[Episode]:
         """Up to ``k`` verified train-split successes on other tasks, most similar to ``task`` first.
 
-        ``vector`` is the task prompt's embedding when the caller has it already (needs a
-        :class:`~procmem.memory.base.VectorMemoryStore`)."""
+        On a :class:`~procmem.memory.base.VectorMemoryStore`: one search of the
+        :data:`~procmem.memory.base.EXAMPLES` index (one success per problem), for ``k`` plus a few (the task's own
+        problem, and another problem under the task's id, are left out). ``vector`` is the task prompt's embedding
+        when the caller has it already. A plain :class:`MemoryStore` is searched by text, wider each time until ``k``
+        are found."""
         if k <= 0:
             return []
+        if isinstance(self.store, VectorMemoryStore):
+            query = embed_array(self.store.embedder, [task.prompt])[0] if vector is None else vector
+            hits = self.store.query_distinct(EXAMPLES, query, k=k + _SPARE)
+            return pick_examples([h.record for h in hits], task, k)
         fetch = 2 * k + 4
         while True:
-            if vector is not None and isinstance(self.store, VectorMemoryStore):
-                hits = self.store.query_vector(EXPERIENCE, vector, k=fetch, where=EXAMPLE_FILTER)
-            else:
-                hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=EXAMPLE_FILTER)
+            hits = self.store.query(EXPERIENCE, task.prompt, k=fetch, where=EXAMPLE_FILTER)
             chosen = pick_examples([h.record for h in hits], task, k)
             if len(chosen) >= k or len(hits) < fetch:
                 return chosen

@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from procmem.memory.base import LEVELS, Embedder, Level, MemoryRecord, MetadataChange, Scalar
+from procmem.memory.base import LEVELS, Embedder, Level, MemoryRecord, MetadataChange, Scalar, matches
+
+__all__ = ["RESERVED_PREFIX", "as_matrix", "as_vector", "check_level", "check_metadata", "check_record", "check_where",
+           "embedder_identity", "last_per_id", "matches", "set_metadata", "unique"]
 
 RESERVED_PREFIX = "_procmem"
 """Metadata keys starting with this are the stores' own (e.g. the payload JSON)."""
@@ -49,17 +52,6 @@ def check_where(where: Mapping[str, Scalar] | None) -> dict[str, Scalar]:
         if not isinstance(value, str | int | float | bool):
             raise ValueError(f"where[{key!r}] must be a str, int, float or bool, got {type(value).__name__}")
     return where
-
-
-def matches(metadata: Mapping[str, Any], where: Mapping[str, Scalar]) -> bool:
-    """Equality filter with the same typing as Chroma: True never equals 1."""
-    for key, want in where.items():
-        if key not in metadata:
-            return False
-        got = metadata[key]
-        if isinstance(got, bool) != isinstance(want, bool) or got != want:
-            return False
-    return True
 
 
 def last_per_id(records: Sequence[MemoryRecord]) -> list[int]:

@@ -26,6 +26,7 @@ similarity), :class:`ExperienceRetriever` (worked examples only) and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
@@ -46,9 +47,9 @@ from procmem.memory._entries import (
     scope_matches,
     suite_family,
 )
-from procmem.memory._experiences import EXPERIENCE, ExperienceMemory, pick_examples
+from procmem.memory._experiences import ExperienceMemory
 from procmem.memory._hygiene import trust
-from procmem.memory.base import Scalar, ScoredRecord, VectorMemoryStore
+from procmem.memory.base import PROBLEMS, Scalar, ScoredRecord, VectorMemoryStore, VectorStoreBase
 from procmem.memory.config import MemoryConfig
 from procmem.memory.embedding import embed_array
 
@@ -246,22 +247,24 @@ class ProceduralRetriever:
         """Everything memory holds for ``task`` (before the budget): up to ``k`` worked examples, insights
         of the nearest solved problems, and patterns, each section best first.
 
-        The task is embedded once, and one search of the experience level serves both the worked examples
-        and the nearest problems; insights are read per nearest problem, patterns by one search, and entries
-        scoped to the task's suite by a filtered read. No step reads a whole level, so the cost does not grow
-        with the number of episodes (beyond the index's)."""
+        The task is embedded once. The nearest problems come from one search of the
+        :data:`~procmem.memory.base.PROBLEMS` index and the worked examples from one search of the
+        :data:`~procmem.memory.base.EXAMPLES` index (each holds one episode per problem, so however often a problem
+        was solved one search finds enough); insights are read per nearest problem, patterns by one search, and
+        entries scoped to the task's suite by a filtered read. A fixed number of store calls, none of which reads a
+        whole level or widens, so the cost does not grow with the number of episodes (beyond the indexes'); a store
+        that groups reads (:meth:`~procmem.memory.base.VectorStoreBase.reading`) takes its lock once for all."""
         cfg = self.config.retrieval
         vector = embed_array(self.store.embedder, [task.prompt])[0]
-        fetch = max(4 * cfg.nearest_problems + 8, 2 * k + 4)
-        nearest = self.store.query_vector(EXPERIENCE, vector, k=fetch, where={"split": "train"})
-        successes = pick_examples([h.record for h in nearest if h.record.metadata.get("passed") is True], task, k)
-        if len(successes) < k and len(nearest) == fetch:  # too few successes among the nearest: look further
+        with self.store.reading() if isinstance(self.store, VectorStoreBase) else contextlib.nullcontext():
+            nearest = self.store.query_distinct(PROBLEMS, vector, k=cfg.nearest_problems + 1)  # + the task's own
             successes = ExperienceMemory(self.store).similar_successes(task, k, vector=vector)
-        examples = tuple(WorkedExample.from_episode(e) for e in successes)
-        return MemoryContext(examples, self._insights(task, nearest), self._patterns(task, vector))
+            examples = tuple(WorkedExample.from_episode(e) for e in successes)
+            return MemoryContext(examples, self._insights(task, nearest), self._patterns(task, vector))
 
     def _insights(self, task: Task, nearest: Sequence[ScoredRecord]) -> tuple[Advice, ...]:
-        """Insights of the nearest problems among ``nearest`` (train-split episodes, most similar first).
+        """Insights of the nearest problems among ``nearest`` (train-split episodes, one per problem, most similar
+        first).
 
         A verifier lesson about one problem ("the answer '46' was wrong 2 times here") reaches that problem
         only; what such lessons share across problems is their suite family's pattern."""

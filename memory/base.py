@@ -5,6 +5,8 @@ memory/ knows nothing about models beyond :class:`Embedder`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -14,7 +16,11 @@ from typing import Any, Literal, Protocol, get_args, runtime_checkable
 import numpy.typing as npt
 
 __all__ = [
+    "EXAMPLES",
+    "INDEXES",
     "LEVELS",
+    "PROBLEMS",
+    "DistinctIndex",
     "Embedder",
     "Level",
     "MemoryRecord",
@@ -24,6 +30,7 @@ __all__ = [
     "ScoredRecord",
     "VectorMemoryStore",
     "VectorStoreBase",
+    "search_distinct",
 ]
 
 Level = Literal["experience", "insight", "pattern"]
@@ -67,6 +74,58 @@ class ScoredRecord:
     record: MemoryRecord
     similarity: float
     """Cosine similarity to the query, in [-1, 1]; higher is closer."""
+
+
+def matches(metadata: Mapping[str, Any], where: Mapping[str, Scalar]) -> bool:
+    """Equality filter with the same typing as Chroma: True never equals 1."""
+    for key, want in where.items():
+        if key not in metadata:
+            return False
+        got = metadata[key]
+        if isinstance(got, bool) != isinstance(want, bool) or got != want:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class DistinctIndex:
+    """A derived index of one level: of the records of ``level`` whose metadata matches ``where`` and holds ``key``,
+    one per value of ``key`` (the group's representative). One search of it finds ``k`` records with ``k`` different
+    values, however many records share a value (repeated solves of one problem) and however few records match.
+
+    A store that keeps the index (:class:`~procmem.memory.ChromaStore`, :class:`~procmem.memory.InMemoryStore`)
+    takes the smallest id of each group as its representative and follows every write; others answer
+    :meth:`VectorMemoryStore.query_distinct` with :func:`search_distinct`, whose representative is the group's
+    nearest record."""
+
+    name: str
+    """Names the index (Chroma keeps it as the collection ``procmem_index_<name>``)."""
+    level: Level
+    where: Mapping[str, Scalar]
+    key: str
+
+    def group(self, metadata: Mapping[str, Any] | None) -> tuple[str, Scalar] | None:
+        """The group of a record with this metadata: ``(type name, value of key)`` (so that True and 1 differ), or None
+        when the record is not in the index."""
+        if metadata is None or self.key not in metadata or not matches(metadata, self.where):
+            return None
+        value = metadata[self.key]
+        return (type(value).__name__, value) if isinstance(value, str | int | float | bool) else None
+
+    def spec(self) -> str:
+        """What the index holds, as text: a store that finds another spec under the same name rebuilds it."""
+        where = sorted((key, type(value).__name__, value) for key, value in self.where.items())
+        return json.dumps({"level": self.level, "where": where, "key": self.key}, sort_keys=True)
+
+
+PROBLEMS = DistinctIndex("problems", "experience", {"split": "train"}, "problem")
+"""Train-split episodes, one per problem: the nearest problems, whose insights a task gets."""
+
+EXAMPLES = DistinctIndex("examples", "experience", {"passed": True, "split": "train"}, "problem")
+"""Verified train-split successes, one per problem: the worked examples a task gets."""
+
+INDEXES: tuple[DistinctIndex, ...] = (PROBLEMS, EXAMPLES)
+"""The derived indexes the agent's retrieval searches; the stores that keep indexes keep these."""
 
 
 @runtime_checkable
@@ -118,6 +177,12 @@ class VectorMemoryStore(MemoryStore, Protocol):
         self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
     ) -> list[ScoredRecord]: ...
 
+    def query_distinct(self, index: DistinctIndex, vector: npt.ArrayLike, *, k: int) -> list[ScoredRecord]:
+        """The ``k`` records of ``index`` nearest to ``vector``, one per group (see :class:`DistinctIndex`),
+        nearest first. A store that keeps the index answers with one search; the others with
+        :func:`search_distinct` (what :class:`VectorStoreBase` does unless a subclass overrides it)."""
+        ...
+
     def exclusive(self) -> AbstractContextManager[None]:
         """A section in which no other writer of this store runs: a read-then-write inside it (a merge on
         write) cannot lose a concurrent update. Reentrant. Across processes for the embedded store; across
@@ -165,6 +230,12 @@ class VectorStoreBase(ABC):
         self, level: Level, vector: npt.ArrayLike, *, k: int, where: Mapping[str, Scalar] | None = None
     ) -> list[ScoredRecord]: ...
 
+    def query_distinct(self, index: DistinctIndex, vector: npt.ArrayLike, *, k: int) -> list[ScoredRecord]:
+        """The ``k`` records of ``index`` nearest to ``vector``, one per group, nearest first: by default
+        :func:`search_distinct` (filtered searches, widened until ``k`` groups are found); override it with one
+        search of an index the store keeps."""
+        return search_distinct(self, index, vector, k=k)
+
     @abstractmethod
     def scan(self, level: Level, *, where: Mapping[str, Scalar] | None = None) -> Iterator[MemoryRecord]: ...
 
@@ -174,5 +245,32 @@ class VectorStoreBase(ABC):
     @abstractmethod
     def exclusive(self) -> AbstractContextManager[None]: ...
 
+    def reading(self) -> AbstractContextManager[None]:
+        """Optional: a section that groups several reads (the agent's retrieval opens one around its store calls), for a
+        store whose calls each pay a fixed cost (a lock, a round trip). By default nothing."""
+        return contextlib.nullcontext()
+
     @abstractmethod
     def close(self) -> None: ...
+
+
+def search_distinct(store: VectorMemoryStore | VectorStoreBase, index: DistinctIndex, vector: npt.ArrayLike, *,
+                    k: int) -> list[ScoredRecord]:
+    """:meth:`VectorMemoryStore.query_distinct` for a store that does not keep ``index``: filtered searches of the
+    level, four times wider each time, until ``k`` groups are among the hits (or the level has no more); each group
+    is represented by its nearest record."""
+    if k <= 0:
+        return []
+    fetch = 2 * k + 4
+    while True:
+        hits = store.query_vector(index.level, vector, k=fetch, where=index.where)
+        chosen: dict[tuple[str, Scalar], ScoredRecord] = {}
+        for hit in hits:
+            group = index.group(hit.record.metadata)
+            if group is not None:
+                chosen.setdefault(group, hit)
+                if len(chosen) == k:
+                    return list(chosen.values())
+        if len(hits) < fetch:
+            return list(chosen.values())
+        fetch *= 4

@@ -19,6 +19,13 @@ in process memory (:class:`~procmem.memory.numpy_store.InMemoryStore`) and searc
 than Chroma below that size, and exact. The mirror follows this process's writes and is dropped when
 another process writes (the generation token changes); while other processes keep writing, none is rebuilt.
 
+Derived indexes (:data:`~procmem.memory.base.INDEXES`): each is a collection of its own,
+``procmem_index_<name>``, holding a copy of each group's representative (the smallest id), written in the same
+session as the write to its level that changes it; a search of it finds ``k`` distinct problems in one HNSW query
+(:meth:`ChromaStore.query_distinct`). A memory made before an index existed gets it filled when it is opened (the
+migration: chunked, each chunk its own locked session; a process stopped half way leaves what it wrote and the next
+open goes on from there); until the fill is complete, searches take the widening path instead.
+
 Never Chroma's default embedding function (it downloads a model): collections are created with
 ``embedding_function=None`` and every vector comes from this store's :class:`Embedder`.
 """
@@ -29,6 +36,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import os
 import random
 import socket
@@ -64,6 +72,8 @@ from procmem.memory._records import (
     unique,
 )
 from procmem.memory.base import (
+    INDEXES,
+    DistinctIndex,
     Embedder,
     Level,
     MemoryRecord,
@@ -71,6 +81,7 @@ from procmem.memory.base import (
     Scalar,
     ScoredRecord,
     VectorStoreBase,
+    search_distinct,
 )
 from procmem.memory.embedding import embed_array
 from procmem.memory.numpy_store import InMemoryStore
@@ -80,7 +91,13 @@ __all__ = ["EXACT_MAX", "HNSW", "ChromaStore", "local_chroma_server"]
 T = TypeVar("T")
 
 _PAYLOAD_KEY = f"{RESERVED_PREFIX}_payload"
+_ORIGINAL_ID_KEY = f"{RESERVED_PREFIX}_id"
+"""In an index collection: the id of the record a copy stands for (the copy's own id names its group)."""
 _EMBEDDER_KEY = "procmem_embedder"
+_INDEX_SPEC_KEY = "procmem_index"
+_INDEX_COMPLETE_KEY = "procmem_index_complete"
+_FILL_CHUNK = 500
+"""Representatives copied per locked session while an index is filled."""
 _LOCK_FILE = "procmem.lock"
 _GENERATION_FILE = "procmem.generation"
 _OWN_FILES = {_LOCK_FILE, _GENERATION_FILE, f"{_LOCK_FILE}.tmp", f"{_GENERATION_FILE}.tmp"}
@@ -93,6 +110,7 @@ _WRITE_CHUNK = 1000
 _SCAN_PAGE = 1000
 _OVERFETCH_CAP = 256
 _INCLUDE: Any = ["documents", "metadatas"]
+_log = logging.getLogger("procmem.memory")
 
 HNSW: dict[str, int] = {"max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
 """HNSW parameters of new collections (M, build and search beam widths); Chroma's defaults are (16, 100, 100).
@@ -117,6 +135,38 @@ def _collection_name(level: Level) -> str:
     return f"procmem_{level}"
 
 
+def _index_name(index: DistinctIndex) -> str:
+    return f"procmem_index_{index.name}"
+
+
+def _mirror_name(index: DistinctIndex) -> str:
+    """The name of an index's exact in-process mirror (a level's mirror is named by the level)."""
+    return f"index:{index.name}"
+
+
+def _group_id(group: tuple[str, Scalar]) -> str:
+    """The id of a group's copy in an index collection."""
+    return f"{group[0]}:{group[1]}"
+
+
+def _kept(index: DistinctIndex) -> bool:
+    """Whether this store keeps ``index`` (one of :data:`~procmem.memory.base.INDEXES`, spec and all)."""
+    return any(kept.name == index.name and kept.spec() == index.spec() for kept in INDEXES)
+
+
+def _complete(side: Any) -> bool:
+    return (side.metadata or {}).get(_INDEX_COMPLETE_KEY) is True
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A record as Chroma holds it: raw metadata (payload included), document, and vector when at hand."""
+
+    metadata: Mapping[str, Any]
+    document: str | None
+    vector: Any = None
+
+
 @dataclass(frozen=True)
 class _Hit:
     id: str
@@ -135,6 +185,7 @@ class _Connection:
         self.lock = threading.RLock()
         self._client: Any = None
         self._collections: dict[Level, Any] = {}
+        self._indexes: dict[str, Any] = {}
 
     def _connect(self) -> Any:
         raise NotImplementedError
@@ -174,23 +225,54 @@ class _Connection:
             self._collections[level] = col
         return self._collections[level]
 
-    def mirror(self, level: Level, col: Any, embedder: Embedder, load: Callable[[Any, InMemoryStore], None]
+    def index(self, index: DistinctIndex, identity: str, *, create: Callable[[], bool] | None = None) -> Any:
+        """The collection of ``index``; None when there is none, or it holds another spec. With ``create`` (only in a
+        write session: making or dropping a collection is a write), one is made when there is none, complete when
+        ``create()`` says its level holds nothing yet; one of another spec is dropped first. Only complete ones are
+        kept open: an incomplete one is looked up again each time, to see when another process completes it."""
+        from chromadb.errors import NotFoundError
+
+        name = _index_name(index)
+        if name in self._indexes:
+            return self._indexes[name]
+        try:
+            side: Any = self.client().get_collection(name, embedding_function=None)
+        except NotFoundError:
+            side = None
+        if side is not None and (side.metadata or {}).get(_INDEX_SPEC_KEY) != index.spec():
+            if create is None:
+                return None
+            self.client().delete_collection(name)
+            side = None
+        if side is None:
+            if create is None:
+                return None
+            side = self.client().get_or_create_collection(
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine", **HNSW}},
+                metadata={_EMBEDDER_KEY: identity, _INDEX_SPEC_KEY: index.spec(), _INDEX_COMPLETE_KEY: create()})
+        if _complete(side):
+            self._indexes[name] = side
+        return side
+
+    def mirror(self, name: str, col: Any, embedder: Embedder, load: Callable[[Any, InMemoryStore], None]
                ) -> InMemoryStore | None:
-        """The exact in-memory copy of ``level``, loaded on first use; None when there is none (remote, or too
-        big). Only the embedded connection keeps mirrors."""
+        """The exact in-memory copy of collection ``col`` (a level, by its name; an index, by :func:`_mirror_name`),
+        loaded on first use; None when there is none (remote, or too big). Only the embedded connection keeps
+        mirrors."""
         return None
 
-    def mirrored(self, level: Level) -> InMemoryStore | None:
-        """The mirror of ``level`` if one is loaded (never loads one)."""
+    def mirrored(self, name: str) -> InMemoryStore | None:
+        """The mirror named ``name`` if one is loaded (never loads one)."""
         return None
 
-    def forget(self, level: Level) -> None:
-        """Drop the mirror of ``level`` (it grew too big, or is no longer known to be complete)."""
+    def forget(self, name: str) -> None:
+        """Drop the mirror named ``name`` (it grew too big, or is no longer known to be complete)."""
 
     def reset(self) -> None:
         """Drop the client so that the next session opens a fresh one."""
         client, self._client = self._client, None
         self._collections.clear()
+        self._indexes.clear()
         if client is not None:
             with contextlib.suppress(Exception):  # closing a broken client must not hide the real error
                 client.close()
@@ -223,26 +305,28 @@ class _EmbeddedConnection(_Connection):
         self.users = 0
         self._file_lock = FileLock(str(path / _LOCK_FILE), timeout=_LOCK_TIMEOUT_S, thread_local=False)
         self._generation: str | None = None
-        self._mirrors: dict[Level, InMemoryStore | None] = {}
+        self._mirrors: dict[str, InMemoryStore | None] = {}
         self._quiet = _QUIET_SESSIONS  # sessions in a row without another process's write
+        self._depth = 0  # sessions open in the thread that holds self.lock
+        self._wrote = False  # whether one of them wrote
 
-    def mirror(self, level: Level, col: Any, embedder: Embedder, load: Callable[[Any, InMemoryStore], None]
+    def mirror(self, name: str, col: Any, embedder: Embedder, load: Callable[[Any, InMemoryStore], None]
                ) -> InMemoryStore | None:
-        if level not in self._mirrors:
+        if name not in self._mirrors:
             if self._quiet < _QUIET_SESSIONS:  # other processes write now: a mirror would be reloaded each time
                 return None
             mirror: InMemoryStore | None = None
             if col.count() <= EXACT_MAX:
                 mirror = InMemoryStore(embedder)
                 load(col, mirror)
-            self._mirrors[level] = mirror
-        return self._mirrors[level]
+            self._mirrors[name] = mirror
+        return self._mirrors[name]
 
-    def mirrored(self, level: Level) -> InMemoryStore | None:
-        return self._mirrors.get(level)
+    def mirrored(self, name: str) -> InMemoryStore | None:
+        return self._mirrors.get(name)
 
-    def forget(self, level: Level) -> None:
-        self._mirrors.pop(level, None)
+    def forget(self, name: str) -> None:
+        self._mirrors.pop(name, None)
 
     def reset(self) -> None:
         self._mirrors.clear()
@@ -256,7 +340,17 @@ class _EmbeddedConnection(_Connection):
 
     @contextlib.contextmanager
     def session(self, *, write: bool) -> Iterator[None]:
+        """The file lock and a fresh client; a session inside a session of the same thread (a grouped read, an
+        exclusive section) costs nothing, and the outermost one stamps the generation if any of them wrote."""
         with self.lock:
+            if self._depth:
+                self._depth += 1
+                self._wrote = self._wrote or write
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
             try:
                 self._file_lock.acquire()
             except Timeout as err:
@@ -264,6 +358,7 @@ class _EmbeddedConnection(_Connection):
                                    where=self._file_lock.lock_file,
                                    fix="wait for the other procmem process, or share memory through a Chroma "
                                        "server with --chroma-url") from err
+            self._depth, self._wrote = 1, write
             try:
                 current = self._read_generation()
                 if current != self._generation:  # another process wrote: our client is stale
@@ -276,9 +371,10 @@ class _EmbeddedConnection(_Connection):
                 try:
                     yield
                 finally:
-                    if write:
+                    if self._wrote:
                         self._generation = self._write_generation()
             finally:
+                self._depth = 0
                 self._file_lock.release()
 
     def _read_generation(self) -> str | None:
@@ -452,6 +548,7 @@ class ChromaStore(VectorStoreBase):
         store = cls(conn, embedder)
         try:
             conn.run(False, lambda: None)  # open now, so a bad directory fails here and not mid-run
+            store._prepare_indexes()
         except BaseException:
             store.close()
             raise
@@ -462,7 +559,9 @@ class ChromaStore(VectorStoreBase):
         """Connect to a Chroma server at ``url`` (``http://host:port``)."""
         conn = _RemoteConnection(url)
         conn.run(False, lambda: None)
-        return cls(conn, embedder)
+        store = cls(conn, embedder)
+        store._prepare_indexes()
+        return store
 
     @property
     def embedder(self) -> Embedder:
@@ -513,8 +612,13 @@ class ChromaStore(VectorStoreBase):
 
     def _upsert_chunk(self, level: Level, records: list[MemoryRecord], vectors: npt.NDArray[np.float32], col: Any,
                       *, metadatas: list[dict[str, Any]]) -> None:
-        _upsert(col, ids=[r.id for r in records], embeddings=vectors, documents=[r.text for r in records],
-                metadatas=metadatas)
+        sides = self._sides(level, col)
+        before = _upsert(col, ids=[r.id for r in records], embeddings=vectors, documents=[r.text for r in records],
+                         metadatas=metadatas)
+        if sides:
+            after = {r.id: _Row(meta, r.text, vector) for r, meta, vector in zip(records, metadatas, vectors,
+                                                                                  strict=True)}
+            self._keep_indexes(sides, col, before, after)
         mirror = self._conn.mirrored(level)
         if mirror is not None:
             mirror.upsert_vectors(records, vectors)
@@ -527,6 +631,7 @@ class ChromaStore(VectorStoreBase):
             return []
 
         def read_change_write(col: Any) -> list[MemoryRecord]:
+            sides = self._sides(level, col)
             found = col.get(ids=ids, include=_INCLUDE)
             by_id = {i: self._record(level, i, doc, meta) for i, doc, meta in
                      zip(found["ids"], found["documents"], found["metadatas"], strict=True)}
@@ -538,6 +643,11 @@ class ChromaStore(VectorStoreBase):
             changed = [(r, c) for r, c in zip(records, changes, strict=True) if c]
             if changed:  # Chroma merges an update's metadata into the stored one: only the changed keys go
                 col.update(ids=[r.id for r, _ in changed], metadatas=[c for _, c in changed])
+                if sides:
+                    raw = {i: (doc, meta or {}) for i, doc, meta in zip(found["ids"], found["documents"],
+                                                                       found["metadatas"], strict=True)}
+                    self._keep_indexes(sides, col, {r.id: raw[r.id][1] for r, _ in changed},
+                                       {r.id: _Row({**raw[r.id][1], **c}, raw[r.id][0]) for r, c in changed})
                 mirror = self._conn.mirrored(level)
                 if mirror is not None:
                     for record, new in changed:
@@ -559,18 +669,30 @@ class ChromaStore(VectorStoreBase):
             self._write(level, functools.partial(self._delete_chunk, level, list(ids[start:start + _WRITE_CHUNK])))
 
     def _delete_chunk(self, level: Level, ids: list[str], col: Any) -> None:
+        sides = self._sides(level, col)
+        before: dict[str, Mapping[str, Any]] = {}
+        if sides:
+            old = col.get(ids=ids, include=["metadatas"])
+            before = {i: meta or {} for i, meta in zip(old["ids"], old["metadatas"], strict=True)}
         col.delete(ids=ids)
+        if before:
+            self._keep_indexes(sides, col, before, dict.fromkeys(before))
         mirror = self._conn.mirrored(level)
         if mirror is not None:
             mirror.delete(level, ids)
 
     def set_ef_search(self, level: Level, ef_search: int) -> None:
         """Set the HNSW search beam width of ``level`` (kept with the collection, for every process that opens it
-        later): higher finds more of the true nearest neighbours and searches slower. This process reopens its
-        client, since Chroma keeps an open index's width. Chroma's default (100) is raised to ``HNSW``'s on open."""
+        later): higher finds more of the true nearest neighbours and searches slower; the level's derived indexes get
+        the same width. This process reopens its client, since Chroma keeps an open index's width. Chroma's default
+        (100) is raised to ``HNSW``'s on open."""
         if not 1 <= ef_search <= 100_000:
             raise ValueError(f"ef_search must be in 1..100000, got {ef_search}")
-        self._write(level, lambda col: col.modify(configuration={"hnsw": {"ef_search": ef_search}}))
+        def modify(col: Any) -> None:
+            for side in [col, *(s for _, s in self._sides(level, col, create=False))]:
+                side.modify(configuration={"hnsw": {"ef_search": ef_search}})
+
+        self._write(level, modify)
         with self._conn.lock:
             self._conn.reset()
 
@@ -657,6 +779,259 @@ class ChromaStore(VectorStoreBase):
 
         return self._read(level, op)
 
+    def query_distinct(self, index: DistinctIndex, vector: npt.ArrayLike, *, k: int) -> list[ScoredRecord]:
+        """One search: the exact mirror's groups when the level is mirrored, else one HNSW query of the index's own
+        collection. An index this store does not keep, or one still being filled, is searched by
+        :func:`~procmem.memory.base.search_distinct`."""
+        query = as_vector(vector, self._embedder)
+        check_level(index.level)
+        if k <= 0:
+            return []
+
+        def op(col: Any) -> list[ScoredRecord] | None:
+            mirror = self._mirror(index.level, col)
+            if mirror is not None:
+                return mirror.query_distinct(index, query, k=k)
+            side = self._conn.index(index, self._identity) if _kept(index) else None
+            if side is None or not _complete(side):
+                return None
+            copies = self._conn.mirror(_mirror_name(index), side, self._embedder,
+                                       functools.partial(self._load_copies, index))
+            if copies is not None:  # few enough groups: searched exactly in process memory
+                return copies.query_vector(index.level, query, k=k)
+            found = side.query(query_embeddings=query[None, :], n_results=k,
+                               include=["documents", "metadatas", "distances"])
+            return [ScoredRecord(self._copy_record(index.level, doc, meta), 1.0 - distance)
+                    for doc, meta, distance in zip(found["documents"][0], found["metadatas"][0],
+                                                   found["distances"][0], strict=True)]
+
+        hits = self._read(index.level, op)
+        return search_distinct(self, index, query, k=k) if hits is None else hits
+
+    # --- derived indexes ------------------------------------------------------------------------
+
+    def _sides(self, level: Level, col: Any, *, create: bool = True) -> list[tuple[DistinctIndex, Any]]:
+        """The collections of the indexes of ``level``, in a write session before ``col`` is written (a missing one is
+        made, complete when ``col`` is empty; with ``create=False`` only the existing ones)."""
+        sides = []
+        for index in INDEXES:
+            if index.level == level:
+                side = self._conn.index(index, self._identity, create=(lambda: col.count() == 0) if create else None)
+                if side is not None:
+                    sides.append((index, side))
+        return sides
+
+    def _keep_indexes(self, sides: list[tuple[DistinctIndex, Any]], col: Any, before: Mapping[str, Mapping[str, Any]],
+                      after: Mapping[str, _Row | None]) -> None:
+        """Bring the indexes in step with a write to ``col`` that is done: ``before`` holds the raw metadata of the
+        written records that existed, ``after`` every written id with what it holds now (None: deleted).
+
+        A group's copy changes only when its representative (smallest id) does, or is itself rewritten; only a
+        representative that left its group makes a filtered read of the level, for the next smallest."""
+        for index, side in sides:
+            touched: dict[str, tuple[str, Scalar]] = {}
+            for record_id, row in after.items():
+                for meta in (before.get(record_id), row.metadata if row is not None else None):
+                    group = index.group(meta)
+                    if group is not None:
+                        touched[_group_id(group)] = group
+            if not touched:
+                continue
+            found = side.get(ids=list(touched), include=["metadatas"])
+            held = {gid: meta or {} for gid, meta in zip(found["ids"], found["metadatas"], strict=True)}
+            current = {gid: str(meta.get(_ORIGINAL_ID_KEY, "")) for gid, meta in held.items()}
+            members: dict[str, list[str]] = {}
+            for record_id, row in after.items():
+                group = index.group(row.metadata) if row is not None else None
+                if group is not None:
+                    members.setdefault(_group_id(group), []).append(record_id)
+            chosen: dict[str, str | None] = {}
+            for gid, group in touched.items():
+                rep = current.get(gid)
+                mine = members.get(gid, [])
+                if rep is not None and rep in after and rep not in mine:  # the representative left its group
+                    chosen[gid] = self._smallest(col, index, group)
+                elif mine or rep is not None:
+                    best = min([*mine, *([rep] if rep is not None else [])])
+                    if best != rep or best in after:
+                        chosen[gid] = best
+            self._write_copies(index, side, col, chosen, held, after)
+
+    def _smallest(self, col: Any, index: DistinctIndex, group: tuple[str, Scalar]) -> str | None:
+        """The smallest id in ``group`` now (a filtered read of the whole level)."""
+        found = col.get(where=_chroma_where({**index.where, index.key: group[1]}), include=[])["ids"]
+        return min(found) if found else None
+
+    def _write_copies(self, index: DistinctIndex, side: Any, col: Any, chosen: Mapping[str, str | None],
+                      held: Mapping[str, Mapping[str, Any]], known: Mapping[str, _Row | None]) -> None:
+        """Make ``side`` hold, for each group id in ``chosen``, a copy of the chosen record (None: no copy); ``held`` is
+        the metadata of the copies there now (at least those of ``chosen``). A copy of the same record whose vector is
+        not at hand (a metadata update) gets its metadata updated in place: Chroma merges it, and an update only ever
+        sets keys."""
+        current = {gid: str(meta.get(_ORIGINAL_ID_KEY, "")) for gid, meta in held.items()}
+        mirror = self._conn.mirrored(_mirror_name(index))
+        if mirror is not None:  # the copies it leaves: the ones replaced or dropped, and the rewritten ones
+            mirror.delete(index.level, [current[gid] for gid in chosen if gid in current])
+        drop = [gid for gid, rid in chosen.items() if rid is None]
+        if drop:
+            side.delete(ids=drop)
+        write = {gid: rid for gid, rid in chosen.items() if rid is not None}
+        same = {gid: rid for gid, rid in write.items()
+                if current.get(gid) == rid and (row := known.get(rid)) is not None and row.vector is None}
+        if same:
+            rows = [known[rid] for rid in same.values()]
+            side.update(ids=list(same), metadatas=[{**row.metadata, _ORIGINAL_ID_KEY: rid}  # type: ignore[union-attr]
+                                                   for rid, row in zip(same.values(), rows, strict=True)])
+            if mirror is not None:  # a metadata update: the vector stays, read it back from the index
+                self._mirror_copies(index, mirror, side, list(same))
+        rest = {gid: rid for gid, rid in write.items() if gid not in same}
+        if not rest:
+            self._check_mirror_size(index, mirror)
+            return
+        rows = {rid: row for rid in rest.values() if (row := known.get(rid)) is not None and row.vector is not None}
+        missing = sorted({rid for rid in rest.values() if rid not in rows})
+        if missing:
+            found = col.get(ids=missing, include=["embeddings", *_INCLUDE])
+            rows.update({i: _Row(meta or {}, doc, vector) for i, doc, meta, vector in
+                         zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"], strict=True)})
+        ids = [gid for gid, rid in rest.items() if rid in rows]
+        lost = [gid for gid in rest if gid not in ids]  # its record went meanwhile: the next write there mends it
+        if lost:
+            side.delete(ids=lost)
+        if ids:
+            vectors = np.asarray([rows[rest[g]].vector for g in ids], dtype=np.float32)
+            _upsert(side, ids=ids, embeddings=vectors, documents=[rows[rest[g]].document or "" for g in ids],
+                    metadatas=[{**rows[rest[g]].metadata, _ORIGINAL_ID_KEY: rest[g]} for g in ids],
+                    before={g: held[g] for g in ids if g in held})
+            if mirror is not None:
+                mirror.upsert_vectors([self._record(index.level, rest[g], rows[rest[g]].document,
+                                                    rows[rest[g]].metadata) for g in ids], vectors)
+        self._check_mirror_size(index, mirror)
+
+    def _mirror_copies(self, index: DistinctIndex, mirror: InMemoryStore, side: Any, gids: list[str]) -> None:
+        """Copy the index's records ``gids`` into its mirror, as the index holds them now."""
+        found = side.get(ids=gids, include=["embeddings", *_INCLUDE])
+        if len(found["ids"]):
+            mirror.upsert_vectors([self._copy_record(index.level, doc, meta) for doc, meta in
+                                   zip(found["documents"], found["metadatas"], strict=True)],
+                                  np.asarray(found["embeddings"], dtype=np.float32))
+
+    def _check_mirror_size(self, index: DistinctIndex, mirror: InMemoryStore | None) -> None:
+        if mirror is not None and mirror.count(index.level) > EXACT_MAX:
+            self._conn.forget(_mirror_name(index))
+
+    def _load_copies(self, index: DistinctIndex, side: Any, mirror: InMemoryStore) -> None:
+        """Load an index's mirror: every copy, as the record it stands for."""
+        offset = 0
+        while True:
+            page = side.get(limit=5 * _SCAN_PAGE, offset=offset, include=["embeddings", *_INCLUDE])
+            if page["ids"]:
+                mirror.upsert_vectors([self._copy_record(index.level, doc, meta) for doc, meta in
+                                       zip(page["documents"], page["metadatas"], strict=True)],
+                                      np.asarray(page["embeddings"], dtype=np.float32))
+            if len(page["ids"]) < 5 * _SCAN_PAGE:
+                return
+            offset += 5 * _SCAN_PAGE
+
+    def _copy_record(self, level: Level, document: str | None, metadata: Mapping[str, Any] | None) -> MemoryRecord:
+        """The record an index copy stands for, as the level holds it."""
+        meta = dict(metadata or {})
+        return self._record(level, str(meta.pop(_ORIGINAL_ID_KEY, "")), document, meta)
+
+    def _prepare_indexes(self) -> None:
+        """The migration on open: fill each kept index that this memory's level has records for and that is not
+        complete (a memory made before the index; an index whose spec changed; a fill that was stopped)."""
+        for index in INDEXES:
+            if self._conn.run(False, functools.partial(self._needs_fill, index)):
+                self._fill(index)
+
+    def _needs_fill(self, index: DistinctIndex) -> bool:
+        from chromadb.errors import NotFoundError
+
+        try:
+            col = self._conn.client().get_collection(_collection_name(index.level), embedding_function=None)
+        except NotFoundError:
+            return False  # nothing written yet: the first write makes the index, complete
+        if (col.metadata or {}).get(_EMBEDDER_KEY) != self._identity:
+            return False  # another embedder's memory: every use reports it (see _collection)
+        side = self._conn.index(index, self._identity)
+        if side is not None and _complete(side):
+            return False
+        return side is not None or col.count() > 0
+
+    def _fill(self, index: DistinctIndex) -> None:
+        """Copy each group's representative into the index, a chunk per locked session (other processes go on
+        meanwhile, and their writes keep the index in step), then mark it complete. Resumable: copies already right
+        are left alone."""
+        start = time.perf_counter()
+        self._write(index.level, lambda col: self._sides(index.level, col))  # make the collection (a write)
+        wanted: dict[str, tuple[tuple[str, Scalar], str]] = {}  # group id: (group, smallest id)
+
+        def smallest_per_group(col: Any) -> None:
+            offset, where = 0, _chroma_where(index.where)
+            while True:
+                page = col.get(where=where, include=["metadatas"], limit=_SCAN_PAGE, offset=offset)
+                for record_id, meta in zip(page["ids"], page["metadatas"], strict=True):
+                    group = index.group(meta)
+                    if group is not None:
+                        gid = _group_id(group)
+                        if gid not in wanted or record_id < wanted[gid][1]:
+                            wanted[gid] = (group, record_id)
+                if len(page["ids"]) < _SCAN_PAGE:
+                    return
+                offset += _SCAN_PAGE
+
+        self._read(index.level, smallest_per_group)
+        held: dict[str, str] = {}  # what an earlier, stopped fill (or writes since) copied already
+
+        def copied(col: Any) -> None:
+            side, offset = self._conn.index(index, self._identity), 0
+            while side is not None:
+                page = side.get(include=["metadatas"], limit=_SCAN_PAGE, offset=offset)
+                held.update({gid: str((meta or {}).get(_ORIGINAL_ID_KEY, "")) for gid, meta in
+                             zip(page["ids"], page["metadatas"], strict=True)})
+                if len(page["ids"]) < _SCAN_PAGE:
+                    return
+                offset += _SCAN_PAGE
+
+        self._read(index.level, copied)
+        groups = sorted(gid for gid, (_, rid) in wanted.items() if gid not in held or rid < held[gid])
+        for lo in range(0, len(groups), _FILL_CHUNK):
+            chunk = {gid: wanted[gid] for gid in groups[lo:lo + _FILL_CHUNK]}
+            self._write(index.level, functools.partial(self._fill_chunk, index, chunk))
+
+        def mark_complete(col: Any) -> None:
+            side = self._conn.index(index, self._identity, create=lambda: False)
+            side.modify(metadata={**(side.metadata or {}), _INDEX_COMPLETE_KEY: True})
+
+        self._write(index.level, mark_complete)
+        _log.info("memory index %s filled: %d groups copied, %d there already, in %.1f s", index.name, len(groups),
+                  len(wanted) - len(groups), time.perf_counter() - start)
+
+    def _fill_chunk(self, index: DistinctIndex, wanted: Mapping[str, tuple[tuple[str, Scalar], str]], col: Any
+                    ) -> None:
+        """Copy the representatives of one chunk of groups, unless the index holds a smaller id already (written since
+        the snapshot by a write that kept it in step, or by an earlier fill)."""
+        side = self._conn.index(index, self._identity, create=lambda: False)
+        found = side.get(ids=list(wanted), include=["metadatas"])
+        held = {gid: meta or {} for gid, meta in zip(found["ids"], found["metadatas"], strict=True)}
+        current = {gid: str(meta.get(_ORIGINAL_ID_KEY, "")) for gid, meta in held.items()}
+        todo = {gid: rid for gid, (_, rid) in wanted.items() if gid not in current or rid < current[gid]}
+        if not todo:
+            return
+        found = col.get(ids=sorted(set(todo.values())), include=["embeddings", *_INCLUDE])
+        rows = {i: _Row(meta or {}, doc, vector) for i, doc, meta, vector in
+                zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"], strict=True)}
+        chosen: dict[str, str | None] = {}
+        for gid, rid in todo.items():
+            row = rows.get(rid)
+            group = index.group(row.metadata) if row is not None else None
+            if group is not None and _group_id(group) == gid:
+                chosen[gid] = rid
+            else:  # changed since the snapshot: look again
+                chosen[gid] = self._smallest(col, index, wanted[gid][0])
+        self._write_copies(index, side, col, chosen, held, rows)
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _nearest_matching(
@@ -719,6 +1094,7 @@ class ChromaStore(VectorStoreBase):
 
     def _read(self, level: Level, op: Callable[[Any], T]) -> T:
         self._check_open()
+        check_level(level)  # before the runner, which takes a ValueError inside for a Chroma server's failure
         return self._conn.run(False, lambda: op(self._collection(level)))
 
     def _write(self, level: Level, op: Callable[[Any], object]) -> None:
@@ -726,7 +1102,17 @@ class ChromaStore(VectorStoreBase):
 
     def _write_returning(self, level: Level, op: Callable[[Any], T]) -> T:
         self._check_open()
+        check_level(level)
         return self._conn.run(True, lambda: op(self._collection(level)))
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Group several reads into one session (reentrant): the embedded store takes its file lock and checks for
+        other processes' writes once for all of them instead of once per call (~1 ms each); writers in other
+        processes wait until it ends, so keep it short (the agent's retrieval holds it for its store calls)."""
+        self._check_open()
+        with self._conn.session(write=False):
+            yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -742,14 +1128,18 @@ class ChromaStore(VectorStoreBase):
             raise ValueError(f"this ChromaStore on {self.location} is closed")
 
 
-def _upsert(col: Any, *, ids: list[str], metadatas: list[dict[str, Any]], **columns: Any) -> None:
+def _upsert(col: Any, *, ids: list[str], metadatas: list[dict[str, Any]],
+            before: Mapping[str, Mapping[str, Any]] | None = None, **columns: Any) -> Mapping[str, Mapping[str, Any]]:
     """Upsert that replaces metadata: Chroma merges an upsert's metadata into the stored one, so keys the
-    new version lacks are sent as None, which deletes them."""
-    old = col.get(ids=ids, include=["metadatas"])
-    stale = {i: set(meta or {}) for i, meta in zip(old["ids"], old["metadatas"], strict=True)}
-    metadatas = [{**dict.fromkeys(stale.get(i, set()) - set(meta)), **meta} for i, meta in zip(ids, metadatas,
-                                                                                              strict=True)]
+    new version lacks are sent as None, which deletes them. Returns the metadata the records had before (those
+    that existed), read first unless the caller knows it (``before``)."""
+    if before is None:
+        old = col.get(ids=ids, include=["metadatas"])
+        before = {i: meta or {} for i, meta in zip(old["ids"], old["metadatas"], strict=True)}
+    metadatas = [{**dict.fromkeys(set(before.get(i, {})) - set(meta)), **meta} for i, meta in zip(ids, metadatas,
+                                                                                                 strict=True)]
     col.upsert(ids=ids, metadatas=metadatas, **columns)
+    return before
 
 
 

@@ -15,8 +15,9 @@ deterministic (similarity is lexical, which is all these checks need); override 
                 yield s
 
 Stores that also implement :class:`~procmem.memory.VectorMemoryStore` (``upsert_vectors``,
-``query_vector``, ``exclusive``; e.g. subclasses of :class:`~procmem.memory.VectorStoreBase`) run the
-vector checks too; the others skip them.
+``query_vector``, ``query_distinct``, ``exclusive``; e.g. subclasses of :class:`~procmem.memory.VectorStoreBase`) run
+the vector checks too, the derived indexes (:class:`~procmem.memory.base.DistinctIndex`) among them; the others skip
+them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import pytest
 
 from procmem.memory import (
     LEVELS,
+    DistinctIndex,
     Embedder,
     HashingEmbedder,
     MemoryRecord,
     MemoryStore,
     VectorMemoryStore,
 )
+from procmem.memory.base import EXAMPLES
 
 __all__ = ["MemoryStoreConformance"]
 
@@ -67,6 +70,45 @@ def _fill(store: MemoryStore) -> list[MemoryRecord]:
 def _random_unit(rows: int, dim: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+_BY_COLOUR = DistinctIndex("by-colour", "pattern", {"kept": True}, "colour")
+"""An index no store keeps on its own: answered by whatever path the store has for indexes it does not keep."""
+
+
+def _grouped(store: VectorMemoryStore, index: DistinctIndex) -> np.ndarray:
+    """Records of ``index.level`` around a query vector (returned): 300 of group ``crowd`` right at it, then the groups
+    g1..g5 ever farther (3 records each), and nearer than g1 records the index must leave out (not matching its filter,
+    or without its key)."""
+    dim = store.embedder.dim
+    basis = np.linalg.qr(np.random.default_rng(3).normal(size=(dim, 8)))[0].T.astype(np.float32)  # orthonormal rows
+    query = basis[0]
+    match_key, match_value = next(iter(index.where.items()))
+
+    def vector(distance: float, jitter: int) -> np.ndarray:
+        v = query + distance * basis[1 + jitter % 6] + 1e-3 * jitter * basis[7]
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    records: list[MemoryRecord] = []
+    vectors: list[np.ndarray] = []
+
+    def add(record_id: str, group: str | None, distance: float, jitter: int, *, matching: bool = True) -> None:
+        meta: dict[str, Any] = dict(index.where) if matching else {match_key: "no" if match_value != "no" else "nope"}
+        if group is not None:
+            meta[index.key] = group
+        records.append(MemoryRecord(id=record_id, level=index.level, text=f"{group} {record_id}", metadata=meta,
+                                    payload={"group": group}))
+        vectors.append(vector(distance, jitter))
+
+    for i in range(300):
+        add(f"crowd-{i:03d}", "crowd", 0.01, i)
+    add("unmatched", "unmatched", 0.05, 1, matching=False)
+    add("keyless", None, 0.05, 2)
+    for g in range(1, 6):
+        for j in range(3):
+            add(f"g{g}-{j}", f"g{g}", 0.2 * g, j)
+    store.upsert_vectors(records, np.stack(vectors))
+    return query
 
 
 class MemoryStoreConformance:
@@ -267,6 +309,55 @@ class MemoryStoreConformance:
             list(pool.map(write, range(4)))
         assert store.count("experience") == 40
         assert all(store.count("experience", where={"worker": w}) == 10 for w in range(4))
+
+    # --- derived indexes ----------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("index", [EXAMPLES, _BY_COLOUR], ids=["kept", "not-kept"])
+    def test_query_distinct_finds_k_groups_however_many_records_one_holds(self, store: MemoryStore,
+                                                                          index: DistinctIndex) -> None:
+        if not isinstance(store, VectorMemoryStore):
+            pytest.skip("query_distinct belongs to VectorMemoryStore")
+        query = _grouped(store, index)
+        hits = store.query_distinct(index, query, k=3)
+        assert [h.record.metadata[index.key] for h in hits] == ["crowd", "g1", "g2"]
+        sims = [h.similarity for h in hits]
+        assert sims == sorted(sims, reverse=True)
+        for hit in hits:  # each is a record of its group, exactly as the level holds it
+            assert store.get(index.level, [hit.record.id]) == [hit.record]
+            assert hit.record.payload == {"group": hit.record.metadata[index.key]}
+        assert [h.record.metadata[index.key] for h in store.query_distinct(index, query, k=100)] == [
+            "crowd", "g1", "g2", "g3", "g4", "g5"]
+        assert store.query_distinct(index, query, k=0) == []
+
+    @pytest.mark.parametrize("index", [EXAMPLES, _BY_COLOUR], ids=["kept", "not-kept"])
+    def test_query_distinct_follows_every_write(self, store: MemoryStore, index: DistinctIndex) -> None:
+        if not isinstance(store, VectorMemoryStore):
+            pytest.skip("query_distinct belongs to VectorMemoryStore")
+        query = _grouped(store, index)
+        (match_key, _), *_ = index.where.items()
+
+        def groups() -> list[str]:
+            hits = store.query_distinct(index, query, k=4)
+            for hit in hits:
+                assert store.get(index.level, [hit.record.id]) == [hit.record]
+            return [str(h.record.metadata[index.key]) for h in hits]
+
+        for _ in range(2):  # deleting the record that stands for g1 leaves g1 to another of its records, twice
+            shown = next(h.record.id for h in store.query_distinct(index, query, k=2) if h.record.id.startswith("g1"))
+            store.delete(index.level, [shown])
+            assert groups() == ["crowd", "g1", "g2", "g3"]
+        store.update(index.level, ["g1-0", "g1-1", "g1-2"], lambda r: {match_key: "elsewhere"})  # g1 leaves
+        assert groups() == ["crowd", "g2", "g3", "g4"]
+        store.update(index.level, ["g1-2"], lambda r: dict(index.where))  # one record of g1 is back
+        assert groups() == ["crowd", "g1", "g2", "g3"]
+        store.update(index.level, ["g1-2"], lambda r: {"note": "seen"})  # metadata the index does not look at
+        assert next(h for h in store.query_distinct(index, query, k=2) if h.record.id == "g1-2"
+                    ).record.metadata["note"] == "seen"
+        moved = store.get(index.level, ["g2-0", "g2-1", "g2-2"])
+        store.upsert([MemoryRecord(r.id, r.level, r.text, {**r.metadata, index.key: "g9"}, r.payload) for r in moved])
+        assert groups()[:2] == ["crowd", "g1"] and "g2" not in groups()  # upserted under another key: g2 is gone
+        store.delete(index.level, [f"crowd-{i:03d}" for i in range(300)])
+        assert groups()[0] == "g1"
 
     # --- bad input --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from procmem.core import Attempt, Episode, GenerationConfig, Task, Verdict
 from procmem.memory._entries import Entry, entry_id
@@ -103,3 +104,21 @@ def entry(text: str, *, kind: str = "strategy", problem: str = "p-one", split: s
                  problem=problem if level == "insight" else "", problem_ids=(problem,),
                  source_episode_ids=tuple(episodes), evidence={problem: {"episodes": 1, "passed": 1, "attempts": 1}},
                  created_at=updated_at, updated_at=updated_at, **fields)
+
+
+def index_contents(store: Any, index: Any) -> dict[str, str]:
+    """What a ChromaStore's index collection holds: group id -> the id of the record its copy stands for."""
+    side = store._conn.client().get_collection(f"procmem_index_{index.name}", embedding_function=None)
+    held = side.get(include=["metadatas"])
+    return {gid: meta["_procmem_id"] for gid, meta in zip(held["ids"], held["metadatas"], strict=True)}
+
+
+def index_expected(records: Sequence[Any], index: Any) -> dict[str, str]:
+    """What an index must hold for these records: each group's representative, its smallest id."""
+    found: dict[str, str] = {}
+    for record in records:
+        group = index.group(record.metadata)
+        if group is not None:
+            gid = f"{group[0]}:{group[1]}"
+            found[gid] = min(found.get(gid, record.id), record.id)
+    return found

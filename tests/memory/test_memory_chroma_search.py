@@ -23,6 +23,35 @@ class TestChromaStoreThroughHnsw(MemoryStoreConformance):
             yield s
 
 
+class TestChromaStoreWithMirroredIndexes(MemoryStoreConformance):
+    """Levels too big to mirror (past 50 entries) beside indexes small enough to be: the indexes are searched exactly
+    in process memory, and their mirrors follow every write."""
+
+    @pytest.fixture
+    def store(self, embedder: HashingEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[ChromaStore]:
+        monkeypatch.setattr(chroma_module, "EXACT_MAX", 50)
+        with ChromaStore.embedded(tmp_path / "chroma", embedder) as s:
+            yield s
+
+
+def test_an_index_small_enough_is_searched_in_process_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from procmem.memory.base import EXAMPLES
+
+    monkeypatch.setattr(chroma_module, "EXACT_MAX", 50)
+    embedder = HashingEmbedder()
+    records = [MemoryRecord(id=f"e{i:03d}", level="experience", text=f"What is {i % 20} + {i % 20 + 3}?",
+                            metadata={"split": "train", "passed": True, "problem": f"p{i % 20}"}) for i in range(200)]
+    with ChromaStore.embedded(tmp_path / "chroma", embedder) as store:
+        store.upsert(records)
+        query = embedder.embed(["What is 4 + 7?"])[0]
+        hits = store.query_distinct(EXAMPLES, query, k=3)
+        assert store._conn.mirrored("experience") is None  # 200 entries: the level is searched by HNSW
+        assert store._conn.mirrored("index:examples") is not None  # 20 groups: the index is mirrored
+        assert len({h.record.metadata["problem"] for h in hits}) == 3
+        assert all(h.record == store.get("experience", [h.record.id])[0] for h in hits)
+
+
 def test_new_collections_get_the_tuned_hnsw_parameters(tmp_path: Path) -> None:
     with ChromaStore.embedded(tmp_path / "chroma", HashingEmbedder()) as store:
         store.upsert([MemoryRecord(id="a", level="experience", text="What is 3 + 4?")])

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from memory_helpers import index_contents, index_expected
 
 from procmem.memory import ChromaStore, HashingEmbedder, MemoryRecord, ProceduralMemory
+from procmem.memory.base import INDEXES
 from procmem.memory.chroma_store import local_chroma_server
 
 WRITES = 60  # records per writer process, written in batches of BATCH so that the writers interleave
@@ -145,6 +147,9 @@ def check_load(store: ChromaStore, results: list[dict[str, object]]) -> None:
     assert store.count("insight") == 3 + MERGES  # the shared ones plus each fresh one, none twice
     seen = next(r for r in results if r["role"] == "distill")["seen"]
     assert len(seen) == READS  # type: ignore[arg-type]
+    episodes = list(store.scan("experience"))
+    for index in INDEXES:  # the derived indexes followed every process's writes
+        assert index_contents(store, index) == index_expected(episodes, index), index.name
 
 
 def seed_shared(store: ChromaStore) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from memory_helpers import entry, episode
 
-from procmem.core import Task
+from procmem.core import Episode, Task
 from procmem.core.keys import problem_key
 from procmem.memory import ProceduralMemory, Retriever
 from procmem.memory._entries import suite_family
@@ -14,7 +14,6 @@ from procmem.memory._retrieval import (
     ADVICE_HEADER,
     Advice,
     MemoryContext,
-    ProceduralRetriever,
     WorkedExample,
     fit_context,
     render_memory,
@@ -153,46 +152,116 @@ def test_a_merged_insight_is_found_from_any_of_its_problems(pmem: ProceduralMemo
     assert CARRY in pmem.retriever().retrieve(near_other, 1).text
 
 
-class _CountingStore:
-    """The real store, with every call the retriever makes on it recorded as (method, level) and every record
-    a scan yields counted: what one retrieval costs, independent of timing."""
-
-    def __init__(self, store: object) -> None:
-        self._store = store
-        self.calls: list[tuple[str, object]] = []
-        self.scanned = 0
-
-    def __getattr__(self, name: str) -> object:
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: object, **kwargs: object) -> object:
-            self.calls.append((name, args[0] if args else None))
-            found = attr(*args, **kwargs)
-            if name == "scan":
-                records = list(found)  # type: ignore[call-overload]
-                self.scanned += len(records)
-                return iter(records)
-            return found
-
-        return call
+_STORE_METHODS = ("query", "query_vector", "query_distinct", "scan", "get", "count", "page", "upsert",
+                  "upsert_vectors", "update", "delete")
 
 
-@pytest.mark.parametrize("episodes", [20, 400])
-def test_one_retrieval_makes_the_same_few_store_calls_at_any_size(pmem: ProceduralMemory, episodes: int) -> None:
-    pmem.record_many([episode(f"s{i}", f"What is {i} + {i + 7}?", [str(2 * i + 7)]) for i in range(episodes)])
-    pmem.record(episode("sum", SUM, ["68"]))
+def _count_calls(store: object, calls: list[tuple[str, str]]) -> None:
+    """Wrap the real store instance's methods (the store still does the work) so that each call is recorded as
+    (method, level or index name); a fallback inside the store that calls its own methods is recorded too."""
+    for name in _STORE_METHODS:
+        method = getattr(store, name, None)
+        if method is None:
+            continue
+
+        def wrapper(*args: object, _name: str = name, _method: object = method, **kwargs: object) -> object:
+            first = args[0] if args else None
+            calls.append((_name, str(getattr(first, "name", first))))
+            return _method(*args, **kwargs)  # type: ignore[operator]
+
+        setattr(store, name, wrapper)
+
+
+def _repeatedly_solved(n: int) -> list[Episode]:
+    """``n`` train episodes over at least 4 sum problems, each solved n/problems times (the first 60% of the rounds
+    pass, the rest fail): the nearest episodes to any sum are mostly repeats of one problem, which used to make
+    retrieval widen its search."""
+    problems = max(n // 20, 4)
+    rounds = n // problems
+    return [episode(f"s{i % problems}", f"What is {i % problems} + {i % problems + 7}?",
+                    [str(2 * (i % problems) + 7)], passed=i // problems < 0.6 * rounds) for i in range(n)]
+
+
+@pytest.mark.parametrize("search", ["exact-mirror", "hnsw"])
+@pytest.mark.parametrize("episodes", [20, 2000])
+def test_one_retrieval_makes_the_same_few_store_calls_at_any_size(pmem: ProceduralMemory, episodes: int, search: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import chromadb.api.models.Collection as chroma_collection
+
+    from procmem.memory import chroma_store
+
+    if search == "hnsw":  # every level in Chroma's HNSW index, as beyond 5,000 entries
+        monkeypatch.setattr(chroma_store, "EXACT_MAX", 0)
+    own = [episode("sum", SUM, ["68"], passed=i < 30) for i in range(40)]  # the task itself, solved 30 times
+    pmem.record_many([*_repeatedly_solved(episodes), *own])
+    for i in range(3):
+        pmem.write_entry(entry(f"{CARRY} Case {i}.", problem=problem_key(f"What is {i} + {i + 7}?")))
     pmem.write_entry(entry(CARRY, problem=problem_key(SUM)))
     pmem.write_entry(entry(DIGITS, kind="pattern", problem=problem_key(SUM)))
-    counting = _CountingStore(pmem.store)
-    found = ProceduralRetriever(counting, pmem.config).retrieve(_task(SUM), 3)  # type: ignore[arg-type]
-    assert CARRY in found.text and DIGITS in found.text and found.text.count("Question:") == 3
-    # the same calls whatever the size: one search per level, one insight read per nearest problem, and one
-    # filtered read per level for each scope the task's suite can be named by (its spec and its family)
+    retriever = pmem.retriever()
+    retriever.retrieve(_task(SUM), 3)  # warm: the mirrors load on first use
+
+    calls: list[tuple[str, str]] = []
+    _count_calls(pmem.store, calls)
+    chroma_queries: list[int] = []
+    real_query = chroma_collection.Collection.query
+
+    def counted_query(self: object, *args: object, **kwargs: object) -> object:
+        chroma_queries.append(int(kwargs.get("n_results", 0)))  # type: ignore[call-overload]
+        return real_query(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chroma_collection.Collection, "query", counted_query)
+    found = retriever.retrieve(_task(SUM), 3)
+
+    examples = [line for line in found.text.splitlines() if line.startswith("Question:")]
+    assert len(examples) == 3 and f"Question: {SUM}" not in examples, "three other problems, never the task's own"
+    assert CARRY in found.text and DIGITS in found.text
     task = _task(SUM)
     scopes = len({task.suite.strip(), suite_family(task.suite)})
-    assert sorted(counting.calls) == sorted([
-        ("query_vector", "experience"), ("query_vector", "pattern"),
+    # one search of each index, one of the pattern level, one insight read per nearest problem (the task's own among
+    # them: it is a train task), one filtered read per level for each scope the suite is named by; nothing else
+    assert sorted(calls) == sorted([
+        ("query_distinct", "problems"), ("query_distinct", "examples"), ("query_vector", "pattern"),
         *[("scan", "insight")] * (pmem.config.retrieval.nearest_problems + scopes), *[("scan", "pattern")] * scopes])
-    assert counting.scanned <= 3, "only the insights of the nearest problems are read"
+    # and inside the store one HNSW query per search, none widened (the mirror answers exactly without any)
+    assert len(chroma_queries) == (3 if search == "hnsw" else 0), chroma_queries
+    assert max(chroma_queries, default=0) <= 16
+
+
+def test_the_store_calls_do_not_grow_with_the_memory(pmem: ProceduralMemory) -> None:
+    """Pinned across sizes within one memory: a test task's retrieval at 20 episodes and again after the memory grew
+    to 2,000 makes the same calls."""
+    calls: list[tuple[str, str]] = []
+    _count_calls(pmem.store, calls)
+    lists, grown = [], _repeatedly_solved(2000)
+    for size in (20, 2000):
+        pmem.record_many(grown[pmem.stats()["experience"]:size])
+        assert pmem.stats()["experience"] == size
+        calls.clear()
+        found = pmem.retriever().retrieve(_task("What is 3 + 10?", split="test"), 3)
+        assert found.text.count("Question:") == 3 and "What is 3 + 10?" not in found.text
+        lists.append(sorted(calls))
+    assert lists[0] == lists[1]
+    assert len(lists[0]) <= 10 and ("query_distinct", "examples") in lists[0]
+
+
+def test_one_retrieval_takes_the_memory_lock_once(pmem: ProceduralMemory) -> None:
+    """The embedded store's file lock costs ~1 ms a call: the retrieval's reads share one session."""
+    pmem.record_many(_repeatedly_solved(40))
+    pmem.write_entry(entry(CARRY, problem=problem_key("What is 1 + 8?")))
+    retriever = pmem.retriever()
+    retriever.retrieve(_task(SUM), 3)
+    lock = pmem.store._conn._file_lock  # type: ignore[attr-defined]
+    real, acquired = lock.acquire, []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        acquired.append(1)
+        return real(*args, **kwargs)
+
+    lock.acquire = counted
+    try:
+        found = retriever.retrieve(_task(SUM), 3)
+    finally:
+        del lock.acquire
+    assert found.text.count("Question:") == 3
+    assert len(acquired) == 1

@@ -86,3 +86,29 @@ def test_a_bad_chroma_url_is_one_clear_error(url: str) -> None:
 def test_an_unreachable_chroma_server_is_one_clear_error() -> None:
     with pytest.raises(ProcmemError, match="chroma run"):
         ChromaStore.remote("http://127.0.0.1:9", HashingEmbedder())
+
+
+@pytest.fixture(scope="class")
+def chroma_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Chroma server (`chroma run`) for the class; each test empties it first."""
+    from procmem.memory.chroma_store import local_chroma_server
+
+    data = tmp_path_factory.mktemp("chroma-server")
+    with local_chroma_server(data / "data", log_path=data / "chroma.log") as url:
+        yield url
+
+
+class TestChromaServer(MemoryStoreConformance):
+    """The store as `--chroma-url` opens it: every call over HTTP to a Chroma server."""
+
+    @pytest.fixture
+    def store(self, embedder: HashingEmbedder, chroma_server_url: str) -> Iterator[ChromaStore]:
+        import chromadb
+        from chromadb.config import Settings
+
+        host, port = chroma_server_url.removeprefix("http://").split(":")
+        client = chromadb.HttpClient(host=host, port=int(port), settings=Settings(anonymized_telemetry=False))
+        for collection in client.list_collections():
+            client.delete_collection(collection.name)
+        with ChromaStore.remote(chroma_server_url, embedder) as store:
+            yield store
