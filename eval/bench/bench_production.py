@@ -44,7 +44,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from procmem.core.machine import load_average
+from procmem.testing import ServeProcess
+from procmem.testing._serve import PROCMEM
 
 __all__ = ["main"]
 
@@ -64,7 +65,6 @@ CANDIDATES = ("rg:chain_sum?min_terms=2&max_terms=3&min_digits=1&max_digits=1",
 """In order of prior evidence that SFT on gold answers teaches them (calibration: LoRA SFT on 150 chain_sum items
 took it from 5/40 to 28/40; lcm gained least under PMD); the same spec strings as eval/configs/pmd.toml."""
 HOLDOUT_SUITES = ("rg:letter_counting?min_words=1&max_words=3", "rg:syllogism")
-PROCMEM = Path(sys.executable).parent / "procmem"
 
 
 class App:
@@ -143,11 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         distill_toml = home_dir / "distill.toml"
         distill_toml.write_text(_distill_toml(args))
         results["distill_toml"] = distill_toml.read_text()
-        port = _free_port()
         serve_log = home_dir.parent / "serve.log"
-        server = _start_serve(home_dir, args.model, port, serve_log)
+        server = ServeProcess(home_dir, model=args.model, log=serve_log).start(timeout=600)
         t0 = time.monotonic()
-        app = App(port, t0, args.max_tokens)
+        app = App(server.port, t0, args.max_tokens)
         state = _State(results, app, out, args)
         try:
             # 1. dev check: the suite, chosen on dev items only
@@ -193,13 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["feedback_check"] = _check_feedback(app, state.fed)
             state.save()
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            results["serve_log_tail"] = serve_log.read_text()[-1500:] if serve_log.exists() else ""
+            server.stop(timeout=60)
+            results["serve_log_tail"] = server.tail(1500)
     _summarise(results, app)
     results["load_avg_end"] = load_average()
     results["finished_utc"] = _utc()
@@ -581,26 +575,6 @@ def _share_models(models: Path, cache: Path) -> None:
         models.symlink_to(cache, target_is_directory=True)
 
 
-def _start_serve(home: Path, model: str, port: int, log: Path) -> subprocess.Popen[str]:
-    import httpx
-
-    handle = log.open("a")
-    proc = subprocess.Popen([str(PROCMEM), "--home", str(home), "serve", "--model", model, "--port", str(port)],
-                            stdout=handle, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"serve did not start: {log.read_text()[-3000:]}")
-
-
 def _run_cli(home: Path, argv: list[str], *, timeout: float) -> dict[str, Any]:
     start = time.monotonic()
     try:
@@ -615,12 +589,6 @@ def _run_cli(home: Path, argv: list[str], *, timeout: float) -> dict[str, Any]:
     except json.JSONDecodeError:
         summary = {"output": (stdout + stderr)[-800:]}
     return {"rc": rc, "s": round(time.monotonic() - start, 1), "summary": summary}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _utc() -> str:

@@ -35,10 +35,7 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from procmem.testing import ServeProcess
 
 __all__ = ["build_home", "main"]
 
@@ -136,12 +135,6 @@ def build_home(root: Path, calls: int, entries: int) -> dict[str, Any]:
     return timings
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _time(client: Any, urls: Sequence[str]) -> dict[str, Any]:
     times, first = [], 0.0
     for index, url in enumerate(urls):
@@ -167,24 +160,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ui-") as scratch:
         root = Path(args.home) if args.home else Path(scratch) / "home"
         built = build_home(root, args.calls, args.entries)
-        port = _free_port()
-        log_path = Path(scratch) / "serve.log"
-        with log_path.open("w") as log:
-            server = subprocess.Popen([str(Path(sys.executable).parent / "procmem"), "serve", "--model", "local:tiny",
-                                       "--port", str(port)], env={**os.environ, "PROCMEM_HOME": str(root)},
-                                      stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
+        server = ServeProcess(root, log=Path(scratch) / "serve.log").start(timeout=300)
+        base = server.root
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.5)
             n = args.requests + 2
             rng = random.Random(1)
             with httpx.Client(base_url=base, timeout=120) as client:
@@ -202,11 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "overview": _time(client, ["/ui/"] * n),
                 }
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop()
     load = os.getloadavg()
     report = {"home": built, "requests": args.requests, "target_p95_ms": _TARGET_MS,
               "load_avg_1_5_15": [round(x, 2) for x in load], "cpus": os.cpu_count(), **results,

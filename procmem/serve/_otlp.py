@@ -251,14 +251,19 @@ def _call_item(span: _Span, linked: list[_Span]) -> ImportItem:
     return ImportItem(call, tuple(feedback), where)
 
 
+def _semconv_messages(span: _Span, attribute: str) -> list[dict[str, Any]]:
+    """The messages of a GenAI conventions' JSON attribute (input or output), or a located error."""
+    try:
+        return messages_from_semconv(span.attrs[attribute])
+    except ValueError as err:
+        raise ProcmemError(f"bad {attribute}: {err}", where=span.where,
+                           fix="record the messages as the GenAI conventions' JSON") from err
+
+
 def _input_messages(span: _Span) -> list[dict[str, Any]] | None:
     a = span.attrs
     if a.get(tm.INPUT_MESSAGES):
-        try:
-            messages = messages_from_semconv(a[tm.INPUT_MESSAGES])
-        except ValueError as err:
-            raise ProcmemError(f"bad {tm.INPUT_MESSAGES}: {err}", where=span.where,
-                               fix="record the messages as the GenAI conventions' JSON") from err
+        messages = _semconv_messages(span, tm.INPUT_MESSAGES)
         return [{"role": m["role"], "content": m["content"]} for m in messages] or None
     events = [(n, e) for n, e in span.events if n in ("gen_ai.system.message", "gen_ai.user.message",
                                                         "gen_ai.assistant.message", "gen_ai.tool.message")]
@@ -277,11 +282,7 @@ def _input_messages(span: _Span) -> list[dict[str, Any]] | None:
 def _output(span: _Span) -> tuple[str, str] | None:
     a = span.attrs
     if a.get(tm.OUTPUT_MESSAGES):
-        try:
-            messages = messages_from_semconv(a[tm.OUTPUT_MESSAGES])
-        except ValueError as err:
-            raise ProcmemError(f"bad {tm.OUTPUT_MESSAGES}: {err}", where=span.where,
-                               fix="record the answer as the GenAI conventions' JSON") from err
+        messages = _semconv_messages(span, tm.OUTPUT_MESSAGES)
         if messages:
             return messages[0]["content"], messages[0].get("finish_reason", "stop")
     for name, event in span.events:

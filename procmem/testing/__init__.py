@@ -21,7 +21,8 @@ For example::
         def store(self, embedder):  # the suite provides ``embedder``
             return MyStore(embedder)
 
-The suites import pytest, a test dependency: ``pip install procmem[test]``. Each module's docstring says
+:class:`ServeProcess` starts a real ``procmem serve`` in a subprocess (for tests that talk to the gateway over
+HTTP). The suites import pytest, a test dependency: ``pip install procmem[test]``. Each module's docstring says
 what its suite checks; the guide *Extend procmem* shows one implementation of each.
 """
 
@@ -36,7 +37,8 @@ pytest.register_assert_rewrite("procmem.testing._llm", "procmem.testing._memory"
 from procmem.testing._llm import LLMConformance  # noqa: E402
 from procmem.testing._memory import MemoryStoreConformance  # noqa: E402
 from procmem.testing._objectives import ObjectiveConformance  # noqa: E402
+from procmem.testing._serve import ServeProcess, free_port  # noqa: E402
 from procmem.testing._verifiers import VerifierCase, VerifierConformance  # noqa: E402
 
-__all__ = ["LLMConformance", "MemoryStoreConformance", "ObjectiveConformance", "VerifierCase",
-           "VerifierConformance"]
+__all__ = ["LLMConformance", "MemoryStoreConformance", "ObjectiveConformance", "ServeProcess", "VerifierCase",
+           "VerifierConformance", "free_port"]

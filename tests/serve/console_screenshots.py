@@ -123,7 +123,7 @@ def build_home_and_screenshot(home: Path, out: Path, *, calls: int = 48) -> list
     distill_toml.write_text(DISTILL_TOML)
     rng = random.Random(7)
     sums = [(rng.randint(2, 60), rng.randint(2, 60)) for _ in range(calls)]  # drawn up front: threads race for rng
-    with Server(home, "--config", str(config), "--model", "local:default") as server:
+    with Server(home, "--config", str(config), model="local:default") as server:
         client = openai.OpenAI(base_url=server.url, api_key=chat, max_retries=0, timeout=600)
         auth = {"Authorization": f"Bearer {chat}"}
 

@@ -2,75 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
+from procmem.testing import ServeProcess, free_port
+from procmem.testing._serve import PROCMEM
 
-PROCMEM = Path(sys.executable).parent / "procmem"
+__all__ = ["PROCMEM", "Server", "free_port", "register_adapters", "wait_for"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``procmem --home HOME serve --model local:tiny ...`` in a subprocess; ``url`` ends in /v1."""
-
-    def __init__(self, home: Path, *args: str, port: int | None = None) -> None:
-        self.home = home
-        self.args = args
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = home.parent / f"serve-{self.port}.log"
-
-    def start(self, timeout: float = 240.0) -> Server:
-        env = {**os.environ, "PROCMEM_HOME": str(self.home)}
-        handle = self.log.open("a")
-        self.proc = subprocess.Popen(
-            [str(PROCMEM), "serve", "--model", "local:tiny", "--port", str(self.port), *self.args],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.root}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"serve did not start in {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+Server = ServeProcess
+"""``procmem serve --model local:tiny`` on loopback (see :class:`procmem.testing.ServeProcess`)."""
 
 
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
