@@ -24,9 +24,11 @@ long-running scheduler (``--every 6h``) in :mod:`._scheduler`.
 from __future__ import annotations
 
 import gc
+import itertools
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +53,14 @@ from procmem.distill._storage import (
 )
 from procmem.distill.config import DistillConfig, GateConfig, TrainSettings
 from procmem.distill.gate import UNSCORABLE_VERIFIERS, SuiteScores, compare, evaluate, split_held_out
-from procmem.distill.traces import TraceBuild, build_traces, load_trace_build, save_trace_build, training_items
+from procmem.distill.traces import (
+    TraceBuild,
+    build_traces,
+    load_trace_build,
+    replay_traces,
+    save_trace_build,
+    training_items,
+)
 from procmem.distill.train import ObjectiveFactory, train_adapter
 from procmem.llm import LLM, choose_policy
 from procmem.memory import Retriever
@@ -112,6 +121,8 @@ class DistillResult:
     problems: int = 0
     traces: int = 0
     rejected_traces: int = 0
+    replay_traces: int = 0
+    """Rehearsal examples trained beside the verified traces (``traces.replay``)."""
     held_out: int = 0
     """Verified episodes held out of training for the gate (suites without a test split, such as ``serve``)."""
     train: dict[str, Any] | None = None
@@ -264,12 +275,14 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
     if build is None:
         teacher = deps.llm_factory(parent_dir, parent_version)
         retriever = deps.retriever if isinstance(deps.retriever, Retriever) else deps.retriever(policy_version(teacher))
-        build = build_run_traces(trained, teacher, retriever, config, console=console, quiet=quiet)
+        build = build_run_traces(trained, teacher, retriever, config, load_tasks=deps.load_tasks, console=console,
+                                 quiet=quiet)
         del teacher
         _release(deps.model_dir)
         save_trace_build(build, run / "traces")
         update_state(run, stage="traced")
-    counts = {"problems": len(build.contexts), "traces": len(build.kept), "rejected_traces": len(build.rejected)}
+    counts = {"problems": len(build.contexts), "traces": len(build.kept), "rejected_traces": len(build.rejected),
+              "replay_traces": len(build.replay)}
     if config.objective != "self-distill" and len(build.kept) < config.min_traces:
         finish_run(home, run, episodes)
         return _replace(base, reason=f"{len(build.kept)} verified traces (min_traces={config.min_traces})",
@@ -353,13 +366,53 @@ def collect_episodes(episodes: Iterable[Episode]) -> list[Episode]:
 
 
 def build_run_traces(episodes: Sequence[Episode], teacher: LLM, retriever: Retriever, config: DistillConfig, *,
-                     console: Console | None = None, quiet: bool = False) -> TraceBuild:
-    """Problems from ``episodes`` (failed first), then teacher candidates kept by the verifier."""
+                     load_tasks: TaskLoader | None = None, console: Console | None = None,
+                     quiet: bool = False) -> TraceBuild:
+    """Problems from ``episodes`` (failed first), then teacher candidates kept by the verifier; with
+    ``load_tasks``, the rehearsal examples the SFT part of the objective trains beside them
+    (``traces.replay``)."""
     problems = training_items(episodes, config.traces)
     with progress_bar(console, quiet=quiet) as progress:
         bar = progress.add_task(f"teacher traces (k={config.traces.k})", total=len(problems))
-        return build_traces(problems, teacher, retriever, config.traces,
-                            on_progress=lambda n: progress.advance(bar, n))
+        build = build_traces(problems, teacher, retriever, config.traces,
+                             on_progress=lambda n: progress.advance(bar, n))
+    if load_tasks is None or config.objective == "self-distill":
+        return build
+    wanted = replay_count(config, len(build.kept))
+    tasks = replay_tasks(config, {e.task.suite for e in episodes}, 2 * wanted, load_tasks)  # some answers are empty
+    if not tasks:
+        return build
+    with progress_bar(console, quiet=quiet) as progress:
+        progress.add_task(f"rehearsal answers ({len(tasks)} questions)", total=None)
+        replay = replay_traces(teacher, tasks, max_tokens=config.traces.replay.max_tokens)
+    return replace(build, replay=tuple(replay[:wanted]))
+
+
+def replay_count(config: DistillConfig, traces: int) -> int:
+    """How many rehearsal examples go beside ``traces`` verified traces: ``share`` of all the examples."""
+    share = config.traces.replay.share
+    return math.ceil(traces * share / (1.0 - share)) if traces else 0
+
+
+def replay_tasks(config: DistillConfig, trained_suites: Iterable[str], wanted: int,
+                 load_tasks: TaskLoader) -> list[Task]:
+    """``wanted`` rehearsal questions, taken in turn from ``traces.replay.suites`` (train split) less the suites
+    trained on and the gate's holdout suites (none when ``share`` is 0)."""
+    settings = config.traces.replay
+    skip = set(trained_suites) | set(config.gate.holdout_suites)
+    suites = [suite for suite in settings.suites if suite not in skip]
+    if not wanted or not suites or not settings.share:
+        return []
+    per_suite = math.ceil(wanted / len(suites))
+    pools = []
+    for suite in suites:
+        try:
+            pools.append(load_tasks(suite, "train", per_suite))
+        except ProcmemError as err:
+            raise ProcmemError(f"cannot load rehearsal suite {suite!r}: {err}", where="traces.replay.suites",
+                               fix="list loadable suite specs, or set traces.replay.share = 0") from err
+    turns = (pool[i] for i in range(per_suite) for pool in pools if i < len(pool))
+    return list(itertools.islice(turns, wanted))
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,8 @@ class SftObjective:
         self._enc = _Encoder(tokenizer, max_len)
 
     def examples(self, build: TraceBuild) -> list[Example]:
-        return [t.example(t.completion) for t in build.kept if t.status == "kept"]
+        """The verified traces and the rehearsal examples (``build.replay``)."""
+        return [t.example(t.completion) for t in (*build.kept, *build.replay) if t.status in ("kept", "replay")]
 
     def loss(self, model: nn.Module, batch: Sequence[Example]) -> ObjectiveLoss:
         items = [e for e in batch if e.completion is not None]

@@ -62,6 +62,7 @@ __all__ = [
     "feedback_contexts",
     "hide_answer",
     "load_trace_build",
+    "replay_traces",
     "save_trace_build",
     "success_traces",
     "teacher_contexts",
@@ -71,8 +72,8 @@ __all__ = [
 ]
 
 ExportFormat = Literal["openai", "trl"]
-TraceStatus = Literal["kept", "failed", "duplicate"]
-_TRACES, _REJECTED, _CONTEXTS = "traces.jsonl", "rejected.jsonl", "contexts.jsonl"
+TraceStatus = Literal["kept", "failed", "duplicate", "replay"]
+_TRACES, _REJECTED, _CONTEXTS, _REPLAY = "traces.jsonl", "rejected.jsonl", "contexts.jsonl", "replay.jsonl"
 _CHUNK = 8
 """Problems per teacher ``generate`` call (k prompts each): batching without losing progress granularity."""
 
@@ -162,6 +163,9 @@ class TraceBuild:
     rejected: tuple[Trace, ...]
     contexts: tuple[TeacherContext, ...]
     memory: MemorySnapshot = field(default_factory=lambda: MemorySnapshot(entry_ids=(), hash=hash_strings([])))
+    replay: tuple[Trace, ...] = ()
+    """Rehearsal examples (status ``replay``): the policy's own unverified answers to questions of other kinds,
+    trained beside ``kept`` by SFT against forgetting (:func:`replay_traces`)."""
 
 
 def training_items(episodes: Iterable[Episode], config: TraceConfig | None = None) -> list[TrainingItem]:
@@ -334,6 +338,27 @@ def _judge(problem: TrainingItem, ctx: TeacherContext, texts: Sequence[str], kee
     return kept, rejected
 
 
+def replay_traces(policy: LLM, tasks: Sequence[Task], *, max_tokens: int) -> list[Trace]:
+    """Rehearsal examples: ``policy``'s own greedy answers to ``tasks``, memory-free, as it answers them now
+    (unverified: what is kept is the behaviour, right or wrong). Trained beside the verified traces, they keep a
+    narrow training run from changing how the model answers other kinds of question. Empty answers are skipped."""
+    prompts = [render_prompt(task.prompt, answer_format=task.answer_format) for task in tasks]
+    outputs = generate_for_tasks(policy, list(zip(tasks, prompts, strict=True)),
+                                 GenerationConfig(max_tokens=max_tokens, temperature=0.0, stop=(ANSWER_STOP,)))
+    teacher = f"replay:{policy_version(policy)}"
+    traces = []
+    for task, prompt, output in zip(tasks, prompts, outputs, strict=True):
+        answer = extract_answer(output.text, task.answer_format)
+        if not answer:
+            continue
+        decoding = generation_for(task, GenerationConfig(stop=(ANSWER_STOP,)))
+        traces.append(Trace(task_id=task.id, suite=task.suite, prompt=prompt, teacher_prompt=prompt,
+                            answer_format=task.answer_format, stop=decoding.stop,
+                            completion=render_completion(answer, task.answer_format), answer=answer, sample=0,
+                            score=0.0, status="replay", teacher=teacher))
+    return traces
+
+
 def training_answer(verifier: Verifier, answer: str) -> str:
     """What a verified ``answer`` trains: its canonical form where the verifier gives one, else the answer."""
     form = canonical_answer(verifier, answer)
@@ -351,6 +376,7 @@ def save_trace_build(build: TraceBuild, directory: Path) -> None:
     """Write ``traces.jsonl`` (kept), ``rejected.jsonl`` and ``contexts.jsonl``, each atomically."""
     write_jsonl(directory / _REJECTED, (asdict(t) for t in build.rejected))
     write_jsonl(directory / _CONTEXTS, (asdict(c) for c in build.contexts))
+    write_jsonl(directory / _REPLAY, (asdict(t) for t in build.replay))
     write_jsonl(directory / _TRACES, (asdict(t) for t in build.kept))  # last: its presence marks completion
 
 
@@ -361,7 +387,9 @@ def load_trace_build(directory: Path) -> TraceBuild | None:
     kept = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _TRACES))
     rejected = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _REJECTED))
     contexts = tuple(TeacherContext.from_dict(row) for row in read_jsonl(directory / _CONTEXTS))
-    return TraceBuild(kept, rejected, contexts, _memory_snapshot(contexts))
+    replay = tuple(Trace.from_dict(row) for row in read_jsonl(directory / _REPLAY)) \
+        if (directory / _REPLAY).exists() else ()
+    return TraceBuild(kept, rejected, contexts, _memory_snapshot(contexts), replay)
 
 
 def success_traces(episodes: Iterable[Episode], keep_per_problem: int, *, canonical: bool = True) -> TraceBuild:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ import pytest
 from procmem.core import Attempt, Episode, Home, Split, Task
 from procmem.core.registry import base_model_hash, list_adapters, promotion_state, read_manifest
 from procmem.distill import DistillConfig, DistillDeps, DistillResult, run_distillation, run_every
-from procmem.distill._run import DistillBusy
+from procmem.distill._run import DistillBusy, replay_count, replay_tasks
+from procmem.distill.config import REPLAY_SUITES
 from procmem.llm import LLM, LocalLLM
 from procmem.memory import ChromaStore, HashingEmbedder
 from procmem.memory._experiences import ExperienceMemory
@@ -132,8 +134,9 @@ def test_self_distill_and_mixed_runs_train_on_problem_contexts(
         config = run_config.model_copy(update={"objective": objective})
         result = run_distillation(config, home, deps=world.deps(), quiet=True)
         assert result.version == version and result.train is not None
-        n_examples = 6 if objective == "self-distill" else 6 + result.traces
-        assert result.train["examples"] == n_examples
+        # mixed: its SFT part trains the rehearsal examples too; self-distillation has no SFT part
+        n_examples = 6 if objective == "self-distill" else 6 + result.traces + result.replay_traces
+        assert result.train["examples"] == n_examples and (result.replay_traces > 0) == (objective == "mixed")
         assert read_manifest(home.adapters, version).objective == objective
         world.solve()
 
@@ -300,3 +303,44 @@ def test_a_configured_test_suite_still_gates_a_serve_fed_home(
     result = run_distillation(config, home, deps=world.deps(), quiet=True)
     assert result.gate is not None and [row.suite for row in result.gate.rows] == [str(world.suite)]
     assert len(read_manifest(home.adapters, result.version or "").dataset.episode_ids) == 10  # nothing held out
+
+
+def test_sft_trains_the_policys_own_answers_to_other_kinds_of_question_beside_the_verified_traces(
+    home: Home, world: World, run_config: DistillConfig
+) -> None:
+    """Rehearsal against forgetting (``traces.replay``, on by default): the README's loop without it turned every
+    syllogism answer into a digit after 44 steps on letter counting."""
+    from procmem.distill._storage import distill_dir
+
+    result = run_distillation(run_config, home, deps=world.deps(), quiet=True)
+    replay_file = distill_dir(home) / "runs" / str(result.run_id) / "traces" / "replay.jsonl"
+    replay = [json.loads(line) for line in replay_file.read_text().splitlines()]
+    share = run_config.traces.replay.share
+    assert 1 <= result.replay_traces == len(replay) <= math.ceil(result.traces * share / (1 - share))
+    suites = {row["suite"] for row in replay}
+    assert len(suites) >= 2 and suites <= set(REPLAY_SUITES) - set(run_config.gate.holdout_suites)
+    for row in replay:
+        assert row["status"] == "replay" and row["teacher"].startswith("replay:") and row["answer"]
+        assert row["prompt"] == row["teacher_prompt"] and not row["memory_ids"]  # memory-free, as the student
+    assert result.train is not None and result.train["examples"] == result.traces + result.replay_traces
+
+
+def test_rehearsal_leaves_out_the_trained_suites_and_the_gates_holdout_and_can_be_turned_off(
+    run_config: DistillConfig,
+) -> None:
+    config = run_config.model_copy(update={"gate": run_config.gate.model_copy(
+        update={"holdout_suites": ("rg:spell_backward",)})})
+    loaded: list[tuple[str, str, int]] = []
+
+    def load(suite: str, split: Split, n: int) -> list[Task]:
+        loaded.append((suite, split, n))
+        return load_suite(suite, split=split, n=n)
+
+    assert replay_count(config, 9) == 9  # half of 18 examples
+    tasks = replay_tasks(config, {"rg:ransom_note"}, 6, load)
+    assert len(tasks) == 6
+    assert {t.suite for t in tasks} <= set(REPLAY_SUITES) - {"rg:spell_backward", "rg:ransom_note"}
+    assert len({t.suite for t in tasks}) == 4 and all(split == "train" for _, split, _ in loaded)
+    off = config.model_copy(update={"traces": config.traces.model_copy(
+        update={"replay": config.traces.replay.model_copy(update={"share": 0.0})})})
+    assert replay_count(off, 9) == 0 and replay_tasks(off, set(), 3, load) == []
