@@ -888,24 +888,26 @@ class ChromaStore(VectorStoreBase):
         if not rest:
             self._check_mirror_size(index, mirror)
             return
-        rows = {rid: row for rid in rest.values() if (row := known.get(rid)) is not None and row.vector is not None}
-        missing = sorted({rid for rid in rest.values() if rid not in rows})
+        with_vector: dict[str, _Row] = {rid: row for rid in rest.values()
+                                        if (row := known.get(rid)) is not None and row.vector is not None}
+        missing = sorted({rid for rid in rest.values() if rid not in with_vector})
         if missing:
             found = col.get(ids=missing, include=["embeddings", *_INCLUDE])
-            rows.update({i: _Row(meta or {}, doc, vector) for i, doc, meta, vector in
-                         zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"], strict=True)})
-        ids = [gid for gid, rid in rest.items() if rid in rows]
+            with_vector.update({i: _Row(meta or {}, doc, vector) for i, doc, meta, vector in
+                                zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"],
+                                    strict=True)})
+        ids = [gid for gid, rid in rest.items() if rid in with_vector]
         lost = [gid for gid in rest if gid not in ids]  # its record went meanwhile: the next write there mends it
         if lost:
             side.delete(ids=lost)
         if ids:
-            vectors = np.asarray([rows[rest[g]].vector for g in ids], dtype=np.float32)
-            _upsert(side, ids=ids, embeddings=vectors, documents=[rows[rest[g]].document or "" for g in ids],
-                    metadatas=[{**rows[rest[g]].metadata, _ORIGINAL_ID_KEY: rest[g]} for g in ids],
+            vectors = np.asarray([with_vector[rest[g]].vector for g in ids], dtype=np.float32)
+            _upsert(side, ids=ids, embeddings=vectors, documents=[with_vector[rest[g]].document or "" for g in ids],
+                    metadatas=[{**with_vector[rest[g]].metadata, _ORIGINAL_ID_KEY: rest[g]} for g in ids],
                     before={g: held[g] for g in ids if g in held})
             if mirror is not None:
-                mirror.upsert_vectors([self._record(index.level, rest[g], rows[rest[g]].document,
-                                                    rows[rest[g]].metadata) for g in ids], vectors)
+                mirror.upsert_vectors([self._record(index.level, rest[g], with_vector[rest[g]].document,
+                                                    with_vector[rest[g]].metadata) for g in ids], vectors)
         self._check_mirror_size(index, mirror)
 
     def _mirror_copies(self, index: DistinctIndex, mirror: InMemoryStore, side: Any, gids: list[str]) -> None:

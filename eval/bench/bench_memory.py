@@ -523,8 +523,8 @@ def _entries(problems: Sequence[_Problem], episodes: Sequence[Any]) -> list[Any]
     held = {problem_key(e.task.prompt) for e in episodes}
     out: list[Any] = []
     stamp = "2026-01-01T00:00:00.000+00:00"
-    base = {"split": "train", "policy_version": "bench@base", "reflector": "bench@base", "created_at": stamp,
-            "updated_at": stamp}
+    base: dict[str, Any] = {"split": "train", "policy_version": "bench@base", "reflector": "bench@base",
+                            "created_at": stamp, "updated_at": stamp}
     for n, problem in enumerate(p for p in problems if p.split == "train" and problem_key(p.prompt) in held):
         if n % 8 == 0:
             key, text = problem_key(problem.prompt), _STRATEGIES[n % len(_STRATEGIES)]
