@@ -72,13 +72,16 @@ class AgentSession:
 
     @classmethod
     def open(cls, config: SessionConfig, home: Home, *, chroma_url: str | None = None,
-             memory: bool = True, tracer: StepTracer | None = None) -> AgentSession:
+             memory: bool = True, tracer: StepTracer | None = None, host: PolicyHost | None = None) -> AgentSession:
         """Load ``config``'s policy (``model``, ``engine``, ``adapter``) and open the home's memory (the Chroma
-        server at ``chroma_url`` when given; none with ``memory=False``); ``tracer`` emits spans."""
+        server at ``chroma_url`` when given; none with ``memory=False``); ``tracer`` emits spans. ``host``: that
+        policy already opened with :meth:`PolicyHost.open` (e.g. loaded in the background while the tasks were
+        built); the session closes it."""
         from procmem.memory import open_memory
 
-        host = PolicyHost.open(home, model=config.model, adapter=config.adapter, engine=config.engine,
-                               limits=config.limits)
+        if host is None:
+            host = PolicyHost.open(home, model=config.model, adapter=config.adapter, engine=config.engine,
+                                   limits=config.limits)
         try:
             opened = open_memory(home.chroma, url=chroma_url) if memory else None
         except BaseException:

@@ -10,6 +10,10 @@ Measures, one after the other (so the ratios compare like with like on the same 
   thread calling ``generate`` through the agent's path (``MicroBatcher``, which hands the calls to the
   engine's continuous batching);
 - the ratios ``engine_single_x_hf_single`` and ``engine_concurrent16_x_hf_batch16``;
+- a distillation teacher's load: 16 requests made of 6 distinct long prompts (~530 tokens: worked examples in
+  context, as memory puts them) x 3 (the last once), in one ``generate`` call, with prompt-prefix sharing (the
+  engine's default: each copy reads its twin's KV cache) and without (``share_prefix_min_tokens=0``), tokens/s of
+  each, the prompt tokens copied, and how many of the 16 greedy completions are equal both ways;
 - the compute limit: the measured fp32 GEMM rate per CPU-second x cores / (2 x parameters) tokens/s, and
   the engine's share of it;
 - how many of 4 batched completions equal their one-at-a-time runs under greedy decoding, for both engines
@@ -20,8 +24,8 @@ Both engines run as procmem runs them: ``procmem.llm`` is imported first, so Ope
 llama.cpp's share one runtime) wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set).
 
 Every row generates exactly ``--tokens`` new tokens (EOS is ignored, no stop strings), so tokens/s counts
-the same work everywhere. Targets (issue 11): engine_single_x_hf_single >= 4, engine_concurrent16_x_hf_batch16
->= 2; goal: half the compute limit.
+the same work everywhere. Targets (issues 11, 26): engine_single_x_hf_single >= 4, engine_concurrent16_x_hf_batch16
+>= 2, engine_concurrent16_share_of_limit >= 0.5.
 
     .venv/bin/python eval/bench/bench_generation.py [--json] [--tokens 32] [--models-dir DIR] [--threads N]
         [--engine-threads N]
@@ -46,7 +50,7 @@ from typing import Any
 
 from procmem.core.machine import load_average
 
-__all__ = ["main"]
+__all__ = ["main", "shared_prompts"]
 
 PROMPTS = [
     f"Question: A shop sold {a} apples in the morning and {b} in the afternoon. How many apples did it sell?\nAnswer:"
@@ -54,9 +58,9 @@ PROMPTS = [
                  (88, 11), (3, 65), (27, 36), (50, 50), (14, 9), (71, 6), (33, 44), (9, 90)]
 ]
 _LOAD_SNIPPET = (  # the models directory is the models cache ($PROCMEM_MODELS_CACHE), set by _fresh_load
-    "import tempfile, time; t = time.perf_counter(); from procmem.core import Home; "
+    "import pathlib, tempfile, time; t = time.perf_counter(); from procmem.core import Home; "
     "from procmem.llm import open_policy; "
-    "open_policy(Home(tempfile.mkdtemp()), model='local:default', adapter='none', engine={engine!r}); "
+    "open_policy(Home(pathlib.Path(tempfile.mkdtemp())), model='local:default', adapter='none', engine={engine!r}); "
     "print(time.perf_counter() - t)"
 )
 
@@ -79,7 +83,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del llm
         engine = _engine_start(models_dir, results, args.engine_threads or args.threads)
         _engine_throughput(engine, args.tokens, results)
+        _shared_prompts(engine, args.tokens, results, "engine_shared16")
         engine.close()
+        unshared = _engine(models_dir, engine.threads, share_prefix_min_tokens=0)
+        _shared_prompts(unshared, args.tokens, results, "engine_shared16_noshare")
+        unshared.close()
+        results["engine_shared16_share_x_noshare"] = round(results["engine_shared16_tok_s"]
+                                                           / results["engine_shared16_noshare_tok_s"], 2)
+        results["engine_shared16_equal_of_16"] = sum(
+            a == b for a, b in zip(results.pop("engine_shared16_texts"), results.pop("engine_shared16_noshare_texts"),
+                                   strict=True))
         _compute_limit(params, results)
         results["load_avg_end"] = load_average()
     _print(results)
@@ -160,6 +173,41 @@ def _engine_start(models_dir: Path, results: dict[str, Any], threads: int) -> An
     results["engine_load_fresh_process_s"] = fresh
     results["engine_load_fresh_process_imports_and_load_s"] = inner
     return engine
+
+
+def _engine(models_dir: Path, threads: int, **config: Any) -> Any:
+    from procmem.llm import EngineConfig, LlamaCppLLM
+    from procmem.llm.bundled import BUNDLED_MODEL_ID, ensure_bundled_gguf
+
+    return LlamaCppLLM(ensure_bundled_gguf(models_dir), model_id=BUNDLED_MODEL_ID,
+                       config=EngineConfig(n_seq_max=16, n_threads=threads, **config))
+
+
+def shared_prompts(distinct: int = 6, copies: int = 3, total: int = 16) -> list[str]:
+    """``total`` prompts: ``distinct`` long ones (~530 tokens: 12 worked examples each, then a question), each
+    repeated ``copies`` times in a row, as a teacher asks for k samples of one prompt."""
+    prompts = []
+    for group in range(distinct):
+        examples = "".join(
+            f"Question: A shop sold {7 * group + 3 * i + 11} apples in the morning and {5 * i + group + 2} in the "
+            f"afternoon. How many apples did it sell?\nAnswer: {7 * group + 3 * i + 11} + {5 * i + group + 2} = "
+            f"{7 * group + 8 * i + group + 13}\n\n" for i in range(12))
+        prompts += [f"{examples}Question: A shop sold {40 + group} apples in the morning and {9 + group} in the "
+                    "afternoon. How many apples did it sell?\nAnswer:"] * copies
+    return prompts[:total]
+
+
+def _shared_prompts(engine: Any, tokens: int, results: dict[str, Any], name: str) -> None:
+    from procmem.core import GenerationConfig
+
+    config = GenerationConfig(max_tokens=tokens, temperature=0.0, top_p=1.0, stop=(), seed=None)
+    prompts = shared_prompts()
+    copied = engine.shared_prompt_tokens
+    generations, rate = _timed(lambda: engine.generate(prompts, config, ignore_eos=True))
+    results[f"{name}_tok_s"] = rate
+    results[f"{name}_prompt_tokens"] = sum(g.prompt_tokens for g in generations)
+    results[f"{name}_copied_tokens"] = engine.shared_prompt_tokens - copied
+    results[f"{name}_texts"] = [g.text for g in generations]
 
 
 def _engine_throughput(engine: Any, tokens: int, results: dict[str, Any]) -> None:
