@@ -53,6 +53,11 @@ def test_llamacpp_embedder_writes_its_gguf_once_and_batches_like_single_texts(tm
     assert np.allclose(together, alone, atol=1e-4)
     cache = Path(os.environ.get("PROCMEM_MODELS_CACHE") or tmp_path)
     assert (cache / MINILM_GGUF_NAME).is_file()
+    import gguf  # the layers' matrices in F16, the lookup tables, norms and biases in F32
+
+    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(cache / MINILM_GGUF_NAME).tensors}
+    assert kinds["blk.0.attn_q.weight"] == kinds["blk.5.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
+    assert kinds["token_embd.weight"] == kinds["blk.0.attn_q.bias"] == gguf.GGMLQuantizationType.F32
 
 
 def test_default_embedder_does_not_import_torch(tmp_path: Path) -> None:
