@@ -227,8 +227,9 @@ def write_report(scores: Sequence[ArmScores], config: EvalConfig, out: Path, *, 
     results["traces"] = trace_counts(config, out)
     results["budgets"] = budget_rows(config, out)
     write_json(out / "results.json", results)
-    _plot_rounds(summaries, out / "accuracy_by_round.png")
-    _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png")
+    scored = "dev" if config.score_on == "dev" else "test"
+    _plot_rounds(summaries, out / "accuracy_by_round.png", scored=scored)
+    _plot_suites(summaries, config.rounds, out / "accuracy_by_task.png", scored=scored)
     atomic_write_text(out / "report.md", _markdown(summaries, config, results))
     return results
 
@@ -373,7 +374,7 @@ def _baseline_cell(baseline: dict[str, Any] | None) -> str:
     return "n/a" if baseline is None else f"{_pct(baseline['accuracy'])} (`{baseline['answer'][:12]}`)"
 
 
-def _plot_rounds(summaries: Sequence[Summary], path: Path) -> None:
+def _plot_rounds(summaries: Sequence[Summary], path: Path, *, scored: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,8 +389,8 @@ def _plot_rounds(summaries: Sequence[Summary], path: Path) -> None:
                [100 * (s.test_ci95[1] - s.test_accuracy) for s in rows]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
     ax.set_xlabel("round")
-    ax.set_ylabel("test pass@1 (%)")
-    ax.set_title("Held-out accuracy by round (95% CI)")
+    ax.set_ylabel(f"{scored} pass@1 (%)")
+    ax.set_title(f"Accuracy on the {scored} items by round (95% CI)")
     ax.set_xticks(sorted({s.round for s in summaries}))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -398,23 +399,30 @@ def _plot_rounds(summaries: Sequence[Summary], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_suites(summaries: Sequence[Summary], final_round: int, path: Path) -> None:
+def _plot_suites(summaries: Sequence[Summary], final_round: int, path: Path, *, scored: str) -> None:
+    """Each arm's accuracy per suite in its latest scored round: ``final_round`` once the run is complete; an arm
+    that has not reached it yet (a partial run) shows its latest round, named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    final = [s for s in summaries if s.round == final_round]
-    suites = sorted(final[0].per_suite) if final else []
+    latest: dict[str, Summary] = {}
+    for summary in summaries:
+        if summary.arm not in latest or summary.round > latest[summary.arm].round:
+            latest[summary.arm] = summary
+    shown = list(latest.values())
+    suites = sorted(shown[0].per_suite) if shown else []
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(suites) + 2), 4.5))
-    width = 0.8 / max(1, len(final))
-    for index, summary in enumerate(final):
+    width = 0.8 / max(1, len(shown))
+    for index, summary in enumerate(shown):
         xs = [i + index * width for i in range(len(suites))]
-        ax.bar(xs, [100 * summary.per_suite[s] for s in suites], width, label=summary.arm)
+        label = summary.arm if summary.round == final_round else f"{summary.arm} (round {summary.round})"
+        ax.bar(xs, [100 * summary.per_suite.get(s, 0.0) for s in suites], width, label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(suites))])
     ax.set_xticklabels([_short(s) for s in suites], fontsize=8)
-    ax.set_ylabel("test pass@1 (%)")
-    ax.set_title(f"Per-task accuracy, round {final_round}")
+    ax.set_ylabel(f"{scored} pass@1 (%)")
+    ax.set_title(f"Per-task accuracy on the {scored} items, round {final_round}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
