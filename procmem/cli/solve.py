@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
@@ -26,8 +31,9 @@ from procmem.core import Split, new_id
 from procmem.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from procmem.agent import SolveConfig, SolveReport
+    from procmem.agent import SessionConfig, SolveConfig, SolveReport
     from procmem.core import Home
+    from procmem.llm import PolicyHost
     from procmem.memory import ReflectionReport
 
 __all__ = ["DEMO_SUITE", "run_solve"]
@@ -46,14 +52,16 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
 
-    telemetry = Telemetry.configure(service_name="procmem-solve")  # OTEL_EXPORTER_OTLP_ENDPOINT, else off
-    tracer = StepTracer(telemetry) if telemetry.enabled else None
-    tasks = load_suite(config.suite, split=cast(Split, config.split), n=config.n, check=build_verifier)
-    err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
-    err_console.print(f"loading model {config.session.model} ...", highlight=False)
     settings = config.session.model_copy(update={"reflect": True}) if reflect else config.session
-    with AgentSession.open(settings, home, chroma_url=chroma_url, tracer=tracer) as session, \
-            open_checkpointer(home) as saver:
+    with _collector_paused():
+        telemetry = Telemetry.configure(service_name="procmem-solve")  # OTEL_EXPORTER_OTLP_ENDPOINT, else off
+        tracer = StepTracer(telemetry) if telemetry.enabled else None
+        with _Preload(settings, home) as preload:  # the model loads on the other core while the tasks are built
+            tasks = load_suite(config.suite, split=cast(Split, config.split), n=config.n, check=build_verifier)
+            err_console.print(f"run id {run_id} (resume with --resume {run_id})", highlight=False)
+            err_console.print(f"loading model {config.session.model} ...", highlight=False)
+            session = AgentSession.open(settings, home, chroma_url=chroma_url, tracer=tracer, host=preload.host())
+    with session, open_checkpointer(home) as saver:
         with progress_bar(err_console, quiet=quiet) as progress:
             bar = progress.add_task(f"solving {len(tasks)} tasks", total=len(tasks))
             report = session.solve(tasks, checkpointer=saver, run_id=run_id, on_done=lambda _: progress.advance(bar))
@@ -61,6 +69,69 @@ def run_solve(config: SolveConfig, home: Home, *, run_id: str, chroma_url: str |
         stats = {str(level): count for level, count in session.memory.stats().items()}
     telemetry.shutdown()  # sends the spans still batched
     return report, stats, session.reflection
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the command imports and loads: imports create many objects and
+    no garbage, and the collections they trigger cost ~10% of a cold start's CPU. What startup made is then frozen
+    out of later collections, which therefore stay as cheap as before."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+class _Preload:
+    """Opens the session's policy in a background thread when it runs on llama.cpp (whose model load runs in C,
+    without the GIL, beside the tasks being built). Leaving the block without taking :meth:`host` closes whatever
+    was loaded. Memory's embedder is not loaded here: llama-cpp-python's ``Llama(verbose=False)`` silences the
+    process's stdout and stderr while it loads, which would swallow the main thread's output (an error message)."""
+
+    def __init__(self, settings: SessionConfig, home: Home) -> None:
+        self._settings, self._home = settings, home
+        self._result: Future[PolicyHost] | None = None
+        self._taken = False
+
+    def __enter__(self) -> _Preload:
+        from procmem.llm import runs_on_llamacpp
+
+        settings = self._settings
+        if not runs_on_llamacpp(settings.model, settings.engine):
+            return self
+        import llama_cpp  # noqa: F401  (here: no import in two threads at once; procmem.llm set OpenMP's policy)
+
+        from procmem.llm import PolicyHost
+
+        result: Future[PolicyHost] = Future()
+
+        def load() -> None:
+            try:
+                result.set_result(PolicyHost.open(self._home, model=settings.model, adapter=settings.adapter,
+                                                  engine=settings.engine, limits=settings.limits))
+            except BaseException as err:  # raised again by host()
+                result.set_exception(err)
+
+        self._result = result
+        threading.Thread(target=load, name="procmem-preload", daemon=True).start()
+        return self
+
+    def host(self) -> PolicyHost | None:
+        """The loaded policy (waiting for it; its load's error is raised here), or None: AgentSession loads it."""
+        if self._result is None:
+            return None
+        self._taken = True
+        return self._result.result()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._result is not None and not self._taken:
+            with contextlib.suppress(BaseException):
+                self._result.result().close()
 
 
 def _report_table(config: SolveConfig, report: SolveReport) -> Table:
@@ -107,7 +178,8 @@ def solve(
     flags = {"suite": suite, "n": n, "split": split, "attempts": attempts, "model": model, "engine": engine,
              "adapter": adapter,
              "concurrency": concurrency, "use_memory": False if no_memory else None}
-    cfg = _solve_config(config, flags)
+    with _collector_paused():
+        cfg = _solve_config(config, flags)
     home = home_of(ctx)
     run_id = resume or new_id()[:12]
     report, stats, reflection = run_solve(cfg, home, run_id=run_id, chroma_url=chroma_url, reflect=reflect)

@@ -6,8 +6,10 @@ takes ~40 s, so the first call converts it once and caches a ``save_pretrained``
 (``<models_dir>/gemma-3-270m``, ~1.1 GB) that later loads in ~2 s. ``local:tiny`` is the random tiny
 test model.
 
-The llama.cpp engine reads the bundled GGUF file itself (``<models_dir>/gemma-3-270m-q4_k_m.gguf``, 245 MB,
-assembled from the package on first use in ~1 s), or a copy in another precision (``local:default-f32`` →
+The llama.cpp engine reads the bundled GGUF file (``<models_dir>/gemma-3-270m-q4_k_m.gguf``, 245 MB, assembled
+from the package on first use in ~1 s) with its Q5_0 weights widened to Q8_0 (``gemma-3-270m-q4_k_m-wide.gguf``,
+277 MB, written from it on first use in ~2 s: the same numbers on faster kernels, see
+:func:`~procmem.llm.gguf_io.widen_q5_0`), or a copy in another precision (``local:default-f32`` →
 ``gemma-3-270m-f32.gguf``, written from it on first use); ``local:tiny`` on llama.cpp is the tiny model written as an
 F32 GGUF (``<models_dir>/tiny.gguf``).
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLED_DIR_NAME",
+    "BUNDLED_ENGINE_GGUF_NAME",
     "BUNDLED_GGUF_NAME",
     "BUNDLED_MODEL_ID",
     "MODELS_CACHE_ENV",
@@ -49,6 +52,7 @@ BUNDLED_DIR_NAME = "gemma-3-270m"
 BUNDLED_MODEL_ID = "gemma-3-270m"
 TINY_DIR_NAME = "tiny"
 BUNDLED_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+BUNDLED_ENGINE_GGUF_NAME = "gemma-3-270m-q4_k_m-wide.gguf"
 TINY_GGUF_NAME = "tiny.gguf"
 MODELS_CACHE_ENV = "PROCMEM_MODELS_CACHE"
 _STATUS = "first run: converting the bundled Gemma 3 270M (~40 s, cached afterwards)"
@@ -91,11 +95,13 @@ def ensure_tiny_model(models_dir: str | os.PathLike[str]) -> Path:
 
 
 def ensure_bundled_gguf(models_dir: str | os.PathLike[str], precision: Precision = "q4_k_m") -> Path:
-    """Return the bundled model's GGUF file (for the llama.cpp engine), assembling it from the package once.
+    """Return the bundled model's GGUF file for the llama.cpp engine, assembling the shipped file from the package once.
 
-    ``precision`` other than the shipped ``q4_k_m`` is a copy of that file with its weights in ``f32`` (exactly
-    the dequantised values transformers runs), ``f16`` or ``q8_0``, written next to it on first use (~5 s).
-    Written under a file lock into a staging name, then renamed: concurrent processes never see half a file.
+    ``q4_k_m`` (the shipped weights) is the shipped file with its Q5_0 tensors widened to Q8_0 (the same numbers,
+    faster kernels; written next to it on first use, ~2 s). Another ``precision`` is a copy of the shipped file with
+    its weights in ``f32`` (exactly the dequantised values transformers runs), ``f16`` or ``q8_0``, written next to it
+    on first use (~5 s). Written under a file lock into a staging name, then renamed: concurrent processes never see
+    half a file.
     """
     root = bundled_models_dir(models_dir)
     target = root / BUNDLED_GGUF_NAME
@@ -108,11 +114,12 @@ def ensure_bundled_gguf(models_dir: str | os.PathLike[str], precision: Precision
                         assembled = _assemble_gguf(Path(work))
                         assembled.chmod(0o644)
                         os.replace(assembled, target)
-        return target if precision == "q4_k_m" else _variant(target, root / f"{BUNDLED_DIR_NAME}-{precision}.gguf",
-                                                             precision)
+        if precision == "q4_k_m":
+            return _variant(target, root / BUNDLED_ENGINE_GGUF_NAME, None)
+        return _variant(target, root / f"{BUNDLED_DIR_NAME}-{precision}.gguf", precision)
     except OSError as err:
         raise ProcmemError(f"cannot write the bundled GGUF: {err.strerror or err}", where=str(root),
-                           fix=f"free disk space (~250 MB, 1.1 GB for f32) or point --home / ${MODELS_CACHE_ENV} "
+                           fix=f"free disk space (~550 MB, 1.1 GB more for f32) or point --home / ${MODELS_CACHE_ENV} "
                                "at a writable directory") from err
 
 
@@ -127,13 +134,19 @@ def ensure_tiny_gguf(models_dir: str | os.PathLike[str], precision: Precision = 
     return target if precision == "f32" else _variant(target, target.with_name(f"tiny-{precision}.gguf"), precision)
 
 
-def _variant(source: Path, target: Path, precision: Precision) -> Path:
-    from procmem.llm.llamacpp import convert_gguf
-
+def _variant(source: Path, target: Path, precision: Precision | None) -> Path:
+    """``target`` written from ``source`` once: in ``precision``, or (None) with its Q5_0 weights widened."""
     if not target.is_file():
         with FileLock(str(target.with_name(f".{target.name}.lock"))):
             if not target.is_file():
-                convert_gguf(source, target, precision)
+                if precision is None:
+                    from procmem.llm.gguf_io import widen_q5_0
+
+                    widen_q5_0(source, target)
+                else:
+                    from procmem.llm.llamacpp import convert_gguf
+
+                    convert_gguf(source, target, precision)
     return target
 
 

@@ -77,6 +77,12 @@ class EngineConfig(Config):
     n_threads: int = Field(default=0, ge=0, le=512,
                            description="CPU threads for decoding and prompt reading; 0: the usable cores that no "
                                        "other thread is running on when the engine starts (at least one).")
+    share_prefix_min_tokens: int = Field(
+        default=16, ge=0, le=131072,
+        description="A request whose prompt starts with at least this many of the same tokens as a running "
+                    "request's prompt copies that request's KV cache for the common part instead of reading it "
+                    "again (e.g. a teacher's k samples of one prompt); 0 turns sharing off. Outputs are the same "
+                    "either way (greedy decoding on exact weights).")
 
 
 @dataclass(eq=False)
@@ -97,8 +103,11 @@ class _Request:
     future: Future[Generation] = field(default_factory=Future)
     # state while it runs
     seq_id: int = -1
-    fed: int = 0
-    sampler: Any = None
+    fed: int = 0  # prompt tokens in the KV cache
+    cached: int = 0  # positions in the KV cache (prompt and completion)
+    share_src: _Request | None = None  # a running request whose cache this one will copy its prefix from
+    share_len: int = 0  # how many leading prompt tokens it copies
+    sampler: Any = None  # None: plain greedy (the arg max of the logits)
     completion: list[int] = field(default_factory=list)
     text: str = ""
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -154,6 +163,11 @@ class LlamaCppLLM:
         self._memory = lib.llama_get_memory(self._ctx)
         self._n_ctx_seq = lib.llama_n_ctx_seq(self._ctx)
         self._eog = frozenset(t for t in (lib.llama_vocab_eos(self._vocab), lib.llama_vocab_eot(self._vocab)) if t >= 0)
+        import numpy
+
+        self._np = numpy
+        self._eog_ids = numpy.array(sorted(self._eog), dtype=numpy.int64)
+        self._shared_tokens = 0
         self._batch = lib.llama_batch_init(self._config.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._adapters: dict[Path, _Adapter] = {}
@@ -201,6 +215,12 @@ class LlamaCppLLM:
     def threads(self) -> int:
         """The CPU threads llama.cpp decodes with."""
         return self._threads
+
+    @property
+    def shared_prompt_tokens(self) -> int:
+        """Prompt tokens copied from another sequence's KV cache instead of read again, since the engine started
+        (``EngineConfig.share_prefix_min_tokens``)."""
+        return self._shared_tokens
 
     def generate(
         self, prompts: Sequence[str], config: GenerationConfig, *, ignore_eos: bool = False
@@ -453,12 +473,58 @@ class LlamaCppLLM:
                 continue
             request.seq_id = self._slots.index(None)
             try:
-                request.sampler = self._sampler(request)
+                request.sampler = None if _plain_greedy(request.config) else self._sampler(request)
             except Exception as err:
                 request.future.set_exception(err)
                 _end_stream(request)
                 continue
             self._slots[request.seq_id] = request
+            self._plan_share(request)
+
+    def _plan_share(self, request: _Request) -> None:
+        """Pick the running request whose prompt shares the longest prefix with this one's (at least
+        ``share_prefix_min_tokens``, and short of its last token, whose logits it needs): this one copies that
+        request's KV cache for the prefix once it is there (:meth:`_settle_shares`) instead of reading it."""
+        least = self._config.share_prefix_min_tokens
+        if least <= 0 or len(request.tokens) <= least:
+            return
+        best: _Request | None = None
+        for other in self._slots:  # admitted before this one (so waiting chains end), perhaps waiting themselves
+            if other is None or other is request or other.cancelled.is_set():
+                continue
+            common = _common_prefix(request.tokens, other.tokens, len(request.tokens) - 1)
+            if common >= max(least, request.share_len + 1):
+                best, request.share_len = other, common
+        request.share_src = best
+        if best is None:
+            request.share_len = 0
+
+    def _settle_shares(self) -> None:
+        """Copy the prefix into every request waiting on a source whose cache now holds it (between decode steps).
+        A request whose source has left reads its whole prompt itself."""
+        for request in self._running():
+            source = request.share_src
+            if source is None:
+                continue
+            if source.seq_id < 0 or self._slots[source.seq_id] is not source:
+                request.share_src = None
+            elif source.cached >= request.share_len:
+                self._copy_prefix(source, request)
+
+    def _copy_prefix(self, source: _Request, request: _Request) -> None:
+        """Give ``request`` the source's KV cache for positions ``[0, share_len)`` (llama.cpp copies a sequence's
+        whole stream, the tail is removed). A sliding-window layer forgets positions that no later token of the
+        source can see; if the source had already gone further than the prefix and some were forgotten, the
+        request may need them, and reads its prompt itself instead."""
+        lib, memory, length = self._lib, self._memory, request.share_len
+        request.share_src = None
+        lib.llama_memory_seq_cp(memory, source.seq_id, request.seq_id, -1, -1)
+        kept = lib.llama_memory_seq_rm(memory, request.seq_id, length, -1)
+        if not kept or (source.cached > length + 1 and lib.llama_memory_seq_pos_min(memory, request.seq_id) != 0):
+            lib.llama_memory_seq_rm(memory, request.seq_id, -1, -1)
+            return
+        request.fed = request.cached = length
+        self._shared_tokens += length
 
     def _check(self, request: _Request) -> ProcmemError | None:
         """A backstop for requests submitted without :meth:`_encode_checked`."""
@@ -479,6 +545,7 @@ class LlamaCppLLM:
             batch.logits[n] = logits
             n += 1
 
+        self._settle_shares()
         running = self._running()
         for request in running:
             if request.cancelled.is_set():
@@ -486,15 +553,20 @@ class LlamaCppLLM:
             elif not request.prefilling:
                 rows.append((request, n))
                 add(request.completion[-1], len(request.tokens) + len(request.completion) - 1, request.seq_id, True)
+                request.cached += 1
+        running = self._running()
         for request in running:
-            if request.prefilling and request.seq_id >= 0 and n < self._config.n_batch:
-                chunk = request.tokens[request.fed:request.fed + self._config.n_batch - n]
-                for offset, token in enumerate(chunk):
-                    last = request.fed + offset == len(request.tokens) - 1
+            if request.prefilling and request.share_src is None and n < self._config.n_batch:
+                end = min(len(request.tokens), request.fed + self._config.n_batch - n)
+                for waiting in running:  # stop where a request waiting on this one can copy from
+                    if waiting.share_src is request and request.fed < waiting.share_len + 1 < end:
+                        end = waiting.share_len + 1
+                for pos in range(request.fed, end):
+                    last = pos == len(request.tokens) - 1
                     if last:
                         rows.append((request, n))
-                    add(token, request.fed + offset, request.seq_id, last)
-                request.fed += len(chunk)
+                    add(request.tokens[pos], pos, request.seq_id, last)
+                request.fed = request.cached = end
         if n == 0:
             return
         batch.n_tokens = n
@@ -505,12 +577,29 @@ class LlamaCppLLM:
             for request in {id(r): r for r, _ in rows}.values():
                 self._finish(request, "stop", error=error)
             return
+        self._settle_shares()  # before a source that ends at this step leaves
         for request, index in rows:
             try:
-                token = lib.llama_sampler_sample(request.sampler, self._ctx, index)
+                if request.sampler is None:
+                    token = self._argmax(index, request.ignore_eos)
+                else:
+                    token = lib.llama_sampler_sample(request.sampler, self._ctx, index)
                 self._advance(request, token)
             except Exception as err:  # this request only
                 self._finish(request, "stop", error=err)
+
+    def _argmax(self, index: int, ignore_eos: bool) -> int:
+        """Greedy decoding without a sampler chain: the first largest logit of batch row ``index`` (what llama.cpp's
+        greedy sampler picks), skipping end-of-generation tokens when ``ignore_eos``. Reading the row in place
+        saves the chain's copy of the whole vocabulary per token."""
+        pointer = self._lib.llama_get_logits_ith(self._ctx, index)
+        if not pointer:
+            raise ProcmemError(f"llama.cpp has no logits for batch row {index}", where=self._model_id,
+                               fix="retry; report it if it persists")
+        row = self._np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        if ignore_eos and len(self._eog_ids):
+            row[self._eog_ids] = -self._np.inf
+        return int(row.argmax())
 
     def _advance(self, request: _Request, token: int) -> None:
         request.completion.append(token)
@@ -691,8 +780,10 @@ def convert_gguf(source: str | os.PathLike[str], out: str | os.PathLike[str], pr
 def idle_cores(running: Sequence[int] | None = None) -> int:
     """The usable cores minus the threads other processes are running right now, at least one.
 
-    ``running`` are samples of the system's runnable threads (``/proc/loadavg``'s fourth field, which counts the
-    sampling thread itself); by default five, 10 ms apart, and their median is used. On a shared machine
+    ``running`` are samples of the system's runnable threads less this process's other ones (``/proc/loadavg``'s
+    fourth field counts the sampling thread itself, and this process's busy threads, e.g. its main thread importing
+    while the engine loads in the background, are not competition the engine should yield to); by default five,
+    10 ms apart, and their median is used. On a shared machine
     llama.cpp's threads that must wait for a busy core's turn stall each step (measured: one thread decoded up
     to 2.4x faster than two at load average 3-4), while on an idle machine every core helps. The 1-minute load
     average would count work that just ended, such as this process's own previous phase.
@@ -711,12 +802,31 @@ def _running_samples(count: int = 5, pause_s: float = 0.01) -> list[int]:
     for i in range(count):
         try:
             with open("/proc/loadavg", encoding="ascii") as handle:
-                samples.append(int(handle.read().split()[3].split("/")[0]))
+                system = int(handle.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return []
+        samples.append(max(1, system - _own_running() + 1))
         if i + 1 < count:
             time.sleep(pause_s)
     return samples
+
+
+def _own_running() -> int:
+    """This process's runnable threads (the caller's included), from ``/proc/self/task``; 1 if unreadable."""
+    running = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # the thread ended
+        if stat[stat.rfind(")") + 2:stat.rfind(")") + 3] == "R":
+            running += 1
+    return max(1, running)
 
 
 def _usable_cores() -> int:
@@ -740,6 +850,26 @@ def prefer_passive_openmp() -> None:
     ``export OMP_WAIT_POLICY=ACTIVE`` opts out (a machine with cores to spare).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _plain_greedy(config: GenerationConfig) -> bool:
+    """Whether a request decodes greedily without a grammar, so the engine takes the arg max itself."""
+    return config.temperature <= 0 and config.grammar is None
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit`` (slice comparisons run in C)."""
+    high = min(len(a), len(b), limit)
+    if a[:high] == b[:high]:
+        return high
+    low = 0  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def _same_adapter(a: _Adapter | None, b: _Adapter | None) -> bool:

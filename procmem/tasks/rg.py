@@ -34,6 +34,7 @@ import logging
 import math
 import sys
 import threading
+import types
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -104,6 +105,7 @@ def config_fields(name: str) -> dict[str, Any]:
     """The dataset's config fields (other than seed and size) and their defaults."""
     import dataclasses
 
+    _import_reasoning_gym()
     from reasoning_gym.factory import DATASETS
 
     config_cls = DATASETS[name][1]
@@ -134,8 +136,7 @@ def rg_dataset(name: str, config: Mapping[str, Any], seed: int, size: int, *, wh
 
 @lru_cache(maxsize=64)
 def _cached_dataset(name: str, config_json: str, seed: int, size: int) -> Any:
-    import reasoning_gym
-
+    reasoning_gym = _import_reasoning_gym()
     with _lock:
         return reasoning_gym.create_dataset(name, seed=seed, size=size, **json.loads(config_json))
 
@@ -148,9 +149,47 @@ def rg_entry(dataset: Any, index: int) -> dict[str, Any]:
 
 
 def _dataset_names() -> list[str]:
+    _import_reasoning_gym()
     from reasoning_gym.factory import DATASETS
 
     return sorted(DATASETS)
+
+
+_DEFERRED = ("cellpylib",)
+"""Modules reasoning-gym imports for a few datasets only, imported on first use instead: cellpylib (two game-of-life
+datasets) pulls in matplotlib, about a third of reasoning-gym's import time."""
+
+
+def _import_reasoning_gym() -> Any:
+    """``reasoning_gym``, imported with :data:`_DEFERRED` modules standing in until first used."""
+    import importlib.util
+
+    if "reasoning_gym" not in sys.modules:
+        with _lock:
+            for name in _DEFERRED:
+                if name not in sys.modules and importlib.util.find_spec(name) is not None:
+                    sys.modules[name] = _Deferred(name)
+    import reasoning_gym
+
+    return reasoning_gym
+
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module in ``sys.modules`` and imports it when an attribute is first read (``import x as y``
+    binds the stand-in; ``y.f`` then loads ``x`` and copies its names in). Python 3.11's ``LazyLoader`` cannot do
+    this: the import statement reads the module's ``__spec__``, which loads it at once."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):  # the import system's probes (__path__, __file__, ...)
+            raise AttributeError(attribute)
+        import importlib
+
+        with _lock:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            module = importlib.import_module(self.__name__)
+            self.__dict__.update(module.__dict__)
+        return getattr(module, attribute)
 
 
 def parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:

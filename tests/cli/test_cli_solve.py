@@ -67,6 +67,8 @@ def _bad_inputs(tmp_path: Path, tiny: Path) -> dict[str, list[str]]:
         "rg:no_such_dataset": ["solve", "--suite", "rg:no_such_dataset", "--model", f"local:{tiny}"],
         "--model": ["solve", "--suite", "builtin:arith", "--model", "nonsense:model"],
         "OPENAI_API_KEY": ["solve", "--suite", "builtin:arith", "--n", "1", "--model", "litellm:openai/gpt-4o-mini"],
+        # loaded in the background while the tasks are built: its error still ends the command
+        "missing.gguf": ["solve", "--suite", "builtin:arith", "--n", "1", "--model", f"local:{tmp_path}/missing.gguf"],
     }
 
 
@@ -86,6 +88,17 @@ def test_bad_input_is_one_located_line_with_exit_2_and_memory_untouched(
         assert "Traceback" not in result.output
     after = sorted(json.dumps(e.to_dict(), sort_keys=True) for e in open_memory(home.chroma).episodes())
     assert after == before
+
+
+def test_solve_on_llama_cpp_loads_the_model_while_the_tasks_are_built(runner: CliRunner, home: Home,
+                                                                        task_file: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
+    result = _invoke(runner, home, "solve", "--suite", str(task_file), "--model", "local:tiny", "--engine", "llamacpp",
+                     "--n", "6", "--attempts", "2", "--json")
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    assert summary["n"] == 6 and summary["episodes_recorded"] == 6
+    assert open_memory(home.chroma).stats()["experience"] == 6
 
 
 def test_an_interrupted_run_resumes_without_solving_again(

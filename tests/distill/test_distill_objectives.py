@@ -293,3 +293,185 @@ def test_the_suite_catches_a_loss_that_does_not_reach_the_weights(lora_model: tu
     with pytest.raises(AssertionError, match="does not reach the trainable weights"):
         suite.test_one_step_trains_the_lora_weights_and_only_them(
             Detached(make_objective("sft", tokenizer, tiny_config)), model, TRACES)
+
+
+# ------------------------------------------------------------------ the fast self-distill step equals the plain one
+
+ADVICE = "Advice from past problems:\nPattern: a retry must change the answer.\n\n"
+SHARED = [  # teacher prompts that share a long head (the advice), then differ, of different lengths
+    Example(task_id=f"s{i}", prompt=f"Question: What is {i} + {i}?\nAnswer:",
+            teacher_prompt=f"{ADVICE}{'Question: What is 1 + 1?' * (i % 3)}\nAnswer: 2\n\nQuestion: What is {i} + {i}?"
+                           "\nAnswer:")
+    for i in range(5)
+]
+
+
+def _plain_loss(objective: SelfDistillObjective, model: Any, batch: Sequence[Example],
+                rollouts: Sequence[list[int]]) -> torch.Tensor:
+    """The step as it was first written: one padded batch each, the full forward's logits, `_divergence`."""
+    from procmem.distill.objectives import _divergence
+
+    enc = objective._enc
+    student = enc.pack([enc.ids(e.prompt, special=True) for e in batch], rollouts)
+    teacher = enc.pack([enc.ids(e.teacher_prompt, special=True) for e in batch], rollouts)
+    with torch.no_grad(), objective._teacher(model):
+        t_logits = model(input_ids=teacher.input_ids, attention_mask=teacher.attention_mask).logits
+    s_logits = model(input_ids=student.input_ids, attention_mask=student.attention_mask).logits
+    return _divergence(s_logits[student.predict_mask], t_logits[teacher.predict_mask], objective.settings)
+
+
+@pytest.mark.parametrize(("divergence", "teacher"), [("reverse_kl", "base"), ("reverse_kl", "ema"), ("jsd", "base")])
+def test_self_distill_loss_and_gradient_equal_the_plain_full_logits_step(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig, divergence: str, teacher: str
+) -> None:
+    """Length-grouped forwards, the teacher's shared prompt head run once, logits only at answer positions and the
+    chunked reverse KL change the cost of a step, not its loss or gradient."""
+    from procmem.distill.objectives import _plan_groups
+
+    model, tokenizer = lora_model
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    objective = SelfDistillObjective(tokenizer, 256, _config(tiny_config, divergence=divergence,
+                                                             teacher=teacher).self_distill)
+    objective.after_step(model)  # the EMA teacher starts from the current adapter ...
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.add_(torch.randn_like(p) * 0.05)  # ... which then moves, so teacher and student differ
+    rollouts = [tokenizer(text, add_special_tokens=False)["input_ids"]
+                for text in (" 0\n", " 2 because\n", " 4\n", " six or so\n", " 8\n")]
+    # The teacher's rows share the advice: the plan runs it once.
+    enc = objective._enc
+    packed = enc.pack([enc.ids(e.teacher_prompt, special=True) for e in SHARED], rollouts)
+    rows = [packed.input_ids[r, : int(packed.attention_mask[r].sum())].tolist() for r in range(len(SHARED))]
+    first = packed.predict_mask.int().argmax(1).tolist()
+    assert any(g.prefix >= len(ADVICE) for g in _plan_groups(rows, first, share_prefixes=True))
+    model.eval()  # no dropout, so both computations see the same function
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grad(compute: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in trainable if p.grad is not None])
+
+    fast, fast_grad = loss_and_grad(lambda: objective.rollout_loss(model, SHARED, rollouts).loss)
+    plain, plain_grad = loss_and_grad(lambda: _plain_loss(objective, model, SHARED, rollouts))
+    assert float(plain) > 1e-3
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_reverse_kl_equals_the_divergence_of_the_logits(softcap: float | None) -> None:
+    from procmem.distill.objectives import _KL_ROWS, _ChunkedReverseKl, _divergence
+
+    torch.manual_seed(0)
+    n, hidden, vocab = 2 * _KL_ROWS + 37, 16, 300  # three chunks, the last one short
+    weight = torch.randn(vocab, hidden)
+    student = torch.randn(n, hidden, requires_grad=True)
+    teacher = torch.randn(n, hidden)
+
+    def logits(h: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.linear(h, weight)
+        return out if softcap is None else torch.tanh(out / softcap) * softcap
+
+    expected = _divergence(logits(student), logits(teacher), DistillConfig().self_distill)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    got = _ChunkedReverseKl.apply(student, teacher, weight, softcap)
+    (got_grad,) = torch.autograd.grad(got, student)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_shared_prefix_gives_the_full_forwards_hidden_states_past_the_sliding_window() -> None:
+    """Rows that run on a shared prefix's KV cache see what one full forward sees, also where the prompt is longer
+    than the sliding window of the model's local-attention layers."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from procmem.distill.objectives import _completion_hidden, _Encoder
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
+
+    class _Ids:  # a tokenizer stand-in: the packer only needs pad_token_id
+        pad_token_id = 0
+
+    enc = _Encoder(_Ids(), 64)
+    head = list(range(3, 23))  # 20 shared tokens: more than twice the window
+    prompts = [head + [30 + i] * (i + 1) for i in range(4)]
+    packed = enc.pack(prompts, [[40 + i, 41, 42][: i % 3 + 1] for i in range(4)])
+    with torch.no_grad():
+        shared = _completion_hidden(model, packed, share_prefixes=True)
+        full = model.model(input_ids=packed.input_ids, attention_mask=packed.attention_mask).last_hidden_state
+    torch.testing.assert_close(shared, full[packed.predict_mask], rtol=1e-4, atol=1e-5)
+
+
+def test_the_plan_covers_every_row_once_and_shares_only_prompt_tokens() -> None:
+    from procmem.distill.objectives import _plan_groups
+
+    head = list(range(100, 160))
+    rows = [head + [1] * 5 + [7] * 3, head + [2] * 40 + [7] * 3, head + [3] * 6 + [7] * 2, list(range(200, 210)),
+            head[:4] + [9] * 80]
+    first = [len(r) - 4 for r in rows]
+    for share in (False, True):
+        groups = _plan_groups(rows, first, share_prefixes=share)
+        assert sorted(r for g in groups for r in g.rows) == list(range(len(rows)))
+        for g in groups:
+            assert all(g.prefix <= first[r] and rows[r][: g.prefix] == rows[g.rows[0]][: g.prefix] for r in g.rows)
+            assert share or g.prefix == 0
+    shared = _plan_groups(rows, first, share_prefixes=True)
+    assert any(set(g.rows) >= {0, 2} and g.prefix >= len(head) for g in shared)  # the common head runs once
+    assert not any({3, 4} <= set(g.rows) for g in _plan_groups(rows, first, share_prefixes=False))  # 10 vs 84 tokens
+
+
+# ------------------------------------------------------------------------------------------------ the sampler
+
+
+def test_sampling_at_a_tiny_temperature_is_greedy_decoding_cut_at_each_rows_stop_and_limit(
+    lora_model: tuple[Any, Any], tiny_config: DistillConfig
+) -> None:
+    """Prompts of different lengths (left padding), rows that finish early and leave the batch, per-row limits and
+    stops: the hand-rolled sampler follows transformers' own greedy ``generate`` token for token."""
+    model, tokenizer = lora_model
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    objective = SelfDistillObjective(tokenizer, 256, _config(tiny_config, rollout_temperature=1e-4).self_distill)
+    prompts = [tokenizer(text)["input_ids"] for text in ("Q: 1?\nA:", "Question: What is 12 + 30?\nAnswer:", "x",
+                                                         "Spell it:")]
+    stops = [("\n",), ("e",), ("never",), ("t", "a")]
+    limits = [12, 20, 7, 16]
+    got = objective.sample(model, prompts, stops=stops, limits=limits)
+    model.eval()
+    for prompt, stop, limit, ids in zip(prompts, stops, limits, got, strict=True):
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=limit,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        assert ids == objective._cut(out[0, len(prompt):].tolist()[:limit], stop)
+    assert len({len(ids) for ids in got}) > 1  # rows did finish at different steps
+
+
+def test_sampled_first_tokens_follow_the_models_distribution(lora_model: tuple[Any, Any],
+                                                             tiny_config: DistillConfig) -> None:
+    """The inverse-CDF draw samples softmax(logits / T): first-token frequencies over 4,000 rollouts match the
+    probabilities (within 5 standard errors) for temperature 1 and 2."""
+    model, tokenizer = lora_model
+    prompt = tokenizer("Question: What is 2 + 3?\nAnswer:")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    n = 4000
+    for temperature in (1.0, 2.0):
+        objective = SelfDistillObjective(tokenizer, 256, _config(tiny_config, rollout_temperature=temperature)
+                                         .self_distill)
+        torch.manual_seed(1)
+        first = torch.tensor([ids[0] for ids in objective.sample(model, [prompt] * n, limits=[1] * n)])
+        probs = torch.softmax(logits / temperature, dim=-1)
+        freq = torch.bincount(first, minlength=probs.numel()).double() / n
+        se = (probs * (1 - probs) / n).sqrt().double() + 1e-3
+        assert ((freq - probs.double()).abs() <= 5 * se).all(), (freq - probs).abs().max()

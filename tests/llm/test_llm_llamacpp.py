@@ -4,6 +4,7 @@ others unharmed), sampling, adapters swapped at run time, parity with transforme
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -358,3 +359,95 @@ def test_a_bad_grammar_fails_its_request_only(engine: LlamaCppLLM) -> None:
     with pytest.raises(ProcmemError, match="cannot parse the grammar"):
         engine.generate([PROMPTS[0]], bad)
     assert engine.generate([PROMPTS[0]], GREEDY)[0] == _solo(engine, PROMPTS[0])
+
+
+def _sharing_engines(tiny_gguf: Path, **config: Any) -> tuple[LlamaCppLLM, LlamaCppLLM]:
+    """The same engine twice: with prompt-prefix sharing (the default) and without."""
+    on = LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_threads=1, **config))
+    off = LlamaCppLLM(tiny_gguf, model_id="tiny", config=EngineConfig(n_seq_max=SLOTS, n_threads=1,
+                                                                       share_prefix_min_tokens=0, **config))
+    return on, off
+
+
+def test_requests_with_a_common_prompt_prefix_share_its_kv_cache_and_decode_the_same(tiny_gguf: Path) -> None:
+    """A teacher's k samples of one prompt, and prompts that differ only at the end: each copies the first one's KV
+    cache for the common part. Greedy and seeded outputs equal those of an engine that reads every prompt."""
+    head = "Memory: 3 + 4 = 7. 10 + 5 = 15. 8 + 8 = 16.\nQuestion: "
+    prompts = [head + "What is 17 + 25?\nAnswer:"] * 3 + [head + "What is 2 + 2?\nAnswer:", "Zebra"]
+    sampled = GenerationConfig(max_tokens=24, temperature=1.0, stop=(), seed=3)
+    on, off = _sharing_engines(tiny_gguf, n_ctx_per_seq=CONTEXT)
+    with on, off:
+        for config in (GREEDY, sampled):
+            before = on.shared_prompt_tokens
+            assert on.generate(prompts, config) == off.generate(prompts, config)
+            # the 2nd and 3rd copy the whole prompt but its last token; the 4th the common head (+ "What is ")
+            assert on.shared_prompt_tokens - before >= 2 * (len(prompts[0]) - 1) + len(head)
+        assert off.shared_prompt_tokens == 0
+        threaded = _concurrently([lambda p=p: on.generate([p], GREEDY)[0] for p in prompts])
+        assert threaded == off.generate(prompts, GREEDY)
+
+
+def test_prefix_sharing_respects_the_sliding_window_cache(tiny_gguf: Path) -> None:
+    """Prompts longer than the sliding-window layers keep (512 positions; a 768-cell cache per sequence at
+    n_batch 64): a sequence's old positions are evicted as it goes on. A request copying the common head where the
+    source stops for it (or its whole identical prompt) decodes as alone; one that joins after its twin generated
+    400 tokens would miss positions the twin evicted, so it reads its prompt itself (a short one copies)."""
+    long_head = "".join(f"{i} + {i + 1} = {2 * i + 1}. " for i in range(90))  # ~1,150 byte tokens
+    prompts = [long_head + "17 + 25 =", long_head + "2 + 2 =", long_head + "17 + 25 ="]
+    sampled = GenerationConfig(max_tokens=24, temperature=1.0, stop=(), seed=5)
+    twin = GREEDY.model_copy(update={"max_tokens": 700, "stop": ()})
+    on, off = _sharing_engines(tiny_gguf, n_ctx_per_seq=2048, n_batch=64)
+    with on, off:
+        alone = [_solo(off, p, sampled.for_prompt(i)) for i, p in enumerate(prompts)]
+        assert on.generate(prompts, sampled) == alone
+        assert on.shared_prompt_tokens >= len(long_head) + len(prompts[2]) - 1
+        for late, short in ((prompts[2], False), ("Question: what is 12 + 30?\nAnswer:", True)):
+            stream = on.stream(late, twin)
+            for _ in itertools.islice(stream, 400):  # each piece is at least one token
+                pass
+            before = on.shared_prompt_tokens
+            assert on.generate([late], sampled) == [_solo(off, late, sampled)]
+            if short:
+                assert on.shared_prompt_tokens == before + len(late) - 1, "nothing evicted: the late twin copies"
+            else:
+                assert on.shared_prompt_tokens == before, "the late twin read its prompt itself"
+            stream.close()  # type: ignore[attr-defined]
+
+
+def test_widening_q5_0_weights_to_q8_0_keeps_every_weight_and_output(tiny_gguf: Path, tmp_path: Path) -> None:
+    """The bundled engine file stores its Q5_0 tensors as Q8_0 (faster kernels): the same numbers, so llama.cpp
+    computes the same log-probabilities to the last bit, and the file's metadata is unchanged."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from procmem.llm.gguf_io import widen_q5_0
+
+    q5_0 = tmp_path / "tiny-q5_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_0
+    assert llama_cpp.llama_model_quantize(str(tiny_gguf).encode(), str(q5_0).encode(), ctypes.byref(params)) == 0
+    wide = widen_q5_0(q5_0, tmp_path / "tiny-wide.gguf")
+    before, after = gguf.GGUFReader(q5_0), gguf.GGUFReader(wide)
+    assert {k: f.contents() for k, f in before.fields.items() if not k.startswith("GGUF.")} == \
+        {k: f.contents() for k, f in after.fields.items() if not k.startswith("GGUF.")}
+    kinds = gguf.GGMLQuantizationType
+    widened = 0
+    for old, new in zip(before.tensors, after.tensors, strict=True):
+        assert old.name == new.name and list(old.shape) == list(new.shape)
+        if old.tensor_type == kinds.Q5_0:
+            assert new.tensor_type == kinds.Q8_0
+            widened += 1
+        else:
+            assert new.tensor_type == old.tensor_type and np.array_equal(old.data, new.data)
+        assert np.array_equal(dequantize(old.data, old.tensor_type), dequantize(new.data, new.tensor_type))
+    assert widened >= 8, "the tiny model's projections were Q5_0"
+    config = EngineConfig(n_seq_max=SLOTS, n_ctx_per_seq=CONTEXT, n_threads=1)
+    with LlamaCppLLM(q5_0, config=config) as narrow_llm, LlamaCppLLM(wide, config=config) as wide_llm:
+        texts = narrow_llm.generate(MORE_PROMPTS, GREEDY)
+        assert wide_llm.generate(MORE_PROMPTS, GREEDY) == texts
+        prompt, completion = narrow_llm.tokenize(PROMPTS[0]), narrow_llm.tokenize(texts[0].text)
+        assert wide_llm.token_logprobs(prompt, completion) == narrow_llm.token_logprobs(prompt, completion)

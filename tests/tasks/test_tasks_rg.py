@@ -96,3 +96,17 @@ def test_bad_rg_specs_are_one_line_errors_naming_the_spec(spec: str, problem: st
 def test_rg_needs_a_split() -> None:
     with pytest.raises(ProcmemError, match="need a split"):
         load_suite(TINY, split=None)
+
+
+def test_cellpylib_and_matplotlib_load_only_for_the_datasets_that_use_them() -> None:
+    """reasoning-gym imports cellpylib (and with it matplotlib, a third of its import time) for two game-of-life
+    datasets; procmem imports it on their first use, and they still work."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from procmem.tasks.rg import load_rg, rg_dataset, rg_entry; "
+            "load_rg('rg:chain_sum', split='train', n=2); print('matplotlib' in sys.modules); "
+            "entry = rg_entry(rg_dataset('game_of_life', {}, 0, 2, where='test'), 0); "
+            "print('matplotlib' in sys.modules, 'Game of Life' in entry['question'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr
