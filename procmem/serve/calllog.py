@@ -176,6 +176,14 @@ _ROW_COLUMNS = ("id, finished_at, status, session_id, task_id, adapter_version, 
                 "feedback, corrected")
 
 
+_FEEDBACK_OF_CALL = ("SELECT id, episode_id, data, received_at FROM feedback WHERE tenant = ? AND episode_id = ? "
+                     "ORDER BY received_at, rowid")
+
+
+def _feedback_record(values: Any) -> FeedbackRecord:
+    return FeedbackRecord(values[0], values[1], json.loads(values[2]), values[3])
+
+
 def _row(values: Any) -> CallRow:
     return CallRow(str(values[0]), str(values[1]), str(values[2] or ""), values[3], values[4], str(values[5] or ""),
                    float(values[6] or 0.0), str(values[7] or ""), values[8], int(values[9] or 0), bool(values[10]))
@@ -290,6 +298,21 @@ class CallLog:
                                      (tenant, episode_id)).fetchone()
         return CallRecord.from_json(row[0]) if row else None
 
+    def snapshot(self, tenant: str, episode_id: str) -> tuple[CallRecord, list[FeedbackRecord], int] | None:
+        """The call, its feedback and its revision, read in one transaction (so the revision is exactly the one
+        this call and feedback are at; None when there is no such call)."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                row = self._conn.execute("SELECT data, revision FROM calls WHERE tenant = ? AND id = ?",
+                                         (tenant, episode_id)).fetchone()
+                rows = self._conn.execute(_FEEDBACK_OF_CALL, (tenant, episode_id)).fetchall() if row else []
+            finally:
+                self._conn.execute("COMMIT")
+        if row is None:
+            return None
+        return CallRecord.from_json(row[0]), [_feedback_record(r) for r in rows], int(row[1])
+
     def set_verdict(self, tenant: str, episode_id: str, verdict: dict[str, Any]) -> None:
         with self._tx() as conn:
             row = conn.execute("SELECT data FROM calls WHERE tenant = ? AND id = ?", (tenant, episode_id)).fetchone()
@@ -329,10 +352,8 @@ class CallLog:
 
     def feedback(self, tenant: str, episode_id: str) -> list[FeedbackRecord]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, episode_id, data, received_at FROM feedback WHERE tenant = ? AND episode_id = ? "
-                "ORDER BY received_at, rowid", (tenant, episode_id)).fetchall()
-        return [FeedbackRecord(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+            rows = self._conn.execute(_FEEDBACK_OF_CALL, (tenant, episode_id)).fetchall()
+        return [_feedback_record(r) for r in rows]
 
     # --- the console's queries (indexed; see the module docstring) --------------------------------
 

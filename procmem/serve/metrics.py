@@ -70,7 +70,8 @@ class Metrics:
                       "# HELP procmem_episode_write_seconds_total Time spent committing calls to the log.",
                       "# TYPE procmem_episode_write_seconds_total counter",
                       f"procmem_episode_write_seconds_total {self.log_write_s:.6f}",
-                      "# HELP procmem_memory_episodes_total Verified calls written to procedural memory.",
+                      "# HELP procmem_memory_episodes_total Verified calls written to procedural memory (again when "
+                      "feedback changes one).",
                       "# TYPE procmem_memory_episodes_total counter",
                       f"procmem_memory_episodes_total {self.memory_episodes}",
                       "# HELP procmem_feedback_total Feedback received (repeats not counted).",

@@ -195,29 +195,40 @@ class MemoryWorker:
                 _log.error("memory worker: %s", err)
 
     def drain(self, limit: int = 50) -> int:
-        """Process up to ``limit`` pending calls; returns how many were processed."""
+        """Process up to ``limit`` pending calls; returns how many were processed (a call that fails is logged and
+        stays pending, so one bad call never stops the others)."""
         with self._draining:
             return self._drain(limit)
 
     def _drain(self, limit: int) -> int:
-        pending = self.log.pending(limit)
-        for tenant, episode_id, revision in pending:
-            call = self.log.get(tenant, episode_id)
-            if call is None:
-                continue
-            session = self.sessions.get(tenant)
-            task = call_task(call)
-            verdict = Verdict.from_dict(call.verdict) if call.verdict is not None else None
-            if call.verifier and verdict is None and call.status == "complete":
-                verdict = session.verify(task, call.response)
-                self.log.set_verdict(tenant, episode_id, verdict.to_dict())  # shown by GET /v1/episodes/{id}
-                revision += 1
-                if self._on_verdict is not None:
-                    self._on_verdict(call, verdict)
-            episode = call_episode(call, task, self.log.feedback(tenant, episode_id), verdict)
-            if episode is not None:
-                session.record(episode)
-                if self._on_written is not None:
-                    self._on_written()
-            self.log.mark_memorized(tenant, episode_id, revision)
-        return len(pending)
+        done = 0
+        for tenant, episode_id, _ in self.log.pending(limit):
+            try:
+                self._memorize(tenant, episode_id)
+                done += 1
+            except Exception as err:  # this call stays pending (retried next time); the others go on
+                _log.error("memory worker: call %s (tenant %s): %s", episode_id, tenant, err)
+        return done
+
+    def _memorize(self, tenant: str, episode_id: str) -> None:
+        # The revision read with the call and its feedback, not pending's: feedback that lands after pending()
+        # would otherwise be written now and again on the next drain (marked at the older revision).
+        snapshot = self.log.snapshot(tenant, episode_id)
+        if snapshot is None:
+            return
+        call, feedback, revision = snapshot
+        session = self.sessions.get(tenant)
+        task = call_task(call)
+        verdict = Verdict.from_dict(call.verdict) if call.verdict is not None else None
+        if call.verifier and verdict is None and call.status == "complete":
+            verdict = session.verify(task, call.response)
+            self.log.set_verdict(tenant, episode_id, verdict.to_dict())  # shown by GET /v1/episodes/{id}
+            revision += 1
+            if self._on_verdict is not None:
+                self._on_verdict(call, verdict)
+        episode = call_episode(call, task, feedback, verdict)
+        if episode is not None:
+            session.record(episode)
+            if self._on_written is not None:
+                self._on_written()
+        self.log.mark_memorized(tenant, episode_id, revision)

@@ -97,7 +97,13 @@ class Traffic:
     def recorded(self, timeout: float = 180.0) -> None:
         """Wait until every verified call is an episode in procedural memory."""
         line = f"procmem_memory_episodes_total {self.verified}"
-        wait_for(lambda: line in httpx.get(f"{self.server.root}/metrics", timeout=10).text, timeout=timeout)
+        try:
+            wait_for(lambda: line in httpx.get(f"{self.server.root}/metrics", timeout=10).text, timeout=timeout)
+        except AssertionError as err:
+            metrics = httpx.get(f"{self.server.root}/metrics", timeout=10).text
+            counted = [m for m in metrics.splitlines() if m.startswith("procmem_memory_episodes_total")]
+            raise AssertionError(f"{err}: wanted {line!r}, /metrics has {counted}; serve's log ends:\n"
+                                 f"{self.server.tail()}") from None
 
     def version(self) -> str:
         return self.ask("What is 1 + 1?")[1]

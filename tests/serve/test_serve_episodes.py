@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from procmem.agent.conversation import Message, chat_question, memory_allowed, with_memory
 from procmem.core import Episode, GenerationConfig
 from procmem.core.feedback import NO_KNOWN_ANSWER
@@ -46,6 +48,62 @@ def test_feedback_before_its_episode_is_kept_and_attached_once(tmp_path: Path) -
     assert episode is not None and episode.passed and episode.adapter_version == "v1"
     assert [a.answer for a in episode.attempts] == ["5", "4"]
     assert episode.attempts[1].verdict.details["correction"] is True and episode.task.verifier == "exact:4"
+
+
+class _FeedbackRacesPending(CallLog):
+    """A call log where feedback lands on every call just after the memory worker has listed what is pending: the
+    race a busy server runs (a client posts feedback as soon as its answer arrives)."""
+
+    def pending(self, limit: int = 100) -> list[tuple[str, str, int]]:
+        listed = super().pending(limit)
+        for tenant, episode_id, _ in listed:
+            self.add_feedback(tenant, episode_id, f"fb-{episode_id}", {"passed": True, "source": "user"})
+        return listed
+
+
+def test_the_memory_worker_writes_each_call_once_when_feedback_races_it(tmp_path: Path) -> None:
+    from procmem.core import Home
+    from procmem.serve.wiring import MemorySessions, MemoryWorker
+
+    home = Home(tmp_path / "home").ensure()
+    log = _FeedbackRacesPending(tmp_path / "calls.sqlite")
+    for number in range(3):
+        log.record(_call(f"e{number}", messages=[{"role": "user", "content": f"What is {number} + 2?"}]))
+    written: list[int] = []
+    sessions = MemorySessions(home)
+    worker = MemoryWorker(log, sessions, on_written=lambda: written.append(1))
+    try:
+        assert worker.drain() == 3
+        assert sum(written) == 3 and log.pending() == []  # marked at the revision it read: nothing to redo
+        assert worker.drain() == 0 and sum(written) == 3
+        memory = sessions.get("default").memory
+        assert sorted(e.id for e in memory.episodes()) == ["e0", "e1", "e2"]
+        assert all(e.passed for e in memory.episodes())  # each written with the feedback it raced
+    finally:
+        sessions.close()
+        log.close()
+
+
+def test_a_call_the_worker_cannot_judge_stays_pending_and_does_not_block_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A call logged with a verifier that is no longer installed (a plugin removed since) fails on every try: it is
+    logged and left pending, and the calls after it are still written."""
+    from procmem.core import Home
+    from procmem.serve.wiring import MemorySessions, MemoryWorker
+
+    home = Home(tmp_path / "home").ensure()
+    log = CallLog(tmp_path / "calls.sqlite")
+    log.record(_call("gone", verifier="removed-plugin:4"))
+    log.record(_call("judged", verifier="numeric:4", finished_at="2026-01-01T00:00:02"))
+    sessions = MemorySessions(home)
+    try:
+        assert MemoryWorker(log, sessions).drain() == 1
+        assert log.pending() == [("default", "gone", 1)]
+        assert "call gone" in caplog.text and "unknown verifier spec 'removed-plugin:4'" in caplog.text
+        assert [e.id for e in sessions.get("default").memory.episodes()] == ["judged"]
+    finally:
+        sessions.close()
+        log.close()
 
 
 def test_distillation_trains_on_a_correction(tiny_model_dir: Path, tmp_path: Path) -> None:
