@@ -170,6 +170,7 @@ class MemoryWorker:
         self._on_verdict = on_verdict
         """Told of each verifier's verdict (serve's tracing turns it into a span)."""
         self._draining = threading.Lock()  # one drain at a time (the thread, and callers that flush)
+        self._failed: set[tuple[str, str]] = set()  # calls whose failure is logged already
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="procmem-serve-memory", daemon=True)
@@ -207,7 +208,9 @@ class MemoryWorker:
                 self._memorize(tenant, episode_id)
                 done += 1
             except Exception as err:  # this call stays pending (retried next time); the others go on
-                _log.error("memory worker: call %s (tenant %s): %s", episode_id, tenant, err)
+                if (tenant, episode_id) not in self._failed:  # once per call, not once a second
+                    self._failed.add((tenant, episode_id))
+                    _log.error("memory worker: call %s (tenant %s) stays pending: %s", episode_id, tenant, err)
         return done
 
     def _memorize(self, tenant: str, episode_id: str) -> None:

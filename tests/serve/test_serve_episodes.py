@@ -97,9 +97,11 @@ def test_a_call_the_worker_cannot_judge_stays_pending_and_does_not_block_the_oth
     log.record(_call("judged", verifier="numeric:4", finished_at="2026-01-01T00:00:02"))
     sessions = MemorySessions(home)
     try:
-        assert MemoryWorker(log, sessions).drain() == 1
+        worker = MemoryWorker(log, sessions)
+        assert worker.drain() == 1
         assert log.pending() == [("default", "gone", 1)]
         assert "call gone" in caplog.text and "unknown verifier spec 'removed-plugin:4'" in caplog.text
+        assert worker.drain() == 0 and caplog.text.count("call gone") == 1  # retried, logged once
         assert [e.id for e in sessions.get("default").memory.episodes()] == ["judged"]
     finally:
         sessions.close()
