@@ -62,7 +62,7 @@ from procmem.distill.traces import (
     training_items,
 )
 from procmem.distill.train import ObjectiveFactory, train_adapter
-from procmem.llm import LLM, choose_policy
+from procmem.llm import LLM, choose_policy, close_llm
 from procmem.memory import Retriever
 
 __all__ = [
@@ -274,10 +274,13 @@ def _advance(run: Path, config: DistillConfig, home: Home, deps: DistillDeps, fo
     build = load_trace_build(run / "traces")
     if build is None:
         teacher = deps.llm_factory(parent_dir, parent_version)
-        retriever = deps.retriever if isinstance(deps.retriever, Retriever) else deps.retriever(policy_version(teacher))
-        build = build_run_traces(trained, teacher, retriever, config, load_tasks=deps.load_tasks, console=console,
-                                 quiet=quiet)
-        del teacher
+        try:
+            retriever = deps.retriever if isinstance(deps.retriever, Retriever) \
+                else deps.retriever(policy_version(teacher))
+            build = build_run_traces(trained, teacher, retriever, config, load_tasks=deps.load_tasks, console=console,
+                                     quiet=quiet)
+        finally:
+            close_llm(teacher)
         _release(deps.model_dir)
         save_trace_build(build, run / "traces")
         update_state(run, stage="traced")
@@ -548,8 +551,10 @@ def gate_candidate(adapter_dir: Path, config: DistillConfig, home: Home, deps: D
                                         ("candidate", adapter_dir, "candidate")):
             bar = progress.add_task(f"gate: {label} ({version or 'base'})", total=total)
             llm = deps.llm_factory(adapter, version)
-            scores.append(evaluate(llm, suites, config.gate, on_progress=partial(progress.advance, bar)))
-            del llm
+            try:
+                scores.append(evaluate(llm, suites, config.gate, on_progress=partial(progress.advance, bar)))
+            finally:
+                close_llm(llm)
             _release(deps.model_dir)
     report = compare(scores[0], scores[1], test_suites=list(plan.test), holdout_suites=list(plan.holdout),
                      config=config.gate, baseline_name=baseline_version or "base")

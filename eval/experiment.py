@@ -80,7 +80,7 @@ from procmem.distill.traces import (
 )
 from procmem.distill.train import train_adapter
 from procmem.eval.config import ARM_SPECS, Arm, ArmSpec, EvalConfig
-from procmem.llm import LLM, Limits, local_model_dir, open_policy
+from procmem.llm import LLM, Limits, local_model_dir, opened_policy
 from procmem.memory import ProceduralMemory, Retriever, open_memory
 from procmem.tasks import load_suite
 from procmem.verifiers import build_verifier
@@ -355,12 +355,12 @@ class Experiment:
         if not self._scored(round_):
             return None
         clock = time.perf_counter()
-        llm = self._llm(adapter)
-        with self._test_memory(spec, seed, round_) as memory:
-            retriever = memory.retriever(policy=policy_version(llm)) if memory is not None else None
-            test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
-        holdout = _Scored() if spec.memory_at_test else self._score(llm, suites.holdout, None,
-                                                                     f"{arm} r{round_} s{seed}: holdout")
+        with self._policy(adapter) as llm:
+            with self._test_memory(spec, seed, round_) as memory:
+                retriever = memory.retriever(policy=policy_version(llm)) if memory is not None else None
+                test = self._score(llm, suites.test, retriever, f"{arm} r{round_} s{seed}: test")
+            holdout = _Scored() if spec.memory_at_test else self._score(llm, suites.holdout, None,
+                                                                         f"{arm} r{round_} s{seed}: holdout")
         stage_s["eval"] = time.perf_counter() - clock
         result = ArmScores(arm, round_, seed, test.passed, holdout.passed, test.tokens + holdout.tokens,
                            time.perf_counter() - started, trained.examples, trained.steps, trained.distinct,
@@ -403,7 +403,7 @@ class Experiment:
                                  concurrency=session.concurrency, generation=self._generation(),
                                  use_memory=memory is not None, record=record, reflect=False)
         stage.mkdir(parents=True, exist_ok=True)
-        with AgentSession(self._llm(policy), settings, memory=memory if memory is not None else None) as agent, \
+        with self._policy(policy) as llm, AgentSession(llm, settings, memory=memory) as agent, \
                 SqliteSaver.from_conn_string(str(stage / "threads.sqlite")) as saver, \
                 self._bar(label, len(tasks)) as advance:
             report = agent.solve(tasks, checkpointer=saver, run_id=label, on_done=lambda _: advance(1))
@@ -423,8 +423,7 @@ class Experiment:
             return float(read_json(summary).get("wall_time_s", 0.0))
         if not self.config.reflect_max_calls:
             return 0.0
-        reflector = self._llm(policy)
-        with self._bar(label, self.config.reflect_max_calls) as advance:
+        with self._policy(policy) as reflector, self._bar(label, self.config.reflect_max_calls) as advance:
             shown = [0]
 
             def on_progress(done: int, _total: int) -> None:
@@ -444,11 +443,11 @@ class Experiment:
         if summary.exists() or not self.config.n_uplift:
             return
         clock = time.perf_counter()
-        llm = self._llm(self._adapter("pmd", seed, round_ - 1))
         chosen = {suite: tasks[:self.config.n_uplift] for suite, tasks in items.items()}
-        with_memory = self._score(llm, chosen, memory.retriever(policy=policy_version(llm)),
-                                  f"uplift r{round_} s{seed}: with memory").passed
-        without = self._score(llm, chosen, None, f"uplift r{round_} s{seed}: memory-free").passed
+        with self._policy(self._adapter("pmd", seed, round_ - 1)) as llm:
+            with_memory = self._score(llm, chosen, memory.retriever(policy=policy_version(llm)),
+                                      f"uplift r{round_} s{seed}: with memory").passed
+            without = self._score(llm, chosen, None, f"uplift r{round_} s{seed}: memory-free").passed
         write_json(summary, {
             "suites": {suite: {"n": len(chosen[suite]), "with_memory": _rate(with_memory[suite]),
                                "memory_free": _rate(without[suite]),
@@ -545,16 +544,16 @@ class Experiment:
             build = TraceBuild((), (), tuple(feedback_contexts(problems)))
         else:
             assert memory is not None, f"{spec.name} learns from memory but has none"
-            teacher = self._llm(parent)
-            retriever = memory.retriever(policy=policy_version(teacher))
-            contexts = tuple(teacher_contexts(problems, retriever, traces.memory_k))
-            build = TraceBuild((), (), contexts)
-            if objective != "self-distill":
-                unsolved = [p for p in problems if p.rank == 0]
-                with self._bar(f"{spec.name} teacher r{round_} s{seed}", len(unsolved)) as advance:
-                    corrections = build_traces(unsolved, teacher, retriever, traces, on_progress=advance)
-                own = success_traces(episodes, traces.keep_per_problem)
-                build = TraceBuild(own.kept + corrections.kept, corrections.rejected, contexts)
+            with self._policy(parent) as teacher:
+                retriever = memory.retriever(policy=policy_version(teacher))
+                contexts = tuple(teacher_contexts(problems, retriever, traces.memory_k))
+                build = TraceBuild((), (), contexts)
+                if objective != "self-distill":
+                    unsolved = [p for p in problems if p.rank == 0]
+                    with self._bar(f"{spec.name} teacher r{round_} s{seed}", len(unsolved)) as advance:
+                        corrections = build_traces(unsolved, teacher, retriever, traces, on_progress=advance)
+                    own = success_traces(episodes, traces.keep_per_problem)
+                    build = TraceBuild(own.kept + corrections.kept, corrections.rejected, contexts)
         save_trace_build(build, directory)
         write_json(directory.parent / "traces.time.json", {"s": time.perf_counter() - clock})
         return build
@@ -581,12 +580,14 @@ class Experiment:
             self._model_dir = local_model_dir(self.config.session.model, models_dir=self.out / "models")
         return self._model_dir
 
-    def _llm(self, adapter: Path | None) -> LLM:
-        """The base model, with ``adapter`` labelled by where it was trained (``seed0/round1/pmd``), so that
-        episodes and memory trust tell the rounds' policies apart."""
+    def _policy(self, adapter: Path | None) -> contextlib.AbstractContextManager[LLM]:
+        """The base model on the session's engine, with ``adapter`` labelled by where it was trained
+        (``seed0/round1/pmd``), so that episodes and memory trust tell the rounds' policies apart; closed after
+        the ``with`` block (a run loads dozens of policies: left open, each llama.cpp engine keeps ~0.8 GB)."""
         version = "/".join(adapter.relative_to(self.out).parts[:3]) if adapter is not None else None
-        return open_policy(Home(self.out), model=self.config.session.model, adapter=adapter or "none", version=version,
-                           limits=Limits(max_batch_size=BATCH))
+        session = self.config.session
+        return opened_policy(Home(self.out), model=session.model, adapter=adapter or "none", engine=session.engine,
+                             version=version, limits=Limits(max_batch_size=BATCH))
 
     def _adapter(self, arm: Arm, seed: int, round_: int) -> Path | None:
         """The adapter ``arm`` ended round ``round_`` with (None before round 1 or for untrained arms); an arm

@@ -257,7 +257,7 @@ def _scores(path: Path, args: argparse.Namespace, models_dir: str, adapter: Path
     """The gate's scores of the base model with ``adapter`` on ``test`` (cached in ``path``)."""
     from procmem.core.fileio import read_json, write_json
     from procmem.distill.gate import evaluate
-    from procmem.llm import open_policy
+    from procmem.llm import opened_policy
 
     ids = {suite: tuple(t.id for t in tasks) for suite, tasks in test.items()}
     if path.exists():
@@ -265,14 +265,9 @@ def _scores(path: Path, args: argparse.Namespace, models_dir: str, adapter: Path
         if {suite: s.task_ids for suite, s in saved.items()} == ids:
             return saved
     version = f"aa/{path.parent.name}" if adapter is not None else None
-    llm = open_policy(_home(models_dir), model=args.model, adapter=adapter or "none", version=version,
-                      engine=args.engine)
-    try:
+    with opened_policy(_home(models_dir), model=args.model, adapter=adapter or "none", version=version,
+                       engine=args.engine) as llm:
         scores = evaluate(llm, test, GateConfig())
-    finally:
-        close = getattr(llm, "close", None)
-        if close is not None:
-            close()
     write_json(path, {suite: s.model_dump(mode="json") for suite, s in scores.items()})
     return scores
 

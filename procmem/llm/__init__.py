@@ -56,7 +56,7 @@ from procmem.llm.llamacpp import (
     prefer_passive_openmp,
 )
 from procmem.llm.per_task import generate_for_tasks
-from procmem.llm.policy import Limits, PolicyChoice, PolicyHost, choose_policy, open_policy
+from procmem.llm.policy import Limits, PolicyChoice, PolicyHost, choose_policy, close_llm, open_policy, opened_policy
 from procmem.llm.tiny import build_tiny_model
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ __all__ = [
     "Precision",
     "build_tiny_model",
     "choose_policy",
+    "close_llm",
     "ensure_bundled_model",
     "ensure_tiny_model",
     "generate_for_tasks",
@@ -87,6 +88,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "local_model_dir",
     "open_policy",
+    "opened_policy",
     "runs_on_llamacpp",
 ]
 

@@ -2,7 +2,8 @@
 
 Every front end opens its model here (solve, chat, eval, the gate, distillation's parent and teacher, serve)::
 
-    llm = open_policy(home, model="local:default", adapter="promoted")      # one load, labelled
+    llm = open_policy(home, model="local:default", adapter="promoted")      # one load, labelled; close_llm(llm)
+    with opened_policy(home, model="local:default", adapter="none") as llm:  # the same, closed after the block
     with PolicyHost(home, model="local:default", adapter="promoted") as host:  # a long-running session
         host.current.generate(...)   # read once per request; swapped when the promoted version changes
 
@@ -16,13 +17,19 @@ registry's adapter at run time (:meth:`~procmem.llm.LiteLLM.with_adapter`).
 a single assignment. A caller takes :attr:`PolicyHost.current` once and keeps it, so in-flight work finishes on
 the version it started with, and every episode records the version that answered it. On llama.cpp the new
 adapter goes onto the running engine (the base model stays loaded); on transformers a new model is loaded.
+
+**Closing.** A llama.cpp engine runs a worker thread that holds it, so dropping the last reference frees nothing
+(about 0.5 GB of context and 0.26 GB of mapped weights for the bundled model, per load): a job that loads one
+policy after another closes each (:func:`close_llm`, or :func:`opened_policy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +43,7 @@ from procmem.llm.batching import MicroBatcher
 if TYPE_CHECKING:
     from procmem.llm.llamacpp import LlamaCppLLM
 
-__all__ = ["Limits", "PolicyChoice", "PolicyHost", "choose_policy", "open_policy"]
+__all__ = ["Limits", "PolicyChoice", "PolicyHost", "choose_policy", "close_llm", "open_policy", "opened_policy"]
 
 _log = logging.getLogger("procmem.policy")
 
@@ -91,6 +98,26 @@ def open_policy(home: Home, *, model: str, adapter: str | os.PathLike[str] = "pr
     """Load the policy ``model`` + ``adapter`` (see :func:`choose_policy`) within ``limits``."""
     choice = choose_policy(home, model=model, adapter=str(adapter), engine=engine, version=version)
     return _load(choice, home, limits)
+
+
+@contextlib.contextmanager
+def opened_policy(home: Home, *, model: str, adapter: str | os.PathLike[str] = "promoted", engine: Engine = "auto",
+                  version: str | None = None, limits: Limits = Limits()) -> Iterator[LLM]:
+    """:func:`open_policy` for the length of a ``with`` block, closed after it (:func:`close_llm`)."""
+    llm = open_policy(home, model=model, adapter=adapter, engine=engine, version=version, limits=limits)
+    try:
+        yield llm
+    finally:
+        close_llm(llm)
+
+
+def close_llm(llm: object) -> None:
+    """Free what a loaded LLM holds (the llama.cpp engine's model, context and worker thread, after the requests
+    it is running); nothing for backends that hold nothing to free (a transformers model goes with its last
+    reference)."""
+    close = getattr(llm, "close", None)
+    if callable(close):
+        close()
 
 
 def _load(choice: PolicyChoice, home: Home, limits: Limits, *, engine: LlamaCppLLM | None = None) -> Any:

@@ -294,3 +294,20 @@ def test_every_arm_is_one_spec_in_the_table() -> None:
     assert ARM_SPECS["rft"].memory == ARM_SPECS["sdpo"].memory == "none"  # episode-local
     with pytest.raises(ValueError, match="add 'pmd'"):
         EvalConfig(train_suites=("builtin:arith",), arms=("base", "pmd-frozen-memory"))
+
+
+def test_a_run_on_the_llamacpp_engine_closes_every_policy_it_loads(tmp_path: Path) -> None:
+    """A run loads a policy per collection, reflection, teacher and score (dozens per seed). A llama.cpp engine
+    left open keeps its model, context and thread (~0.8 GB for the bundled model): a seed of paper.toml grew to
+    16 GB. Every one is closed after its stage; the run honours ``session.engine``."""
+    import threading
+
+    pytest.importorskip("llama_cpp")
+    smoke = _config(tmp_path)
+    config = _config(tmp_path, seeds=(0,), rounds=1, arms=("base", "base+memory", "rft", "pmd"), train_examples=4,
+                     session=smoke.session.model_copy(update={"engine": "llamacpp"}))
+    before = sum(t.name == "procmem-llamacpp" for t in threading.enumerate())
+    scores = run_experiment(config, tmp_path / "out", quiet=True)
+    assert {s.arm for s in scores} == {"base", "base+memory", "rft", "pmd"}
+    assert list((tmp_path / "out" / "models").rglob("*.gguf"))  # the engine's model: the run used llama.cpp
+    assert sum(t.name == "procmem-llamacpp" for t in threading.enumerate()) == before

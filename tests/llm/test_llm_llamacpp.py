@@ -4,8 +4,10 @@ others unharmed), sampling, adapters swapped at run time, parity with transforme
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -451,3 +453,35 @@ def test_widening_q5_0_weights_to_q8_0_keeps_every_weight_and_output(tiny_gguf: 
         assert wide_llm.generate(MORE_PROMPTS, GREEDY) == texts
         prompt, completion = narrow_llm.tokenize(PROMPTS[0]), narrow_llm.tokenize(texts[0].text)
         assert wide_llm.token_logprobs(prompt, completion) == narrow_llm.token_logprobs(prompt, completion)
+
+
+
+def _engine_threads() -> int:
+    return sum(t.name == "procmem-llamacpp" for t in threading.enumerate())
+
+
+def test_opened_policy_frees_the_engine_that_dropping_it_would_not(tmp_path: Path, tiny_gguf: Path) -> None:
+    """A llama.cpp engine's worker thread holds it: dropping the last reference frees nothing, so a job that loads
+    policy after policy piles them up. ``close_llm`` (and ``opened_policy``, also when its block raises) stops
+    the thread and frees the model."""
+    from procmem.core import Home
+    from procmem.llm import close_llm, open_policy, opened_policy
+
+    home = Home(tmp_path / "home").ensure()
+    before = _engine_threads()
+    dropped = weakref.ref(open_policy(home, model="local:tiny", adapter="none", engine="llamacpp"))
+    gc.collect()
+    assert dropped() is not None and _engine_threads() == before + 1  # not freed
+    close_llm(dropped())
+    gc.collect()
+    assert dropped() is None and _engine_threads() == before
+
+    with opened_policy(home, model="local:tiny", adapter="none", engine="llamacpp") as llm:
+        assert isinstance(llm, LlamaCppLLM) and _engine_threads() == before + 1
+        assert llm.generate(["a"], GREEDY)[0].completion_tokens > 0
+    assert _engine_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), \
+            opened_policy(home, model="local:tiny", adapter="none", engine="llamacpp"):
+        raise RuntimeError("inside")
+    assert _engine_threads() == before
+    close_llm(object())  # a backend with nothing to free
