@@ -289,7 +289,8 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         "# procmem evaluation",
         "",
         f"- command: `{results['meta'].get('command', '')}`",
-        f"- date: {results['meta'].get('date', '')}, commit {results['meta'].get('commit', '')}",
+        f"- report written {results['meta'].get('date', '')} at commit {results['meta'].get('commit', '')} (with "
+        "`--report-only`, the stages may come from earlier commits)",
         f"- model {config.session.model}; train suites {', '.join(config.train_suites)}; "
         f"holdout {', '.join(config.holdout_suites) or 'none'}",
         f"- {config.rounds} round(s), seeds finished {results['meta']['seeds_finished']} of "
