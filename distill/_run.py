@@ -607,7 +607,7 @@ def default_deps(config: DistillConfig, home: Home, *, chroma_url: str | None = 
     def load_tasks(suite: str, split: Split, n: int) -> list[Task]:
         return load_suite(suite, split=split, n=n, check=build_verifier)
 
-    return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.retriever(policy=policy),
+    return DistillDeps(episodes=memory.episodes, retriever=lambda policy: memory.teacher_retriever(policy=policy),
                        llm_factory=llm_factory, model_dir=model_dir, load_tasks=load_tasks)
 
 

@@ -445,7 +445,7 @@ class Experiment:
         clock = time.perf_counter()
         chosen = {suite: tasks[:self.config.n_uplift] for suite, tasks in items.items()}
         with self._policy(self._adapter("pmd", seed, round_ - 1)) as llm:
-            with_memory = self._score(llm, chosen, memory.retriever(policy=policy_version(llm)),
+            with_memory = self._score(llm, chosen, memory.teacher_retriever(policy=policy_version(llm)),
                                       f"uplift r{round_} s{seed}: with memory").passed
             without = self._score(llm, chosen, None, f"uplift r{round_} s{seed}: memory-free").passed
         write_json(summary, {
@@ -545,7 +545,7 @@ class Experiment:
         else:
             assert memory is not None, f"{spec.name} learns from memory but has none"
             with self._policy(parent) as teacher:
-                retriever = memory.retriever(policy=policy_version(teacher))
+                retriever = memory.teacher_retriever(policy=policy_version(teacher))
                 contexts = tuple(teacher_contexts(problems, retriever, traces.memory_k))
                 build = TraceBuild((), (), contexts)
                 if objective != "self-distill":

@@ -7,6 +7,7 @@ calls the functions that apply them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from procmem.memory._entries import ENTRY_LEVELS, Entry, entry_or_none
 from procmem.memory._experiences import EXPERIENCE
 from procmem.memory._records import set_metadata
 from procmem.memory.base import LEVELS, Level, MemoryRecord, Scalar, VectorMemoryStore
-from procmem.memory.config import HygieneConfig
+from procmem.memory.config import HygieneConfig, TeacherConfig
 from procmem.memory.embedding import embed_array
 
 __all__ = [
@@ -29,7 +30,9 @@ __all__ = [
     "experience_eviction_key",
     "prune",
     "should_retire",
+    "teacher_validated",
     "trust",
+    "wilson_lower",
     "write_entry",
 ]
 
@@ -53,6 +56,33 @@ def trust(entry: Entry, policy: str | None, config: HygieneConfig) -> float:
     utility = 2.0 * (entry.helpful + 1) / (entry.helpful + entry.harmful + 2)
     stale = policy is not None and entry.validated_version != policy
     return utility * (config.stale_weight if stale else 1.0)
+
+
+def wilson_lower(successes: int, trials: int, z: float) -> float:
+    """The lower bound of the Wilson score interval of ``successes / trials`` at ``z`` standard errors (0 for no
+    trials): a pass rate that does not overstate what a handful of uses shows."""
+    if trials <= 0:
+        return 0.0
+    rate = successes / trials
+    z2 = z * z
+    centre = rate + z2 / (2 * trials)
+    spread = z * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials))
+    return max(0.0, (centre - spread) / (1 + z2 / trials))
+
+
+def teacher_validated(entry: Entry, suite_pass_rate: float, config: TeacherConfig) -> bool:
+    """Whether the distillation teacher may read ``entry``: a person wrote it, or the verifier validated it in
+    use, meaning the episodes that used it (at least ``min_uses``) passed more often than the episodes of its
+    suite (``suite_pass_rate``), by the Wilson lower bound at ``z``.
+
+    New advice has no uses, so it is not read: reflected advice is a small model's guess (a 270M reflector once
+    advised "multiply the two numbers" for GCD problems), and the teacher's answers become the student's weights.
+    """
+    if not config.validated_advice_only or entry.source == "operator":
+        return True
+    if entry.uses < config.min_uses:
+        return False
+    return wilson_lower(entry.helpful, entry.uses, config.z) > suite_pass_rate
 
 
 def should_retire(helpful: int, harmful: int, uses: int, stale_failures: int, config: HygieneConfig) -> bool:

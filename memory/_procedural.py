@@ -4,6 +4,7 @@ What the agent and the CLI call (see README "Procedural memory")::
 
     memory = open_memory(home.chroma)                        # a ProceduralMemory
     retriever = memory.retriever(policy=policy_version(llm)) # insights + patterns + worked examples
+    teacher = memory.teacher_retriever(policy=...)           # the same, advice only once the verifier validated it
     recorder = memory.recorder(reflector=llm)                # after each episode: record, count, reflect
     memory.reflect(llm, since=..., max_calls=N)              # batch: (re)build insights, consolidate patterns
     memory.prune(policy=...)                                 # retire and evict by the hygiene rules
@@ -66,6 +67,11 @@ class ProceduralMemory(ExperienceMemory):
         """The agent's :class:`~procmem.memory.Retriever`; ``policy`` (``policy_version(llm)``) is
         the version now solving, whose validated entries are trusted fully (co-evolution)."""
         return ProceduralRetriever(self.store, self.config, policy=policy, max_chars=max_chars)
+
+    def teacher_retriever(self, *, policy: str | None = None, max_chars: int | None = None) -> ProceduralRetriever:
+        """The distillation teacher's retriever: the agent's worked examples, and only the advice the verifier
+        validated in use (``config.teacher``; :func:`~procmem.memory._hygiene.teacher_validated`)."""
+        return ProceduralRetriever(self.store, self.config, policy=policy, max_chars=max_chars, teacher=True)
 
     def recorder(self, *, reflector: LLM | None = None,
                  cost: ReflectionReport | None = None) -> Callable[[Episode], None]:

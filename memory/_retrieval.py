@@ -20,7 +20,8 @@ A rendered memory block looks like this (sections that are empty are left out)::
 
 The retrievers: :class:`ProceduralRetriever` (all three levels, scored by similarity times
 :func:`~procmem.memory._hygiene.trust`; entries scoped to the task's suite, such as operator playbooks, at full
-similarity), :class:`ExperienceRetriever` (worked examples only) and
+similarity; for the distillation teacher, only advice the verifier validated in use,
+:func:`~procmem.memory._hygiene.teacher_validated`), :class:`ExperienceRetriever` (worked examples only) and
 :class:`NoMemory`.
 """
 
@@ -47,8 +48,8 @@ from procmem.memory._entries import (
     scope_matches,
     suite_family,
 )
-from procmem.memory._experiences import ExperienceMemory
-from procmem.memory._hygiene import trust
+from procmem.memory._experiences import EXPERIENCE, ExperienceMemory
+from procmem.memory._hygiene import teacher_validated, trust
 from procmem.memory.base import PROBLEMS, Scalar, ScoredRecord, VectorMemoryStore, VectorStoreBase
 from procmem.memory.config import MemoryConfig
 from procmem.memory.embedding import embed_array
@@ -228,15 +229,19 @@ class ProceduralRetriever:
 
     ``policy`` (``policy_version(llm)``) is the version now solving, whose validated entries are trusted
     fully (co-evolution). Only train-split entries, only active ones; a test-split task never sees anything
-    from its own problem.
+    from its own problem. ``teacher``: the distillation teacher's view, whose advice is only what the verifier
+    validated in use (``config.teacher``, :func:`~procmem.memory._hygiene.teacher_validated`); its worked
+    examples are the same.
     """
 
     def __init__(self, store: VectorMemoryStore, config: MemoryConfig | None = None, *, policy: str | None = None,
-                 max_chars: int | None = None) -> None:
+                 max_chars: int | None = None, teacher: bool = False) -> None:
         self.store = store
         self.config = config or MemoryConfig()
         self.policy = policy
         self.max_chars = self.config.retrieval.max_chars if max_chars is None else max_chars
+        self.teacher = teacher
+        self._pass_rates: dict[str, float] = {}
 
     def retrieve(self, task: Task, k: int) -> Retrieval:
         if k <= 0:
@@ -288,6 +293,8 @@ class ProceduralRetriever:
                     continue  # merged across the task's own problem: reflected on its own attempts
                 if entry.source == "verifier" and own not in entry.problem_ids:
                     continue  # quotes its own problem's rejected answers: noise, even a prompt, elsewhere
+                if not self._admits(entry):
+                    continue
                 scored.append((similarity * trust(entry, self.policy, self.config.hygiene), entry))
         scored += self._scoped(INSIGHT, task)
         return _top_advice(scored, cfg.insights)
@@ -300,7 +307,7 @@ class ProceduralRetriever:
         hits = self.store.query_vector(PATTERN, vector, k=4 * cfg.patterns, where=where)
         scored = [(h.similarity * trust(e, self.policy, self.config.hygiene), e) for h in hits
                   if h.similarity >= cfg.min_pattern_similarity and (e := entry_or_none(h.record)) is not None
-                  and not e.scope]  # a scoped pattern reaches only its scope's tasks, below
+                  and not e.scope and self._admits(e)]  # a scoped pattern reaches only its scope's tasks, below
         return _top_advice([*scored, *self._scoped(PATTERN, task)], cfg.patterns)
 
     def _scoped(self, level: EntryLevel, task: Task) -> list[tuple[float, Entry]]:
@@ -310,9 +317,28 @@ class ProceduralRetriever:
         for scope in dict.fromkeys((task.suite.strip(), suite_family(task.suite))):
             for record in self.store.scan(level, where={"scope": scope, "status": "active", "split": "train"}):
                 entry = entry_or_none(record)
-                if entry is not None and scope_matches(entry.scope, task.suite):
+                if entry is not None and scope_matches(entry.scope, task.suite) and self._admits(entry):
                     found.append((trust(entry, self.policy, self.config.hygiene), entry))
         return found
+
+    def _admits(self, entry: Entry) -> bool:
+        """Every active entry reaches the agent; the teacher reads advice the verifier validated in use."""
+        if not self.teacher:
+            return True
+        return teacher_validated(entry, self._baseline(entry.suite), self.config.teacher)
+
+    def _baseline(self, suite: str) -> float:
+        """The pass rate advice of ``suite`` must beat: the higher of its suite's train episodes' and all train
+        episodes' (advice found by similarity also reaches other suites). Read once per retriever."""
+        return max(self._pass_rate(suite), self._pass_rate(""))
+
+    def _pass_rate(self, suite: str) -> float:
+        if suite not in self._pass_rates:
+            where: dict[str, Scalar] = {"split": "train", **({"suite": suite} if suite else {})}
+            total = self.store.count(EXPERIENCE, where=where)
+            passed = self.store.count(EXPERIENCE, where={**where, "passed": True}) if total else 0
+            self._pass_rates[suite] = passed / total if total else 0.0
+        return self._pass_rates[suite]
 
 
 class NoMemory:

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from procmem.core.config import Config
 
-__all__ = ["HygieneConfig", "MemoryConfig", "ReflectionConfig", "RetrievalConfig"]
+__all__ = ["HygieneConfig", "MemoryConfig", "ReflectionConfig", "RetrievalConfig", "TeacherConfig"]
 
 
 class RetrievalConfig(Config):
@@ -60,9 +60,26 @@ class HygieneConfig(Config):
     max_patterns: int = Field(default=1_000, ge=1, description="Cap on stored patterns.")
 
 
+class TeacherConfig(Config):
+    """What the distillation teacher reads from memory. The agent sees every active insight and pattern (it has
+    to use advice for the verifier to judge it); the teacher, whose answers become the student's weights, reads
+    worked examples and only the advice the verifier has validated in use."""
+
+    validated_advice_only: bool = Field(
+        default=True, description="The teacher reads an insight or pattern only once validated: the episodes that "
+        "used it passed more often than its suite's episodes, with confidence (min_uses, z). Operator-written "
+        "advice is always read. False: the teacher reads all advice, as the agent does.")
+    min_uses: int = Field(default=5, ge=1, description="Uses before advice can be validated for the teacher.")
+    z: float = Field(default=1.0, ge=0.0, le=5.0,
+                     description="Validated when the Wilson lower bound (z standard errors) of its pass rate in use "
+                     "exceeds its suite's pass rate; 0 compares the plain rates.")
+
+
 class MemoryConfig(Config):
     """All procedural-memory settings."""
 
     retrieval: RetrievalConfig = Field(default_factory=lambda: RetrievalConfig(), description="Retrieval.")
     reflection: ReflectionConfig = Field(default_factory=lambda: ReflectionConfig(), description="Reflection.")
     hygiene: HygieneConfig = Field(default_factory=lambda: HygieneConfig(), description="Hygiene.")
+    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(),
+                                   description="What the distillation teacher reads.")

@@ -156,3 +156,33 @@ def test_bad_input_is_one_line_and_exit_code_2(home: Home, args: tuple[str, ...]
     result = _invoke(home, *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_teacher_reads_worked_examples_and_validated_advice_only(solved: Home, config_file: Path) -> None:
+    """`distill --once` as a user runs it: a reflected insight nobody has validated yet reaches the agent, not the
+    teacher whose answers become the weights; an operator's playbook reaches both."""
+    from procmem.core.keys import problem_key
+    from procmem.memory import open_memory
+    from procmem.memory._entries import Entry, entry_id
+
+    memory = open_memory(solved.chroma)
+    solved_episode = next(e for e in memory.episodes(split="train") if e.passed)
+    suite, key = solved_episode.task.suite, problem_key(solved_episode.task.prompt)
+    guess = "Multiply every number in the question by seven before you answer."
+    memory.write_entry(Entry(id=entry_id("insight", "strategy", "train", key, guess), level="insight",
+                             kind="strategy", text=guess, suite=suite, split="train", policy_version="tiny@base",
+                             reflector="tiny@base", problem=key, problem_ids=(key,)))
+    assert guess in memory.retriever().retrieve(solved_episode.task, 3).text, "the agent gets it"
+    memory.close()
+    playbook = "Answer in one short sentence."
+    added = _invoke(solved, "memory", "add", "--scope", suite, playbook)
+    assert added.exit_code == 0, added.output
+
+    result = _invoke(solved, "distill", "--once", "--json", "--config", str(config_file))
+    assert result.exit_code == 0, result.output
+    [contexts] = list(solved.root.rglob("traces/contexts.jsonl"))
+    teacher_prompts = [json.loads(line)["teacher_prompt"] for line in contexts.read_text().splitlines()]
+    assert len(teacher_prompts) == 6
+    assert all(playbook in p for p in teacher_prompts) and not any(guess in p for p in teacher_prompts)
+    worked = f"Question: {solved_episode.task.prompt}\nAnswer:"
+    assert sum(worked in p for p in teacher_prompts) >= 1, "the solved problem is a worked example for the others"

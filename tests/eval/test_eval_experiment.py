@@ -23,6 +23,7 @@ from procmem.eval import (
     trace_counts,
 )
 from procmem.memory import open_memory
+from procmem.memory.config import TeacherConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,7 +116,8 @@ def test_the_episode_local_arms_read_no_memory_and_each_teacher_sees_its_own_con
     seed = out / "seed0"
     memory = open_memory(seed / "memory-pmd")
     try:
-        entries = {e.id: e.text for level in ("insight", "pattern") for e in memory.entries(level)}
+        stored = [e for level in ("insight", "pattern") for e in memory.entries(level)]
+        entries = {e.id: e.text for e in stored}
         assert entries  # the pmd arm's memory holds reflected advice the episode-local arms must never read
     finally:
         memory.close()
@@ -155,7 +157,12 @@ def test_the_episode_local_arms_read_no_memory_and_each_teacher_sees_its_own_con
     for context in pmd.contexts:
         question = context.prompt.splitlines()[0]
         assert context.memory_ids and context.teacher_prompt.index(question) > 0  # retrieved memory, then the question
-    assert any("Advice from past problems" in c.teacher_prompt for c in pmd.contexts)  # reflected advice too
+    # ... worked examples, and of the advice only what the verifier validated in use (memory.teacher_retriever)
+    unproven = [e for e in stored if e.uses < TeacherConfig().min_uses and e.source != "operator"]
+    assert unproven, "the run reflected advice that no episode has tried often enough yet"
+    for context in pmd.contexts:
+        assert not {e.id for e in unproven} & set(context.memory_ids)
+        assert not any(e.text in context.teacher_prompt for e in unproven)
 
 
 def test_match_budget_draws_the_units_each_objective_trains_on() -> None:

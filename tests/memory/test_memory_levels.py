@@ -182,14 +182,15 @@ def test_memory_add_reaches_tasks_of_its_scope_only(home: Home, minilm: MiniLMEm
 
 
 def test_the_distill_teacher_sees_operator_entries(home: Home, minilm: MiniLMEmbedder, tiny_model_dir: Path) -> None:
-    """Distillation absorbs them: the teacher's context is the retriever's, so it holds the playbook."""
+    """Distillation absorbs them: the teacher's retriever reads a person's playbook at once (reflected advice
+    waits for the verifier to validate it in use), so its context holds the playbook."""
     from procmem.distill.config import TraceConfig
     from procmem.distill.traces import TrainingItem, build_traces
     from procmem.llm import LocalLLM
 
     assert _run(home, "add", "--scope", "rg:products", "Multiply the two numbers, then write the product alone."
                 ).exit_code == 0
-    retriever = open_memory(home.chroma, embedder=minilm).retriever()
+    retriever = open_memory(home.chroma, embedder=minilm).teacher_retriever()
     task = Task(id="t1", prompt="What is 6 * 7?", verifier="exact:42", suite="rg:products?min_digits=1")
     item = TrainingItem(task=task, episode_ids=("e1",), feedback=(), rank=0)
     built = build_traces([item], LocalLLM(tiny_model_dir), retriever, TraceConfig(k=1, max_tokens=4))
