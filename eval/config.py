@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from procmem.agent.config import SessionJob
 from procmem.distill.config import DistillConfig
+from procmem.memory.config import MemoryConfig
 
 __all__ = ["ARMS", "ARM_SPECS", "PAPER_ARMS", "TRAINED_ARMS", "Arm", "ArmSpec", "EvalConfig", "Learns", "MemoryTrack",
            "Recipe"]
@@ -138,6 +139,9 @@ class EvalConfig(SessionJob):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Traces, LoRA, self-distillation and "
                                    "training settings shared by every trained arm. Its `objective` is not read: rft "
                                    "trains with sft, sdpo with self-distill, PMD arms with pmd_recipe.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Settings of every memory the experiment "
+                                 "opens (the PMD arms' tracks); `[memory.teacher]` says which advice PMD's teachers "
+                                 "read (default: only what the verifier validated in use).")
 
     @model_validator(mode="after")
     def _distinct_suites(self) -> EvalConfig:

@@ -489,7 +489,7 @@ class Experiment:
 
     @contextlib.contextmanager
     def _open_memory(self, path: Path) -> Iterator[ProceduralMemory]:
-        memory = open_memory(path, embedder=self._embedder_instance())
+        memory = open_memory(path, embedder=self._embedder_instance(), config=self.config.memory)
         try:
             yield memory
         finally:

@@ -300,6 +300,11 @@ def _markdown(summaries: Sequence[Summary], config: EvalConfig, results: dict[st
         f"PMD recipe `{config.pmd_recipe}`, self-distillation teacher `{config.distill.self_distill.teacher}`",
         "- episode-local arms (`rft`, `sdpo`) collect **without memory**; PMD arms collect with their memory "
         "(see *Training budgets per round*: `with memory`)",
+        "- PMD teachers read worked examples and "
+        + ("only the advice the verifier validated in use (`memory.teacher`: "
+           f"{config.memory.teacher.min_uses}+ uses, Wilson lower bound at z={config.memory.teacher.z:g} above the "
+           "suite's pass rate)" if config.memory.teacher.validated_advice_only
+           else "all advice (`memory.teacher.validated_advice_only = false`)"),
         "",
         f"## Round {config.rounds}: pass@1 on {items} (%, 95% bootstrap CI over seeds and items)",
         "",
