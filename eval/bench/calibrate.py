@@ -60,7 +60,7 @@ def calibrate_suite(config: Any, suite: str, n_seed: int, home: Any) -> dict[str
     from procmem.agent import BATCH, AgentSession, score_tasks
     from procmem.core.keys import policy_version
     from procmem.eval.experiment import _prepared, load_splits
-    from procmem.llm import Limits, open_policy
+    from procmem.llm import Limits, opened_policy
     from procmem.memory import default_embedder, open_memory
     from procmem.tasks import load_suite
     from procmem.verifiers import build_verifier
@@ -69,21 +69,22 @@ def calibrate_suite(config: Any, suite: str, n_seed: int, home: Any) -> dict[str
     started = time.perf_counter()
     dev = load_splits(cfg, dev_only=True).dev[suite]
     train = _prepared(cfg, load_suite(suite, split="train", n=n_seed, check=build_verifier))
-    llm = open_policy(home, model=cfg.session.model, adapter="none", limits=Limits(max_batch_size=BATCH))
-    generation = GenerationConfig(max_tokens=cfg.session.generation.max_tokens, temperature=0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        memory = open_memory(Path(tmp) / "memory", embedder=default_embedder())
-        try:
-            settings = cfg.session.model_copy(update={"generation": generation})
-            with AgentSession(llm, settings, memory=memory) as session:
-                collected = session.solve(train, checkpointer=InMemorySaver(), run_id="calibrate")
-            reflection = memory.reflect(llm, max_calls=cfg.reflect_max_calls)
-            stats = dict(memory.stats())
-            free = score_tasks(llm, {suite: dev}, generation)[suite]
-            remembered = score_tasks(llm, {suite: dev}, generation, memory_k=cfg.session.memory_k,
-                                     retriever=memory.retriever(policy=policy_version(llm)))[suite]
-        finally:
-            memory.close()
+    # closed after each suite: main() calibrates one suite after another, and an open llama.cpp engine keeps ~0.8 GB
+    with opened_policy(home, model=cfg.session.model, adapter="none", limits=Limits(max_batch_size=BATCH)) as llm:
+        generation = GenerationConfig(max_tokens=cfg.session.generation.max_tokens, temperature=0.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            memory = open_memory(Path(tmp) / "memory", embedder=default_embedder())
+            try:
+                settings = cfg.session.model_copy(update={"generation": generation})
+                with AgentSession(llm, settings, memory=memory) as session:
+                    collected = session.solve(train, checkpointer=InMemorySaver(), run_id="calibrate")
+                reflection = memory.reflect(llm, max_calls=cfg.reflect_max_calls)
+                stats = dict(memory.stats())
+                free = score_tasks(llm, {suite: dev}, generation)[suite]
+                remembered = score_tasks(llm, {suite: dev}, generation, memory_k=cfg.session.memory_k,
+                                         retriever=memory.retriever(policy=policy_version(llm)))[suite]
+            finally:
+                memory.close()
     answer, majority = _majority(dev)
     base = sum(i.passed for i in free) / len(dev)
     with_memory = sum(i.passed for i in remembered) / len(dev)
